@@ -1,0 +1,41 @@
+// prr/select.h — how many of a sequence's candidates to commit, given their keys sorted descending.
+//
+// Every rule commits a prefix of the candidates ordered by the policy's key (descending; lowest column first on
+// ties); this function only decides the prefix length. Keys are compared in fp64, sums run serially in order, so
+// the CPU and CUDA kernels take identical decisions on identical keys. Python twin:
+// prr_ext/reference.py::commit_count.
+//   LowConfidence, RandomRemask: min(k_i, n)
+//   Threshold, PRR:  max(floor, #{key >= tau})
+//   Factor:          max(floor, longest prefix with (m + 1) * (1 - c_m) < f for every m <= prefix, 1-indexed)
+//   EntropyBound:    key = -H (ascending entropy); max(floor, longest prefix with sum(H before m) <= gamma)
+//   floor = max(k_i, 1), or 1 for PRR without the schedule union; the result is capped at n.
+#pragma once
+
+#include <cstdint>
+
+#include "params.h"
+
+namespace prr {
+
+PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
+                            bool union_schedule) {
+  if (n <= 0) return 0;
+  if (policy == kLowConfidence || policy == kRandomRemask) return k < n ? k : n;
+  const int64_t floor_ = (policy == kPRR && !union_schedule) ? 1 : (k > 1 ? k : 1);
+  int64_t extra = 0;
+  if (policy == kThreshold || policy == kPRR) {
+    while (extra < n && keys_sorted[extra] >= param) ++extra;
+  } else if (policy == kFactor) {
+    while (extra < n && (double(extra + 2)) * (1.0 - keys_sorted[extra]) < param) ++extra;
+  } else if (policy == kEntropyBound) {
+    double before = 0.0;  // sum of the entropies ahead of position `extra`
+    while (extra < n && before <= param) {
+      before += -keys_sorted[extra];
+      ++extra;
+    }
+  }
+  const int64_t c = extra > floor_ ? extra : floor_;
+  return c < n ? c : n;
+}
+
+}  // namespace prr

@@ -1,0 +1,358 @@
+"""Pure-PyTorch reference of `prr_ext.step`: the specification and the test oracle.
+
+Written for clarity, not speed (it loops over sequences in Python and may synchronise with the device). The fused
+CPU and CUDA ops must commit exactly the same tokens for greedy decoding and agree on every statistic within fp32
+tolerance. docs/semantics.md states the same rules in prose; the C++ twin of each function is named beside it.
+
+One step, for every sequence b whose block index equals the active block (the lowest block index in the batch):
+  1. candidates = masked positions of the active block [lo, hi) whose logits row is usable (no NaN/+Inf, at least
+     one finite non-mask logit). The mask token is never a candidate; it stays in the softmax normaliser.
+  2. per candidate: argmax token (lowest index on ties), candidate token (the argmax, or a Gumbel-max sample at
+     temperature > 0), its T=1 probability in `confidence_dtype`, top-1/top-2 probabilities and entropy in fp32.
+  3. PRR only: features -> controller -> stability score s -> shaped confidence.
+  4. selection: sort candidates by the policy's key (descending, lowest column first on ties), take a prefix whose
+     length the policy decides, write those candidate tokens into x.
+  5. bookkeeping: step/NFE counters, end of block, trajectory features for the next step.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import policies as P
+from .controller import NUM_BASE_FEATURES
+
+# Columns of the per-token statistics returned by the op (stats[b, r, :]); csrc/include/prr/params.h mirrors them.
+STAT_CONF, STAT_P1, STAT_P2, STAT_ENTROPY, STAT_SCORE, STAT_TEMPERATURE, STAT_KEY = range(7)
+NUM_STATS = 7
+
+# Row-state columns (state.row_state[b, :]).
+RS_BLOCK, RS_STEP, RS_SCHED_N, RS_NFE = range(4)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Counter-based RNG (Philox4x32-10), bit-identical to csrc/include/prr/philox.h.
+# Key = the row's 64-bit seed; counter = (vocab index // 4, column, the row's step count, stream).
+# ---------------------------------------------------------------------------------------------------------------
+_M0, _M1, _W0, _W1, _MASK32 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85, 0xFFFFFFFF
+STREAM_GUMBEL, STREAM_RANDOM_CONF = 0, 1
+
+
+def philox4x32(c0, c1, c2, c3, seed):
+    """Philox4x32-10 on int64 tensors holding uint32 values (broadcastable); `seed` int64. Returns 4 words."""
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    for r in range(10):
+        if r:
+            k0, k1 = (k0 + _W0) & _MASK32, (k1 + _W1) & _MASK32
+        p0, p1 = c0 * _M0, c2 * _M1  # < 2^64: int64 wraps, the bit pattern is the exact product mod 2^64
+        hi0, lo0 = (p0 >> 32) & _MASK32, p0 & _MASK32
+        hi1, lo1 = (p1 >> 32) & _MASK32, p1 & _MASK32
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+    return c0, c1, c2, c3
+
+
+def uniform_from_bits(w: torch.Tensor) -> torch.Tensor:
+    """uint32 -> fp32 uniform in (0, 1): the top 24 bits, centred, so 0 and 1 are never produced."""
+    return ((w >> 8).to(torch.float32) + 0.5) * (2.0 ** -24)
+
+
+def philox_gumbel(seed: torch.Tensor, col: torch.Tensor, step: torch.Tensor, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [N, V] for rows keyed by (seed[N], col[N], step[N]); fp32."""
+    v = torch.arange(vocab, device=seed.device, dtype=torch.int64)
+    words = philox4x32((v >> 2)[None, :], col[:, None], step[:, None], torch.full_like(col, STREAM_GUMBEL)[:, None],
+                       seed[:, None])
+    lane = (v & 3)[None, :]
+    w = torch.where(lane == 0, words[0], torch.where(lane == 1, words[1], torch.where(lane == 2, words[2], words[3])))
+    return -torch.log(-torch.log(uniform_from_bits(w)))
+
+
+def philox_random_conf(seed: torch.Tensor, col: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """RandomRemask's ranking key: one fp32 uniform per (row, column, step)."""
+    zero = torch.zeros_like(col)
+    return uniform_from_bits(philox4x32(zero, col, step, zero + STREAM_RANDOM_CONF, seed)[0])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-token statistics                               (C++: row_stats.h, RowStats + finalize)
+# ---------------------------------------------------------------------------------------------------------------
+def token_statistics(rows: torch.Tensor, mask_id: int, confidence_dtype: torch.dtype, temperature: float = 0.0,
+                     gumbel: Optional[torch.Tensor] = None, candidates: Optional[torch.Tensor] = None):
+    """Statistics of logits rows [N, V].
+
+    Returns a dict of [N] tensors:
+      usable     bool   no NaN/+Inf in the row and some non-mask logit is finite
+      argmax     int64  first index of the largest non-mask logit
+      candidate  int64  token to commit: `candidates` if given, else argmax (T == 0) or
+                        argmax(logits * (1/T) + gumbel) over non-mask tokens (T > 0)
+      conf              p(candidate) = softmax(rows in confidence_dtype)[candidate]   (dtype confidence_dtype)
+      p_cand     fp32   p(candidate) at T = 1 in fp32 (the input of PRR's power/weighted shaping)
+      p1, p2     fp32   probabilities of the best and second-best non-mask tokens
+      entropy    fp32   -sum p log p over the whole vocabulary (mask token included), 0 log 0 = 0
+    Unusable rows get candidate -1 and NaN statistics.
+    """
+    n, vocab = rows.shape
+    lf = rows.float()
+    bad = torch.isnan(lf).any(-1) | torch.isposinf(lf).any(-1)
+    nonmask = lf.clone()
+    nonmask[:, mask_id] = -math.inf
+    argmax = nonmask.argmax(-1)
+    top1 = nonmask.gather(-1, argmax[:, None]).squeeze(-1)
+    usable = ~bad & (top1 > -math.inf)
+    second = nonmask.scatter(-1, argmax[:, None], -math.inf).amax(-1) if vocab > 1 else torch.full_like(top1, -math.inf)
+
+    logp = torch.log_softmax(lf, -1)
+    lse = torch.logsumexp(lf, -1)
+    p1, p2 = torch.exp(top1 - lse), torch.exp(second - lse)
+    p = logp.exp()
+    entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(-1)
+
+    if candidates is not None:
+        cand = candidates.clone()
+    elif temperature > 0:
+        inv_t = torch.tensor(1.0 / temperature, dtype=torch.float32)
+        score = lf * inv_t + gumbel
+        score[:, mask_id] = -math.inf
+        cand = score.argmax(-1)
+    else:
+        cand = argmax.clone()
+    cand = torch.where(usable, cand, torch.full_like(cand, -1))
+    safe = cand.clamp_min(0)[:, None]
+    # bf16/fp16 confidences round an fp32 softmax (as torch's reduced-precision softmax does internally)
+    wide = torch.float64 if confidence_dtype == torch.float64 else torch.float32
+    conf = torch.softmax(rows.to(wide), -1).gather(-1, safe).squeeze(-1).to(confidence_dtype)
+    p_cand = torch.exp(lf.gather(-1, safe).squeeze(-1) - lse)
+    nan = torch.full_like(p1, math.nan)
+    out = dict(usable=usable, argmax=torch.where(usable, argmax, torch.full_like(argmax, -1)), candidate=cand,
+               conf=torch.where(usable, conf, nan.to(confidence_dtype)), p_cand=torch.where(usable, p_cand, nan),
+               p1=torch.where(usable, p1, nan), p2=torch.where(usable, p2, nan),
+               entropy=torch.where(usable, entropy, nan))
+    return out
+
+
+def tempered_probability(rows: torch.Tensor, candidate: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """Exact p(candidate) under softmax(logits / T) per row, fp32 (PRR "temperature" shaping)."""
+    lf = rows.float() / temperature[:, None]
+    return torch.softmax(lf, -1).gather(-1, candidate.clamp_min(0)[:, None]).squeeze(-1)
+
+
+def shape_confidence(shaping: int, alpha: float, p: torch.Tensor, s: torch.Tensor, rows=None, candidate=None,
+                     temperature=None) -> torch.Tensor:
+    """PRR's shaped confidence (fp32)."""
+    if shaping == P.SHAPING_TEMPERATURE:
+        return tempered_probability(rows, candidate, temperature)
+    if shaping == P.SHAPING_POWER:
+        return torch.pow(p, 1.0 - alpha * s)
+    if shaping == P.SHAPING_WEIGHTED:
+        return torch.clamp(p + alpha * torch.clamp(s - 0.5, min=0.0) * p * (1.0 - p), 0.0, 1.0)
+    raise ValueError(f"unknown shaping code {shaping}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Selection                                             (C++: select.h, commit_count)
+# ---------------------------------------------------------------------------------------------------------------
+def schedule_k(n: int, steps_per_block: int, i: int) -> int:
+    """LLaDA's per-block schedule: n masks over S steps, remainder front-loaded; 0 past the last step."""
+    if i >= steps_per_block:
+        return 0
+    return n // steps_per_block + (1 if i < n % steps_per_block else 0)
+
+
+def commit_count(policy_code: int, keys_sorted: torch.Tensor, k: int, param: float, union_schedule: bool) -> int:
+    """How many of the candidates, sorted by descending key, to commit. `keys_sorted` [n] (any float dtype) is
+    compared in fp64. For EntropyBound the key is -entropy, so the order is ascending entropy."""
+    n = keys_sorted.numel()
+    if n == 0:
+        return 0
+    if policy_code in (P.POLICY_LOW_CONFIDENCE, P.POLICY_RANDOM):
+        return min(k, n)
+    keys = keys_sorted.double()
+    floor = 1 if (policy_code == P.POLICY_PRR and not union_schedule) else max(k, 1)
+    if policy_code in (P.POLICY_THRESHOLD, P.POLICY_PRR):
+        extra = int((keys >= param).sum())  # keys descending: the passing set is a prefix
+    elif policy_code == P.POLICY_FACTOR:
+        m = torch.arange(1, n + 1, dtype=torch.float64)
+        ok = (m + 1.0) * (1.0 - keys) < param
+        extra = int(torch.cumprod(ok.to(torch.int64), 0).sum())  # longest prefix that satisfies the rule
+    elif policy_code == P.POLICY_ENTROPY_BOUND:
+        h = -keys  # ascending entropy
+        before = torch.cat([h.new_zeros(1), torch.cumsum(h, 0)[:-1]])  # serial fp64 sum of the entropies ahead
+        ok = before <= param  # = sum(H_U) - max(H_U) for the prefix U ending here
+        extra = int(torch.cumprod(ok.to(torch.int64), 0).sum())
+    else:
+        raise ValueError(f"unknown policy code {policy_code}")
+    return min(max(floor, extra), n)
+
+
+def sort_candidates(keys: torch.Tensor) -> torch.Tensor:
+    """Indices of `keys` by descending key, lowest index first among equal keys."""
+    return torch.sort(keys.double(), descending=True, stable=True).indices
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PRR features                                          (C++: controller.h, token_features)
+# ---------------------------------------------------------------------------------------------------------------
+def controller_features(*, row_len: float, masks_in_row: int, nfe: int, steps: int, block_start_true: float,
+                        block_length: int, masks_in_block: int, positions: torch.Tensor, step_in_block: int,
+                        steps_per_block: int, p1: torch.Tensor, p2: torch.Tensor, entropy: torch.Tensor, vocab: int,
+                        last_change: torch.Tensor, prev_p1: torch.Tensor) -> torch.Tensor:
+    """The 13 base features [n, 13] (fp32) of one sequence's candidates; order = controller.BASE_FEATURES."""
+    n = positions.numel()
+    f32 = lambda v: torch.full((n,), float(v), dtype=torch.float32)  # noqa: E731
+    div = lambda a, b: f32(a) / f32(b)  # noqa: E731  fp32 division, as in the kernel
+    step_ratio = div(step_in_block, steps_per_block)
+    feats = [
+        div(row_len - masks_in_row, row_len),
+        div(nfe, steps),
+        div(block_start_true, row_len),
+        div(block_length, row_len),
+        div(block_length - masks_in_block, block_length),
+        positions.float() / f32(block_length),
+        step_ratio,
+        step_ratio,
+        p1.float(),
+        (p1 - p2).float(),
+        entropy.float() / torch.tensor(math.log(vocab), dtype=torch.float32),
+        (step_in_block - last_change).float() / f32(steps_per_block),
+        prev_p1.float(),
+    ]
+    out = torch.stack(feats, -1)
+    assert out.shape[-1] == NUM_BASE_FEATURES
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The step
+# ---------------------------------------------------------------------------------------------------------------
+def block_cap(state) -> int:
+    """Most steps a sequence may spend in one block."""
+    pol = state.policy
+    if pol.code == P.POLICY_PRR and not pol.union_schedule:
+        return max(state.steps_per_block, state.block_length)
+    return state.steps_per_block
+
+
+def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
+         extra_features: Optional[torch.Tensor] = None, candidates: Optional[torch.Tensor] = None,
+         random_conf: Optional[torch.Tensor] = None):
+    """Reference step: mutates state.x and the state counters exactly as `prr_ext.step` does.
+
+    Returns (commit_mask [B, L] bool, tokens [B, Lr] int64, stats [B, Lr, NUM_STATS] fp32), Lr = logits.shape[1].
+    `candidates` / `random_conf` [B, Lr] override the sampled token / RandomRemask key (rng="torch" mode).
+    """
+    x, pol = state.x, state.policy
+    B, L = x.shape
+    Lr, V = logits.shape[1], logits.shape[2]
+    BL, S = state.block_length, state.steps_per_block
+    dev = x.device
+    commit = torch.zeros(B, L, dtype=torch.bool, device=dev)
+    tokens = torch.full((B, Lr), -1, dtype=torch.int64, device=dev)
+    stats = torch.full((B, Lr, NUM_STATS), math.nan, dtype=torch.float32, device=dev)
+    if B == 0:
+        return commit, tokens, stats
+    rs = state.row_state
+    active = int(rs[:, RS_BLOCK].min())
+    if active >= state.num_blocks:
+        return commit, tokens, stats
+    lo = state.gen_start + active * BL
+    hi = lo + BL
+    row_offset = 0 if Lr == L else lo  # logits row r <-> canvas column r + row_offset
+    cap = block_cap(state)
+
+    for b in range(B):
+        if int(rs[b, RS_BLOCK]) != active:
+            continue  # finished this block ahead of the others (or finished everything): idle
+        i = int(rs[b, RS_STEP])
+        if i == 0:  # entering the block: fix the schedule's n, reset the trajectory features
+            rs[b, RS_SCHED_N] = int((x[b, lo:hi] == state.mask_id).sum())
+            state.traj[b, :, 0] = -1
+            state.traj[b, :, 1] = 0
+            state.prev_p1[b] = 0.0
+        t_row = int(rs[b, RS_NFE])
+        masked_cols = (x[b, lo:hi] == state.mask_id).nonzero().squeeze(-1) + lo
+        masks_in_block = masked_cols.numel()
+        masks_in_row = int((x[b, state.gen_start:] == state.mask_id).sum())
+        r = masked_cols - row_offset
+        rows = logits[b, r]
+        gumbel = None
+        if state.temperature > 0 and candidates is None:
+            gumbel = philox_gumbel(state.seed[b].expand(r.numel()), masked_cols, torch.full_like(masked_cols, t_row),
+                                   V)
+        st = token_statistics(rows, state.mask_id, state.confidence_dtype, state.temperature, gumbel,
+                              None if candidates is None else candidates[b, r])
+        ok = st["usable"]
+        cols, r = masked_cols[ok], r[ok]
+        j = cols - lo  # block positions
+        cand = st["candidate"][ok]
+
+        # trajectory (argmax) tracking, all policies
+        am = st["argmax"][ok]
+        changed = am != state.traj[b, j, 0]
+        state.traj[b, j[changed], 1] = i
+        state.traj[b, j, 0] = am
+        prev_p1 = state.prev_p1[b, j].clone()
+        state.prev_p1[b, j] = st["p1"][ok]
+
+        conf = st["conf"][ok]
+        s = temp = torch.full_like(conf, math.nan, dtype=torch.float32)
+        if pol.code == P.POLICY_PRR:
+            if scores is not None:
+                s = scores[b, r].float()
+            else:
+                feats = controller_features(
+                    row_len=float(state.prompt_lens[b]) + state.gen_length, masks_in_row=masks_in_row, nfe=t_row,
+                    steps=state.steps, block_start_true=float(state.prompt_lens[b]) + active * BL, block_length=BL,
+                    masks_in_block=masks_in_block, positions=j, step_in_block=i, steps_per_block=S,
+                    p1=st["p1"][ok], p2=st["p2"][ok], entropy=st["entropy"][ok], vocab=V,
+                    last_change=state.traj[b, j, 1], prev_p1=prev_p1)
+                if extra_features is not None:
+                    feats = torch.cat([feats, extra_features[b, r].float()], -1)
+                s = pol.controller.scores(feats)
+            if pol.shaping_code == P.SHAPING_TEMPERATURE:
+                temp = pol.controller.temperature(s)
+            key = shape_confidence(pol.shaping_code, pol.alpha, st["p_cand"][ok], s, rows[ok], cand, temp)
+        elif pol.code == P.POLICY_RANDOM:
+            key = random_conf[b, r].float() if random_conf is not None else philox_random_conf(
+                state.seed[b].expand(cols.numel()), cols, torch.full_like(cols, t_row))
+        elif pol.code == P.POLICY_ENTROPY_BOUND:
+            key = -st["entropy"][ok]
+        else:
+            key = conf
+
+        order = sort_candidates(key)
+        k = schedule_k(int(rs[b, RS_SCHED_N]), S, i)
+        c = commit_count(pol.code, key[order], k, pol.param, getattr(pol, "union_schedule", True))
+        chosen = order[:c]
+        x[b, cols[chosen]] = cand[chosen]
+        commit[b, cols[chosen]] = True
+
+        tokens[b, r] = cand
+        stats[b, r, STAT_CONF] = conf.float()
+        stats[b, r, STAT_P1] = st["p1"][ok]
+        stats[b, r, STAT_P2] = st["p2"][ok]
+        stats[b, r, STAT_ENTROPY] = st["entropy"][ok]
+        stats[b, r, STAT_SCORE] = s
+        stats[b, r, STAT_TEMPERATURE] = temp
+        stats[b, r, STAT_KEY] = key.float()
+
+        # bookkeeping: the step is consumed; leave the block after `cap` steps, or once it is empty (adaptive)
+        rs[b, RS_STEP] = i + 1
+        rs[b, RS_NFE] = t_row + 1
+        empty = not bool((x[b, lo:hi] == state.mask_id).any())
+        if i + 1 >= cap or (pol.adaptive and empty):
+            advance_block(state, b)
+    return commit, tokens, stats
+
+
+def advance_block(state, b: int) -> None:
+    """Move row b to its next block; adaptive policies also skip blocks that hold no masks."""
+    rs = state.row_state
+    rs[b, RS_STEP] = 0
+    nxt = int(rs[b, RS_BLOCK]) + 1
+    if state.policy.adaptive:
+        while nxt < state.num_blocks:
+            lo = state.gen_start + nxt * state.block_length
+            if bool((state.x[b, lo:lo + state.block_length] == state.mask_id).any()):
+                break
+            nxt += 1
+    rs[b, RS_BLOCK] = nxt

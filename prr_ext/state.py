@@ -1,0 +1,170 @@
+"""Decode state: the canvas plus the device-side counters that `prr_ext.step` reads and updates.
+
+Everything the step needs between calls lives in tensors on x's device, so a loop of steps runs with no host
+synchronisation (only `State.done` synchronises) and can be captured in a CUDA graph.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Union
+
+import torch
+
+from .policies import PRR, Policy
+from .reference import RS_BLOCK, RS_NFE, RS_STEP, advance_block
+
+CONFIDENCE_DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
+RNGS = ("philox", "torch")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class State:
+    """Per-batch decode state for `prr_ext.step`.
+
+    Args:
+      x:               [B, P+G] int64 canvas, prompt then G generation slots (mask_id where still masked). It is
+                       updated in place by every step.
+      mask_id:         the mask token id (LLaDA: 126336).
+      prompt_length:   int P, or a [B] int64 tensor of per-row prompt lengths for a left-padded batch: the
+                       generation region is then the last G = L - max(prompt_length) columns of every row, and the
+                       per-row lengths only enter PRR's length-normalised features (pads do not count).
+      block_length:    generation runs in G // block_length blocks, left to right.
+      steps:           total step budget; steps // num_blocks per block (LLaDA's schedule).
+      policy:          a prr_ext policy (LowConfidence, RandomRemask, Threshold, Factor, EntropyBound, PRR).
+      temperature:     0 = greedy; > 0 samples the candidate by Gumbel-max on logits / temperature.
+      generator:       torch.Generator for the random draws (rng="torch"), or for deriving per-row seeds.
+      confidence_dtype: dtype of the softmax behind the confidence (fp32 default; bf16 = LLaDA >= 2025-06 with bf16
+                       logits; fp64 = older LLaDA / Fast-dLLM; fp16 also accepted).
+      rng:             "philox" (default): stateless counter-based noise keyed by (seed[b], column, row step,
+                       vocab index); reproducible, batch-invariant and graph-safe; identical on CPU and CUDA.
+                       "torch": LLaDA's exact draws (one fp64 rand_like(logits) per step at T > 0, one
+                       rand([B, Lr]) for RandomRemask) from `generator`; not graph-safe, and costs a full-vocab
+                       fp64 tensor per step, exactly as the reference loop does.
+      seed:            [B] int64 per-row Philox seeds; default: drawn once from `generator` (or torch's default
+                       generator) at construction.
+    """
+
+    def __init__(self, x: torch.Tensor, mask_id: int, prompt_length: Union[int, torch.Tensor], block_length: int,
+                 steps: int, policy: Policy, temperature: float = 0.0, generator: Optional[torch.Generator] = None,
+                 confidence_dtype: torch.dtype = torch.float32, rng: str = "philox",
+                 seed: Optional[torch.Tensor] = None):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 2:
+            raise ValueError(f"x must be a [B, L] tensor, got shape {tuple(x.shape)}")
+        if x.dtype != torch.int64:
+            raise TypeError(f"x must be int64, got {x.dtype}")
+        if not x.is_contiguous():
+            raise ValueError("x must be contiguous (it is updated in place)")
+        B, L = x.shape
+        if not _is_int(mask_id) or mask_id < 0:
+            raise ValueError(f"mask_id must be a non-negative int, got {mask_id!r}")
+        if _is_int(prompt_length):
+            prompt_lens = torch.full((B,), prompt_length, dtype=torch.int64)
+        elif isinstance(prompt_length, torch.Tensor):
+            if prompt_length.dim() != 1 or prompt_length.shape[0] != B or prompt_length.dtype not in (
+                    torch.int32, torch.int64):
+                raise ValueError(f"prompt_length tensor must be [B]={B} int32/int64, got {tuple(prompt_length.shape)} "
+                                 f"{prompt_length.dtype}")
+            prompt_lens = prompt_length.detach().to("cpu", torch.int64)
+        else:
+            raise TypeError(f"prompt_length must be an int or a [B] tensor, got {type(prompt_length).__name__}")
+        gen_start = int(prompt_lens.max()) if B > 0 else int(prompt_length) if _is_int(prompt_length) else 0
+        if B > 0 and int(prompt_lens.min()) < 0:
+            raise ValueError("prompt_length must be >= 0")
+        if not 0 <= gen_start < L:
+            raise ValueError(f"prompt_length must be < the canvas length L={L} (G must be > 0), got {gen_start}")
+        G = L - gen_start
+        if not _is_int(block_length) or block_length <= 0:
+            raise ValueError(f"block_length must be a positive int, got {block_length!r}")
+        if G % block_length:
+            raise ValueError(f"block_length={block_length} must divide the generation length G={G}")
+        num_blocks = G // block_length
+        if not _is_int(steps) or steps <= 0:
+            raise ValueError(f"steps must be a positive int, got {steps!r}")
+        if steps % num_blocks:
+            raise ValueError(f"steps={steps} must be divisible by the number of blocks {num_blocks} "
+                             f"(G={G} / block_length={block_length})")
+        if not isinstance(policy, Policy):
+            raise TypeError(f"policy must be a prr_ext policy, got {type(policy).__name__}")
+        temperature = float(temperature)
+        if not (temperature >= 0.0) or math.isinf(temperature):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+        if confidence_dtype not in CONFIDENCE_DTYPES:
+            raise ValueError(f"confidence_dtype must be one of {list(CONFIDENCE_DTYPES)}, got {confidence_dtype}")
+        if rng not in RNGS:
+            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+
+        dev = x.device
+        self.x = x
+        self.mask_id = mask_id
+        self.prompt_lens = prompt_lens.to(dev)
+        self.gen_start, self.gen_length = gen_start, G
+        self.block_length, self.num_blocks = block_length, num_blocks
+        self.steps, self.steps_per_block = steps, steps // num_blocks
+        self.policy = policy
+        self.temperature = temperature
+        self.generator = generator
+        self.confidence_dtype = confidence_dtype
+        self.rng = rng
+        if seed is None:  # rng="torch" must not consume the generator's stream here
+            seed = (torch.zeros(B, dtype=torch.int64) if rng == "torch" else
+                    torch.randint(0, 2 ** 62, (B,), generator=generator, dtype=torch.int64))
+        elif not (isinstance(seed, torch.Tensor) and seed.shape == (B,) and seed.dtype == torch.int64):
+            raise ValueError(f"seed must be a [B]={B} int64 tensor")
+        self.seed = seed.to(dev)
+        # Device-side counters (see reference.RS_*): block index, step in block, n of the schedule, NFE.
+        self.row_state = torch.zeros(B, 4, dtype=torch.int64, device=dev)
+        # Per block position: (argmax at the previous step, step in block at which the argmax last changed).
+        self.traj = torch.zeros(B, block_length, 2, dtype=torch.int64, device=dev)
+        self.prev_p1 = torch.zeros(B, block_length, dtype=torch.float32, device=dev)
+        # Scratch for the CUDA kernel's per-sequence arrival counters; every launch leaves it zeroed.
+        self.workspace = torch.zeros(max(B, 1), dtype=torch.int32, device=dev)
+        self.controller_buf = policy.controller.packed(dev) if isinstance(policy, PRR) else None
+        self.last_tokens: Optional[torch.Tensor] = None
+        self.last_stats: Optional[torch.Tensor] = None
+        if policy.adaptive:  # start each row at its first block that holds a mask
+            for b in range(B):
+                lo = gen_start
+                if not bool((x[b, lo:lo + block_length] == mask_id).any()):
+                    self.row_state[b, RS_BLOCK] = 0
+                    advance_block(self, b)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def done(self) -> bool:
+        """True once every row has left its last block (synchronises with the device)."""
+        return self.x.shape[0] == 0 or bool((self.row_state[:, RS_BLOCK] >= self.num_blocks).all())
+
+    @property
+    def nfe(self) -> torch.Tensor:
+        """Forwards consumed per row, [B] int64 (a row that waits for the batch to finish a block does not count)."""
+        return self.row_state[:, RS_NFE]
+
+    @property
+    def active_block(self) -> int:
+        """Index of the block the next step works on (synchronises)."""
+        return int(self.row_state[:, RS_BLOCK].min()) if self.x.shape[0] else self.num_blocks
+
+    @property
+    def block_start(self) -> int:
+        """Canvas column where the active block starts (synchronises); for block-only logits."""
+        return self.gen_start + self.active_block * self.block_length
+
+    def clone(self) -> "State":
+        """A deep copy (canvas and counters), e.g. to run the reference and the op side by side."""
+        new = object.__new__(State)
+        new.__dict__.update(self.__dict__)
+        for name in ("x", "prompt_lens", "seed", "row_state", "traj", "prev_p1", "workspace"):
+            setattr(new, name, getattr(self, name).clone())
+        return new
+
+    def __repr__(self) -> str:
+        return (f"State(B={self.x.shape[0]}, L={self.x.shape[1]}, gen_start={self.gen_start}, G={self.gen_length}, "
+                f"block_length={self.block_length}, steps={self.steps}, policy={self.policy}, "
+                f"temperature={self.temperature}, confidence_dtype={self.confidence_dtype}, rng={self.rng!r})")
