@@ -192,28 +192,33 @@ def sort_candidates(keys: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # PRR features                                          (C++: controller.h, token_features)
 # ---------------------------------------------------------------------------------------------------------------
-def controller_features(*, row_len: float, masks_in_row: int, nfe: int, steps: int, block_start_true: float,
-                        block_length: int, masks_in_block: int, positions: torch.Tensor, step_in_block: int,
-                        steps_per_block: int, p1: torch.Tensor, p2: torch.Tensor, entropy: torch.Tensor, vocab: int,
-                        last_change: torch.Tensor, prev_p1: torch.Tensor) -> torch.Tensor:
-    """The 13 base features [n, 13] (fp32) of one sequence's candidates; order = controller.BASE_FEATURES."""
-    n = positions.numel()
-    f32 = lambda v: torch.full((n,), float(v), dtype=torch.float32)  # noqa: E731
-    div = lambda a, b: f32(a) / f32(b)  # noqa: E731  fp32 division, as in the kernel
-    step_ratio = div(step_in_block, steps_per_block)
+def controller_features(*, row_len, masks_in_row, nfe, steps, block_start_true, block_length, masks_in_block,
+                        positions: torch.Tensor, step_in_block, steps_per_block, p1: torch.Tensor, p2: torch.Tensor,
+                        entropy: torch.Tensor, vocab: int, last_change: torch.Tensor,
+                        prev_p1: torch.Tensor) -> torch.Tensor:
+    """The 13 base features [..., 13] (fp32) of candidates; order = controller.BASE_FEATURES.
+
+    Per-token arguments (positions, p1, p2, entropy, last_change, prev_p1) are tensors of one shape; per-sequence
+    ones (row_len, masks_in_row, nfe, steps, block_start_true, block_length, masks_in_block, step_in_block,
+    steps_per_block) are numbers or tensors that broadcast against them (e.g. [B, 1] against [B, n]). All
+    arithmetic is fp32 divisions of exactly-representable integers, as in the kernel.
+    """
+    shape = positions.shape
+    f32 = lambda v: torch.as_tensor(v, dtype=torch.float32, device=positions.device).expand(shape)  # noqa: E731
+    step_ratio = f32(step_in_block) / f32(steps_per_block)
     feats = [
-        div(row_len - masks_in_row, row_len),
-        div(nfe, steps),
-        div(block_start_true, row_len),
-        div(block_length, row_len),
-        div(block_length - masks_in_block, block_length),
+        (f32(row_len) - f32(masks_in_row)) / f32(row_len),
+        f32(nfe) / f32(steps),
+        f32(block_start_true) / f32(row_len),
+        f32(block_length) / f32(row_len),
+        (f32(block_length) - f32(masks_in_block)) / f32(block_length),
         positions.float() / f32(block_length),
         step_ratio,
         step_ratio,
         p1.float(),
         (p1 - p2).float(),
-        entropy.float() / torch.tensor(math.log(vocab), dtype=torch.float32),
-        (step_in_block - last_change).float() / f32(steps_per_block),
+        entropy.float() / f32(math.log(vocab)),
+        (f32(step_in_block) - last_change.float()) / f32(steps_per_block),
         prev_p1.float(),
     ]
     out = torch.stack(feats, -1)
