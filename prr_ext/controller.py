@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import torch
 

@@ -5,6 +5,7 @@ rng="torch", and calls the op, which does all the math in one pass (one kernel l
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -47,8 +48,36 @@ def _check_rows_tensor(name: str, t: Optional[torch.Tensor], B: int, Lr: int, de
     return t.float().contiguous()
 
 
+def _argmax_nonmask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
+    """First index of the largest non-mask logit (the op's argmax), without copying the logits."""
+    saved = logits[..., mask_id].clone()
+    logits[..., mask_id] = -math.inf
+    am = logits.argmax(-1)
+    logits[..., mask_id] = saved
+    return am
+
+
+def llada_draws(logits: torch.Tensor, state: State, want_candidates: bool = False):
+    """LLaDA's random draws from state.generator, in LLaDA's order (rng="torch"): one fp64 rand_like(logits) at
+    T > 0, candidate = argmax(exp(l) / (-log u)^T) with the mask token excluded; then one fp32 rand([B, Lr]) for
+    RandomRemask. At T == 0 the candidate is the argmax, computed only if `want_candidates`.
+    Returns (candidates [B, Lr] int64 or None, random_conf [B, Lr] fp32 or None)."""
+    cand = rconf = None
+    if state.temperature > 0:
+        u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=state.generator)
+        g = logits.to(torch.float64).exp() / (-torch.log(u)) ** state.temperature
+        g[..., state.mask_id] = -1.0  # scores are >= 0: the mask token is never a candidate
+        cand = g.argmax(-1)
+    elif want_candidates:
+        cand = _argmax_nonmask(logits, state.mask_id)
+    if state.policy.code == POLICY_RANDOM:
+        rconf = torch.rand(logits.shape[:2], device=logits.device, generator=state.generator)
+    return cand, rconf
+
+
 def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] = None,
-         extra_features: Optional[torch.Tensor] = None) -> torch.Tensor:
+         extra_features: Optional[torch.Tensor] = None, candidates: Optional[torch.Tensor] = None,
+         random_conf: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One denoising step: choose and commit tokens into `state.x` in place.
 
     Args:
@@ -59,6 +88,10 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
       scores: optional [B, Lr] PRR stability scores in (0, 1) that replace the controller MLP (e.g. from an external
               hidden-state head).
       extra_features: optional [B, Lr, F] extra controller inputs (F = controller.extra_features).
+      candidates: optional [B, Lr] int64 tokens to commit instead of the op's own choice (e.g. from your own
+              sampler); the op still computes their confidence. Out-of-range tokens or mask_id are never committed.
+      random_conf: optional [B, Lr] RandomRemask keys replacing the op's Philox draws.
+      With rng="torch" and neither given, both are LLaDA's draws from state.generator (see llada_draws).
 
     Returns the [B, L] bool mask of the positions committed at this step. The candidate tokens and per-token
     statistics of the step are left in `state.last_tokens` [B, Lr] and `state.last_stats` [B, Lr, 7]
@@ -100,15 +133,15 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
     extra_features = _check_rows_tensor("extra_features", extra_features, B, Lr, x.device,
                                         n_extra if extra_features is not None else None)
 
-    candidates = random_conf = None
-    if state.rng == "torch":  # LLaDA's exact draws, in its order: Gumbel noise first, then the random key
-        if state.temperature > 0:
-            u = torch.rand(logits.shape, dtype=torch.float64, device=x.device, generator=state.generator)
-            gumbel_scores = logits.to(torch.float64).exp() / (-torch.log(u)) ** state.temperature
-            gumbel_scores[..., state.mask_id] = -1.0  # the mask token is never a candidate
-            candidates = gumbel_scores.argmax(-1)
-        if pol.code == POLICY_RANDOM:
-            random_conf = torch.rand((B, Lr), device=x.device, generator=state.generator)
+    if candidates is not None:
+        if not isinstance(candidates, torch.Tensor) or tuple(candidates.shape) != (B, Lr):
+            raise ValueError(f"candidates must be a [B, Lr]={(B, Lr)} tensor")
+        if candidates.device != x.device or candidates.is_floating_point():
+            raise ValueError(f"candidates must be an integer tensor on {x.device}")
+        candidates = candidates.to(torch.int64).contiguous()
+    random_conf = _check_rows_tensor("random_conf", random_conf, B, Lr, x.device)
+    if state.rng == "torch" and candidates is None and random_conf is None:
+        candidates, random_conf = llada_draws(logits, state)
 
     commit, tokens, stats = torch.ops.prr_ext.step(
         logits, x, state.row_state, state.traj, state.prev_p1, state.workspace, state.seed, state.prompt_lens,

@@ -11,7 +11,7 @@ from typing import Optional, Union
 import torch
 
 from .policies import PRR, Policy
-from .reference import RS_BLOCK, RS_NFE, RS_STEP, advance_block
+from .reference import RS_BLOCK, RS_NFE, advance_block
 
 CONFIDENCE_DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 RNGS = ("philox", "torch")
@@ -123,8 +123,9 @@ class State:
         # Per block position: (argmax at the previous step, step in block at which the argmax last changed).
         self.traj = torch.zeros(B, block_length, 2, dtype=torch.int64, device=dev)
         self.prev_p1 = torch.zeros(B, block_length, dtype=torch.float32, device=dev)
-        # Scratch for the CUDA kernel's per-sequence arrival counters; every launch leaves it zeroed.
-        self.workspace = torch.zeros(max(B, 1), dtype=torch.int32, device=dev)
+        # Scratch of the CUDA kernel (arrival counters, per-token keys; layout: csrc/include/prr/params.h
+        # workspace_words); every launch leaves its counters zeroed, so one State can be replayed in a CUDA graph.
+        self.workspace = torch.zeros(1 + B * (2 + 5 * block_length), dtype=torch.int64, device=dev)
         self.controller_buf = policy.controller.packed(dev) if isinstance(policy, PRR) else None
         self.last_tokens: Optional[torch.Tensor] = None
         self.last_stats: Optional[torch.Tensor] = None

@@ -1,0 +1,169 @@
+"""Dream-compatible generation: Dream's `_sample` (Dream-org/Dream-v0-Instruct-7B generation_utils.py), in PyTorch.
+
+This loop does not use the fused op: Dream's rule differs from every prr_ext policy (the token is the argmax of
+the model-dtype (bf16) probabilities, not of the logits; the count k is one number for the whole batch, from the
+batch-average mask count; there are no blocks). It reproduces `_sample` token for token, including:
+
+* the logit right shift (position j is predicted from hidden state j - 1; position 0 keeps its own);
+* probabilities, confidences, margins and negative entropies in the logits' dtype (no upcast);
+* the float32 schedule `timesteps = linspace(1, eps, steps + 1)` and `k = int(n * (1 - s / t))` (the last step
+  takes `int(n)`), with n = masks / B, a float32 batch average: with steps == gen_length step 0 commits nothing
+  and the last step two;
+* `top_p` / `top_k` / temperature change the confidences, not only the sampled token; sampling goes through
+  torch.distributions.Categorical (whose validation failure falls back to the argmax, as Dream's try/except does);
+* the same `torch.topk` / `torch.multinomial` calls on the same [B, L] tensors, so tie resolution is the
+  reference's own.
+
+Randomness: `generator=None` uses torch's global generator exactly as Dream does (`Categorical.sample`,
+`torch.rand`, `torch.multinomial`); with a generator the same draws come from it (Categorical.sample is
+`multinomial(probs / probs.sum(-1), 1, True)`).
+
+Model calls: `model(x)` for unpadded batches; with padding (attention_mask has zeros) `model(x,
+attention_mask=am4d, position_ids=tok_idx)` with Dream's [B, 1, L, L] boolean mask and cumulative position ids
+(pads -> 1), the tensors `_sample` passes positionally.
+
+Deviation from the upstream code path: when no hook is given the shifted logits are never materialised
+(masked rows are gathered from the unshifted logits at j - 1); the values are identical.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import torch
+import torch.distributions as dists
+import torch.nn.functional as F
+
+from .generate import GenerateResult, _result, _sync, logits_of
+
+ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+
+def _top_p_logits(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    sorted_logits, sorted_indices = torch.sort(logits, descending=True)
+    cumulative_probs = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+    remove = cumulative_probs > top_p
+    remove[..., 1:] = remove[..., :-1].clone()  # keep the first token above the threshold
+    remove[..., 0] = 0
+    mask = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, sorted_indices, remove)
+    return logits.masked_fill(mask, torch.finfo(logits.dtype).min)
+
+
+def _top_k_logits(logits: torch.Tensor, top_k: int) -> torch.Tensor:
+    top_k = min(top_k, logits.size(-1))
+    remove = logits < torch.topk(logits, top_k)[0][..., -1, None]
+    return logits.masked_fill(remove, torch.finfo(logits.dtype).min)
+
+
+def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_p: Optional[float] = None,
+                  top_k: Optional[int] = None, margin_confidence: bool = False, neg_entropy: bool = False,
+                  generator: Optional[torch.Generator] = None):
+    """Dream's sample_tokens: (confidence, token) per row of `logits` [N, V], in the logits' dtype."""
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = _top_p_logits(logits, top_p)
+    if top_k is not None:
+        logits = _top_k_logits(logits, top_k)
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        try:
+            cat = dists.Categorical(probs=probs)  # normalises and validates exactly as Dream's call does
+            if generator is None:
+                x0 = cat.sample()
+            else:
+                x0 = torch.multinomial(cat.probs.reshape(-1, cat.probs.shape[-1]), 1, True,
+                                       generator=generator).T.reshape(cat.batch_shape)
+            confidence = torch.gather(probs, -1, x0.unsqueeze(-1)).squeeze(-1)
+        except Exception:  # Dream: fall back to the argmax
+            confidence, x0 = probs.max(dim=-1)
+    else:
+        confidence, x0 = probs.max(dim=-1)
+    if margin_confidence:
+        sorted_probs, _ = torch.sort(probs, dim=-1, descending=True)
+        confidence = sorted_probs[:, 0] - sorted_probs[:, 1]
+    if neg_entropy:
+        confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return confidence, x0
+
+
+@torch.no_grad()
+def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, steps: int, alg: str = "entropy",
+                   temperature: float = 0.0, top_p: Optional[float] = None, top_k: Optional[int] = None,
+                   alg_temp: Optional[float] = None, eps: float = 1e-3, mask_id: int = 151666,
+                   attention_mask: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
+                   logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None) -> GenerateResult:
+    """Dream's `_sample` with max_length = P + gen_length. See the module docstring; returns a GenerateResult
+    (nfe = steps for every row)."""
+    if alg not in ALGS:
+        raise ValueError(f"alg must be one of {ALGS}, got {alg!r}")
+    if not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    temperature = float(temperature)
+    if not (temperature >= 0.0) or math.isinf(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    dev = prompt_ids.device
+    B, P = prompt_ids.shape
+    x = F.pad(prompt_ids.to(torch.int64), (0, gen_length), value=mask_id)
+    if attention_mask is not None and torch.any(attention_mask == 0.0):
+        am = F.pad(attention_mask, (0, gen_length), value=1.0)
+        tok_idx = am.long().cumsum(-1) - 1
+        tok_idx.masked_fill_(am == 0, 1)
+        am = torch.logical_and(am.unsqueeze(1).unsqueeze(-2), am.unsqueeze(1).unsqueeze(-1))
+
+        def call(inp):
+            return logits_of(model(inp, attention_mask=am, position_ids=tok_idx))
+    else:
+        def call(inp):
+            return logits_of(model(inp))
+
+    _sync(dev)
+    t0 = time.perf_counter()
+    timesteps = torch.linspace(1, eps, steps + 1, device=dev)
+    if tokens_hook is not None:
+        x = tokens_hook(None, x, None)
+    rows = torch.arange(B, device=dev)
+    for i in range(steps):
+        mask_index = x == mask_id
+        raw = call(x)
+        if logits_hook is not None or tokens_hook is not None:
+            logits = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+            if logits_hook is not None:
+                logits = logits_hook(i, x, logits)
+            mask_logits = logits[mask_index]
+        else:  # the same rows, gathered from position j - 1 (0 for j == 0) without building the shifted tensor
+            logits = raw
+            b_idx, j_idx = mask_index.nonzero(as_tuple=True)
+            mask_logits = raw[b_idx, (j_idx - 1).clamp_min(0)]
+        t, s = timesteps[i], timesteps[i + 1]
+        if alg == "origin":
+            p_transfer = 1 - s / t if i < steps - 1 else 1
+            x0 = torch.zeros_like(x[mask_index], dtype=torch.long) + mask_id
+            transfer = torch.rand(*x0.shape, device=dev, generator=generator) < p_transfer
+            _, x0[transfer] = sample_tokens(mask_logits[transfer], temperature=temperature, top_p=top_p,
+                                            top_k=top_k, generator=generator)
+            x[mask_index] = x0.clone()
+        else:
+            confidence, x0 = sample_tokens(mask_logits, temperature=temperature, top_p=top_p, top_k=top_k,
+                                           margin_confidence=alg == "topk_margin", neg_entropy=alg == "entropy",
+                                           generator=generator)
+            num_mask_token = mask_index.sum() / mask_index.shape[0]  # float32 batch average
+            k = int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
+            full_confidence = torch.full_like(x, -torch.inf, dtype=logits.dtype)
+            full_confidence[mask_index] = confidence
+            if k > 0:
+                if alg_temp is None or alg_temp == 0:
+                    _, transfer_index = torch.topk(full_confidence, k)
+                else:
+                    full_confidence = F.softmax(full_confidence / alg_temp, dim=-1)
+                    transfer_index = torch.multinomial(full_confidence, num_samples=k, generator=generator)
+                x_ = torch.zeros_like(x) + mask_id
+                x_[mask_index] = x0.clone()
+                row_indices = rows.unsqueeze(1).expand_as(transfer_index)
+                x[row_indices, transfer_index] = x_[row_indices, transfer_index]
+        if tokens_hook is not None:
+            x = tokens_hook(i, x, logits)
+    _sync(dev)
+    nfe = torch.full((B,), steps, dtype=torch.int64, device=dev)
+    return _result(x, P, nfe, mask_id, time.perf_counter() - t0, steps)

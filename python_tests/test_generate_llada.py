@@ -1,0 +1,665 @@
+"""prr_ext.generate (style="llada") against a faithful re-implementation of LLaDA's `generate()`, on tiny
+random-weight bidirectional transformers (CPU; the CUDA checks at the bottom skip without a GPU).
+
+Tie caveat. LLaDA selects with `torch.topk`; on CPU, topk does not return the lowest-index set among tied values
+(CUDA's does), while prr_ext always does. So whole-loop parity on CPU is asserted against the faithful reference
+where ties cannot occur (fp32 / fp64 confidences of continuous logits), and where they can (bf16 confidences, the
+zero confidences of confidence_eos_eot_inf) against the same reference with a lowest-index topk (= LLaDA on CUDA),
+plus against the faithful reference whenever CPU topk's tie-break changed no selection in its run (instrumented:
+TieCounter). The CUDA tests compare with the faithful reference directly.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(__file__))
+import prr_ext  # noqa: E402
+from prr_ext.generate import generate  # noqa: E402
+from tiny_models import BlockOnlyLM, tiny_lm  # noqa: E402
+
+V, MASK, EOS, EOT, PAD = 128, 127, 100, 101, 99
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add overhead
+    yield
+    torch.set_num_threads(n)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The reference: LLaDA generate.py (ML-GSAI/LLaDA, 2025-10 version: batches with attention_mask, EOS/EoT flags,
+# logits-dtype confidence) transcribed; `fp64=True` gives the pre-June-2025 / Fast-dLLM confidence
+# (softmax(logits.to(float64))). EOS/EoT ids are parameters (126081 / 126348 upstream) for the tiny vocabulary;
+# `topk` is a parameter so the tie-break can be swapped or instrumented.
+# ------------------------------------------------------------------------------------------------------------
+def add_gumbel_noise(logits, temperature):
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    noise = torch.rand_like(logits, dtype=torch.float64)
+    gumbel_noise = (- torch.log(noise)) ** temperature
+    return logits.exp() / gumbel_noise
+
+
+def get_num_transfer_tokens(mask_index, steps):
+    mask_num = mask_index.sum(dim=1, keepdim=True)
+    base = mask_num // steps
+    remainder = mask_num % steps
+    num_transfer_tokens = torch.zeros(mask_num.size(0), steps, device=mask_index.device, dtype=torch.int64) + base
+    for i in range(mask_num.size(0)):
+        num_transfer_tokens[i, :remainder[i]] += 1
+    return num_transfer_tokens
+
+
+@torch.no_grad()
+def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128,
+                   temperature=0., cfg_scale=0., remasking='low_confidence', mask_id=MASK, logits_eos_inf=False,
+                   confidence_eos_eot_inf=False, eos_id=EOS, eot_id=EOT, fp64=False, topk=torch.topk):
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long).to(prompt.device)
+    x[:, :prompt.shape[1]] = prompt.clone()
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask, torch.ones((prompt.shape[0], gen_length),
+                                                               dtype=attention_mask.dtype,
+                                                               device=prompt.device)], dim=-1)
+    prompt_index = (x != mask_id)
+    assert gen_length % block_length == 0
+    num_blocks = gen_length // block_length
+    assert steps % num_blocks == 0
+    steps = steps // num_blocks
+    for num_block in range(num_blocks):
+        block_mask_index = (x[:, prompt.shape[1] + num_block * block_length:
+                              prompt.shape[1] + (num_block + 1) * block_length] == mask_id)
+        num_transfer_tokens = get_num_transfer_tokens(block_mask_index, steps)
+        for i in range(steps):
+            mask_index = (x == mask_id)
+            if cfg_scale > 0.:
+                un_x = x.clone()
+                un_x[prompt_index] = mask_id
+                x_ = torch.cat([x, un_x], dim=0)
+                if attention_mask is not None:
+                    attention_mask_ = torch.cat([attention_mask, attention_mask], dim=0)
+                logits = model(x_, attention_mask=attention_mask_).logits
+                logits, un_logits = torch.chunk(logits, 2, dim=0)
+                logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
+            else:
+                logits = model(x, attention_mask=attention_mask).logits
+            if logits_eos_inf:
+                logits[:, :, eos_id] = -torch.inf
+            logits_with_noise = add_gumbel_noise(logits, temperature=temperature)
+            x0 = torch.argmax(logits_with_noise, dim=-1)  # b, l
+            if confidence_eos_eot_inf:
+                logits_with_noise[:, :, eos_id] = logits[:, :, eot_id] = -torch.inf
+            if remasking == 'low_confidence':
+                p = F.softmax(logits.to(torch.float64) if fp64 else logits, dim=-1)
+                x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)  # b, l
+            elif remasking == 'random':
+                x0_p = torch.rand((x0.shape[0], x0.shape[1]), device=x0.device)
+            else:
+                raise NotImplementedError(remasking)
+            x0_p[:, prompt.shape[1] + (num_block + 1) * block_length:] = -np.inf
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, -np.inf)
+            transfer_index = torch.zeros_like(x0, dtype=torch.bool, device=x0.device)
+            for j in range(confidence.shape[0]):
+                _, select_index = topk(confidence[j], k=num_transfer_tokens[j, i])
+                transfer_index[j, select_index] = True
+            x[transfer_index] = x0[transfer_index]
+    return x
+
+
+def lowest_index_topk(v, k):
+    """topk whose tie-break is the lowest index (what CUDA's torch.topk and prr_ext do)."""
+    idx = torch.sort(v, descending=True, stable=True).indices[:int(k)]
+    return v[idx], idx
+
+
+class TieCounter:
+    """The faithful torch.topk, instrumented: `ties` counts calls with a boundary tie (the k-th and (k+1)-th
+    largest values equal, so the selected set depends on the tie-break); `diverged` counts calls where torch.topk
+    actually selected a different set than the lowest-index rule. With diverged == 0 the faithful run must equal
+    prr_ext token for token."""
+
+    def __init__(self):
+        self.ties = self.diverged = 0
+
+    def __call__(self, v, k):
+        k = int(k)
+        out = torch.topk(v, k=k)
+        if 0 < k < v.numel():
+            s = torch.sort(v, descending=True).values
+            if s[k - 1] == s[k]:
+                self.ties += 1
+                if set(out.indices.tolist()) != set(lowest_index_topk(v, k)[1].tolist()):
+                    self.diverged += 1
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# models and helpers
+# ------------------------------------------------------------------------------------------------------------
+_MODELS = {}
+
+
+def eos_tail(P, G):
+    """EoT, then EOS, growing likelier over the second half of a P + G canvas (an answer, then padding)."""
+    return {EOT: (P + G // 2 - 2, 2.0), EOS: (P + G // 2 + 1, 3.0)}
+
+
+def model(dtype=torch.float32, seed=0, tail=None, hf=True):
+    """A cached tiny LM; tail=(P, G) adds the EOS/EoT tail of `eos_tail`."""
+    key = (dtype, seed, tail, hf)
+    if key not in _MODELS:
+        _MODELS[key] = tiny_lm(vocab_size=V, mask_id=MASK, dtype=dtype, seed=seed, logit_scale=6.0,
+                               tail_bias=eos_tail(*tail) if tail else None, hf_output=hf)
+    return _MODELS[key]
+
+
+def prompts(B=2, P=6, seed=0, pad_left=()):
+    """[B, P] prompts; pad_left[b] left pads (PAD) in row b, with the matching attention_mask (or None)."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randint(0, PAD, (B, P), generator=g)
+    if not pad_left:
+        return p, None
+    am = torch.ones_like(p)
+    for b, n in enumerate(pad_left):
+        p[b, :n], am[b, :n] = PAD, 0
+    return p, am
+
+
+def ours(m, p, **kw):
+    kw.setdefault("mask_id", MASK)
+    kw.setdefault("eos_id", EOS)
+    kw.setdefault("eot_id", EOT)
+    return generate(m, p, **kw)
+
+
+def ref(m, p, seed=None, **kw):
+    if seed is not None:
+        torch.manual_seed(seed)
+    return llada_generate(m, p, **kw)
+
+
+CONFIGS = [dict(gen_length=16, block_length=8, steps=8),    # 1 token per step
+           dict(gen_length=16, block_length=8, steps=6),    # k = 3, 3, 2 per block (remainder front-loaded)
+           dict(gen_length=12, block_length=12, steps=12),  # one block
+           dict(gen_length=16, block_length=4, steps=16)]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# greedy parity
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_greedy_fp32_parity(cfg):
+    """LLaDA >= 2025-06 with an fp32 model: confidence = softmax in the logits' dtype (fp32, continuous: no ties)."""
+    m = model()
+    p, _ = prompts(B=3, seed=1)
+    want = ref(m, p, **cfg)
+    got = ours(m, p, **cfg)
+    assert torch.equal(got.tokens, want)
+    assert got.nfe.tolist() == [cfg["steps"]] * 3
+    assert got.state.confidence_dtype == torch.float32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_greedy_fp64_parity(dtype):
+    """The older LLaDA / Fast-dLLM: fp64 confidence."""
+    m = model(dtype, seed=2)
+    p, _ = prompts(B=2, seed=2)
+    for cfg in CONFIGS[:2]:
+        want = ref(m, p, fp64=True, **cfg)
+        got = ours(m, p, confidence_dtype=torch.float64, **cfg)
+        assert torch.equal(got.tokens, want)
+
+
+def test_greedy_bf16_parity_and_ties():
+    """LLaDA >= 2025-06 on a bf16 model: bf16 logits, bf16 confidence. Against the lowest-index-topk reference
+    always; against the faithful (CPU topk) reference whenever CPU topk's tie-break changed no selection."""
+    faithful_checked = 0
+    for seed in range(4):
+        m = model(torch.bfloat16, seed=10 + seed)
+        p, _ = prompts(B=2, seed=seed)
+        for cfg in CONFIGS[:2]:
+            got = ours(m, p, **cfg)
+            assert got.state.confidence_dtype == torch.bfloat16
+            assert torch.equal(got.tokens, ref(m, p, topk=lowest_index_topk, **cfg))
+            counter = TieCounter()
+            want = ref(m, p, topk=counter, **cfg)
+            if counter.diverged == 0:
+                faithful_checked += 1
+                assert torch.equal(got.tokens, want)
+    assert faithful_checked >= 4  # the model's logit spread keeps bf16 boundary ties rare
+
+
+def test_tie_heavy_bf16_lowest_index():
+    """A low-spread bf16 model: many tied bf16 confidences; parity with LLaDA's CUDA tie-break (lowest index)."""
+    m = tiny_lm(vocab_size=V, mask_id=MASK, dtype=torch.bfloat16, seed=3, logit_scale=0.05)  # near-uniform
+    p, _ = prompts(B=2, seed=3)
+    cfg = dict(gen_length=16, block_length=16, steps=8)
+    counter = TieCounter()
+    faithful = ref(m, p, topk=counter, **cfg)
+    assert counter.ties >= 5 and counter.diverged > 0  # tie-heavy, and CPU topk does break ties differently
+    got = ours(m, p, **cfg)
+    assert torch.equal(got.tokens, ref(m, p, topk=lowest_index_topk, **cfg))
+    assert not torch.equal(got.tokens, faithful)  # the documented CPU-only divergence
+
+
+def test_tensor_returning_model_and_block_only_logits():
+    m, mt = model(), model(hf=False)
+    p, _ = prompts(B=2, seed=4)
+    cfg = CONFIGS[1]
+    want = ref(m, p, **cfg)
+    assert torch.equal(ours(mt, p, **cfg).tokens, want)
+    bm = BlockOnlyLM(m)
+    got = ours(bm, p, block_info=True, **cfg)
+    assert torch.equal(got.tokens, want)
+    P, BL, S = p.shape[1], cfg["block_length"], cfg["steps"] // 2
+    assert bm.starts == [P] * S + [P + BL] * S
+    assert {s[1] for s in bm.shapes} == {P + cfg["gen_length"], BL}
+
+
+def test_block_only_adaptive_policy():
+    """Block-only logits follow State.block_start when blocks end early."""
+    m = model()
+    p, _ = prompts(B=2, seed=5)
+    cfg = dict(gen_length=24, block_length=8, steps=24, policy=prr_ext.Threshold(0.3))
+    full = ours(m, p, **cfg)
+    bm = BlockOnlyLM(m, prefill_full=False)
+    got = ours(bm, p, block_info=True, **cfg)
+    assert torch.equal(got.tokens, full.tokens) and torch.equal(got.nfe, full.nfe)
+    assert all(s[1] == 8 for s in bm.shapes)
+    assert bm.starts == sorted(bm.starts) and set(bm.starts) == {6, 14, 22}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# sampling (T > 0): rng="torch" draws LLaDA's rand_like in LLaDA's order
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_sampling_parity(dtype, remasking):
+    m = model(dtype, seed=6)
+    p, _ = prompts(B=2, seed=6)
+    policy = prr_ext.LowConfidence() if remasking == "low_confidence" else prr_ext.RandomRemask()
+    for T in (0.5, 1.0):
+        cfg = dict(gen_length=16, block_length=8, steps=8, temperature=T)
+        counter = TieCounter()
+        faithful = ref(m, p, seed=7, remasking=remasking, topk=counter, **cfg)
+        want = ref(m, p, seed=7, remasking=remasking, topk=lowest_index_topk, **cfg)
+        if counter.diverged == 0:
+            assert torch.equal(faithful, want)
+        if dtype == torch.float32:
+            assert counter.ties == 0  # continuous confidences: the faithful reference itself is the oracle
+        torch.manual_seed(999)  # the generator below, not the global stream, drives our draws
+        got = ours(m, p, rng="torch", generator=torch.Generator().manual_seed(7), policy=policy, **cfg)
+        assert torch.equal(got.tokens, want), (T, remasking)
+        torch.manual_seed(7)  # generator=None: torch's default generator, as LLaDA's rand_like
+        got = ours(m, p, rng="torch", policy=policy, **cfg)
+        assert torch.equal(got.tokens, want)
+
+
+def test_sampling_fp64_parity():
+    m = model(torch.bfloat16, seed=8)
+    p, _ = prompts(B=2, seed=8)
+    cfg = dict(gen_length=16, block_length=8, steps=8, temperature=0.8)
+    want = ref(m, p, seed=3, fp64=True, **cfg)
+    got = ours(m, p, rng="torch", generator=torch.Generator().manual_seed(3), confidence_dtype=torch.float64, **cfg)
+    assert torch.equal(got.tokens, want)
+
+
+def test_random_remask_greedy_parity():
+    """'random' remasking at T == 0: one fp32 rand([B, L]) per step."""
+    m = model()
+    p, _ = prompts(B=2, seed=9)
+    cfg = dict(gen_length=16, block_length=8, steps=8)
+    want = ref(m, p, seed=4, remasking="random", **cfg)
+    got = ours(m, p, rng="torch", generator=torch.Generator().manual_seed(4), policy=prr_ext.RandomRemask(), **cfg)
+    assert torch.equal(got.tokens, want)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# batches with left padding, attention_mask, classifier-free guidance
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T", [0.0, 0.7])
+def test_left_padding_parity(T):
+    m = model(seed=11)
+    p, am = prompts(B=3, P=7, seed=11, pad_left=(3, 0, 1))
+    cfg = dict(gen_length=16, block_length=8, steps=8, temperature=T)
+    want = ref(m, p, seed=5, attention_mask=am, **cfg)
+    got = ours(m, p, attention_mask=am, rng="torch", generator=torch.Generator().manual_seed(5), **cfg)
+    assert torch.equal(got.tokens, want)
+    assert got.state.prompt_lens.tolist() == [4, 7, 6]
+
+
+@pytest.mark.parametrize("T", [0.0, 0.6])
+def test_cfg_parity(T):
+    m = model(seed=12)
+    p, am = prompts(B=2, P=6, seed=12, pad_left=(2, 0))
+    cfg = dict(gen_length=16, block_length=8, steps=8, temperature=T, cfg_scale=1.5)
+    want = ref(m, p, seed=6, attention_mask=am, **cfg)
+    got = ours(m, p, attention_mask=am, rng="torch", generator=torch.Generator().manual_seed(6), **cfg)
+    assert torch.equal(got.tokens, want)
+    assert m.calls > 0 and got.nfe.tolist() == [8, 8]
+
+
+def test_cfg_without_attention_mask():
+    """LLaDA's reference raises (unbound local); prr_ext calls the model without a mask."""
+    m = model(seed=12)
+    p, _ = prompts(B=2, seed=12)
+    with pytest.raises(UnboundLocalError):
+        ref(m, p, gen_length=8, block_length=8, steps=4, cfg_scale=1.0)
+    ones = torch.ones_like(p)
+    want = ref(m, p, attention_mask=ones, gen_length=8, block_length=8, steps=4, cfg_scale=1.0)
+    got = ours(m, p, gen_length=8, block_length=8, steps=4, cfg_scale=1.0)
+    assert torch.equal(got.tokens, want)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# EOS / EoT flags
+# ------------------------------------------------------------------------------------------------------------
+def test_logits_eos_inf_parity():
+    m = model(seed=13, tail=(6, 16))
+    p, am = prompts(B=2, seed=13, pad_left=(1, 0))
+    cfg = dict(gen_length=16, block_length=8, steps=8)
+    plain = ours(m, p, attention_mask=am, **cfg)
+    assert (plain.generated == EOS).any()  # the bias makes EOS likely...
+    for T in (0.0, 0.7):
+        want = ref(m, p, seed=8, attention_mask=am, logits_eos_inf=True, temperature=T, **cfg)
+        got = ours(m, p, attention_mask=am, logits_eos_inf=True, temperature=T, rng="torch",
+                   generator=torch.Generator().manual_seed(8), **cfg)
+        assert torch.equal(got.tokens, want)
+        assert not (got.generated == EOS).any()  # ...and the flag removes it
+
+
+@pytest.mark.parametrize("T", [0.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_confidence_eos_eot_inf_parity(T, dtype):
+    """LLaDA's chained assignment: at T == 0 EOS and EoT candidates get confidence 0 (and leave the softmax
+    normaliser), at T > 0 only EoT. Zero confidences tie, so compare with the lowest-index tie-break, and with
+    the faithful reference when it met no boundary tie."""
+    m = model(dtype, seed=15, tail=(6, 16))
+    p, am = prompts(B=2, seed=15, pad_left=(0, 2))
+    cfg = dict(gen_length=16, block_length=8, steps=8, temperature=T)
+    want = ref(m, p, seed=9, attention_mask=am, confidence_eos_eot_inf=True, topk=lowest_index_topk, **cfg)
+    got = ours(m, p, attention_mask=am, confidence_eos_eot_inf=True, rng="torch",
+               generator=torch.Generator().manual_seed(9), **cfg)
+    assert torch.equal(got.tokens, want)
+    assert ((got.generated == EOS) | (got.generated == EOT)).any()
+    # the flag changes the result (it is not a no-op on this model)
+    plain = ref(m, p, seed=9, attention_mask=am, topk=lowest_index_topk, **cfg)
+    assert not torch.equal(plain, want)
+    counter = TieCounter()
+    faithful = ref(m, p, seed=9, attention_mask=am, confidence_eos_eot_inf=True, topk=counter, **cfg)
+    assert counter.ties > 0  # zero confidences tie
+    if counter.diverged == 0:
+        assert torch.equal(got.tokens, faithful)
+
+
+def test_confidence_eos_eot_inf_philox_paths():
+    """rng="philox": at T == 0 the result equals rng="torch" (no noise); at T > 0 the probe step samples the
+    same candidates as the real step, so the op and the pure-PyTorch reference agree."""
+    m = model(seed=15, tail=(6, 16))
+    p, _ = prompts(B=2, seed=15)
+    cfg = dict(gen_length=16, block_length=8, steps=8, confidence_eos_eot_inf=True)
+    a = ours(m, p, rng="philox", **cfg)
+    b = ours(m, p, rng="torch", **cfg)
+    assert torch.equal(a.tokens, b.tokens)
+    seed = torch.tensor([5, 6])
+    a = ours(m, p, temperature=0.8, seed=seed, **cfg)
+    b = ours(m, p, temperature=0.8, seed=seed, backend="reference", **cfg)
+    assert torch.equal(a.tokens, b.tokens)
+    assert not torch.equal(a.tokens, ours(m, p, temperature=0.8, seed=seed, **dict(cfg, confidence_eos_eot_inf=False))
+                           .tokens)
+
+
+def test_eos_id_out_of_vocab():
+    m = model()
+    p, _ = prompts()
+    with pytest.raises(ValueError, match="eos_id"):
+        generate(m, p, gen_length=8, steps=8, mask_id=MASK, logits_eos_inf=True)  # LLaDA's 126081 >= V
+
+
+# ------------------------------------------------------------------------------------------------------------
+# NFE; adaptive policies; reference loop vs fused op
+# ------------------------------------------------------------------------------------------------------------
+ADAPTIVE = [prr_ext.Threshold(0.5), prr_ext.Factor(1.0), prr_ext.EntropyBound(0.5)]
+
+
+def test_nfe_vanilla_and_adaptive():
+    m = model(seed=16)
+    p, am = prompts(B=3, seed=16, pad_left=(0, 2, 1))
+    for cfg in (dict(gen_length=16, block_length=8, steps=16), dict(gen_length=16, block_length=8, steps=8),
+                dict(gen_length=24, block_length=8, steps=12)):
+        for pol in (prr_ext.LowConfidence(), prr_ext.RandomRemask()):
+            m.calls = 0
+            out = ours(m, p, attention_mask=am, policy=pol, **cfg)
+            assert out.nfe.tolist() == [cfg["steps"]] * 3 and m.calls == out.forwards == cfg["steps"]
+            assert torch.allclose(out.tokens_per_forward, torch.full((3,), cfg["gen_length"] / cfg["steps"],
+                                                                     dtype=torch.float64))
+        fewer = False
+        for pol in ADAPTIVE:
+            m.calls = 0
+            out = ours(m, p, attention_mask=am, policy=pol, **cfg)
+            assert (out.nfe <= cfg["steps"]).all() and m.calls == out.forwards <= cfg["steps"]
+            assert not (out.generated == MASK).any()
+            fewer |= bool((out.nfe < cfg["steps"]).any())
+        assert fewer
+
+
+def test_threshold_one_is_low_confidence():
+    """Threshold(tau=1) with k_i >= 1 commits exactly the schedule's top-k_i: LowConfidence's tokens and NFE."""
+    m = model(seed=17)
+    p, _ = prompts(B=2, seed=17)
+    cfg = dict(gen_length=16, block_length=8, steps=8)
+    a = ours(m, p, **cfg)
+    b = ours(m, p, policy=prr_ext.Threshold(1.0), **cfg)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.nfe, b.nfe)
+
+
+@pytest.mark.parametrize("policy", [prr_ext.LowConfidence(), prr_ext.RandomRemask(), prr_ext.Threshold(0.5),
+                                    prr_ext.Factor(1.0), prr_ext.EntropyBound(0.3), "prr"])
+def test_reference_loop_matches_op(policy):
+    """The pure-PyTorch loop (prr_ext.reference.step) and the fused op: same tokens, same NFE."""
+    if policy == "prr":
+        policy = prr_ext.PRR(prr_ext.Controller.init(seed=0), tau=0.6)
+    m = model(seed=18)
+    p, am = prompts(B=2, seed=18, pad_left=(2, 0))
+    for T in (0.0, 0.7):
+        cfg = dict(gen_length=16, block_length=8, steps=8, temperature=T, policy=policy, attention_mask=am,
+                   seed=torch.tensor([1, 2]))
+        a = ours(m, p, **cfg)
+        b = ours(m, p, backend="reference", **cfg)
+        assert torch.equal(a.tokens, b.tokens) and torch.equal(a.nfe, b.nfe), T
+
+
+def test_reference_loop_matches_op_rng_torch():
+    m = model(seed=19)
+    p, _ = prompts(B=2, seed=19)
+    for pol in (prr_ext.LowConfidence(), prr_ext.RandomRemask()):
+        cfg = dict(gen_length=16, block_length=8, steps=8, temperature=0.9, policy=pol, rng="torch")
+        a = ours(m, p, generator=torch.Generator().manual_seed(1), **cfg)
+        b = ours(m, p, generator=torch.Generator().manual_seed(1), backend="reference", **cfg)
+        assert torch.equal(a.tokens, b.tokens)
+
+
+def test_philox_reproducible_and_batch_invariant():
+    m = model(seed=20)
+    p, _ = prompts(B=3, seed=20)
+    cfg = dict(gen_length=16, block_length=8, steps=8, temperature=0.8)
+    a = ours(m, p, generator=torch.Generator().manual_seed(3), **cfg)
+    b = ours(m, p, generator=torch.Generator().manual_seed(3), **cfg)
+    assert torch.equal(a.tokens, b.tokens)
+    seeds = a.state.seed
+    one = ours(m, p[1:2], seed=seeds[1:2], **cfg)  # row 1 alone, with its seed
+    assert torch.equal(one.tokens[0], a.tokens[1])
+
+
+# ------------------------------------------------------------------------------------------------------------
+# EOS work saving
+# ------------------------------------------------------------------------------------------------------------
+def _check_eos_filled(gen):
+    """Rows with an EOS hold no mask. (Only masked positions are filled: a token committed after the first EOS
+    before the row's prefix was complete stays; on the model used below there are none.)"""
+    for row in gen.tolist():
+        if EOS in row:
+            e = row.index(EOS)
+            assert MASK not in row and all(t == EOS for t in row[e:]), row
+
+
+@pytest.mark.parametrize("policy", [prr_ext.LowConfidence(), prr_ext.Threshold(0.5)])
+def test_eos_fill(policy):
+    m = model(seed=21, tail=(6, 20))  # EOS from about the middle of the 32 generated tokens
+    p, am = prompts(B=3, seed=21, pad_left=(0, 1, 2))
+    cfg = dict(gen_length=32, block_length=8, steps=32, policy=policy, attention_mask=am)
+    m.calls = 0
+    base = ours(m, p, **cfg)
+    assert m.calls == base.forwards
+    m.calls = 0
+    out = ours(m, p, eos_fill=True, **cfg)
+    assert m.calls == out.forwards < base.forwards  # fewer batch forwards...
+    assert (out.nfe <= base.nfe).all() and (out.nfe < base.nfe).any()  # ...and fewer per row
+    _check_eos_filled(out.generated)
+    assert all(EOS in row for row in out.generated.tolist())
+    # rows are decoded identically up to their first EOS (rows are independent; waiting changes nothing)
+    for b in range(3):
+        row = out.generated[b].tolist()
+        e = row.index(EOS) if EOS in row else len(row) - 1
+        assert row[:e + 1] == base.generated[b, :e + 1].tolist()
+    # the reference backend does the same
+    ref_out = ours(m, p, eos_fill=True, backend="reference", **cfg)
+    assert torch.equal(ref_out.tokens, out.tokens) and torch.equal(ref_out.nfe, out.nfe)
+
+
+def test_eos_fill_off_by_default_keeps_parity():
+    m = model(seed=21, tail=(6, 16))
+    p, _ = prompts(B=2, seed=22)
+    cfg = dict(gen_length=16, block_length=8, steps=8)
+    assert torch.equal(ours(m, p, **cfg).tokens, ref(m, p, **cfg))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the graph loop's logic, on CPU: eager stand-ins for the CUDA warm-up and capture
+# ------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("policy", [prr_ext.LowConfidence(), prr_ext.Threshold(0.5), prr_ext.EntropyBound(0.3)])
+def test_graph_loop_logic_on_cpu(policy, monkeypatch):
+    """cuda_graph=True runs one eager step, a warm-up step, then blocks of steps_per_block steps until every row
+    is done, with no host-side decisions inside a block: steps past a row's (or the batch's) end commit nothing and
+    charge no NFE. With capture = "return the function" this is exactly what the replays execute."""
+    gen = importlib.import_module("prr_ext.generate")
+    monkeypatch.setattr(gen, "_GRAPH_IMPL", (lambda fn: fn(), lambda fn: fn))
+    m = model(seed=21, tail=(6, 20))
+    p, am = prompts(B=3, seed=21, pad_left=(0, 1, 2))
+    for extra in (dict(), dict(cfg_scale=1.0), dict(eos_fill=True), dict(confidence_eos_eot_inf=True),
+                  dict(temperature=0.8)):
+        cfg = dict(gen_length=32, block_length=8, steps=16, policy=policy, attention_mask=am,
+                   seed=torch.tensor([1, 2, 3]), **extra)
+        eager = ours(m, p, **cfg)
+        m.calls = 0
+        graph = ours(m, p, cuda_graph=True, **cfg)
+        assert torch.equal(eager.tokens, graph.tokens) and torch.equal(eager.nfe, graph.nfe), extra
+        S = 16 // 4
+        assert m.calls == graph.forwards >= eager.forwards and (graph.forwards - 2) % S == 0
+        assert graph.forwards - eager.forwards < S
+
+
+# ------------------------------------------------------------------------------------------------------------
+# argument checks
+# ------------------------------------------------------------------------------------------------------------
+def test_argument_errors():
+    m = model()
+    p, _ = prompts()
+    with pytest.raises(ValueError, match="divisible"):
+        ours(m, p, gen_length=16, block_length=8, steps=7)
+    with pytest.raises(ValueError, match="cuda_graph"):
+        ours(m, p, gen_length=8, steps=8, cuda_graph=True)
+    with pytest.raises(ValueError, match="backend"):
+        ours(m, p, gen_length=8, steps=8, backend="numpy")
+    with pytest.raises(ValueError, match="dream"):
+        ours(m, p, gen_length=8, steps=8, top_p=0.9)
+    with pytest.raises(TypeError, match="logits"):
+        ours(lambda x: "nope", p, gen_length=8, steps=8)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# CUDA (skip without a GPU / without the CUDA kernels)
+# ------------------------------------------------------------------------------------------------------------
+needs_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and prr_ext.has_cuda_kernels()),
+                                reason="needs a CUDA GPU and prr_ext's CUDA kernels")
+
+
+def _cuda_model(dtype, seed=30, tail=None):
+    return tiny_lm(vocab_size=V, mask_id=MASK, dtype=dtype, seed=seed, logit_scale=6.0,
+                   tail_bias=eos_tail(*tail) if tail else None).cuda()
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_llada_parity(dtype):
+    """On CUDA torch.topk breaks ties by the lowest index: parity with the faithful reference even with bf16."""
+    m = _cuda_model(dtype)
+    p, am = prompts(B=3, seed=30, pad_left=(2, 0, 1))
+    p, am = p.cuda(), am.cuda()
+    for cfg in CONFIGS[:2]:
+        want = ref(m, p, attention_mask=am, **cfg)
+        assert torch.equal(ours(m, p, attention_mask=am, **cfg).tokens, want)
+        want = ref(m, p, seed=4, attention_mask=am, temperature=0.7, **cfg)
+        torch.manual_seed(4)  # generator=None: the default CUDA generator, as LLaDA's rand_like
+        got = ours(m, p, attention_mask=am, temperature=0.7, rng="torch", **cfg)
+        assert torch.equal(got.tokens, want)
+        want = ref(m, p, attention_mask=am, fp64=True, cfg_scale=1.0, **cfg)
+        got = ours(m, p, attention_mask=am, confidence_dtype=torch.float64, cfg_scale=1.0, **cfg)
+        assert torch.equal(got.tokens, want)
+
+
+@needs_cuda
+@pytest.mark.parametrize("T", [0.0, 0.7])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_eos_flags_parity(T, dtype):
+    """The EOS/EoT flags against the faithful reference (CUDA topk: lowest-index ties, so zero confidences too)."""
+    m = _cuda_model(dtype, seed=15, tail=(6, 16))
+    p, am = prompts(B=2, seed=15, pad_left=(0, 2))
+    p, am = p.cuda(), am.cuda()
+    cfg = dict(gen_length=16, block_length=8, steps=8, temperature=T)
+    for flags in (dict(confidence_eos_eot_inf=True), dict(logits_eos_inf=True),
+                  dict(confidence_eos_eot_inf=True, logits_eos_inf=True)):
+        want = ref(m, p, seed=9, attention_mask=am, **flags, **cfg)
+        torch.manual_seed(9)
+        got = ours(m, p, attention_mask=am, rng="torch", **flags, **cfg)
+        assert torch.equal(got.tokens, want), flags
+
+
+@needs_cuda
+@pytest.mark.parametrize("policy", [prr_ext.LowConfidence(), prr_ext.Threshold(0.5), prr_ext.EntropyBound(0.3)])
+@pytest.mark.parametrize("T", [0.0, 0.8])
+def test_cuda_graph_matches_eager(policy, T):
+    m = _cuda_model(torch.bfloat16, seed=31, tail=(6, 32))
+    p, am = prompts(B=4, seed=31, pad_left=(2, 0, 1, 3))
+    p, am = p.cuda(), am.cuda()
+    for extra in (dict(), dict(cfg_scale=1.0), dict(eos_fill=True), dict(confidence_eos_eot_inf=True)):
+        cfg = dict(gen_length=32, block_length=8, steps=16, policy=policy, temperature=T, attention_mask=am,
+                   seed=torch.tensor([1, 2, 3, 4], device="cuda"), **extra)
+        eager = ours(m, p, **cfg)
+        graph = ours(m, p, cuda_graph=True, **cfg)
+        assert torch.equal(eager.tokens, graph.tokens), extra
+        assert torch.equal(eager.nfe, graph.nfe), extra
+        if isinstance(policy, prr_ext.LowConfidence) and not extra.get("eos_fill"):
+            assert graph.nfe.tolist() == [16] * 4
+
+
+@needs_cuda
+def test_cuda_matches_reference_backend():
+    """The CUDA op and the pure-PyTorch reference step on the same CUDA logits."""
+    m = _cuda_model(torch.float32, seed=32)
+    p, _ = prompts(B=2, seed=32)
+    p = p.cuda()
+    for pol in (prr_ext.LowConfidence(), prr_ext.Threshold(0.5)):
+        cfg = dict(gen_length=16, block_length=8, steps=8, policy=pol, temperature=0.7,
+                   seed=torch.tensor([1, 2], device="cuda"))
+        assert torch.equal(ours(m, p, **cfg).tokens, ours(m, p, backend="reference", **cfg).tokens)
