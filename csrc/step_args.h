@@ -62,8 +62,10 @@ inline prr::StepParams make_step_params(const at::Tensor& logits, const at::Tens
   TORCH_CHECK(prev_p1.scalar_type() == at::kFloat && prev_p1.is_contiguous() && prev_p1.dim() == 2 &&
                   prev_p1.size(0) == B && prev_p1.size(1) == block_length,
               "prev_p1 must be a contiguous [B, block_length] float32");
-  TORCH_CHECK(workspace.scalar_type() == at::kInt && workspace.is_contiguous() && workspace.numel() >= B,
-              "workspace must be a contiguous int32 tensor with >= B elements");
+  TORCH_CHECK(workspace.scalar_type() == at::kLong && workspace.is_contiguous() &&
+                  workspace.numel() >= prr::workspace_words(B, block_length),
+              "workspace must be a contiguous int64 tensor with >= 1 + B * (2 + 5 * block_length) = ",
+              prr::workspace_words(B, block_length), " elements");
   TORCH_CHECK(seed.scalar_type() == at::kLong && seed.is_contiguous() && seed.numel() == B, "seed must be [B] int64");
   TORCH_CHECK(prompt_lens.scalar_type() == at::kLong && prompt_lens.is_contiguous() && prompt_lens.numel() == B,
               "prompt_lens must be [B] int64");

@@ -64,6 +64,16 @@ struct StepParams {
   int mlp_in, mlp_h1, mlp_h2, n_extra;
 };
 
+// Layout of State.workspace (int64 words): scratch of the CUDA kernel, left zeroed (counters) or overwritten before
+// being read (the rest) by every launch. The CPU op only checks its size. prr_ext/state.py allocates
+// workspace_words(B, block_length) words.
+//   [0]                      grid arrival counter (B > 1)
+//   [1, 1 + B)               per-sequence arrival counters
+//   [1 + B, 1 + 2B)          staged block index per sequence (B > 1)
+//   then five [B * block_length] arrays: candidate key (fp64 bits), candidate token, flags (1 masked | 2 usable),
+//   sorted keys (fp64 bits), sorted block positions (the latter two only for block_length > the in-SMEM sort).
+PRR_HD int64_t workspace_words(int64_t B, int64_t block_length) { return 1 + B * (2 + 5 * block_length); }
+
 // LLaDA's per-block schedule: n masks over S steps, remainder front-loaded; 0 past the block's last step.
 PRR_HD int64_t schedule_k(int64_t n, int64_t steps_per_block, int64_t i) {
   if (i >= steps_per_block) return 0;

@@ -135,6 +135,122 @@ struct RowStats {
   PRR_HD C entropy() const { return C(log1p_c(zrest) - srest / z()); }
 };
 
+// ---------------------------------------------------------------------------------------------------------------
+// Register-tile variant (the CUDA kernel's per-thread pass; csrc/cuda/step_cuda.cu).
+//
+// A GPU thread holds a small tile of logits in registers and visits it a 16-byte vector at a time: the top-2 of the
+// vector first (first index on ties, exactly as push()), whose running max is the shift m, then the exponential
+// sums against m, rescaled only when m rises (once per vector, not per element). Every instance of the final maximum
+// contributes exp(0) = 1 exactly, so the "rest" sum of RowStats (all terms but one instance of the max) is sum - 1.
+// The result is a RowStats that merge() combines with other tiles, threads and CTAs like any other partial state.
+// ---------------------------------------------------------------------------------------------------------------
+
+// exp for the bulk of the vocabulary: on the GPU the hardware ex2 (MUFU.EX2, ~2 ulp, subnormal results kept, no
+// FTZ) of v * log2(e); on the host expf. Only the sums Z', S' and the tempered normaliser use it; every
+// probability that is ranked or reported (p = exp(l - m) / Z) uses exp_c.
+PRR_HD float exp_bulk(float v) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(v * 1.4426950408889634f));
+  return y;
+#else
+  return expf(v);
+#endif
+}
+PRR_HD double exp_bulk(double v) { return exp(v); }
+
+PRR_HD float max_c(float a, float b) { return fmaxf(a, b); }  // NaN-ignoring (IEEE maxNum), one instruction
+PRR_HD double max_c(double a, double b) { return fmax(a, b); }
+PRR_HD float min_c(float a, float b) { return fminf(a, b); }
+PRR_HD double min_c(double a, double b) { return fmin(a, b); }
+
+// Statistics of a tile of N logits, visited in groups of G (a 16-byte vector): get(k) returns logit k (k = 0..N-1,
+// a compile-time index after unrolling) in the compute type C, index(k) its vocabulary index (increasing in k);
+// mask_k is the k that holds the mask token, or -1. Per group: the top-2 (whose running max is the softmax shift m
+// so far), one rescale of the sums if m rose, then exp(l - m) and exp(l - m)(l - m) against the fixed m. Only one
+// group's values are live at a time, which keeps a GPU thread's register footprint small.
+template <typename C, typename A, int N, int G, typename Get, typename Index>
+PRR_HD RowStats<C, A> tile_stats(const Get& get, const Index& index, int mask_k) {
+  static_assert(N % G == 0, "the tile must be a whole number of groups");
+  const C lowest = -std::numeric_limits<C>::max();
+  C c1 = neg_inf<C>(), c2 = neg_inf<C>(), m = neg_inf<C>();
+  int k1 = -1;
+  A z = A(0), s = A(0);
+  bool nan_seen = false;
+#pragma unroll
+  for (int g = 0; g < N; g += G) {
+#pragma unroll
+    for (int k = g; k < g + G; ++k) {  // top-2 over every logit (mask included; NaN ignored)
+      const C l = get(k);
+      c2 = max_c(c2, min_c(c1, l));
+      k1 = l > c1 ? k : k1;  // strict: the first index wins ties
+      c1 = max_c(c1, l);
+    }
+    if (c1 == neg_inf<C>()) {  // everything so far is -inf (probability 0) or NaN
+#pragma unroll
+      for (int k = g; k < g + G; ++k) {
+        const C l = get(k);
+        nan_seen = nan_seen || l != l;
+      }
+      continue;
+    }
+    if (c1 > m) {  // the shift rises: rescale what was summed (m = -inf: nothing yet, a = 0)
+      const C dm = m - c1;
+      const A a = A(exp_bulk(dm));
+      s = a * (s + A(max_c(dm, lowest)) * z);
+      z = a * z;
+      m = c1;
+    }
+    // NaN or +Inf make z NaN (NaN - m, inf - inf); -inf gives e = 0 and, through the clamp, 0 * finite in S'.
+#pragma unroll
+    for (int k = g; k < g + G; ++k) {
+      const C d = get(k) - m;
+      const A e = A(exp_bulk(d));
+      z += e;
+      s += e * A(max_c(d, lowest));
+    }
+  }
+  if (mask_k >= 0) {  // the mask token is never a candidate: redo the top-2 without it when it can matter
+    C mv = C(0);
+#pragma unroll
+    for (int k = 0; k < N; ++k)
+      if (k == mask_k) mv = get(k);
+    if (!(mv < c2)) {
+      c1 = c2 = neg_inf<C>();
+      k1 = -1;
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        if (k == mask_k) continue;
+        const C l = get(k);
+        c2 = max_c(c2, min_c(c1, l));
+        k1 = l > c1 ? k : k1;
+        c1 = max_c(c1, l);
+      }
+    }
+  }
+  RowStats<C, A> st;
+  st.init();
+  st.c1 = c1;
+  st.c2 = c2;
+  st.i1 = k1 >= 0 ? index(k1) : kNoIndex;
+  if (m != neg_inf<C>()) {
+    st.m = m;
+    st.zrest = z - A(1);  // every instance of the max added exp(0) = 1 exactly; RowStats keeps one apart
+    st.srest = s;
+  }
+  st.bad = nan_seen || !(z == z);
+  return st;
+}
+
+// The tempered normaliser of a tile (the register-tile twin of TemperedSum::push over N logits).
+template <typename A, int N, typename Get>
+PRR_HD A tempered_tile_sum(const Get& get, float m, float inv_t) {
+  A z = A(0);
+#pragma unroll
+  for (int k = 0; k < N; ++k) z += A(exp_bulk((get(k) - m) * inv_t));  // -inf -> exp(-inf) = 0
+  return z;
+}
+
 // exp((l - m) * inv_t) summed over the row: the normaliser of softmax(logits / T) shifted by m / T.
 template <typename C, typename A>
 struct TemperedSum {
