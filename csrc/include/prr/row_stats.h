@@ -117,15 +117,33 @@ struct RowStats {
         m = hi;
       }
     }
-    // top-2 of the non-mask logits
-    if (o.c1 > c1 || (o.c1 == c1 && o.i1 < i1)) {
-      c2 = c1 > o.c2 ? c1 : o.c2;
-      c1 = o.c1;
-      i1 = o.i1;
-    } else {
-      c2 = o.c1 > c2 ? o.c1 : c2;
-    }
+    merge_top2(o.c1, o.i1, o.c2);  // top-2 of the non-mask logits
     push_sample(o.gbest, o.gidx);
+  }
+
+  // Merge another partial's top-2 (first index on ties).
+  PRR_HD void merge_top2(C oc1, int64_t oi1, C oc2) {
+    if (oc1 > c1 || (oc1 == c1 && oi1 < i1)) {
+      c2 = c1 > oc2 ? c1 : oc2;
+      c1 = oc1;
+      i1 = oi1;
+    } else {
+      c2 = oc1 > c2 ? oc1 : c2;
+    }
+  }
+
+  // This partial's sums against a shift M >= m, the max's own term included: Z = e^(m-M) (1 + Z'),
+  // S = e^(m-M) (S' + (m - M)(1 + Z')). Summing them over partials and taking Z' = Z - 1, S' = S against M is the
+  // same merge as merge(), reassociated: a GPU reduction then needs one exp per partial, not one per tree level.
+  PRR_HD void rebased_sums(C M, A& Z, A& S) const {
+    if (m == neg_inf<C>()) {
+      Z = S = A(0);
+      return;
+    }
+    const C d = m - M;
+    const A a = A(exp_c(d)), z1 = A(1) + zrest;
+    Z = a * z1;
+    S = a * (srest + A(d) * z1);
   }
 
   PRR_HD bool usable() const { return !bad && c1 != neg_inf<C>(); }
@@ -139,77 +157,87 @@ struct RowStats {
 // Register-tile variant (the CUDA kernel's per-thread pass; csrc/cuda/step_cuda.cu).
 //
 // A GPU thread holds a small tile of logits in registers and visits it a 16-byte vector at a time: the top-2 of the
-// vector first (first index on ties, exactly as push()), whose running max is the shift m, then the exponential
-// sums against m, rescaled only when m rises (once per vector, not per element). Every instance of the final maximum
-// contributes exp(0) = 1 exactly, so the "rest" sum of RowStats (all terms but one instance of the max) is sum - 1.
-// The result is a RowStats that merge() combines with other tiles, threads and CTAs like any other partial state.
+// vector first (its running max is the shift m), then the exponential sums against m, rescaled only when m rises
+// (once per vector, not per element). The final maximum's own term is 2^0 = 1, so the "rest" sum of RowStats (all
+// terms but one instance of the max) is sum - 1. The argmax (first index on ties, exactly as push()) is found in
+// the one vector where the max last rose. The result is a RowStats that merge() combines with other tiles, threads
+// and CTAs like any other partial state. The CPU keeps the element-wise push(); both are the same statistics.
 // ---------------------------------------------------------------------------------------------------------------
 
-// exp for the bulk of the vocabulary: on the GPU the hardware ex2 (MUFU.EX2, ~2 ulp, subnormal results kept, no
-// FTZ) of v * log2(e); on the host expf. Only the sums Z', S' and the tempered normaliser use it; every
-// probability that is ranked or reported (p = exp(l - m) / Z) uses exp_c.
-PRR_HD float exp_bulk(float v) {
+// 2^v for the bulk of the vocabulary: on the GPU one MUFU.EX2 (ex2.approx.ftz: ~2 ulp; results below 2^-126
+// flush to 0, which cannot change a sum that already holds exp(0) = 1); on the host exp2f. Only the sums Z', S' and
+// the tempered normaliser use it; every probability that is ranked or reported (p = exp(l - m) / Z) uses exp_c.
+PRR_HD float exp2_bulk(float v) {
 #if defined(__CUDA_ARCH__)
   float y;
-  asm("ex2.approx.f32 %0, %1;" : "=f"(y) : "f"(v * 1.4426950408889634f));
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(v));
   return y;
 #else
-  return expf(v);
+  return exp2f(v);
 #endif
 }
-PRR_HD double exp_bulk(double v) { return exp(v); }
+PRR_HD double exp2_bulk(double v) { return exp2(v); }
 
 PRR_HD float max_c(float a, float b) { return fmaxf(a, b); }  // NaN-ignoring (IEEE maxNum), one instruction
 PRR_HD double max_c(double a, double b) { return fmax(a, b); }
 PRR_HD float min_c(float a, float b) { return fminf(a, b); }
 PRR_HD double min_c(double a, double b) { return fmin(a, b); }
+// NaN-propagating max: a NaN anywhere in the tile survives into the running max (the "bad row" test).
+PRR_HD float max_nan_c(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("max.NaN.f32 %0, %1, %2;" : "=f"(y) : "f"(a), "f"(b));
+  return y;
+#else
+  return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : fmaxf(a, b);
+#endif
+}
+PRR_HD double max_nan_c(double a, double b) {
+  return (a != a || b != b) ? std::numeric_limits<double>::quiet_NaN() : fmax(a, b);
+}
 
 // Statistics of a tile of N logits, visited in groups of G (a 16-byte vector): get(k) returns logit k (k = 0..N-1,
-// a compile-time index after unrolling) in the compute type C, index(k) its vocabulary index (increasing in k);
-// mask_k is the k that holds the mask token, or -1. Per group: the top-2 (whose running max is the softmax shift m
-// so far), one rescale of the sums if m rose, then exp(l - m) and exp(l - m)(l - m) against the fixed m. Only one
-// group's values are live at a time, which keeps a GPU thread's register footprint small.
-template <typename C, typename A, int N, int G, typename Get, typename Index>
-PRR_HD RowStats<C, A> tile_stats(const Get& get, const Index& index, int mask_k) {
+// a compile-time index after unrolling) in the compute type C, index(k) its vocabulary index (increasing in k),
+// first_eq(g, v) the first k of group g (a run-time group) whose logit equals v, or -1; mask_k is the k that holds
+// the mask token, or -1. Per group: the top-2 values with a NaN-propagating max (3 min/max per logit; the argmax is
+// located afterwards in the one group where the max last rose), one rescale of the sums if the max rose, then
+// t = (l - m) log2(e), e = 2^t, Z += e, S' += e t (t clamped, so -inf logits add 0, not 0 * -inf).
+template <typename C, typename A, int N, int G, typename Get, typename Index, typename FirstEq>
+PRR_HD RowStats<C, A> tile_stats(const Get& get, const Index& index, const FirstEq& first_eq, int mask_k) {
   static_assert(N % G == 0, "the tile must be a whole number of groups");
-  const C lowest = -std::numeric_limits<C>::max();
+  const C kLog2e = C(1.4426950408889634), kLn2 = C(0.6931471805599453), tmin = C(-1e30);
   C c1 = neg_inf<C>(), c2 = neg_inf<C>(), m = neg_inf<C>();
-  int k1 = -1;
-  A z = A(0), s = A(0);
-  bool nan_seen = false;
+  int g1 = -1;  // the group in which c1 last rose (holds the first instance of the max)
+  A z = A(0), s = A(0);  // s: sum of e * t, t in log2 units
 #pragma unroll
   for (int g = 0; g < N; g += G) {
-#pragma unroll
-    for (int k = g; k < g + G; ++k) {  // top-2 over every logit (mask included; NaN ignored)
-      const C l = get(k);
-      c2 = max_c(c2, min_c(c1, l));
-      k1 = l > c1 ? k : k1;  // strict: the first index wins ties
-      c1 = max_c(c1, l);
-    }
-    if (c1 == neg_inf<C>()) {  // everything so far is -inf (probability 0) or NaN
-#pragma unroll
-      for (int k = g; k < g + G; ++k) {
-        const C l = get(k);
-        nan_seen = nan_seen || l != l;
-      }
-      continue;
-    }
-    if (c1 > m) {  // the shift rises: rescale what was summed (m = -inf: nothing yet, a = 0)
-      const C dm = m - c1;
-      const A a = A(exp_bulk(dm));
-      s = a * (s + A(max_c(dm, lowest)) * z);
-      z = a * z;
-      m = c1;
-    }
-    // NaN or +Inf make z NaN (NaN - m, inf - inf); -inf gives e = 0 and, through the clamp, 0 * finite in S'.
+    const C before = c1;
 #pragma unroll
     for (int k = g; k < g + G; ++k) {
-      const C d = get(k) - m;
-      const A e = A(exp_bulk(d));
+      const C l = get(k);
+      c2 = max_c(c2, min_c(c1, l));
+      c1 = max_nan_c(c1, l);
+    }
+    g1 = c1 > before ? g / G : g1;
+    // the shift rises to c1: rescale what was summed (m = -inf: nothing yet; equal: factor 1)
+    const C dm = (c1 == m) ? C(0) : (m - c1) * kLog2e;
+    const A a = A(exp2_bulk(dm));
+    s = a * (s + A(max_c(dm, tmin)) * z);
+    z = a * z;
+    m = c1;
+#pragma unroll
+    for (int k = g; k < g + G; ++k) {
+      const C t = max_c((get(k) - m) * kLog2e, tmin);  // l - m is exact near the max; clamp: -inf -> tmin
+      const A e = A(exp2_bulk(t));
       z += e;
-      s += e * A(max_c(d, lowest));
+      s += e * A(t);
     }
   }
+  RowStats<C, A> st;
+  st.init();
+  st.bad = (c1 != c1) || c1 == std::numeric_limits<C>::infinity();
+  if (st.bad) return st;
+  int k1 = g1 >= 0 ? first_eq(g1, c1) : -1;
   if (mask_k >= 0) {  // the mask token is never a candidate: redo the top-2 without it when it can matter
     C mv = C(0);
 #pragma unroll
@@ -228,26 +256,112 @@ PRR_HD RowStats<C, A> tile_stats(const Get& get, const Index& index, int mask_k)
       }
     }
   }
-  RowStats<C, A> st;
-  st.init();
   st.c1 = c1;
   st.c2 = c2;
-  st.i1 = k1 >= 0 ? index(k1) : kNoIndex;
+  st.i1 = (k1 >= 0 && c1 != neg_inf<C>()) ? index(k1) : kNoIndex;
   if (m != neg_inf<C>()) {
     st.m = m;
-    st.zrest = z - A(1);  // every instance of the max added exp(0) = 1 exactly; RowStats keeps one apart
-    st.srest = s;
+    st.zrest = z - A(1);  // the max's own term is exp2(~0) = 1; RowStats keeps one instance apart
+    st.srest = s * A(kLn2);
   }
-  st.bad = nan_seen || !(z == z);
   return st;
 }
 
-// The tempered normaliser of a tile (the register-tile twin of TemperedSum::push over N logits).
+// The same statistics with two independent chains (even / odd groups) merged at the end: twice the instruction-level
+// parallelism for a GPU thread whose warps are few (the loop is latency-bound, not issue-bound). N % (2 G) == 0.
+template <typename C, typename A, int N, int G, typename Get, typename Index, typename FirstEq>
+PRR_HD RowStats<C, A> tile_stats2(const Get& get, const Index& index, const FirstEq& first_eq, int mask_k) {
+  static_assert(N % (2 * G) == 0, "the tile must be a whole number of group pairs");
+  const C kLog2e = C(1.4426950408889634), kLn2 = C(0.6931471805599453), tmin = C(-1e30);
+  C c1[2] = {neg_inf<C>(), neg_inf<C>()}, c2[2] = {neg_inf<C>(), neg_inf<C>()}, m[2] = {neg_inf<C>(), neg_inf<C>()};
+  int g1[2] = {-1, -1};
+  A z[2] = {A(0), A(0)}, s[2] = {A(0), A(0)};
+#pragma unroll
+  for (int g0 = 0; g0 < N; g0 += 2 * G) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int g = g0 + h * G;
+      const C before = c1[h];
+#pragma unroll
+      for (int k = g; k < g + G; ++k) {
+        const C l = get(k);
+        c2[h] = max_c(c2[h], min_c(c1[h], l));
+        c1[h] = max_nan_c(c1[h], l);
+      }
+      g1[h] = c1[h] > before ? g / G : g1[h];
+      const C dm = (c1[h] == m[h]) ? C(0) : (m[h] - c1[h]) * kLog2e;
+      const A a = A(exp2_bulk(dm));
+      s[h] = a * (s[h] + A(max_c(dm, tmin)) * z[h]);
+      z[h] = a * z[h];
+      m[h] = c1[h];
+#pragma unroll
+      for (int k = g; k < g + G; ++k) {
+        const C t = max_c((get(k) - m[h]) * kLog2e, tmin);
+        const A e = A(exp2_bulk(t));
+        z[h] += e;
+        s[h] += e * A(t);
+      }
+    }
+  }
+  RowStats<C, A> st;
+  st.init();
+  C cm = max_nan_c(c1[0], c1[1]);
+  st.bad = (cm != cm) || cm == std::numeric_limits<C>::infinity();
+  if (st.bad) return st;
+  // the chains' top-2 and argmax group (ties: the lower group, i.e. the first index)
+  C cc2 = max_c(min_c(c1[0], c1[1]), max_c(c2[0], c2[1]));
+  const int gg = c1[0] > c1[1] ? g1[0] : c1[1] > c1[0] ? g1[1] : (g1[0] < 0 ? g1[1] : g1[1] < 0 ? g1[0]
+                                                                    : (g1[0] < g1[1] ? g1[0] : g1[1]));
+  int k1 = gg >= 0 ? first_eq(gg, cm) : -1;
+  // the chains' sums against the common shift cm
+  A zt = A(0), stt = A(0);
+  if (cm != neg_inf<C>()) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (m[h] == neg_inf<C>()) continue;
+      const C dm = (m[h] - cm) * kLog2e;
+      const A a = A(exp2_bulk(dm));
+      zt += a * z[h];
+      stt += a * (s[h] + A(dm) * z[h]);
+    }
+  }
+  C cc1 = cm;
+  if (mask_k >= 0) {  // the mask token is never a candidate: redo the top-2 without it when it can matter
+    C mv = C(0);
+#pragma unroll
+    for (int k = 0; k < N; ++k)
+      if (k == mask_k) mv = get(k);
+    if (!(mv < cc2)) {
+      cc1 = cc2 = neg_inf<C>();
+      k1 = -1;
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        if (k == mask_k) continue;
+        const C l = get(k);
+        cc2 = max_c(cc2, min_c(cc1, l));
+        k1 = l > cc1 ? k : k1;
+        cc1 = max_c(cc1, l);
+      }
+    }
+  }
+  st.c1 = cc1;
+  st.c2 = cc2;
+  st.i1 = (k1 >= 0 && cc1 != neg_inf<C>()) ? index(k1) : kNoIndex;
+  if (cm != neg_inf<C>()) {
+    st.m = cm;
+    st.zrest = zt - A(1);
+    st.srest = stt * A(kLn2);
+  }
+  return st;
+}
+
+// The tempered normaliser of a tile: sum of exp((l - m) / T) = 2^((l - m) * (inv_t * log2(e))).
 template <typename A, int N, typename Get>
 PRR_HD A tempered_tile_sum(const Get& get, float m, float inv_t) {
+  const float k = inv_t * 1.4426950408889634f;
   A z = A(0);
 #pragma unroll
-  for (int k = 0; k < N; ++k) z += A(exp_bulk((get(k) - m) * inv_t));  // -inf -> exp(-inf) = 0
+  for (int j = 0; j < N; ++j) z += A(exp2_bulk((get(j) - m) * k));  // -inf -> 2^-inf = 0
   return z;
 }
 

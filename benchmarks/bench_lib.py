@@ -1,0 +1,285 @@
+"""Shared pieces of the step benchmarks (benchmarks/bench_step.py, benchmarks/run_bench.py).
+
+* shapes / policies of issue 3 (bf16 logits, V = 126464, every L position masked and active, plus the full-sequence
+  case: 1024 logits rows of which a 32-position block is active);
+* `time_kernel`: prr_ext.step timed inside a CUDA graph of N steps, each on its own fresh State (so every timed step
+  sees all positions masked), CUDA events around the replay, median over repeats; logits rotate over enough buffers
+  that the bytes read per replay exceed twice the L2;
+* `read_bandwidth`: amax over a 4 GiB bf16 tensor (the floor's denominator, measured in the same run);
+* the baselines: `llada_step_eager` (LLaDA's low-confidence step in plain torch: softmax -> gather -> masked top-k,
+  over the logits LLaDA computes it on) and `vector_step` (an equivalent pure-torch step per policy, for
+  torch.compile).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+import prr_ext
+from prr_ext import policies as P
+
+V_BENCH = 126464
+MASK_ID = 126336  # LLaDA's mask token
+
+# (label, B, canvas L, block_length, logits rows): all L positions masked, the block covers the canvas, except the
+# full-sequence case where the canvas is 1024 long, the logits cover it, and the active block has 32 positions.
+SHAPES = [
+    ("(1,32)", 1, 32, 32),
+    ("(8,32)", 8, 32, 32),
+    ("(1,256)", 1, 256, 256),
+    ("(8,256)", 8, 256, 256),
+    ("(32,256)", 32, 256, 256),
+    ("(1,1024)", 1, 1024, 1024),
+    ("full (1,1024) blk 32", 1, 1024, 32),
+]
+
+
+def make_policy(name: str):
+    if name == "LowConfidence":
+        return prr_ext.LowConfidence()
+    if name == "RandomRemask":
+        return prr_ext.RandomRemask()
+    if name == "Threshold":
+        return prr_ext.Threshold(0.9)
+    if name == "Factor":
+        return prr_ext.Factor(1.0)
+    if name == "EntropyBound":
+        return prr_ext.EntropyBound(0.1)
+    if name == "PRR":
+        return prr_ext.PRR(prr_ext.Controller.init(0), tau=0.9)  # temperature shaping: the 2-sweep path
+    raise ValueError(name)
+
+
+POLICIES = ["LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR"]
+
+
+@dataclass
+class Case:
+    label: str
+    B: int
+    L: int
+    BL: int
+    policy: str
+
+    @property
+    def rows_read(self) -> int:  # masked rows of the active block
+        return self.B * self.BL
+
+    @property
+    def bytes_read(self) -> int:
+        return self.rows_read * V_BENCH * 2
+
+
+def make_state(case: Case, policy, seed: int = 0) -> prr_ext.State:
+    x = torch.full((case.B, case.L), MASK_ID, dtype=torch.int64, device="cuda")
+    steps = case.L // case.BL * 4  # a few steps per block; the timed step is each state's first
+    return prr_ext.State(x, MASK_ID, 0, case.BL, steps, policy,
+                         seed=torch.arange(case.B, dtype=torch.int64) + seed)
+
+
+def make_logits(case: Case, n: int, gen: torch.Generator) -> List[torch.Tensor]:
+    out = []
+    for _ in range(n):
+        t = torch.empty(case.B, case.L, V_BENCH, dtype=torch.bfloat16, device="cuda")
+        t.normal_(0.0, 3.0, generator=gen)
+        out.append(t)
+    return out
+
+
+def n_buffers(case: Case, l2_bytes: int, cap_bytes: int = 12 << 30) -> int:
+    """Logits buffers to rotate: bytes read per rotation >= 2 x L2, total allocation <= cap."""
+    want = max(2, math.ceil(2 * l2_bytes / case.bytes_read))
+    full = case.B * case.L * V_BENCH * 2
+    return max(1, min(want, cap_bytes // full))
+
+
+def cuda_time_ms(fn: Callable[[], None], iters: int) -> List[float]:
+    """Per-call times (ms) of `fn`, CUDA events around each call."""
+    out = []
+    for _ in range(iters):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        out.append(s.elapsed_time(e))
+    return out
+
+
+def read_bandwidth(gib: float = 4.0, iters: int = 20) -> float:
+    """Bytes/s of a pure read: amax over a `gib` GiB bf16 tensor (median)."""
+    n = int(gib * (1 << 30)) // 2
+    t = torch.empty(n, dtype=torch.bfloat16, device="cuda").normal_()
+    for _ in range(3):
+        torch.amax(t)
+    ms = statistics.median(cuda_time_ms(lambda: torch.amax(t), iters))
+    del t
+    torch.cuda.empty_cache()
+    return n * 2 / (ms * 1e-3)
+
+
+class KernelBench:
+    """prr_ext.step for one case, captured in a CUDA graph of `n_steps` steps on fresh states."""
+
+    def __init__(self, case: Case, n_steps: int = 16, l2_bytes: int = 50 << 20, seed: int = 0):
+        self.case = case
+        pol = make_policy(case.policy)
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        self.logits = make_logits(case, n_buffers(case, l2_bytes), gen)
+        self.states = [make_state(case, pol, seed=i) for i in range(n_steps)]
+        self.saved = [(s.x.clone(), s.row_state.clone()) for s in self.states]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up (module load, first launch) outside the capture
+            for i, s in enumerate(self.states):
+                prr_ext.step(self.logits[i % len(self.logits)], s)
+        torch.cuda.current_stream().wait_stream(side)
+        self.reset()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            for i, s in enumerate(self.states):
+                prr_ext.step(self.logits[i % len(self.logits)], s)
+        torch.cuda.synchronize()
+
+    def reset(self):
+        for s, (x, rs) in zip(self.states, self.saved):
+            s.x.copy_(x)
+            s.row_state.copy_(rs)
+        torch.cuda.synchronize()
+
+    def run_once(self) -> float:
+        """One replay; returns µs per step."""
+        self.reset()
+        ms = cuda_time_ms(self.graph.replay, 1)[0]
+        return ms * 1e3 / len(self.states)
+
+    def median_us(self, repeats: int = 15) -> float:
+        self.run_once()
+        return statistics.median(self.run_once() for _ in range(repeats))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------------------------------
+def llada_step_eager(logits: torch.Tensor, x: torch.Tensor, mask_id: int, block_end: int, k: int) -> torch.Tensor:
+    """LLaDA's low_confidence step (generate.py, temperature 0) in plain torch, on the logits it is given."""
+    mask_index = x == mask_id
+    x0 = torch.argmax(logits, dim=-1)
+    p = F.softmax(logits.to(torch.float32), dim=-1)
+    x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
+    x0_p[:, block_end:] = -math.inf
+    x0 = torch.where(mask_index, x0, x)
+    confidence = torch.where(mask_index, x0_p, torch.tensor(-math.inf, device=x.device))
+    transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+    for j in range(confidence.shape[0]):
+        _, select_index = torch.topk(confidence[j], k=k)
+        transfer_index[j, select_index] = True
+    x = x.clone()
+    x[transfer_index] = x0[transfer_index]
+    return x
+
+
+def vector_step(logits: torch.Tensor, x: torch.Tensor, lo: int, BL: int, mask_id: int, code: int, param: float,
+                k: int, ctrl: Optional[List[torch.Tensor]] = None, t_max: float = 1.5, t_min: float = 0.25):
+    """An equivalent pure-torch step (block rows only, fixed shapes, no host sync) for torch.compile: statistics,
+    the policy's key, a stable sort, the commit count and the scatter into x. Returns (new x, commit mask)."""
+    rows = logits[:, lo:lo + BL].float()
+    masked = x[:, lo:lo + BL] == mask_id
+    nm = rows.clone()
+    nm[..., mask_id] = -math.inf
+    top2 = nm.topk(2, dim=-1)
+    lse = torch.logsumexp(rows, dim=-1)
+    p1 = torch.exp(top2.values[..., 0] - lse)
+    p2 = torch.exp(top2.values[..., 1] - lse)
+    logp = rows - lse[..., None]
+    pr = logp.exp()
+    ent = -torch.where(pr > 0, pr * logp, torch.zeros_like(pr)).sum(-1)
+    cand = top2.indices[..., 0]
+    ninf = torch.tensor(-math.inf, device=x.device)
+    if code == P.POLICY_PRR:
+        pos = torch.arange(BL, device=x.device, dtype=torch.float32).expand_as(p1) / BL
+        one = torch.ones_like(p1)
+        feats = torch.stack([one * 0.0, one * 0.0, one * 0.0, one, one * 0.0, pos, one * 0.0, one * 0.0, p1,
+                             p1 - p2, ent / math.log(rows.shape[-1]), one * 0.0, one * 0.0], -1)
+        mean, std, w0, b0, w1, b1, wo, bo = ctrl
+        h = F.silu(((feats - mean) / std) @ w0.T + b0)
+        h = F.silu(h @ w1.T + b1)
+        s = torch.sigmoid(h @ wo.T + bo).squeeze(-1)
+        temp = torch.exp((1 - s) * math.log(t_max) + s * math.log(t_min))
+        key = torch.softmax(rows / temp[..., None], -1).gather(-1, cand[..., None]).squeeze(-1)
+    elif code == P.POLICY_ENTROPY_BOUND:
+        key = -ent
+    elif code == P.POLICY_RANDOM:
+        key = torch.rand_like(p1)
+    else:
+        key = p1
+    key = torch.where(masked, key, ninf).double()
+    srt, order = torch.sort(key, dim=-1, descending=True, stable=True)
+    n = masked.sum(-1)
+    valid = srt > -math.inf
+    if code in (P.POLICY_LOW_CONFIDENCE, P.POLICY_RANDOM):
+        count = torch.clamp(n, max=k)
+    else:
+        floor = 1 if code == P.POLICY_PRR else max(k, 1)
+        if code in (P.POLICY_THRESHOLD, P.POLICY_PRR):
+            extra = ((srt >= param) & valid).sum(-1)
+        elif code == P.POLICY_FACTOR:
+            m = torch.arange(1, BL + 1, device=x.device, dtype=torch.float64)
+            ok = ((m + 1.0) * (1.0 - srt) < param) & valid
+            extra = torch.cumprod(ok.long(), -1).sum(-1)
+        else:
+            h = torch.where(valid, -srt, torch.zeros_like(srt))
+            before = torch.cumsum(h, -1) - h
+            extra = torch.cumprod(((before <= param) & valid).long(), -1).sum(-1)
+        count = torch.minimum(torch.clamp(extra, min=floor), n)
+    take = torch.arange(BL, device=x.device)[None, :] < count[:, None]
+    commit_blk = torch.zeros_like(masked).scatter(-1, order, take)
+    newx = x.clone()
+    newx[:, lo:lo + BL] = torch.where(commit_blk, cand, x[:, lo:lo + BL])
+    return newx, commit_blk
+
+
+def ctrl_tensors(policy) -> Optional[List[torch.Tensor]]:
+    if not isinstance(policy, prr_ext.PRR):
+        return None
+    t = {k: v.cuda() for k, v in policy.controller.tensors.items()}
+    return [t["in_mean"], t["in_std"], t["w0"], t["b0"], t["w1"], t["b1"], t["w_out"], t["b_out"]]
+
+
+def eager_llada_us(case: Case, iters: int = 10) -> float:
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    lg = make_logits(case, 1, gen)[0]
+    x = torch.full((case.B, case.L), MASK_ID, dtype=torch.int64, device="cuda")
+    k = max(1, case.BL // 4)
+    fn = lambda: llada_step_eager(lg, x, MASK_ID, case.BL, k)  # noqa: E731
+    for _ in range(3):
+        fn()
+    return statistics.median(cuda_time_ms(fn, iters)) * 1e3
+
+
+_COMPILED = {}
+# one compiled function per policy, re-specialised per shape: allow the recompiles (the default limit is 8)
+torch._dynamo.config.recompile_limit = 512
+torch._dynamo.config.accumulated_recompile_limit = 8192
+
+
+def compiled_us(case: Case, iters: int = 10) -> float:
+    pol = make_policy(case.policy)
+    key = (pol.code,)
+    if key not in _COMPILED:
+        _COMPILED[key] = torch.compile(vector_step, dynamic=True, fullgraph=True)
+    fn_c = _COMPILED[key]
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    lg = make_logits(case, 1, gen)[0]
+    x = torch.full((case.B, case.L), MASK_ID, dtype=torch.int64, device="cuda")
+    k = max(1, case.BL // 4)
+    ctrl = ctrl_tensors(pol)
+    fn = lambda: fn_c(lg, x, 0, case.BL, MASK_ID, pol.code, pol.param, k, ctrl)  # noqa: E731
+    for _ in range(3):
+        fn()
+    return statistics.median(cuda_time_ms(fn, iters)) * 1e3

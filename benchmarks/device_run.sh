@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# benchmarks/device_run.sh — build + CUDA tests + compute-sanitizer + benchmarks on the GPU machine, in one go.
+#
+#   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,bench,benchjson (default: all)
+#
+# Logs go to $OUT (or ./device_logs); the benchmark table is appended to benchmarks/RESULTS.md, copied to $OUT.
+# Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), BENCH_ARGS (run_bench.py args).
+set -uo pipefail
+export PRR_TEST_THREADS="${PRR_TEST_THREADS:-16}"
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT="${OUT:-$PWD/device_logs}"
+mkdir -p "$OUT"
+PHASES="${1:-build,test,sanitize,bench}"
+PY="${PYTHON:-python3}"
+export PYTHONUNBUFFERED=1
+has() { [[ ",$PHASES," == *",$1,"* ]]; }
+t0=$SECONDS
+stamp() { echo "=== [$((SECONDS - t0))s] $*"; }
+
+stamp "device"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
+$PY -c 'import torch,sys; print("torch", torch.__version__, "python", sys.version.split()[0])' | tee -a "$OUT/device.txt"
+
+if has build; then
+  stamp "build (pip install --no-build-isolation --no-deps -e .)"
+  MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 $PY -m pip install --no-build-isolation --no-deps -v -e . \
+    >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; echo "BUILD FAILED"; exit 1; }
+  grep -E "^prr_ext setup:|spill|Used [0-9]+ registers" "$OUT/build.log" | head -20
+  $PY -c 'import prr_ext; print("CUDA kernels:", prr_ext.has_cuda_kernels())'
+fi
+
+if has test; then
+  stamp "CUDA tests"
+  timeout ${TEST_TIMEOUT:-300} $PY -m pytest python_tests/test_cuda_step.py -q -p no:cacheprovider --maxfail=15 ${TEST_ARGS:-} \
+    2>&1 | tee "$OUT/test.log" | tail -25
+  if has fallback && ! grep -qE "^[0-9]+ passed" <(tail -3 "$OUT/test.log"); then
+    stamp "tests failed: falling back to PRR_DUAL_CHAIN 0, rebuild, retest"
+    sed -i 's/^#define PRR_DUAL_CHAIN 1/#define PRR_DUAL_CHAIN 0/' csrc/cuda/step_cuda.cu
+    MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build2.log" 2>&1
+    timeout ${TEST_TIMEOUT:-300} $PY -m pytest python_tests/test_cuda_step.py -q -p no:cacheprovider --maxfail=15 \
+      2>&1 | tee "$OUT/test2.log" | tail -5
+  fi
+fi
+
+if has sanitize; then
+  K="${SAN_K:-(test_matches_cpu and bfloat16 and (lowconf or prr_temp or eb)) or (test_tie_heavy and prr_temp) or test_cuda_graph_replay or (test_nan_and_inf_rows and prr_temp) or test_large_block_global_sort or test_external_inputs}"
+  for tool in memcheck racecheck; do
+    stamp "compute-sanitizer --tool $tool"
+    timeout ${SAN_TIMEOUT:-300} compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      $PY -m pytest python_tests/test_cuda_step.py -q -x -p no:cacheprovider -k "$K" >"$OUT/sanitize_$tool.log" 2>&1
+    echo "exit code $? (99 = sanitizer errors)"
+    grep -E "ERROR SUMMARY|passed|failed|error" "$OUT/sanitize_$tool.log" | tail -5
+  done
+fi
+
+if has bench; then
+  stamp "benchmarks"
+  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/run_bench.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+  cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+fi
+
+if has sweep; then
+  stamp "launch-shape sweep"
+  timeout ${SWEEP_TIMEOUT:-240} $PY benchmarks/dev/profile_step.py sweep 2>&1 | tee "$OUT/sweep.log"
+fi
+
+if has ncu; then
+  stamp "ncu (one launch)"
+  timeout ${NCU_TIMEOUT:-120} ncu -k regex:step_kernel -s 3 -c 1 --section SpeedOfLight --section LaunchStats \
+    --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+    $PY benchmarks/dev/profile_step.py ncu "${NCU_SHAPE:-(1,32)}" "${NCU_POLICY:-LowConfidence}" >"$OUT/ncu.txt" 2>&1
+  grep -E "Duration|Elapsed Cycles|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Cluster|Stall|Issued Ipc|No Eligible|Theoretical Occ" "$OUT/ncu.txt" | head -40
+fi
+
+if has benchjson; then
+  stamp "pytest-benchmark"
+  timeout 300 $PY -m pytest benchmarks/bench_step.py -q -p no:cacheprovider ${BENCHJSON_ARGS:-} \
+    --benchmark-json="$OUT/bench_step.json" 2>&1 | tail -15
+  cp "$OUT/bench_step.json" benchmarks/bench_step.json 2>/dev/null || true
+fi
+stamp "done"
