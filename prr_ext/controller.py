@@ -22,6 +22,7 @@ FORMAT = "prr_ext.controller"
 VERSION = 1
 MAX_HIDDEN = 64
 MAX_LAYERS = 2
+MAX_FEATURES = 64  # base + extra features the kernel accepts (csrc/include/prr/params.h kMaxFeatures)
 
 # The base features, in order. docs/semantics.md defines each; reference.controller_features computes them.
 BASE_FEATURES = (
@@ -94,6 +95,9 @@ class Controller:
         if not (self.t_max >= 1.0 and 0.0 < self.t_min < 1.0) or math.isinf(self.t_max):
             raise ControllerFormatError(f"temperature map needs t_max >= 1 and 0 < t_min < 1, got t_max={self.t_max}"
                                         f", t_min={self.t_min}")
+        if not 0 <= self.extra_features <= MAX_FEATURES - NUM_BASE_FEATURES:
+            raise ControllerFormatError(f"extra_features must lie in [0, {MAX_FEATURES - NUM_BASE_FEATURES}] (at most "
+                                        f"{MAX_FEATURES} inputs in all), got {self.extra_features}")
         layers = [w for w in ("w0", "w1") if w in t]
         if layers not in (["w0"], ["w0", "w1"]):
             raise ControllerFormatError(f"controller needs w0 (and optionally w1), found {sorted(t)}")

@@ -109,6 +109,7 @@ def token_statistics(rows: torch.Tensor, mask_id: int, confidence_dtype: torch.d
 
     if candidates is not None:
         cand = candidates.clone()
+        usable = usable & (cand >= 0) & (cand < vocab) & (cand != mask_id)  # never commit an invalid token
     elif temperature > 0:
         inv_t = torch.tensor(1.0 / temperature, dtype=torch.float32)
         score = lf * inv_t + gumbel
@@ -182,6 +183,11 @@ def commit_count(policy_code: int, keys_sorted: torch.Tensor, k: int, param: flo
     else:
         raise ValueError(f"unknown policy code {policy_code}")
     return min(max(floor, extra), n)
+
+
+def rank_key(keys: torch.Tensor) -> torch.Tensor:
+    """Keys as the selection sees them: NaN (e.g. a NaN external PRR score) ranks last, never passes a threshold."""
+    return torch.where(torch.isnan(keys), torch.full_like(keys, -math.inf), keys)
 
 
 def sort_candidates(keys: torch.Tensor) -> torch.Tensor:
@@ -324,6 +330,7 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
         else:
             key = conf
 
+        key = rank_key(key)
         order = sort_candidates(key)
         k = schedule_k(int(rs[b, RS_SCHED_N]), S, i)
         c = commit_count(pol.code, key[order], k, pol.param, getattr(pol, "union_schedule", True))

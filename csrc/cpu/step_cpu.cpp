@@ -164,6 +164,7 @@ void process_token(const StepParams& p, const scalar_t* row, Token& t, const Seq
     default:
       t.key = conf;
   }
+  t.key = prr::rank_key(t.key);
   t.stats[prr::kStatKey] = static_cast<float>(t.key);
 }
 
@@ -205,7 +206,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cpu(
   float* pp = prev_p1.data_ptr<float>();
   const int64_t* plen = prompt_lens.data_ptr<int64_t>();
   int64_t active = std::numeric_limits<int64_t>::max();
-  for (int64_t b = 0; b < B; ++b) active = std::min(active, rs[b * prr::kRsCols + prr::kRsBlock]);
+  for (int64_t b = 0; b < B; ++b) {
+    // row_state is State-managed; a corrupt one must not turn into out-of-bounds reads or writes
+    const int64_t* r = rs + b * prr::kRsCols;
+    TORCH_CHECK(r[prr::kRsBlock] >= 0 && r[prr::kRsBlock] <= p.num_blocks && r[prr::kRsStep] >= 0 &&
+                    r[prr::kRsStep] < p.block_cap && r[prr::kRsSchedN] >= 0 && r[prr::kRsSchedN] <= BL &&
+                    r[prr::kRsNfe] >= 0,
+                "row_state is corrupt at row ", b, " (block ", r[prr::kRsBlock], ", step ", r[prr::kRsStep],
+                ", n ", r[prr::kRsSchedN], ", nfe ", r[prr::kRsNfe], "); build it with prr_ext.State");
+    active = std::min(active, r[prr::kRsBlock]);
+  }
   if (active >= p.num_blocks) return {commit, tokens, stats};
   const int64_t lo = p.gen_start + active * BL, hi = lo + BL;
   p.row_offset = (Lr == L) ? 0 : lo;

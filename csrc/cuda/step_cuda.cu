@@ -760,7 +760,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
       } else {
         const float shaped = p.shaping == prr::kShapePower ? prr::shape_power(p_cand, score, p.alpha)
                                                             : prr::shape_weighted(p_cand, score, p.alpha);
-        out.key = shaped;
+        out.key = prr::rank_key(shaped);
       }
     }
   }
@@ -962,8 +962,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
         for (int k = 0; k < kp.cs; ++k) z += slot_t[parity][k];
         const float lc = static_cast<float>(row[out.cand]);
         const float shaped = expf((lc - out.mf) * out.inv_t) / z;
-        out.key = shaped;
-        out.st[prr::kStatKey] = shaped;
+        out.key = prr::rank_key(shaped);
+        out.st[prr::kStatKey] = static_cast<float>(out.key);
       }
     }
     parity ^= 1;

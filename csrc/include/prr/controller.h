@@ -87,9 +87,11 @@ PRR_HD float temperature_of(const float* buf, const MlpLayout& L, float s) {
 
 // "power" and "weighted" shaping of p = p(candidate) at T = 1 (the "temperature" shaping needs a pass over the row).
 PRR_HD float shape_power(float p, float s, float alpha) { return powf(p, 1.0f - alpha * s); }
+// Clamps written with comparisons so that a NaN score stays NaN (as torch.clamp; fmaxf/fminf would drop it).
 PRR_HD float shape_weighted(float p, float s, float alpha) {
-  const float v = p + alpha * fmaxf(s - 0.5f, 0.0f) * p * (1.0f - p);
-  return fminf(fmaxf(v, 0.0f), 1.0f);
+  const float excess = s - 0.5f < 0.0f ? 0.0f : s - 0.5f;
+  const float v = p + alpha * excess * p * (1.0f - p);
+  return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);
 }
 
 // The 13 base features of one candidate (order: prr_ext/controller.py BASE_FEATURES).

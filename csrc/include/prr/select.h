@@ -11,11 +11,16 @@
 //   floor = max(k_i, 1), or 1 for PRR without the schedule union; the result is capped at n.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "params.h"
 
 namespace prr {
+
+// The ranking key of a candidate as the selection sees it: a NaN key (e.g. from a NaN external PRR score) ranks
+// last and never passes a threshold. Twin: prr_ext/reference.py::rank_key.
+PRR_HD double rank_key(double k) { return k != k ? -static_cast<double>(INFINITY) : k; }
 
 PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
                             bool union_schedule) {

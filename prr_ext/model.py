@@ -1,0 +1,253 @@
+"""A small LLaDA-style masked-diffusion language model, shipped with prr_ext (prr_ext/assets/model/).
+
+Architecture (LLaDA's, scaled down): token embedding (the vocabulary includes the mask token), N pre-norm blocks of
+bidirectional multi-head self-attention with rotary position embeddings (RoPE) and a SwiGLU MLP, RMSNorm, an untied
+output head. No causal mask and no time-step input. `model(x).logits` is [B, L, V], as an HF model returns it, so
+`prr_ext.generate` and hand-written `prr_ext.step` loops use it unchanged.
+
+Padding: <pad> tokens (id `config.pad_id`) are never attended to. With RoPE (relative positions) a left-padded row
+therefore gets exactly the logits it would get unpadded, which is how batches of prompts of different lengths are
+decoded (`make_canvas`, `prr_ext.State(prompt_length=<[B] tensor>)`).
+
+Files: a directory with `config.json` (architecture, tokenizer vocabulary, training metadata) and
+`model.safetensors` (never pickle). `load_default()` loads the shipped checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .tokenizer import CharTokenizer
+
+FORMAT = "prr_ext.mdlm"
+VERSION = 1
+DEFAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "model")
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 8
+    d_ff: int = 688               # SwiGLU hidden size (~ 8/3 d_model)
+    max_seq_len: int = 128        # longest canvas trained on (prompt + generation); RoPE itself has no limit
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    pad_id: int = 0
+    eos_id: int = 1
+    mask_id: int = 2
+    tokenizer: Dict = field(default_factory=lambda: CharTokenizer().to_config())
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError("d_model must split into n_heads heads of even size")
+        for name in ("pad_id", "eos_id", "mask_id"):
+            if not 0 <= getattr(self, name) < self.vocab_size:
+                raise ValueError(f"{name} must lie in [0, vocab_size)")
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: CharTokenizer, **kw) -> "ModelConfig":
+        return cls(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id,
+                   mask_id=tokenizer.mask_id, tokenizer=tokenizer.to_config(), **kw)
+
+    def to_dict(self) -> Dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict) -> "ModelConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class ModelOutput:
+    """HF-style output: `.logits` [B, L, V]; `.hidden_states` (final normed hidden, [B, L, D]) when asked for."""
+
+    logits: torch.Tensor
+    hidden_states: Optional[torch.Tensor] = None
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight.to(x.dtype)
+
+
+def _rope_tables(length: int, head_dim: int, theta: float, device, dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    ang = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv)  # [L, hd/2]
+    ang = torch.cat([ang, ang], -1)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    h = x.shape[-1] // 2
+    return torch.cat([-x[..., h:], x[..., :h]], -1)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d, self.n_heads = cfg.d_model, cfg.n_heads
+        self.attn_norm = RMSNorm(d, cfg.norm_eps)
+        self.qkv = nn.Linear(d, 3 * d, bias=False)
+        self.attn_out = nn.Linear(d, d, bias=False)
+        self.mlp_norm = RMSNorm(d, cfg.norm_eps)
+        self.gate_up = nn.Linear(d, 2 * cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, d, bias=False)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        B, L, D = h.shape
+        q, k, v = self.qkv(self.attn_norm(h)).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, hd]
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # bidirectional: no causal mask
+        h = h + self.attn_out(a.transpose(1, 2).reshape(B, L, D))
+        gate, up = self.gate_up(self.mlp_norm(h)).chunk(2, -1)
+        return h + self.down(F.silu(gate) * up)
+
+
+class MaskedDiffusionLM(nn.Module):
+    """LLaDA-style masked-diffusion transformer. `forward(input_ids)` -> ModelOutput(logits=[B, L, V])."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self._rope: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ init
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        std = 0.02
+        out_std = std / math.sqrt(2 * self.config.n_layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                nn.init.ones_(p)
+            elif name.endswith("attn_out.weight") or name.endswith("down.weight"):
+                nn.init.normal_(p, 0.0, out_std, generator=generator)
+            else:
+                nn.init.normal_(p, 0.0, std, generator=generator)
+
+    @property
+    def mask_id(self) -> int:
+        return self.config.mask_id
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return CharTokenizer.from_config(self.config.tokenizer)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    # ------------------------------------------------------------------ forward
+    def _rope_for(self, length: int, device, dtype):
+        key = (device, dtype)
+        cached = self._rope.get(key)
+        if cached is None or cached[0].shape[0] < length:
+            n = max(length, self.config.max_seq_len)
+            cached = _rope_tables(n, self.config.d_model // self.config.n_heads, self.config.rope_theta, device, dtype)
+            self._rope[key] = cached
+        return cached[0][:length], cached[1][:length]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                output_hidden_states: bool = False) -> ModelOutput:
+        """input_ids [B, L] int64 (mask_id marks masked slots). attention_mask [B, L] (1 = real token): default
+        `input_ids != pad_id`; masked-out keys are never attended to (queries at pads give unused logits)."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        h = self.embed(input_ids)
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        cos, sin = self._rope_for(L, h.device, dtype)
+        keep = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
+        attn_mask = keep[:, None, None, :]  # [B, 1, 1, L]: every query sees every real key
+        for blk in self.blocks:
+            h = blk(h, cos, sin, attn_mask)
+        h = self.norm(h)
+        logits = self.lm_head(h)
+        return ModelOutput(logits=logits, hidden_states=h if output_hidden_states else None)
+
+    # ------------------------------------------------------------------ files
+    def save_pretrained(self, path: str, dtype: torch.dtype = torch.float16, metadata: Optional[Dict] = None) -> None:
+        """Write `path/config.json` and `path/model.safetensors` (weights cast to `dtype`, fp16 by default)."""
+        from safetensors.torch import save_file
+
+        os.makedirs(path, exist_ok=True)
+        tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, os.path.join(path, "model.safetensors"))
+        cfg = {"format": FORMAT, "version": VERSION, "model": self.config.to_dict(),
+               "weights_dtype": str(dtype).replace("torch.", ""), "num_parameters": self.num_parameters()}
+        if metadata:
+            cfg["training"] = metadata
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def from_pretrained(cls, path: str = DEFAULT_DIR, device: Union[str, torch.device] = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "MaskedDiffusionLM":
+        """Load a directory written by `save_pretrained`, in eval mode, weights cast to `dtype` (fp32 default)."""
+        from safetensors.torch import load_file
+
+        cfg_path, w_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+        for p in (cfg_path, w_path):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"model file not found: {p}")
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+        if cfg.get("format") != FORMAT:
+            raise ValueError(f"{cfg_path}: not a prr_ext model config (format != {FORMAT!r})")
+        if cfg.get("version") != VERSION:
+            raise ValueError(f"{cfg_path}: model version {cfg.get('version')} is not supported (reads {VERSION})")
+        model = cls(ModelConfig.from_dict(cfg["model"]))
+        model.load_state_dict({k: v.to(torch.float32) for k, v in load_file(w_path).items()})
+        model.metadata = cfg.get("training", {})
+        return model.to(device=device, dtype=dtype).eval()
+
+
+def load_default(device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> MaskedDiffusionLM:
+    """The model shipped in prr_ext/assets/model/."""
+    return MaskedDiffusionLM.from_pretrained(DEFAULT_DIR, device=device, dtype=dtype)
+
+
+def default_model_available() -> bool:
+    return all(os.path.isfile(os.path.join(DEFAULT_DIR, f)) for f in ("config.json", "model.safetensors"))
+
+
+def make_canvas(tokenizer: CharTokenizer, prompts: Sequence[str], gen_length: int,
+                device: Union[str, torch.device] = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded canvases for a batch of prompts: ([B, P + gen_length] int64, prompt lengths [B] int64).
+
+    Row b is <pad> * (P - len_b), the prompt's ids, then gen_length mask tokens; P = the longest prompt. Pass the
+    lengths as `prr_ext.State(prompt_length=...)`."""
+    ids: List[List[int]] = [tokenizer.encode(p) for p in prompts]
+    P = max((len(i) for i in ids), default=0)
+    x = torch.full((len(ids), P + gen_length), tokenizer.mask_id, dtype=torch.int64)
+    for b, seq in enumerate(ids):
+        x[b, :P - len(seq)] = tokenizer.pad_id
+        x[b, P - len(seq):P] = torch.tensor(seq, dtype=torch.int64)
+    return x.to(device), torch.tensor([len(i) for i in ids], dtype=torch.int64, device=device)
+
+
+def decode_responses(tokenizer: CharTokenizer, x: torch.Tensor, gen_start: int) -> List[str]:
+    """The text of each row's generation region, up to its first <eos>."""
+    return [tokenizer.decode(row) for row in x[:, gen_start:].tolist()]

@@ -1,0 +1,414 @@
+"""Verifiable task families of the shipped model: generators, exact checkers and fixed held-out test sets.
+
+Three families, each with dependencies between answer tokens (committing many tokens at once costs accuracy):
+
+  arith   multi-digit addition (2-8 digits) or multiplication by one digit (3-7 digits), with the written carry
+          chain:                    "4821+7395="  ->  "c:1110 s:12216"      (carry out of each column, msb first)
+                                    "4821*7="     ->  "c:3510 s:33747"
+          checked exactly (the carry chain and the result, recomputed from the prompt).
+  words   GSM8K-like multi-step word problems (12 templates), intermediate equations and a final answer:
+          "Mia has 12 pens. She buys 5 packs of 3, gives away 7. How many pens now?"
+                                    ->  "5*3=15. 12+15=27. 27-7=20. #### 20"
+          checked on the final `#### answer` (as GSM8K is).
+  sudoku  4x4 Sudoku (digits 1-4, 2x2 boxes), '.' = blank, rows joined by '/'; puzzles have a unique solution that
+          naked/hidden singles reach:  "1.3./...2/2.../.3.1="  ->  "1234/3412/2143/4321"
+          checked as a valid grid that keeps every given (all answer positions depend on each other).
+
+Every response is followed by <eos> up to the family's generation length (LLaDA style); response lengths differ
+between and within families (arith 11-22, words 20-35, sudoku 19 characters); prompt + canvas <= 128 tokens.
+
+Splits: a prompt belongs to "test" / "valid" / "train" by a hash of (family, prompt) (5% / 5% / 90%). Training data
+is drawn from the train split only (rejection sampling), so the held-out sets are disjoint from training by
+construction, whatever the seeds. `heldout_set(family)` is the fixed-seed test set (500 prompts by default).
+Pure Python (no torch).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+SPLIT_BUCKETS = 1000
+TEST_BUCKETS = 50      # hash bucket < 50        -> test   (5%)
+VALID_BUCKETS = 100    # 50 <= bucket < 100      -> valid  (5%)
+HELDOUT_SEED = 20240605
+DEFAULT_HELDOUT_SIZE = 500
+
+
+@dataclass(frozen=True)
+class Example:
+    family: str
+    prompt: str
+    response: str   # the canonical response (without <eos>)
+    answer: str     # the canonical final answer (arith: the result, words: the #### number, sudoku: the grid)
+
+
+def split_of(family: str, prompt: str) -> str:
+    """'test', 'valid' or 'train', by a hash of (family, prompt)."""
+    h = int.from_bytes(hashlib.sha256(f"{family}\x00{prompt}".encode()).digest()[:8], "little") % SPLIT_BUCKETS
+    if h < TEST_BUCKETS:
+        return "test"
+    if h < VALID_BUCKETS:
+        return "valid"
+    return "train"
+
+
+class TaskFamily:
+    """A task family: `sample(rng)` draws an Example (any split); `check(example, response)` grades a response."""
+
+    name: str = ""
+    gen_length: int = 0     # canvas slots for the response + <eos> padding
+    block_length: int = 0   # default semi-autoregressive block length (divides gen_length)
+
+    def sample(self, rng: random.Random) -> Example:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check(self, example: Example, response: str) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample_split(self, rng: random.Random, split: str = "train") -> Example:
+        """Rejection-sample an Example whose prompt lies in `split`."""
+        while True:
+            ex = self.sample(rng)
+            if split_of(self.name, ex.prompt) == split:
+                return ex
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(gen_length={self.gen_length}, block_length={self.block_length})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# arith: addition / multiplication by one digit, with the written carry chain
+# ---------------------------------------------------------------------------------------------------------------
+def _rand_int_digits(rng: random.Random, n: int) -> int:
+    return rng.randint(10 ** (n - 1), 10 ** n - 1)
+
+
+def arith_solution(a: int, op: str, b: int) -> Tuple[str, str]:
+    """(carries, result) of the written algorithm: carry out of each column of the longer operand, msb first."""
+    da = [int(c) for c in str(a)][::-1]
+    if op == "+":
+        db = [int(c) for c in str(b)][::-1]
+        n = max(len(da), len(db))
+        da += [0] * (n - len(da))
+        db += [0] * (n - len(db))
+        carry, carries = 0, []
+        for i in range(n):
+            carry = (da[i] + db[i] + carry) // 10
+            carries.append(carry)
+        return "".join(map(str, carries[::-1])), str(a + b)
+    if op == "*":
+        if not 0 <= b <= 9:
+            raise ValueError("multiplier must be one digit")
+        carry, carries = 0, []
+        for d in da:
+            carry = (d * b + carry) // 10
+            carries.append(carry)
+        return "".join(map(str, carries[::-1])), str(a * b)
+    raise ValueError(f"unknown op {op!r}")
+
+
+class Arith(TaskFamily):
+    name = "arith"
+    gen_length = 24
+    block_length = 12
+    _re = re.compile(r"^(\d+)([+*])(\d+)=$")
+
+    def sample(self, rng: random.Random) -> Example:
+        if rng.random() < 0.6:
+            n = rng.randint(3, 8)
+            m = rng.randint(2, n)
+            a, b = _rand_int_digits(rng, n), _rand_int_digits(rng, m)
+            if rng.random() < 0.5:
+                a, b = b, a
+            op = "+"
+        else:
+            a, b, op = _rand_int_digits(rng, rng.randint(3, 7)), rng.randint(2, 9), "*"
+        carries, result = arith_solution(a, op, b)
+        return Example(self.name, f"{a}{op}{b}=", f"c:{carries} s:{result}", result)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not an arith prompt: {example.prompt!r}")
+        carries, result = arith_solution(int(m.group(1)), m.group(2), int(m.group(3)))
+        return response.strip() == f"c:{carries} s:{result}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# words: GSM8K-like templates
+# ---------------------------------------------------------------------------------------------------------------
+_NAMES = (("Ann", "She"), ("Ben", "He"), ("Mia", "She"), ("Tom", "He"), ("Eva", "She"), ("Sam", "He"),
+          ("Lily", "She"), ("Jack", "He"), ("Zoe", "She"), ("Leo", "He"), ("Nina", "She"), ("Max", "He"))
+_ITEMS = ("pens", "cards", "books", "shells", "apples", "coins", "stamps", "rocks", "toys", "beads", "nuts", "eggs")
+
+
+def _w_buy_give(r):
+    (n, p), it = r.choice(_NAMES), r.choice(_ITEMS)
+    a, b, c = r.randint(2, 40), r.randint(2, 9), r.randint(2, 9)
+    s = a + b * c
+    d = r.randint(1, s - 1)
+    return (f"{n} has {a} {it}. {p} buys {b} packs of {c}, gives away {d}. How many {it} now?",
+            [(b, "*", c), (a, "+", b * c), (s, "-", d)])
+
+
+def _w_wage(r):
+    n, _ = r.choice(_NAMES)
+    a, b = r.randint(5, 25), r.randint(2, 9)
+    c = r.randint(1, a * b - 1)
+    return (f"{n} earns ${a} an hour for {b} hours and spends ${c}. How much is left?",
+            [(a, "*", b), (a * b, "-", c)])
+
+
+def _w_groups(r):
+    a, b, d = r.randint(2, 12), r.randint(2, 12), r.randint(2, 9)
+    x = a * b
+    ys = [y for y in range(d, x, d)]  # what is left after some die: a positive multiple of d, < x
+    if not ys:
+        return _w_groups(r)
+    y = r.choice(ys)
+    return (f"{a} rows of {b} trees. {x - y} die, the rest form {d} equal groups. How many per group?",
+            [(a, "*", b), (x, "-", x - y), (y, "/", d)])
+
+
+def _w_read(r):
+    n, _ = r.choice(_NAMES)
+    a, b, c = r.randint(5, 30), r.randint(2, 9), r.randint(1, 50)
+    return (f"{n} reads {a} pages a day for {b} days, then {c} more. How many pages in all?",
+            [(a, "*", b), (a * b, "+", c)])
+
+
+def _w_more(r):
+    (n, _), (m, _) = r.sample(_NAMES, 2)
+    it = r.choice(_ITEMS)
+    a, b = r.randint(5, 60), r.randint(2, 60)
+    return (f"{n} has {a} {it}. {m} has {b} more than {n}. How many {it} in total?",
+            [(a, "+", b), (a, "+", a + b)])
+
+
+def _w_times(r):
+    a, k = r.randint(3, 40), r.randint(2, 5)
+    return (f"A shop sold {a} cakes on Monday and {k} times as many on Tuesday. How many in all?",
+            [(a, "*", k), (a, "+", a * k)])
+
+
+def _w_spend(r):
+    n, p = r.choice(_NAMES)
+    a = r.randint(20, 99)
+    b = r.randint(1, a - 2)
+    c = r.randint(1, a - b - 1)
+    return (f"{n} had ${a}. {p} spent ${b} on food and ${c} on a toy. How much is left?",
+            [(b, "+", c), (a, "-", b + c)])
+
+
+def _w_share(r):
+    a, q = r.randint(2, 9), r.randint(2, 12)
+    c = r.randint(1, q - 1)
+    return (f"{a} kids share {a * q} apples equally. Each eats {c}. How many does each have left?",
+            [(a * q, "/", a), (q, "-", c)])
+
+
+def _w_change(r):
+    n, _ = r.choice(_NAMES)
+    a, b = r.randint(2, 9), r.randint(2, 15)
+    c = a * b + r.randint(1, 40)
+    return (f"{n} buys {a} shirts at ${b} each and pays ${c}. What is the change?",
+            [(a, "*", b), (c, "-", a * b)])
+
+
+def _w_bus(r):
+    a = r.randint(10, 60)
+    b, c = r.randint(1, a - 1), r.randint(1, 30)
+    return (f"A bus has {a} people. At a stop {b} get off and {c} get on. How many are on it?",
+            [(a, "-", b), (a - b, "+", c)])
+
+
+def _w_bags(r):
+    n, _ = r.choice(_NAMES)
+    it = r.choice(_ITEMS)
+    a, b, c, d = r.randint(2, 9), r.randint(2, 12), r.randint(2, 9), r.randint(2, 12)
+    return (f"{n} buys {a} bags of {b} {it} and {c} bags of {d}. How many {it} in all?",
+            [(a, "*", b), (c, "*", d), (a * b, "+", c * d)])
+
+
+def _w_save(r):
+    n, p = r.choice(_NAMES)
+    a, b, c = r.randint(2, 20), r.randint(2, 9), r.randint(1, 50)
+    return (f"{n} saves ${a} a week for {b} weeks. {p} already had ${c}. How much now?",
+            [(a, "*", b), (a * b, "+", c)])
+
+
+WORD_TEMPLATES = (_w_buy_give, _w_wage, _w_groups, _w_read, _w_more, _w_times, _w_spend, _w_share, _w_change,
+                  _w_bus, _w_bags, _w_save)
+_OPS = {"+": lambda x, y: x + y, "-": lambda x, y: x - y, "*": lambda x, y: x * y, "/": lambda x, y: x // y}
+
+
+class Words(TaskFamily):
+    name = "words"
+    gen_length = 48
+    block_length = 16
+    _answer_re = re.compile(r"#### (-?\d+)$")
+
+    def sample(self, rng: random.Random) -> Example:
+        prompt, steps = rng.choice(WORD_TEMPLATES)(rng)
+        eqs = []
+        for x, op, y in steps:
+            v = _OPS[op](x, y)
+            assert v > 0 and (op != "/" or x % y == 0), (prompt, steps)
+            eqs.append(f"{x}{op}{y}={v}")
+        ans = str(v)
+        return Example(self.name, prompt, ". ".join(eqs) + f". #### {ans}", ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._answer_re.search(response.strip())
+        return bool(m) and m.group(1) == example.answer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# sudoku: 4x4, unique solution reachable by naked / hidden singles
+# ---------------------------------------------------------------------------------------------------------------
+_UNITS: List[Tuple[int, ...]] = ([tuple(4 * r + c for c in range(4)) for r in range(4)] +
+                                 [tuple(4 * r + c for r in range(4)) for c in range(4)] +
+                                 [tuple(4 * (br + r) + bc + c for r in range(2) for c in range(2))
+                                  for br in (0, 2) for bc in (0, 2)])
+_PEERS: List[Tuple[int, ...]] = [tuple(sorted({p for u in _UNITS if i in u for p in u} - {i})) for i in range(16)]
+
+
+@functools.lru_cache(maxsize=1)
+def sudoku_solutions() -> Tuple[Tuple[int, ...], ...]:
+    """All 288 valid 4x4 grids (row-major tuples of 1..4), in lexicographic order."""
+    out, g = [], [0] * 16
+
+    def rec(i):
+        if i == 16:
+            out.append(tuple(g))
+            return
+        for v in range(1, 5):
+            if all(g[p] != v for p in _PEERS[i] if p < i):
+                g[i] = v
+                rec(i + 1)
+        g[i] = 0
+
+    rec(0)
+    return tuple(out)
+
+
+def solve_singles(cells: Sequence[int]) -> Optional[List[int]]:
+    """Fill a 4x4 puzzle (0 = blank) by naked and hidden singles; the solution, or None if they get stuck."""
+    g = list(cells)
+    while True:
+        blanks = [i for i in range(16) if g[i] == 0]
+        if not blanks:
+            return g
+        progress = False
+        for i in blanks:  # naked singles
+            cand = {1, 2, 3, 4} - {g[p] for p in _PEERS[i]}
+            if not cand:
+                return None
+            if len(cand) == 1:
+                g[i] = cand.pop()
+                progress = True
+        if not progress:  # hidden singles
+            for u in _UNITS:
+                for v in range(1, 5):
+                    if any(g[i] == v for i in u):
+                        continue
+                    spots = [i for i in u if g[i] == 0 and all(g[p] != v for p in _PEERS[i])]
+                    if len(spots) == 1:
+                        g[spots[0]] = v
+                        progress = True
+        if not progress:
+            return None
+
+
+def sudoku_valid(grid: Sequence[int]) -> bool:
+    return len(grid) == 16 and all(sorted(grid[i] for i in u) == [1, 2, 3, 4] for u in _UNITS)
+
+
+def _grid_str(cells: Sequence[int], blank: str = ".") -> str:
+    s = "".join(str(v) if v else blank for v in cells)
+    return "/".join(s[i:i + 4] for i in range(0, 16, 4))
+
+
+class Sudoku(TaskFamily):
+    name = "sudoku"
+    gen_length = 20
+    block_length = 20
+    _prompt_re = re.compile(r"^([1-4.]{4})/([1-4.]{4})/([1-4.]{4})/([1-4.]{4})=$")
+    _resp_re = re.compile(r"^([1-4]{4})/([1-4]{4})/([1-4]{4})/([1-4]{4})$")
+
+    def sample(self, rng: random.Random) -> Example:
+        sol = rng.choice(sudoku_solutions())
+        target = rng.randint(4, 10)  # clues to keep at most; removal stops early when singles would get stuck
+        cells = list(sol)
+        order = list(range(16))
+        rng.shuffle(order)
+        kept = 16
+        for i in order:
+            if kept <= target:
+                break
+            v, cells[i] = cells[i], 0
+            if solve_singles(cells) is None:
+                cells[i] = v
+            else:
+                kept -= 1
+        ans = _grid_str(sol)
+        return Example(self.name, _grid_str(cells) + "=", ans, ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m, r = self._prompt_re.match(example.prompt), self._resp_re.match(response.strip())
+        if not m:
+            raise ValueError(f"not a sudoku prompt: {example.prompt!r}")
+        if not r:
+            return False
+        given = "".join(m.groups())
+        grid = [int(c) for c in "".join(r.groups())]
+        return sudoku_valid(grid) and all(g == "." or int(g) == v for g, v in zip(given, grid))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# registry and held-out sets
+# ---------------------------------------------------------------------------------------------------------------
+FAMILIES: Dict[str, TaskFamily] = {f.name: f for f in (Arith(), Words(), Sudoku())}
+FAMILY_NAMES = tuple(FAMILIES)
+
+
+def get_family(name: str) -> TaskFamily:
+    try:
+        return FAMILIES[name]
+    except KeyError:
+        raise ValueError(f"unknown task family {name!r}; known: {list(FAMILIES)}") from None
+
+
+@functools.lru_cache(maxsize=None)
+def _heldout(family: str, split: str, n: int, seed: int) -> Tuple[Example, ...]:
+    fam = get_family(family)
+    rng = random.Random(f"prr_ext.tasks/{family}/{split}/{seed}")
+    seen, out = set(), []
+    while len(out) < n:
+        ex = fam.sample_split(rng, split)
+        if ex.prompt not in seen:
+            seen.add(ex.prompt)
+            out.append(ex)
+    return tuple(out)
+
+
+def heldout_set(family: str, split: str = "test", n: int = DEFAULT_HELDOUT_SIZE,
+                seed: int = HELDOUT_SEED) -> List[Example]:
+    """The fixed-seed held-out set of a family: `n` distinct prompts of `split` ("test" or "valid").
+
+    The first k examples of a set of size n are the set of size k (the sequence does not depend on n)."""
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be 'test' or 'valid', got {split!r}")
+    return list(_heldout(family, split, int(n), int(seed)))
+
+
+def heldout_fingerprint(examples: Sequence[Example]) -> str:
+    """A short hash of a list of examples (detects generator drift across versions)."""
+    h = hashlib.sha256()
+    for ex in examples:
+        h.update(f"{ex.family}\x00{ex.prompt}\x00{ex.response}\x01".encode())
+    return h.hexdigest()[:16]

@@ -1,0 +1,355 @@
+"""Train the shipped masked-diffusion LM (prr_ext.model) on the task families of prr_ext.tasks.
+
+    python -m prr_ext.train_model --out DIR                 # CUDA if present (bf16 autocast), else CPU
+    python prr_ext/train_model.py ...                       # same, without building prr_ext's compiled extension
+    python -m prr_ext.train_model --tiny --steps 200 --out /tmp/tiny    # seconds on a CPU: a debugging run
+
+The shipped checkpoint (prr_ext/assets/model; config.json records both stages) was made on one H100 in two runs:
+    python -m prr_ext.train_model --steps 5990 --out /tmp/stage1                      # 258 s, the defaults below
+    python -m prr_ext.train_model --init-from /tmp/stage1 --steps 1000 --warmup 100 --lr 5e-4 \
+        --mix 0.5,3,0.25 --seed 1 --out prr_ext/assets/model                          # 57 s, more word problems
+
+Objective (LLaDA SFT): for each sequence draw t ~ U(0, 1), mask every response position (the response, then <eos>
+up to the family's generation length) independently with probability p = (1 - eps) t + eps, never the prompt;
+loss = sum over masked positions of CE / p, divided by the generation length, averaged over the batch.
+
+Data: batch i is a pure function of (seed, i) (its own random.Random), drawn from the *train* split only (prr_ext.tasks
+hashes every prompt into test / valid / train), generated in DataLoader worker processes; masks come from a torch
+generator seeded from `seed`. Held-out accuracy is logged on the *valid* split (never on the test sets) with greedy
+one-token-per-step low-confidence decoding (= prr_ext.LowConfidence with steps == gen_length) written in plain torch,
+so this script needs no compiled extension.
+
+--budget-minutes M times the first steps and then fixes the step count to fit M minutes (printed, and saved in
+config.json; re-run with --steps N to reproduce the same schedule). The learning-rate schedule depends on the step
+count only.
+"""
+from __future__ import annotations
+
+if __name__ == "__main__" and not __package__:  # run as a file: import the sibling modules without prr_ext/__init__
+    import os as _os
+    import sys as _sys
+    import types as _types
+
+    _pkg = _types.ModuleType("prr_ext")
+    _pkg.__path__ = [_os.path.dirname(_os.path.abspath(__file__))]
+    _sys.modules.setdefault("prr_ext", _pkg)
+    __package__ = "prr_ext"
+
+import argparse
+import math
+import os
+import platform
+import random
+import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import tasks as T
+from .model import DEFAULT_DIR, MaskedDiffusionLM, ModelConfig, decode_responses, make_canvas
+from .tokenizer import CharTokenizer
+
+EPS = 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+def encode_example(tok: CharTokenizer, ex: T.Example, gen_length: int) -> Tuple[List[int], int]:
+    """(prompt ids + response ids + <eos> padding to gen_length, prompt length)."""
+    p, r = tok.encode(ex.prompt), tok.encode(ex.response)
+    if len(r) >= gen_length:
+        raise ValueError(f"{ex.family} response of {len(r)} tokens does not fit gen_length={gen_length}")
+    return p + r + [tok.eos_id] * (gen_length - len(r)), len(p)
+
+
+def make_batch(seed: int, index: int, batch_size: int, families: Sequence[str], weights: Sequence[float],
+               tok: CharTokenizer) -> Dict[str, torch.Tensor]:
+    """Batch `index`: left-padded ids [B, T], response mask [B, T], generation lengths [B], family index [B]."""
+    rng = random.Random(f"prr_ext.train_model/{seed}/{index}")
+    seqs, plens, fams = [], [], []
+    for _ in range(batch_size):
+        fi = rng.choices(range(len(families)), weights)[0]
+        fam = T.get_family(families[fi])
+        ids, plen = encode_example(tok, fam.sample_split(rng, "train"), fam.gen_length)
+        seqs.append(ids)
+        plens.append(plen)
+        fams.append(fi)
+    L = max(len(s) for s in seqs)
+    ids = torch.full((batch_size, L), tok.pad_id, dtype=torch.int64)
+    resp = torch.zeros((batch_size, L), dtype=torch.bool)
+    glen = torch.zeros(batch_size, dtype=torch.int64)
+    for b, (s, plen) in enumerate(zip(seqs, plens)):
+        ids[b, L - len(s):] = torch.tensor(s)
+        resp[b, L - len(s) + plen:] = True
+        glen[b] = len(s) - plen
+    return {"ids": ids, "resp": resp, "gen_len": glen, "family": torch.tensor(fams)}
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """Batches start, start+1, ... ; worker w of W makes the batches with index = w (mod W). The DataLoader returns
+    them round-robin, i.e. in index order, so the stream does not depend on the number of workers."""
+
+    def __init__(self, seed, start, batch_size, families, weights, tok):
+        super().__init__()
+        self.args = (seed, start, batch_size, tuple(families), tuple(weights), tok)
+
+    def __iter__(self):
+        seed, start, bs, fams, ws, tok = self.args
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info else (0, 1)
+        i = start + w
+        while True:
+            yield make_batch(seed, i, bs, fams, ws, tok)
+            i += n
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# loss and monitoring decode
+# ---------------------------------------------------------------------------------------------------------------
+def diffusion_loss(model: MaskedDiffusionLM, batch: Dict[str, torch.Tensor], gen: torch.Generator,
+                   autocast_dtype: Optional[torch.dtype]) -> torch.Tensor:
+    ids, resp, glen = batch["ids"], batch["resp"], batch["gen_len"]
+    B, L = ids.shape
+    dev = ids.device
+    t = torch.rand(B, device=dev, generator=gen)
+    p = (1 - EPS) * t + EPS
+    masked = (torch.rand(B, L, device=dev, generator=gen) < p[:, None]) & resp
+    x = torch.where(masked, torch.full_like(ids, model.config.mask_id), ids)
+    with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        logits = model(x).logits
+    ce = F.cross_entropy(logits[masked].float(), ids[masked], reduction="none")
+    w = (1.0 / (p * glen.float()))[:, None].expand(B, L)[masked]
+    return (ce * w).sum() / B
+
+
+@torch.no_grad()
+def greedy_decode(model: MaskedDiffusionLM, x: torch.Tensor, gen_start: int, block_length: int,
+                  autocast_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """One token per step, the most confident masked position of the active block (ties: lowest column), blocks
+    left to right: prr_ext.LowConfidence with steps == gen_length, in plain torch. Returns the filled canvas."""
+    x = x.clone()
+    mask_id = model.config.mask_id
+    G = x.shape[1] - gen_start
+    rows = torch.arange(x.shape[0], device=x.device)
+    for lo in range(gen_start, gen_start + G, block_length):
+        hi = lo + block_length
+        for _ in range(block_length):
+            with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(x).logits[:, lo:hi].float()
+            probs = logits.softmax(-1)
+            probs[..., mask_id] = -1.0  # never a candidate (it stays in the normaliser above)
+            conf, tok = probs.max(-1)
+            conf = torch.where(x[:, lo:hi] == mask_id, conf, torch.full_like(conf, -math.inf))
+            j = conf.argmax(-1)
+            live = torch.isfinite(conf[rows, j])
+            x[rows[live], lo + j[live]] = tok[rows[live], j[live]]
+    return x
+
+
+def heldout_accuracy(model: MaskedDiffusionLM, families: Sequence[str], n: int, split: str, device,
+                     batch_size: int = 256, autocast_dtype=None) -> Dict[str, float]:
+    tok = model.tokenizer
+    out = {}
+    model.eval()
+    for name in families:
+        fam = T.get_family(name)
+        exs = T.heldout_set(name, split, n)
+        ok = 0
+        for i in range(0, len(exs), batch_size):
+            chunk = exs[i:i + batch_size]
+            x, _ = make_canvas(tok, [e.prompt for e in chunk], fam.gen_length, device)
+            gs = x.shape[1] - fam.gen_length
+            y = greedy_decode(model, x, gs, fam.block_length, autocast_dtype)
+            ok += sum(fam.check(e, r) for e, r in zip(chunk, decode_responses(tok, y, gs)))
+        out[name] = ok / len(exs)
+    model.train()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# training
+# ---------------------------------------------------------------------------------------------------------------
+def lr_at(step: int, total: int, base: float, warmup: int, floor: float = 0.05) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    prog = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog)))
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default=DEFAULT_DIR, help="output directory (config.json + model.safetensors)")
+    ap.add_argument("--steps", type=int, default=5990, help="optimizer steps (ignored with --budget-minutes)")
+    ap.add_argument("--budget-minutes", type=float, default=None,
+                    help="time the first steps, then fix --steps to fit this many minutes of training")
+    ap.add_argument("--batch-size", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--warmup", type=int, default=500)
+    ap.add_argument("--weight-decay", type=float, default=0.1)
+    ap.add_argument("--d-model", type=int, default=256)
+    ap.add_argument("--n-layers", type=int, default=6)
+    ap.add_argument("--n-heads", type=int, default=8)
+    ap.add_argument("--d-ff", type=int, default=688)
+    ap.add_argument("--init-from", default=None, help="start from this saved model (fine-tuning / continuation)")
+    ap.add_argument("--tiny", action="store_true", help="d_model 64, 2 layers, batch 32: a debugging configuration")
+    ap.add_argument("--families", default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--mix", default="1.5,2.5,0.5", help="sampling weights of the families")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    ap.add_argument("--workers", type=int, default=None, help="data worker processes (default: min(12, cores - 1))")
+    ap.add_argument("--eval-every", type=int, default=1000, help="steps between held-out (valid split) evaluations")
+    ap.add_argument("--eval-n", type=int, default=128, help="valid prompts per family at each evaluation")
+    ap.add_argument("--final-eval-n", type=int, default=500, help="valid prompts per family at the end")
+    ap.add_argument("--weights-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    if args.tiny:
+        args.d_model, args.n_layers, args.n_heads, args.d_ff = 64, 2, 4, 176
+        args.batch_size = min(args.batch_size, 32)
+    return args
+
+
+def main(argv=None) -> Dict:
+    args = parse_args(argv)
+    t_start = time.time()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    tok = CharTokenizer()
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    weights = [float(w) for w in args.mix.split(",")]
+    if len(weights) != len(families):
+        raise SystemExit("--mix needs one weight per family")
+    max_len = max(len(e.prompt) for f in families for e in T.heldout_set(f, "valid", 200)) + max(
+        T.get_family(f).gen_length for f in families)
+    cfg = ModelConfig.for_tokenizer(tok, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+                                    d_ff=args.d_ff, max_seq_len=int(math.ceil(max_len / 8) * 8))
+    if args.init_from:  # continue training a saved model (its architecture; fresh optimizer and schedule)
+        model = MaskedDiffusionLM.from_pretrained(args.init_from)
+        cfg = model.config
+        args.d_model, args.n_layers, args.n_heads, args.d_ff = cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff
+        parent = getattr(model, "metadata", {})
+    else:
+        model = MaskedDiffusionLM(cfg)
+        model.reset_parameters(torch.Generator().manual_seed(args.seed))
+        parent = None
+    args.parent = parent
+    model.to(dev).train()
+    autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
+    gen = torch.Generator(device=dev).manual_seed(args.seed + 1)
+
+    workers = args.workers if args.workers is not None else max(0, min(12, (os.cpu_count() or 1) - 1))
+    ds = BatchStream(args.seed, 0, args.batch_size, families, weights, tok)
+    ctx = None
+    if workers > 0 and sys.platform.startswith("linux"):
+        import multiprocessing as mp
+        ctx = mp.get_context("fork")  # the workers inherit the modules (also when run as a file)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
+                                         prefetch_factor=8 if workers else None, multiprocessing_context=ctx,
+                                         persistent_workers=False)
+    print(f"[train] device={dev} params={model.num_parameters():,} config={cfg.to_dict() | {'tokenizer': '...'}}",
+          flush=True)
+    print(f"[train] families={families} mix={weights} batch={args.batch_size} lr={args.lr} workers={workers} "
+          f"seed={args.seed}", flush=True)
+
+    total = args.steps
+    budget_s = None if args.budget_minutes is None else args.budget_minutes * 60
+    calib_from, calib_at = 150, 300  # after the data workers and the GPU have warmed up
+    log: List[Dict] = []
+    it = iter(loader)
+    try:
+        from tqdm import tqdm
+        bar = tqdm(total=total, disable=args.no_progress, dynamic_ncols=True, mininterval=2.0)
+    except ImportError:  # pragma: no cover
+        bar = None
+    step, ema, t_calib = 0, None, None
+    while step < total:
+        batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
+        lr = lr_at(step, total, args.lr, args.warmup)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss = diffusion_loss(model, batch, gen, autocast_dtype)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if budget_s is not None and step in (calib_from, calib_at):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if step == calib_from:
+                t_calib = time.time()
+            else:
+                rate = (calib_at - calib_from) / (time.time() - t_calib)
+                left = budget_s - (time.time() - t_start)
+                total = max(step + 1, int(step + 0.92 * left * rate))  # 8% left for the evaluations
+                print(f"\n[train] {rate:.1f} steps/s -> --steps {total} fits the {args.budget_minutes} min budget",
+                      flush=True)
+                if bar is not None:
+                    bar.total = total
+        if step % 25 == 0 or step == total:
+            lv = float(loss.detach())
+            ema = lv if ema is None else 0.9 * ema + 0.1 * lv
+            if bar is not None:
+                bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", gnorm=f"{float(gnorm):.2f}")
+            if args.no_progress and step % 250 == 0:
+                print(f"[train] step {step}/{total} loss {ema:.4f} lr {lr:.2e} gnorm {float(gnorm):.2f} "
+                      f"({time.time() - t_start:.0f} s)", flush=True)
+        if bar is not None:
+            bar.update(1)
+        if args.eval_every > 0 and (step % args.eval_every == 0) and step < total:
+            acc = heldout_accuracy(model, families, args.eval_n, "valid", dev, autocast_dtype=autocast_dtype)
+            rec = {"step": step, "loss": ema, "valid_acc": acc, "elapsed_s": round(time.time() - t_start, 1)}
+            log.append(rec)
+            msg = f"[train] step {step}/{total} loss {ema:.4f} valid acc " + " ".join(
+                f"{k}={v:.3f}" for k, v in acc.items())
+            (bar.write(msg) if bar is not None else print(msg, flush=True))
+            _save(model, args, total, step, log, t_start, dev, None)
+    if bar is not None:
+        bar.close()
+    train_s = time.time() - t_start
+    acc = heldout_accuracy(model, families, args.final_eval_n, "valid", dev, autocast_dtype=autocast_dtype)
+    log.append({"step": step, "loss": ema, "valid_acc": acc, "elapsed_s": round(time.time() - t_start, 1)})
+    print(f"[train] done: {step} steps in {train_s:.0f} s; final loss {ema:.4f}; valid acc (n={args.final_eval_n}, "
+          f"greedy 1 token/step) " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
+    meta = _save(model, args, total, step, log, t_start, dev, acc, train_s)
+    print(f"[train] saved {args.out}", flush=True)
+    return meta
+
+
+def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) -> Dict:
+    meta = {
+        "command": "python -m prr_ext.train_model " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in [
+                ("steps", total), ("batch_size", args.batch_size), ("lr", args.lr), ("warmup", args.warmup),
+                ("weight_decay", args.weight_decay), ("d_model", args.d_model), ("n_layers", args.n_layers),
+                ("n_heads", args.n_heads), ("d_ff", args.d_ff), ("families", args.families), ("mix", args.mix),
+                ("seed", args.seed)] + ([("init_from", "<the model of 'parent'>")] if args.init_from else [])),
+        "steps": total, "steps_done": step, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+        "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        "torch": torch.__version__, "python": platform.python_version(),
+        "train_seconds": round(train_s, 1) if train_s is not None else round(time.time() - t_start, 1),
+        "final_valid_acc": final_acc, "log": log, "objective": "LLaDA masked diffusion, 1/t-weighted CE on "
+        "masked response positions, prompt never masked, eps=%g" % EPS,
+        "data": "prr_ext.tasks train split (hash-disjoint from valid/test)",
+    }
+    if getattr(args, "parent", None):
+        meta["parent"] = args.parent  # the training record of the model this run started from
+    model.save_pretrained(args.out, dtype=getattr(torch, args.weights_dtype), metadata=meta)
+    return meta
+
+
+if __name__ == "__main__":
+    main()

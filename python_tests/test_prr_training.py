@@ -1,0 +1,141 @@
+"""PRR training pipeline: feature reconstruction, convergence labels, controller fit, and small end-to-end runs
+(single process, and torchrun with 2 gloo ranks on CPU)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prr_ext
+from prr_ext import prr_training as PT
+from prr_ext import reference as R
+from prr_ext.model import MaskedDiffusionLM, ModelConfig, make_canvas
+from prr_ext.tokenizer import CharTokenizer
+
+
+def tiny_model(seed: int) -> MaskedDiffusionLM:
+    torch.manual_seed(seed)
+    return MaskedDiffusionLM(ModelConfig.for_tokenizer(CharTokenizer(), d_model=32, n_layers=1, n_heads=2,
+                                                       d_ff=64)).eval()
+
+
+def tiny_batch(model, n=5, gen_length=16, seed=0):
+    from prr_ext import tasks as T
+    import random
+    rng = random.Random(seed)
+    fam = T.get_family("arith")
+    prompts = [fam.sample_split(rng, "train").prompt for _ in range(n)]
+    return make_canvas(model.tokenizer, prompts, gen_length)
+
+
+def test_reconstructed_features_reproduce_in_kernel_scores():
+    seed = int(torch.randint(0, 2 ** 31, ()))
+    model = tiny_model(seed)
+    x, plens = tiny_batch(model, seed=seed)
+    ctrl = prr_ext.Controller.init(seed % 1000)
+    state = prr_ext.State(x, model.mask_id, plens, 8, 16, prr_ext.PRR(ctrl, tau=0.5))
+    checked = 0
+    while not state.done:
+        snap = state.x.clone(), state.row_state.clone(), state.prev_p1.clone()
+        lo = state.block_start
+        logits = model(state.x).logits
+        prr_ext.step(logits, state)
+        feats, cand = PT._features_after_step(state, *snap, lo, logits.shape[-1])
+        in_kernel = state.last_stats[:, lo:lo + 8][cand][:, R.STAT_SCORE]
+        torch.testing.assert_close(ctrl.scores(feats[cand]), in_kernel, rtol=1e-5, atol=1e-5,
+                                   msg=f"seed {seed}")
+        checked += int(cand.sum())
+    assert checked > 0
+
+
+def test_convergence_labels_match_brute_force():
+    seed = int(torch.randint(0, 2 ** 31, ()))
+    model = tiny_model(seed)
+    x, plens = tiny_batch(model, seed=seed)
+    ro = PT.rollout(model, x, plens, policy=prr_ext.LowConfidence(), block_length=8, steps=16,
+                    mask_id=model.mask_id)
+    progress, binary = PT.convergence_labels(ro)
+    assert progress.shape == binary.shape == ro.t.shape and ro.t.numel() > 0
+    assert int(ro.committed.sum()) == int((x == model.mask_id).sum())  # full refinement commits every mask once
+    for i in range(ro.t.numel()):
+        same = (ro.row == ro.row[i]) & (ro.col == ro.col[i])
+        later = same & (ro.t >= ro.t[i])
+        y = ro.target[ro.row[i], ro.col[i]]
+        assert abs(float(progress[i]) - (ro.cand[later] == y).double().mean().item()) < 1e-6
+        assert float(binary[i]) == float(ro.cand[i] == y)
+    # the step that commits a position is its last record, and with full refinement it commits the target token
+    last = ro.committed
+    assert torch.all(ro.cand[last] == ro.target[ro.row[last], ro.col[last]])
+    assert torch.all(progress[last] == 1.0)
+
+
+def test_block_continuation_targets_are_full_refinement_of_the_entered_block():
+    model = tiny_model(1)
+    x, plens = tiny_batch(model, seed=1)
+    ro = PT.rollout(model, x, plens, policy=prr_ext.Threshold(0.0), block_length=8, steps=16,
+                    mask_id=model.mask_id, block_continuation=True)
+    # block 0 is entered from the initial canvas: its target is exactly a full-refinement decode of block 0
+    vanilla = PT.rollout(model, x, plens, policy=prr_ext.LowConfidence(), block_length=8, steps=16,
+                         mask_id=model.mask_id)
+    g = x.shape[1] - 16
+    assert torch.equal(ro.target[:, g:g + 8], vanilla.final[:, g:g + 8])
+    assert bool((ro.target != model.mask_id).all())
+    assert ro.nfe.tolist() == [2] * x.shape[0]  # tau = 0 commits a whole block per step
+
+
+def test_fit_controller_learns_a_feature_rule():
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    feats = torch.rand(4000, prr_ext.controller.NUM_BASE_FEATURES, generator=g)
+    labels = (feats[:, 8] > 0.5).float()  # "top-1 prob above 1/2"
+    ctrl = PT.fit_controller(feats, labels, hidden=(16,), epochs=30, batch_size=256, lr=1e-2)
+    s = ctrl.scores(feats)
+    acc = ((s > 0.5).float() == labels).float().mean().item()
+    assert acc > 0.95, acc
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("model")
+    tiny_model(0).save_pretrained(str(d))
+    return str(d)
+
+
+ARGS = ["--families", "arith", "--rounds", "1", "--train-prompts", "6", "--val-prompts", "3", "--test-prompts", "3",
+        "--t-max-grid", "1.5", "--t-min-grid", "0.25", "--tau-grid", "0.9", "--epochs", "1", "--device", "cpu"]
+
+
+def _check_run(out):
+    summary = json.load(open(os.path.join(out, "rounds.json")))
+    assert [e["round"] for e in summary["rounds"]] == [0, 1]
+    r0, r1 = summary["rounds"]
+    assert r1["records"] > r0["records"] > 0  # round 1 pools round 0's records with its own
+    for r in (0, 1):
+        ctrl = prr_ext.Controller.load(os.path.join(out, f"round{r}", "controller"))
+        assert ctrl.in_features == prr_ext.controller.NUM_BASE_FEATURES
+    return summary
+
+
+def test_pipeline_two_rounds_single_process(tiny_model_dir, tmp_path):
+    from prr_ext import train
+    out = str(tmp_path / "run")
+    train.main(["--model", tiny_model_dir, "--out", out] + ARGS)
+    first = _check_run(out)
+    # resumable: a second run loads both rounds instead of redoing them
+    again = train.main(["--model", tiny_model_dir, "--out", out] + ARGS)
+    assert [e["seconds"] for e in again["rounds"]] == [e["seconds"] for e in first["rounds"]]
+
+
+def test_pipeline_torchrun_two_gloo_ranks(tiny_model_dir, tmp_path):
+    out = str(tmp_path / "run")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + int(torch.randint(0, 400, ()))), "-m", "prr_ext.train", "--model", tiny_model_dir,
+           "--out", out] + ARGS
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    _check_run(out)
+    for r in (0, 1):
+        shards = sorted(f for f in os.listdir(os.path.join(out, f"round{r}")) if f.startswith("rollouts_rank"))
+        assert shards == ["rollouts_rank0.safetensors", "rollouts_rank1.safetensors"]
