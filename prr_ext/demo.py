@@ -96,6 +96,11 @@ def main(argv=None) -> dict:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     controller = load_controller(args.controller)
     specs = list(DEMO_SPECS)
+    policy_json = os.path.join(args.controller or CONTROLLER_DIR, "policy.json")
+    if os.path.isfile(policy_json):  # the tau the controller was tuned with (python -m prr_ext.train)
+        with open(policy_json) as f:
+            tau = float(json.load(f)["tau"])
+        specs = [RunSpec("prr", tau) if s.policy == "prr" else s for s in specs]
     if controller is None or controller.extra_features:
         where = args.controller or CONTROLLER_DIR
         why = "no PRR controller is shipped yet" if controller is None else "the controller needs extra features"
