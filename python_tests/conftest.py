@@ -13,12 +13,20 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 import zlib
 
 import pytest
 import torch
 
-from helpers import Rand
+# The suite's own modules (helpers, llada_reference, ...) are imported by plain name. With --import-mode=append
+# (scripts/test.sh) pytest would append this directory to sys.path, where an installed module of the same name
+# would shadow them; put it first. (prr_ext itself is imported normally: the installed package.)
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if sys.path[:1] != [_HERE]:
+    sys.path.insert(0, _HERE)
+
+from helpers import Rand  # noqa: E402
 
 _BASE_SEED = int(os.environ.get("PRR_TEST_SEED", random.SystemRandom().randrange(2 ** 31)))
 

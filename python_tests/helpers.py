@@ -185,7 +185,8 @@ def random_controller(rnd: Rand, extra_features: int = 0, *, position_blind: boo
     if position_blind:
         t["w0"] = t["w0"].clone()
         t["w0"][:, [5, 11, 12] + list(range(13, F))] = 0.0
-    return prr_ext.Controller(t, extra_features=extra_features, t_max=rnd.uniform(1.0, 2.5), t_min=rnd.uniform(0.1, 0.9))
+    return prr_ext.Controller(t, extra_features=extra_features, t_max=rnd.uniform(1.0, 2.5),
+                              t_min=rnd.uniform(0.1, 0.9))
 
 
 def make_policy(name: str, rnd: Rand, *, tie_heavy: bool = False):
@@ -509,8 +510,8 @@ def draw_step_logits(maker: LogitsMaker, state, step_kwargs: Optional[dict] = No
     orders (ulp-level differences), so such a value can legitimately round to either neighbour.
 
     avoid_near_ties: also re-draw the logits of sequences where two candidates' ranking keys are within 3e-6
-    (relative; ~25 fp32 ulps) of each other without being equal: keys computed from different inputs that agree to a few ulps may
-    order either way between two correct implementations.
+    (relative; ~25 fp32 ulps) of each other without being equal: keys computed from different inputs that agree
+    to a few ulps may order either way between two correct implementations.
 
     Everywhere else the comparison stays exact."""
     B, Lr = state.x.shape[0], maker.rows(state)
@@ -535,7 +536,7 @@ def draw_step_logits(maker: LogitsMaker, state, step_kwargs: Optional[dict] = No
     if avoid_near_ties:
         b = int(rows.nonzero()[0]) if rows.any() else 0
         order = torch.sort(stats[b, :, R.STAT_KEY].double()).indices
-        detail = f"\nlast attempt, row {b} (key, score, temperature, token) by key: " + ", ".join(
+        detail = f"\nlast attempt, row {b} (key/score/conf/temperature/token) by key: " + ", ".join(
             f"{stats[b, r, R.STAT_KEY].item():.9g}/{stats[b, r, R.STAT_SCORE].item():.9g}/{stats[b, r, 0].item():.9g}/"
             f"{stats[b, r, R.STAT_TEMPERATURE].item():.6g}/{int(tokens[b, r])}" for r in order if valid[b, r])
     raise RuntimeError(f"could not draw logits away from rounding midpoints / near-ties{detail}")

@@ -17,9 +17,8 @@ import torch
 
 import prr_ext
 from prr_ext import reference as R
-from prr_ext.state import CONFIDENCE_DTYPES
 
-from helpers import (POLICY_NAMES, LogitsMaker, Shape, assert_step_matches, check_commit_invariants,
+from helpers import (POLICY_NAMES, Shape, assert_step_matches, check_commit_invariants,
                      clone_for_reference, make_canvas, make_policy, make_state, non_mask_tokens, normal_logits,
                      random_shape)
 
@@ -136,7 +135,8 @@ STEP_ERRORS = [
      ValueError, r"scores is on meta"),
     ("scores-int", lambda r: (_logits(r), _prr_state(), dict(scores=torch.ones(B, P + G, dtype=torch.int64))),
      TypeError, r"scores must be a floating-point tensor"),
-    ("scores-not-tensor", lambda r: (_logits(r), _prr_state(), dict(scores=0.5)), TypeError, r"scores must be a tensor"),
+    ("scores-not-tensor", lambda r: (_logits(r), _prr_state(), dict(scores=0.5)), TypeError,
+     r"scores must be a tensor"),
     ("candidates-shape", lambda r: (_logits(r), _state(), dict(candidates=torch.zeros(B, BL, dtype=torch.int64))),
      ValueError, r"candidates must be a \[B, Lr\]=\(2, 11\) tensor"),
     ("candidates-float", lambda r: (_logits(r), _state(), dict(candidates=torch.zeros(B, P + G))), ValueError,
@@ -197,7 +197,7 @@ def test_noncontiguous_logits_work(rnd, policy_name, span):
             assert not view.is_contiguous(), name
             want = base.clone()
             got = base.clone()
-            src = view.contiguous() if name != "expanded-batch" else view.contiguous()
+            src = view.contiguous()
             c_want = prr_ext.step(src, want)
             c_got = prr_ext.step(view, got)
             assert torch.equal(c_got, c_want), name
@@ -297,7 +297,6 @@ def test_all_nan_logits_loop_finishes(rnd, policy_name):
 
 def test_single_finite_logit_row(rnd):
     """A row that is -Inf everywhere except one token commits that token with confidence 1."""
-    s = Shape(B=1, P=2, G=4, BL=4, steps=1, V=9, mask_id=4)
     x = torch.full((1, 6), 4)
     x[0, :2] = 0
     st = prr_ext.State(x, 4, 2, 4, 1, prr_ext.LowConfidence())
@@ -446,7 +445,8 @@ CONTROLLER_FILE_ERRORS = [
     ("no-version", lambda p: _edit_config(p, version=None), r"controller version None is not supported"),
     ("activation", lambda p: _edit_config(p, activation="relu"), r"unsupported activation 'relu'"),
     ("missing-key", lambda p: _edit_config(p, t_max=None), r"missing key 't_max'"),
-    ("bad-temperature-map", lambda p: _edit_config(p, t_min=1.5), r"temperature map needs t_max >= 1 and 0 < t_min < 1"),
+    ("bad-temperature-map", lambda p: _edit_config(p, t_min=1.5),
+     r"temperature map needs t_max >= 1 and 0 < t_min < 1"),
     ("truncated-weights", lambda p: _truncate(p, "model.safetensors", 0.6), r"cannot read safetensors"),
     ("truncated-header", lambda p: _truncate(p, "model.safetensors", 0.02), r"cannot read safetensors"),
     ("garbage-weights", lambda p: _write(p, "model.safetensors", os.urandom(64)), r"cannot read safetensors"),
@@ -458,7 +458,8 @@ CONTROLLER_FILE_ERRORS = [
     ("in-features-mismatch", lambda p: _edit_config(p, in_features=14), r"does not match the weights"),
     ("wrong-shape", lambda p: _rewrite_weights(p, lambda t: t.update(b0=torch.zeros(31))),
      r"b0: expected shape \(32,\), got \(31,\)"),
-    ("missing-tensor", lambda p: _rewrite_weights(p, lambda t: t.pop("b_out")), r"controller tensors missing: \['b_out'\]"),
+    ("missing-tensor", lambda p: _rewrite_weights(p, lambda t: t.pop("b_out")),
+     r"controller tensors missing: \['b_out'\]"),
     ("unexpected-tensor", lambda p: _rewrite_weights(p, lambda t: t.update(w9=torch.zeros(1))),
      r"unexpected controller tensors: \['w9'\]"),
     ("too-wide", lambda p: _rewrite_weights(p, lambda t: t.update(w0=torch.zeros(65, 13))),
@@ -613,3 +614,16 @@ def test_nan_scores_agree_with_reference(rnd, shaping):
         sc = rnd.rand(2, 11).float()
         sc[rnd.rand(2, 11) < 0.3] = math.nan
         assert_step_matches(st, ref, normal_logits(rnd, 2, 11, 11, 5).float(), scores=sc)
+
+
+@pytest.mark.parametrize("col,value", [(R.RS_BLOCK, -1), (R.RS_BLOCK, 3), (R.RS_STEP, -1), (R.RS_STEP, 2),
+                                       (R.RS_SCHED_N, -1), (R.RS_SCHED_N, BL + 1), (R.RS_NFE, -5)],
+                         ids=["block-negative", "block-past-end", "step-negative", "step-past-cap", "n-negative",
+                              "n-above-block", "nfe-negative"])
+def test_direct_op_rejects_corrupt_row_state_values(col, value):
+    """Every out-of-range row_state entry (the op indexes x and logits with them) is a RuntimeError."""
+    a = _op_args()
+    _call(dict(a, x=a["x"].clone(), row_state=a["row_state"].clone()))
+    a["row_state"][1, col] = value  # block 0..2 (num_blocks = 2 is 'done'), step < 2 (steps per block)
+    with pytest.raises(RuntimeError, match=r"row_state is corrupt at row 1"):
+        _call(a)

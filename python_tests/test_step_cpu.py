@@ -22,7 +22,7 @@ import prr_ext
 from prr_ext import reference as R
 
 from helpers import (CONF_DTYPES, DTYPE_NAMES, LOGITS_DTYPES, POLICY_NAMES, LogitsMaker, Shape, ToyModel,
-                     assert_step_matches, canonical_topk, check_commit_invariants, clone_for_reference, first_argmax,
+                     canonical_topk, check_commit_invariants, clone_for_reference, first_argmax,
                      make_canvas, make_policy, random_controller,
                      make_state, non_mask_tokens, normal_logits, random_shape, run_decode_loop)
 
