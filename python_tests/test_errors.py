@@ -577,7 +577,8 @@ def test_direct_op_ignores_invalid_candidates(rnd):
     committed."""
     a, st = _op_args(with_state=True)
     cand = rnd.randint(0, V, (B, P + G))
-    cand[0, P:P + BL] = torch.tensor([-3, V, V + 100, MASK])
+    cand[cand == MASK] = (MASK + 1) % V  # valid everywhere (the mask token is never committed) ...
+    cand[0, P:P + BL] = torch.tensor([-3, V, V + 100, MASK])  # ... except row 0's block
     a["candidates"] = cand
     x_before = st.x.clone()
     commit, tokens, _ = _call(a)
