@@ -262,6 +262,7 @@ def plot_pareto(results: List[Dict], path: str, title: str = "accuracy vs NFE") 
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(r["task"] for r in results))
@@ -276,7 +277,11 @@ def plot_pareto(results: List[Dict], path: str, title: str = "accuracy vs NFE") 
                     label=POLICY_LABELS.get(pol, pol), alpha=0.85, ms=5)
         G = rows[0]["gen_length"]
         ax.set_title(f"{task} (G={G}, n={rows[0]['n']})")
-        ax.set_xlabel("mean NFE (forwards per prompt)")
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.FixedLocator([1, 2, 3, 5, 10, 20, 50, 100, 200, 500]))
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xlabel("mean NFE (forwards per prompt, log scale)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

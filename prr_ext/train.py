@@ -4,7 +4,7 @@
     round r > 0  rollouts with the round r-1 controller; targets = full refinement of each block from the state in
                  which the controller entered it
     each round   empirical-convergence-progress labels -> fit the MLP on the pooled records -> choose the
-                 temperature map and tau on the validation split -> evaluate on the held-out test split
+                 temperature map (best validation AUP) and tau on the validation split -> evaluate on the held-out test split
 
 Data-parallel: run under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU); prompts are sharded by rank,
 records travel as safetensors shards, rank 0 fits. Resumable: finished rounds are loaded, not redone.
@@ -141,24 +141,52 @@ def load_records(out: str, rounds: Sequence[int], families: Sequence[str], label
 
 
 def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T.Example]], vanilla: Dict[str, float],
-         *, t_max_grid, t_min_grid, tau_grid, batch_size: int, device) -> Dict:
-    """The temperature map and tau with the fewest NFE whose validation accuracy stays within 1 point of full
-    refinement on every family (else the most accurate)."""
-    best, best_key = None, None
+         *, t_max_grid, t_min_grid, tau_grid, batch_size: int, device, select: str = "aup") -> Dict:
+    """Choose the temperature map (t_max, t_min) and the default tau on the validation split.
+
+    select="nfe": the (map, tau) with the fewest NFE whose accuracy stays within 1 point of full refinement on every
+    family (else the most accurate). select="aup": the map whose tau sweep has the largest validation AUP (each
+    family's AUP divided by its gen_length, the largest possible tokens per forward, then averaged), because the map
+    shapes the whole accuracy-parallelism curve while tau only picks a point on it; then that map's tau by the "nfe"
+    rule. Both only ever look at validation prompts.
+    """
+    grid = []  # (t_max, t_min, tau, {family: result})
     for t_max in t_max_grid:
         for t_min in t_min_grid:
             c = Controller(ctrl.tensors, extra_features=ctrl.extra_features, t_max=t_max, t_min=t_min)
             for tau in tau_grid:
-                res = {f: E.evaluate(model, f, val[f], E.RunSpec("prr", tau), controller=c, batch_size=batch_size,
-                                     device=device) for f in families}
-                ok = all(res[f]["accuracy"] >= vanilla[f] - 1.0 for f in families)
-                rel_nfe = sum(res[f]["mean_nfe"] / res[f]["gen_length"] for f in families) / len(families)
-                acc = sum(res[f]["accuracy"] for f in families) / len(families)
-                key = (ok, -rel_nfe if ok else acc)
-                if best_key is None or key > best_key:
-                    best_key = key
-                    best = {"t_max": t_max, "t_min": t_min, "tau": tau, "within_1pt": ok, "val_rel_nfe": rel_nfe,
-                            "val_accuracy": acc}
+                grid.append((t_max, t_min, tau, {f: E.evaluate(model, f, val[f], E.RunSpec("prr", tau), controller=c,
+                                                               batch_size=batch_size, device=device)
+                                                 for f in families}))
+
+    def point(t_max, t_min, tau, res):
+        ok = all(res[f]["accuracy"] >= vanilla[f] - 1.0 for f in families)
+        rel_nfe = sum(res[f]["mean_nfe"] / res[f]["gen_length"] for f in families) / len(families)
+        acc = sum(res[f]["accuracy"] for f in families) / len(families)
+        return (ok, -rel_nfe if ok else acc), {"t_max": t_max, "t_min": t_min, "tau": tau, "within_1pt": ok,
+                                               "val_rel_nfe": rel_nfe, "val_accuracy": acc}
+
+    maps = sorted({(g[0], g[1]) for g in grid})
+    map_aup = {}
+    if select == "aup":
+        y_max = {f: max([vanilla[f]] + [g[3][f]["accuracy"] for g in grid]) for f in families}
+        for m in maps:
+            pts = [g[3] for g in grid if (g[0], g[1]) == m]
+            map_aup[m] = sum(E.aup([r[f]["tokens_per_forward"] for r in pts], [r[f]["accuracy"] for r in pts],
+                                   y_max[f]) / pts[0][f]["gen_length"]
+                             for f in families if y_max[f] > 0) / len(families)  # all-zero accuracy: no area
+        maps = [max(maps, key=lambda m: map_aup[m])]
+    elif select != "nfe":
+        raise ValueError(f"select must be 'aup' or 'nfe', got {select!r}")
+    best_key, best = None, None
+    for g in grid:
+        if (g[0], g[1]) in maps:
+            key, entry = point(*g)
+            if best_key is None or key > best_key:
+                best_key, best = key, entry
+    if map_aup:
+        best["val_aup_per_G"] = map_aup[(best["t_max"], best["t_min"])]
+        best["val_aup_per_G_by_map"] = {f"{m[0]:g}/{m[1]:g}": v for m, v in map_aup.items()}
     return best
 
 
@@ -193,6 +221,8 @@ def parse_args(argv=None):
     p.add_argument("--t-max-grid", default="1.0,2.0")
     p.add_argument("--t-min-grid", default="0.1,0.25,0.5")
     p.add_argument("--tau-grid", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--select", choices=("aup", "nfe"), default="aup",
+                   help="how the temperature map is chosen on the validation split (see tune())")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--install", action="store_true", help="copy the final controller to prr_ext/assets/controller")
@@ -253,7 +283,7 @@ def main(argv=None) -> Dict:
                                     device=str(device), progress=True)
             choice = tune(model, fitted, families, val, vanilla_val, t_max_grid=_floats(args.t_max_grid),
                           t_min_grid=_floats(args.t_min_grid), tau_grid=_floats(args.tau_grid),
-                          batch_size=args.batch_size, device=device)
+                          batch_size=args.batch_size, device=device, select=args.select)
             fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
                                 t_min=choice["t_min"])
             fitted.save(cdir)
