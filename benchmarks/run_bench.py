@@ -41,6 +41,9 @@ def main():
     ap.add_argument("--compiled-policies", default=",".join(BL.POLICIES))
     ap.add_argument("--no-append", action="store_true")
     ap.add_argument("--note", default="")
+    ap.add_argument("--variants", default="",
+                    help="side-by-side launcher variants, 'label:VAR=value,VAR=value;label2:...' (environment knobs of "
+                         "the CUDA launcher, e.g. 'regtiles:PRR_CUDA_STAGES=0'); each case is also timed under each")
     args = ap.parse_args()
     pols = [p for p in args.policies.split(",") if p]
     comp_pols = set(p for p in args.compiled_policies.split(",") if p)
@@ -55,22 +58,38 @@ def main():
     print(f"device {props.name}, {props.multi_processor_count} SMs, L2 {l2 >> 20} MB; torch {torch.__version__}; "
           f"read bandwidth (amax, 4 GiB bf16) {bw / 1e12:.3f} TB/s", flush=True)
 
+    variants = [("", {})]
+    for v in filter(None, args.variants.split(";")):
+        name, _, kv = v.partition(":")
+        variants.append((name, dict(item.split("=", 1) for item in kv.split(",") if item)))
+
     rows = []
     for label, B, L, blk in shapes:
         base = BL.Case(label, B, L, blk, "LowConfidence")
         eager = BL.eager_llada_us(base)
         for pol in pols:
-            case = BL.Case(label, B, L, blk, pol)
-            kb = BL.KernelBench(case, l2_bytes=l2)
-            us = kb.median_us()
-            del kb
-            floor = case.bytes_read / bw * 1e6
-            comp = BL.compiled_us(case) if pol in comp_pols else float("nan")
-            rows.append((label, pol, us, us / floor, eager / us, comp / us, floor, eager, comp))
-            print(f"  {label:22s} {pol:14s} {us:9.2f} us  floor {floor:8.2f} us  x{us / floor:5.2f}   "
-                  f"eager {eager:9.1f} us (x{eager / us:6.1f})   compiled {comp:9.1f} us (x{comp / us:6.1f})",
-                  flush=True)
-            torch.cuda.empty_cache()
+            for vname, env in variants:
+                case = BL.Case(label, B, L, blk, pol)
+                saved = {k: os.environ.get(k) for k in env}
+                os.environ.update(env)  # the launcher reads its knobs at each launch, i.e. when the graph is captured
+                try:
+                    kb = BL.KernelBench(case, l2_bytes=l2)
+                    us = kb.median_us()
+                    del kb
+                finally:
+                    for k, old in saved.items():
+                        if old is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = old
+                floor = case.bytes_read / bw * 1e6
+                comp = BL.compiled_us(case) if (pol in comp_pols and not vname) else float("nan")
+                pname = f"{pol} [{vname}]" if vname else pol
+                rows.append((label, pname, us, us / floor, eager / us, comp / us, floor, eager, comp))
+                print(f"  {label:22s} {pname:14s} {us:9.2f} us  floor {floor:8.2f} us  x{us / floor:5.2f}   "
+                      f"eager {eager:9.1f} us (x{eager / us:6.1f})   compiled {comp:9.1f} us (x{comp / us:6.1f})",
+                      flush=True)
+                torch.cuda.empty_cache()
 
     hdr = ("| shape (B, L) | policy | µs | × floor | × eager | × compiled | floor µs | eager µs | compiled µs |\n"
            "|---|---|---:|---:|---:|---:|---:|---:|---:|")
