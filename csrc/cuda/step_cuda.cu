@@ -92,8 +92,6 @@ struct KParams {
   int tiles;        // register tiles per thread
   int ctrl_words;   // floats of the controller buffer staged in shared memory (0: none)
   int prefetch;     // bulk-prefetch the cluster's next row into L2 (persistent grids)
-  int stages;       // shared-memory ring slots for multi-tile rows (0: no ring; else 2 or 3, see Tile::load_slot)
-  int ring_offset;  // byte offset of the ring in dynamic shared memory (after the controller weights)
   int64_t vpc;      // 16-byte vectors per CTA slice
   float log_vocab;  // float(log(double(V)))
 };
@@ -370,22 +368,6 @@ struct Tile {
       }
     }
   }
-  // The same tile from a shared-memory ring slot that cp_async_tile filled (vectors past vend become -inf).
-  __device__ __forceinline__ void load_slot(const uint4* slot, int nt, int tid, int32_t vfirst, int32_t vstride,
-                                            int32_t vend) {
-    v0 = vfirst;
-    stride = vstride;
-    const T ninf = T(-std::numeric_limits<float>::infinity());
-#pragma unroll
-    for (int i = 0; i < kTileVecs; ++i) {
-      if (vfirst + i * vstride < vend) {
-        *reinterpret_cast<uint4*>(&pk[i]) = slot[i * nt + tid];
-      } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) pk[i].v[e] = ninf;
-      }
-    }
-  }
   __device__ __forceinline__ int32_t index(int k) const { return (v0 + (k / VEC) * stride) * VEC + (k % VEC); }
   // The first k of vector g (run time) whose value (as C) equals v, or -1: one select chain over the vectors.
   template <typename C>
@@ -407,31 +389,6 @@ struct Tile {
     return (d / stride) * VEC + idx % VEC;
   }
 };
-
-// Shared-memory ring for rows longer than one register tile: each thread copies its own 16-byte vectors of the
-// tiles ahead into its own slot words (cp.async, no registers held, no cross-thread hand-off, so no barrier), and
-// moves a tile into registers when its turn comes. Slot layout: [kTileVecs][nt] uint4, consecutive threads on
-// consecutive 16 bytes.
-__device__ __forceinline__ void cp_async_tile(uint4* slot, const uint4* src, int nt, int tid, int32_t vfirst,
-                                              int32_t vstride, int32_t vend) {
-#pragma unroll
-  for (int i = 0; i < kTileVecs; ++i) {
-    const int32_t v = vfirst + i * vstride;
-    if (v < vend) {
-      const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(slot + i * nt + tid));
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src + v) : "memory");
-    }
-  }
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-__device__ __forceinline__ void cp_async_commit_empty() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Wait until at most stages - 2 groups are pending, i.e. the oldest tile in flight has landed.
-__device__ __forceinline__ void cp_async_wait_oldest(int stages) {
-  if (stages >= 3)
-    asm volatile("cp.async.wait_group 1;\n" ::: "memory");
-  else
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
 
 // Gumbel-max over one 16-byte vector (vocabulary base .. base + VEC): the best score l * (1 / T) + g over the
 // non-mask tokens (no FMA contraction, as the CPU), first index on ties. Out of line: Philox and two logs per entry
@@ -836,11 +793,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   __shared__ RowOut out;
   __shared__ CtaInfo ci;
   __shared__ float mlp_f[prr::kMaxFeatures], mlp_h1[prr::kMaxHidden], mlp_h2[prr::kMaxHidden];
-  // dynamic shared memory: the controller's weights (its matvecs would otherwise wait on L2 per weight), then the
-  // ring of multi-tile rows (kp.stages slots of kTileVecs * nt 16-byte vectors)
-  extern __shared__ __align__(16) unsigned char dsmem[];
-  float* sctrl = reinterpret_cast<float*>(dsmem);
-  uint4* ring = reinterpret_cast<uint4*>(dsmem + kp.ring_offset);
+  extern __shared__ float sctrl[];  // the controller's weights (its matvecs would otherwise wait on L2 per weight)
 
   // ---- phase 0: the active block (a snapshot: row_state is only written after every CTA has read it)
   int64_t active;
@@ -921,28 +874,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     const T* row = static_cast<const T*>(kp.logits) + b * p.stride_b + r * p.stride_r;  // int64 offsets
     const bool vec_ok = (reinterpret_cast<uintptr_t>(row) % 16 == 0) && (p.V % VEC == 0);
     TileT tile;
-    // Multi-tile rows stream through the ring: stages - 1 tiles are in flight while a tile is reduced; tile u + S - 1
-    // refills the slot of tile u - 1, whose registers were consumed in the previous iteration (no WAR on the slot).
-    const int S = kp.stages;
-    const bool use_ring = S >= 2 && kp.tiles > 1 && vec_ok;
-    const size_t slot_vecs = static_cast<size_t>(kTileVecs) * nt;
-    const auto ring_issue = [&](int u) {
-      if (u < kp.tiles)
-        cp_async_tile(ring + (u % S) * slot_vecs, reinterpret_cast<const uint4*>(row), nt, tid, vbeg + u * tstride + tid,
-                      nt, vend);
-      else
-        cp_async_commit_empty();  // keeps one group per tile, so wait_group counts stay uniform
-    };
-    const auto ring_take = [&](int u) {
-      cp_async_wait_oldest(S);
-      tile.load_slot(ring + (u % S) * slot_vecs, nt, tid, vbeg + u * tstride + tid, nt, vend);
-      ring_issue(u + S - 1);
-    };
-    if (use_ring) {
-      for (int u = 0; u + 1 < S; ++u) ring_issue(u);
-    } else {
-      tile.load(row, V32, vbeg + tid, nt, vend, vec_ok);
-    }
+    tile.load(row, V32, vbeg + tid, nt, vend, vec_ok);
     // L2 prefetch (cp.async.bulk, one instruction for a whole tile of this CTA's slice) of the tile after the one in
     // flight: the next tile of this row, or the first tile of the cluster's next row (persistent grids).
     const auto prefetch_tile = [&](const T* rp, int u) {
@@ -955,7 +887,6 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     const auto prefetch_next = [&](int u) {
       if (tid != 0) return;
       if (u + 1 < kp.tiles) {
-        if (use_ring) return;  // the ring already has the next tiles in flight
         prefetch_tile(row, u + 1);
       } else if (kp.prefetch && cid + nclusters < total) {
         const int64_t cn = cid + nclusters, bn = cn / BL, jn = cn % BL;
@@ -990,13 +921,9 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
 
     Stats<C> st;
     const uint32_t col32 = static_cast<uint32_t>(col), nfe32 = static_cast<uint32_t>(nfe);
-    if (use_ring) ring_take(0);
     tile_into<T, C>(tile, p, st, true, sample, seed, col32, nfe32, inv_temp, vend);
     for (int u = 1; u < kp.tiles; ++u) {  // rows longer than one register tile per thread
-      if (use_ring)
-        ring_take(u);
-      else
-        tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
+      tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
       prefetch_next(u);
       tile_into<T, C>(tile, p, st, false, sample, seed, col32, nfe32, inv_temp, vend);
     }
@@ -1123,33 +1050,10 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
 
   cudaLaunchConfig_t cfg{};
   cfg.blockDim = dim3(static_cast<unsigned>(nt), 1, 1);
-  // ring for multi-tile rows: 3 slots if two CTAs per SM still fit in shared memory, else 2, else none
-  // (PRR_CUDA_STAGES overrides: 0 = register tiles only, the v5 path)
-  static const int2 smem_info = [&] {
-    int dev = 0, per_sm = 0;
-    (void)cudaGetDevice(&dev);
-    (void)cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, dev);
-    cudaFuncAttributes fa{};
-    C10_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
-    return make_int2(per_sm, static_cast<int>(fa.sharedSizeBytes));
-  }();
-  kp.ring_offset = static_cast<int>((static_cast<size_t>(kp.ctrl_words) * sizeof(float) + 15) / 16 * 16);
-  const size_t slot_bytes = static_cast<size_t>(kTileVecs) * 16 * nt;
-  const size_t per_cta_budget = static_cast<size_t>(smem_info.x) / kMinCtas - 1024 - smem_info.y;  // 1 KB reserved
-  int stages = 0;
-  if (kp.tiles > 1)
-    for (int st = 3; st >= 2 && stages == 0; --st)
-      if (kp.ring_offset + st * slot_bytes <= per_cta_budget) stages = st;
-  stages = env_int("PRR_CUDA_STAGES", stages);
-  kp.stages = (stages >= 2 && kp.tiles > 1) ? std::min(stages, 3) : 0;
-  cfg.dynamicSmemBytes = kp.stages > 0 ? kp.ring_offset + kp.stages * slot_bytes
-                                       : static_cast<size_t>(kp.ctrl_words) * sizeof(float);
+  cfg.dynamicSmemBytes = static_cast<size_t>(kp.ctrl_words) * sizeof(float);
   if (cfg.dynamicSmemBytes > 0)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(cfg.dynamicSmemBytes)));
-  // the ring needs the largest shared-memory carveout for two CTAs per SM (the loads bypass L1 anyway)
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                      kp.stages > 0 ? static_cast<int>(cudaSharedmemCarveoutMaxShared) : -1));
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeClusterDimension;
