@@ -142,6 +142,23 @@ def test_big_vocab_every_policy():
                    cdt=torch.float64)
 
 
+@pytest.mark.parametrize("packed", ["0", "1"])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+def test_16bit_tile_paths(monkeypatch, packed, dt):
+    """16-bit logits take the packed-pair tile statistics (PRR_CUDA_PACKED=1, the default) or prr::tile_stats2 (0):
+    both give the CPU op's results, on random and tie-heavy rows, one CTA per row (several tiles per thread) and
+    the small-row cluster split."""
+    monkeypatch.setenv("PRR_CUDA_PACKED", packed)  # the launcher reads its knobs at each launch
+    V = 126464
+    for name in ("lowconf", "prr_temp", "eb"):
+        decode_compare(policies()[name], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=11)
+    monkeypatch.setenv("PRR_CUDA_CS", "1")
+    decode_compare(policies()["lowconf"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=12)
+    decode_compare(policies()["threshold"], V=V, B=1, P=3, G=32, BL=32, steps=2, dt=dt, T=1.0, loops=2)
+    for name in ("lowconf", "eb"):
+        decode_compare(policies()[name], logits_fn=tie_logits, dt=dt, V=5000, loops=6)
+
+
 def tie_logits(B, L, V, dt, g):
     lg = torch.randint(-3, 3, (B, L, V), generator=g).float()
     lg[:, 1::2] = lg[:, 0::2][:, : lg[:, 1::2].shape[1]]  # duplicated rows: equal confidences across positions

@@ -46,6 +46,7 @@
 #include <cmath>
 #include <limits>
 #include <mutex>
+#include <type_traits>
 
 #include "prr/controller.h"
 #include "prr/params.h"
@@ -92,6 +93,7 @@ struct KParams {
   int tiles;        // register tiles per thread
   int ctrl_words;   // floats of the controller buffer staged in shared memory (0: none)
   int prefetch;     // bulk-prefetch the cluster's next row into L2 (persistent grids)
+  int packed;       // 16-bit logits: top-2 on packed pairs, then one exponential sweep (tile_stats_packed)
   int64_t vpc;      // 16-byte vectors per CTA slice
   float log_vocab;  // float(log(double(V)))
 };
@@ -418,21 +420,137 @@ __device__ __noinline__ Sample sample_vec(Pack<T> cur, int32_t base, int32_t V, 
 }
 
 // Statistics of one tile (+ the Gumbel-max sample over it), merged into the thread's running state.
+// ---------------------------------------------------------------------------------------------------------------
+// 16-bit logits (bf16 / fp16, fp32 compute): prr::tile_stats with the max pass on packed pairs.
+//
+// prr::tile_stats interleaves the top-2 and the sums per 16-byte vector (~11 instructions per logit, the max being
+// tracked in fp32 and the sums rescaled whenever it rises). With 16-bit logits the tile's top-2 can run on pairs
+// (max.NaN / min / max on bf16x2 or f16x2: 1.5 instructions per logit, exact: the values are the logits), so the
+// tile's maximum is known before any exponential; the sums then need no rescaling (one shift per tile):
+// t = (l - m) log2(e) clamped, e = 2^t, Z += e, S += e t (two chains). The statistics are those of tile_stats: the
+// same top-2 (per lane, merged as tile_stats2 merges its chains), the argmax located in the first vector holding
+// the maximum (first index on ties), Z' = Z - 1 (the max's own term is 2^0 = 1 exactly), S' = S ln 2.
+// ---------------------------------------------------------------------------------------------------------------
+template <typename T>
+struct Pair16;
+template <>
+struct Pair16<c10::BFloat16> {
+  using P = __nv_bfloat162;
+  static __device__ __forceinline__ P max_nan(P a, P b) { return __hmax2_nan(a, b); }
+  static __device__ __forceinline__ P mx(P a, P b) { return __hmax2(a, b); }
+  static __device__ __forceinline__ P mn(P a, P b) { return __hmin2(a, b); }
+  static __device__ __forceinline__ float lo(P a) { return __low2float(a); }
+  static __device__ __forceinline__ float hi(P a) { return __high2float(a); }
+  static __device__ __forceinline__ P ninf() { return __float2bfloat162_rn(-INFINITY); }
+};
+template <>
+struct Pair16<c10::Half> {
+  using P = __half2;
+  static __device__ __forceinline__ P max_nan(P a, P b) { return __hmax2_nan(a, b); }
+  static __device__ __forceinline__ P mx(P a, P b) { return __hmax2(a, b); }
+  static __device__ __forceinline__ P mn(P a, P b) { return __hmin2(a, b); }
+  static __device__ __forceinline__ float lo(P a) { return __low2float(a); }
+  static __device__ __forceinline__ float hi(P a) { return __high2float(a); }
+  static __device__ __forceinline__ P ninf() { return __float2half2_rn(-INFINITY); }
+};
+
+template <typename T>
+__device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int mask_k) {
+  using H = Pair16<T>;
+  using P = typename H::P;
+  constexpr int VEC = Tile<T>::VEC, N = Tile<T>::N, PAIRS = VEC / 2;
+  const float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f, tmin = -1e30f;
+  // pass 1: per-lane top-2 and the first vector holding each lane's maximum
+  P c1 = H::ninf(), c2 = H::ninf();
+  int g1x = -1, g1y = -1;
+#pragma unroll
+  for (int i = 0; i < kTileVecs; ++i) {
+    const P* pr = reinterpret_cast<const P*>(&t.pk[i]);
+    const float bx = H::lo(c1), by = H::hi(c1);
+#pragma unroll
+    for (int j = 0; j < PAIRS; ++j) {
+      c2 = H::mx(c2, H::mn(c1, pr[j]));
+      c1 = H::max_nan(c1, pr[j]);
+    }
+    g1x = H::lo(c1) > bx ? i : g1x;
+    g1y = H::hi(c1) > by ? i : g1y;
+  }
+  const float c1x = H::lo(c1), c1y = H::hi(c1);
+  Stats<float> st;
+  st.init();
+  const float cm = prr::max_nan_c(c1x, c1y);
+  st.bad = (cm != cm) || cm == INFINITY;
+  if (st.bad) return st;
+  float cc2 = prr::max_c(prr::min_c(c1x, c1y), prr::max_c(H::lo(c2), H::hi(c2)));
+  const int gg = c1x > c1y ? g1x : c1y > c1x ? g1y : (g1x < 0 ? g1y : g1y < 0 ? g1x : min(g1x, g1y));
+  const auto get = [&](int k) { return static_cast<float>(t.pk[k / VEC].v[k % VEC]); };
+  int k1 = gg >= 0 ? t.template first_eq<float>(gg, cm) : -1;
+  // pass 2: the sums against the tile maximum (two chains)
+  float z[2] = {0.0f, 0.0f}, sm[2] = {0.0f, 0.0f};
+  if (cm != -INFINITY) {
+#pragma unroll
+    for (int k = 0; k < N; ++k) {
+      const float tt = prr::max_c((get(k) - cm) * kLog2e, tmin);
+      const float e = prr::exp2_bulk(tt);
+      z[k & 1] += e;
+      sm[k & 1] += e * tt;
+    }
+  }
+  float cc1 = cm;
+  if (mask_k >= 0) {  // the mask token is never a candidate: redo the top-2 without it when it can matter
+    float mv = 0.0f;
+#pragma unroll
+    for (int k = 0; k < N; ++k)
+      if (k == mask_k) mv = get(k);
+    if (!(mv < cc2)) {
+      cc1 = cc2 = -INFINITY;
+      k1 = -1;
+#pragma unroll
+      for (int k = 0; k < N; ++k) {
+        if (k == mask_k) continue;
+        const float l = get(k);
+        cc2 = prr::max_c(cc2, prr::min_c(cc1, l));
+        k1 = l > cc1 ? k : k1;
+        cc1 = prr::max_c(cc1, l);
+      }
+    }
+  }
+  st.c1 = cc1;
+  st.c2 = cc2;
+  st.i1 = (k1 >= 0 && cc1 != -INFINITY) ? static_cast<int64_t>(t.index(k1)) : prr::kNoIndex;
+  if (cm != -INFINITY) {
+    st.m = cm;
+    st.zrest = (z[0] + z[1]) - 1.0f;
+    st.srest = (sm[0] + sm[1]) * kLn2;
+  }
+  return st;
+}
+
+template <typename T, typename C>
+constexpr bool kHasPacked = std::is_same_v<C, float> && (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
+
 template <typename T, typename C>
 __device__ __forceinline__ void tile_into(const Tile<T>& t, const StepParams& p, Stats<C>& st, bool first,
                                           bool sample, uint64_t seed, uint32_t col, uint32_t nfe, float inv_t,
-                                          int32_t vend) {
+                                          int32_t vend, bool packed) {
   constexpr int VEC = Tile<T>::VEC, N = Tile<T>::N;
   const auto get = [&](int k) { return static_cast<C>(t.pk[k / VEC].v[k % VEC]); };
   const auto index = [&](int k) { return static_cast<int64_t>(t.index(k)); };
   const auto first_eq = [&](int g, C v) { return t.template first_eq<C>(g, v); };
+  Stats<C> ts;
+  if constexpr (kHasPacked<T, C>) {
+    if (packed) {
+      ts = tile_stats_packed<T>(t, t.find(static_cast<int32_t>(p.mask_id)));
+    } else {
+      ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
+    }
+  } else {
 #if PRR_DUAL_CHAIN
-  const Stats<C> ts =
-      prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
+    ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
 #else
-  const Stats<C> ts =
-      prr::tile_stats<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
+    ts = prr::tile_stats<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
 #endif
+  }
   if (first) {
     st = ts;
   } else {
@@ -921,11 +1039,11 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
 
     Stats<C> st;
     const uint32_t col32 = static_cast<uint32_t>(col), nfe32 = static_cast<uint32_t>(nfe);
-    tile_into<T, C>(tile, p, st, true, sample, seed, col32, nfe32, inv_temp, vend);
+    tile_into<T, C>(tile, p, st, true, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
     for (int u = 1; u < kp.tiles; ++u) {  // rows longer than one register tile per thread
       tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
       prefetch_next(u);
-      tile_into<T, C>(tile, p, st, false, sample, seed, col32, nfe32, inv_temp, vend);
+      tile_into<T, C>(tile, p, st, false, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
     }
     st = block_merge(st, sm.part, mscratch);
 
@@ -1045,6 +1163,7 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   const int nt_cap = std::min(1024, (max_threads / 32) * 32);
   nt = std::max(32, std::min(nt, nt_cap));
   kp.cs = cs;
+  kp.packed = env_int("PRR_CUDA_PACKED", 1);  // 0: prr::tile_stats2 for 16-bit logits too (the v5 path)
   kp.vpc = (nvec + cs - 1) / cs;
   kp.tiles = static_cast<int>(std::max<int64_t>(1, (kp.vpc + int64_t(kTileVecs) * nt - 1) / (int64_t(kTileVecs) * nt)));
 
