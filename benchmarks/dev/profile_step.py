@@ -2,6 +2,7 @@
 
     python benchmarks/dev/profile_step.py ncu "(8,256)" LowConfidence   # eager launches, for `ncu -k regex:step_kernel`
     python benchmarks/dev/profile_step.py sweep                          # launch-shape sweep via PRR_CUDA_CS / _NT
+    python benchmarks/dev/profile_step.py latency                        # where the 32-row step's time goes
 """
 import os
 import sys
@@ -59,8 +60,54 @@ def sweep():
         os.environ.pop(k, None)
 
 
+
+
+def latency():
+    """The 32-row case's time by parts: a graph of trivial kernels (the per-node launch cost of a replay), the step
+    with a tiny vocabulary (the kernel's fixed dependent chain, almost no bytes), vocabularies in between, and the
+    full vocabulary at each cluster size."""
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 << 20)
+    x = torch.ones(1, device="cuda")
+    g = torch.cuda.CUDAGraph()
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            x.add_(1)
+        torch.cuda.synchronize()
+        with torch.cuda.graph(g, stream=s):
+            for _ in range(16):
+                x.add_(1)
+    ts = []
+    for _ in range(15):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        torch.cuda.synchronize()
+        ts.append(a.elapsed_time(b) * 1000 / 16)
+    ts.sort()
+    print(f"graph of 16 trivial kernels: {ts[len(ts) // 2]:.2f} us per node", flush=True)
+    v_full, mask_full = BL.V_BENCH, BL.MASK_ID
+    for policy in ["LowConfidence", "PRR"]:
+        for V in (256, 4096, 32768, v_full):
+            BL.V_BENCH, BL.MASK_ID = V, (mask_full if V == v_full else V - 1)
+            kb = BL.KernelBench(case_of("(1,32)", policy), l2_bytes=l2)
+            print(f"(1,32) {policy:14s} V={V:6d} default launch  {kb.median_us(repeats=9):8.2f} us", flush=True)
+            del kb
+        BL.V_BENCH, BL.MASK_ID = v_full, mask_full
+        for cs in (1, 2, 4, 8):
+            os.environ["PRR_CUDA_CS"] = str(cs)
+            kb = BL.KernelBench(case_of("(1,32)", policy), l2_bytes=l2)
+            print(f"(1,32) {policy:14s} V={v_full} cs={cs}          {kb.median_us(repeats=9):8.2f} us", flush=True)
+            del kb
+        os.environ.pop("PRR_CUDA_CS", None)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "ncu":
         ncu(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "latency":
+        latency()
     else:
         sweep()

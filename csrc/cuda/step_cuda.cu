@@ -454,6 +454,29 @@ struct Pair16<c10::Half> {
   static __device__ __forceinline__ P ninf() { return __float2half2_rn(-INFINITY); }
 };
 
+// The mask token is never a candidate: the tile's top-2 without it, when it can matter (the mask's logit is not
+// below the second best). Inlined: out of line, the tile would have to live in local memory (ptxas: 624 B spills).
+template <typename T>
+__device__ __forceinline__ void top2_without_mask(const Tile<T>& t, int mask_k, float& cc1, float& cc2, int& k1) {
+  constexpr int VEC = Tile<T>::VEC, N = Tile<T>::N;
+  const auto get = [&](int k) { return static_cast<float>(t.pk[k / VEC].v[k % VEC]); };
+  float mv = 0.0f;
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+    if (k == mask_k) mv = get(k);
+  if (mv < cc2) return;
+  cc1 = cc2 = -INFINITY;
+  k1 = -1;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    if (k == mask_k) continue;
+    const float l = get(k);
+    cc2 = prr::max_c(cc2, prr::min_c(cc1, l));
+    k1 = l > cc1 ? k : k1;
+    cc1 = prr::max_c(cc1, l);
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int mask_k) {
   using H = Pair16<T>;
@@ -497,24 +520,7 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
     }
   }
   float cc1 = cm;
-  if (mask_k >= 0) {  // the mask token is never a candidate: redo the top-2 without it when it can matter
-    float mv = 0.0f;
-#pragma unroll
-    for (int k = 0; k < N; ++k)
-      if (k == mask_k) mv = get(k);
-    if (!(mv < cc2)) {
-      cc1 = cc2 = -INFINITY;
-      k1 = -1;
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        if (k == mask_k) continue;
-        const float l = get(k);
-        cc2 = prr::max_c(cc2, prr::min_c(cc1, l));
-        k1 = l > cc1 ? k : k1;
-        cc1 = prr::max_c(cc1, l);
-      }
-    }
-  }
+  if (mask_k >= 0) top2_without_mask<T>(t, mask_k, cc1, cc2, k1);
   st.c1 = cc1;
   st.c2 = cc2;
   st.i1 = (k1 >= 0 && cc1 != -INFINITY) ? static_cast<int64_t>(t.index(k1)) : prr::kNoIndex;
@@ -1039,11 +1045,15 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
 
     Stats<C> st;
     const uint32_t col32 = static_cast<uint32_t>(col), nfe32 = static_cast<uint32_t>(nfe);
-    tile_into<T, C>(tile, p, st, true, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
-    for (int u = 1; u < kp.tiles; ++u) {  // rows longer than one register tile per thread
-      tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
-      prefetch_next(u);
-      tile_into<T, C>(tile, p, st, false, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
+    // One call site for the (large, fully unrolled) per-tile code: the kernel is big enough that instruction
+    // fetch shows up in its stalls (ncu, v7), so the hot loop is not duplicated for the first tile.
+#pragma unroll 1
+    for (int u = 0; u < kp.tiles; ++u) {  // rows longer than one register tile per thread loop
+      if (u > 0) {
+        tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
+        prefetch_next(u);
+      }
+      tile_into<T, C>(tile, p, st, u == 0, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
     }
     st = block_merge(st, sm.part, mscratch);
 
