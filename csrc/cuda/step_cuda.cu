@@ -62,7 +62,10 @@ namespace cg = cooperative_groups;
 using prr::StepParams;
 
 #define PRR_DUAL_CHAIN 1          // per-thread statistics in two independent chains (prr::tile_stats2)
-constexpr int kTileVecs = 8;     // 16-byte vectors per thread per register tile
+#ifndef PRR_TILE_VECS
+#define PRR_TILE_VECS 8
+#endif
+constexpr int kTileVecs = PRR_TILE_VECS;  // 16-byte vectors per thread per register tile
 constexpr int kMaxCluster = 8;   // portable cluster size
 constexpr int kSortCap = 1024;   // block_length up to this sorts in shared memory
 constexpr int kThreads = 256;   // CTA size (launch bound: the launcher reads the compiled limit back)
