@@ -156,9 +156,6 @@ using Stats = prr::RowStats<C, C>;
 // Small device helpers
 // ---------------------------------------------------------------------------------------------------------------
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void cluster_arrive_relaxed() {
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
-}
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 
 template <typename S>
@@ -925,11 +922,6 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   __shared__ float mlp_f[prr::kMaxFeatures], mlp_h1[prr::kMaxHidden], mlp_h2[prr::kMaxHidden];
   extern __shared__ float sctrl[];  // the controller's weights (its matvecs would otherwise wait on L2 per weight)
 
-  // DSMEM rule: no CTA writes into another's shared memory before the whole cluster has started. Arrive now, wait
-  // right before the first remote write, so the barrier overlaps the prologue (racecheck flagged the write).
-  bool cluster_started = kp.cs == 1;
-  if (!cluster_started) cluster_arrive_relaxed();
-
   // ---- phase 0: the active block (a snapshot: row_state is only written after every CTA has read it)
   int64_t active;
   if (p.B == 1) {
@@ -1069,10 +1061,6 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     st = block_merge(st, sm.part, mscratch);
 
     // ---- phase 2: partials to the leader (DSMEM), merged in rank order
-    if (!cluster_started) {
-      cluster_wait();
-      cluster_started = true;
-    }
     if (tid == 0) *cluster.map_shared_rank(&slots[parity][q], 0) = st;
     cluster_arrive();
     cluster_wait();
@@ -1130,7 +1118,6 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     }
     arrive_and_finish(kp, ci, b, static_cast<unsigned long long>(kp.cs), sm.sort, iscratch);
   }
-  if (!cluster_started) cluster_wait();  // no row of this cluster was read: complete the start barrier
 }
 
 // ---------------------------------------------------------------------------------------------------------------
