@@ -9,7 +9,8 @@
 //           only the rows of masked positions inside the active block are read from HBM.
 //   phase 1 each CTA of a masked position's cluster loads its slice of the logits row into registers (16-byte
 //           loads, all in flight before any math), computes the row statistics of its slice in two register sweeps
-//           per vector (prr::tile_stats2; Philox Gumbel-max when sampling) and reduces them over the CTA in fixed
+//           per vector (prr::tile_stats2; for bf16/fp16 tile_stats_packed: top-2 on packed pairs, then one
+//           exponential sweep per tile; Philox Gumbel-max when sampling) and reduces them over the CTA in fixed
 //           trees (block max, one rebase per thread, then sums / top-2 / sample: RowStats::merge reassociated).
 //   phase 2 the partials meet in the leader CTA's shared memory (DSMEM) behind a cluster barrier and are merged in
 //           rank order (prr::RowStats::merge); the leader derives the candidate, its confidence, p1/p2/entropy, the
@@ -422,7 +423,6 @@ __device__ __noinline__ Sample sample_vec(Pack<T> cur, int32_t base, int32_t V, 
   return best;
 }
 
-// Statistics of one tile (+ the Gumbel-max sample over it), merged into the thread's running state.
 // ---------------------------------------------------------------------------------------------------------------
 // 16-bit logits (bf16 / fp16, fp32 compute): prr::tile_stats with the max pass on packed pairs.
 //
@@ -538,6 +538,7 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
 template <typename T, typename C>
 constexpr bool kHasPacked = std::is_same_v<C, float> && (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
 
+// Statistics of one tile (+ the Gumbel-max sample over it), merged into the thread's running state.
 template <typename T, typename C>
 __device__ __forceinline__ void tile_into(const Tile<T>& t, const StepParams& p, Stats<C>& st, bool first,
                                           bool sample, uint64_t seed, uint32_t col, uint32_t nfe, float inv_t,
