@@ -94,10 +94,12 @@ def llada_step(x: torch.Tensor, logits: torch.Tensor, *, block_end: int, k: torc
                temperature: float = 0.0, remasking: str = "low_confidence", version: str = CURRENT,
                generator: Optional[torch.Generator] = None, logits_eos_inf: bool = False,
                confidence_eos_eot_inf: bool = False, eos_id: int = LLADA_EOS_ID, eot_id: int = LLADA_EOT_ID,
-               topk: Callable = torch.topk) -> StepTrace:
+               topk: Callable = torch.topk, fp64_confidence: Optional[bool] = None) -> StepTrace:
     """The body of upstream's inner loop after the forward (and CFG): mutates `x` (and, like upstream, `logits`
-    when the EOS flags are set). k[b] = num_transfer_tokens[b, i]. `topk` can be swapped to study tie-breaking."""
+    when the EOS flags are set). k[b] = num_transfer_tokens[b, i]. `topk` can be swapped to study tie-breaking;
+    fp64_confidence overrides the version's confidence dtype (Fast-dLLM's fp64 softmax on a batched loop)."""
     v = VERSIONS[version]
+    fp64 = v.fp64_confidence if fp64_confidence is None else fp64_confidence
     if (logits_eos_inf or confidence_eos_eot_inf) and not v.eos_flags:
         raise ValueError(f"LLaDA {version} has no EOS/EoT flags")
     mask_index = x == mask_id
@@ -115,7 +117,7 @@ def llada_step(x: torch.Tensor, logits: torch.Tensor, *, block_end: int, k: torc
         logits_with_noise[:, :, eos_id] = logits[:, :, eot_id] = -torch.inf
 
     if remasking == "low_confidence":
-        p = F.softmax(logits.to(torch.float64), dim=-1) if v.fp64_confidence else F.softmax(logits, dim=-1)
+        p = F.softmax(logits.to(torch.float64), dim=-1) if fp64 else F.softmax(logits, dim=-1)
         x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)  # b, l
     elif remasking == "random":
         x0_p = torch.rand((x0.shape[0], x0.shape[1]), device=x0.device, generator=generator)
@@ -146,10 +148,11 @@ def generate(model, prompt: torch.Tensor, attention_mask: Optional[torch.Tensor]
              remasking: str = "low_confidence", mask_id: int = LLADA_MASK_ID, *, version: str = CURRENT,
              logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False,
              generator: Optional[torch.Generator] = None, eos_id: int = LLADA_EOS_ID, eot_id: int = LLADA_EOT_ID,
-             on_step: Optional[Callable] = None) -> torch.Tensor:
+             on_step: Optional[Callable] = None, topk: Callable = torch.topk,
+             fp64_confidence: Optional[bool] = None) -> torch.Tensor:
     """Upstream `generate()`. `model(x[, attention_mask=am])` returns an object with `.logits` (or a tensor).
     on_step(num_block, i, x_before, logits, trace) is called after every step (x_before: the canvas the forward
-    saw). Returns the canvas [B, P + gen_length]."""
+    saw). `topk` and `fp64_confidence` are passed to llada_step. Returns the canvas [B, P + gen_length]."""
     v = VERSIONS[version]
     if attention_mask is not None and not v.batch:
         raise ValueError(f"LLaDA {version} has no attention_mask")
@@ -190,7 +193,8 @@ def generate(model, prompt: torch.Tensor, attention_mask: Optional[torch.Tensor]
             trace = llada_step(x, logits, block_end=lo + block_length, k=num_transfer_tokens[:, i],
                                mask_id=mask_id, temperature=temperature, remasking=remasking, version=version,
                                generator=generator, logits_eos_inf=logits_eos_inf,
-                               confidence_eos_eot_inf=confidence_eos_eot_inf, eos_id=eos_id, eot_id=eot_id)
+                               confidence_eos_eot_inf=confidence_eos_eot_inf, eos_id=eos_id, eot_id=eot_id,
+                               topk=topk, fp64_confidence=fp64_confidence)
             if on_step is not None:
                 on_step(num_block, i, x_before, logits, trace)
     return x

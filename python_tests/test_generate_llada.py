@@ -14,14 +14,13 @@ import importlib
 import os
 import sys
 
-import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 import prr_ext  # noqa: E402
 from prr_ext.generate import generate  # noqa: E402
+import llada_reference as LL  # noqa: E402
 from tiny_models import BlockOnlyLM, tiny_lm  # noqa: E402
 
 V, MASK, EOS, EOT, PAD = 128, 127, 100, 101, 99
@@ -36,86 +35,10 @@ def _one_thread():
 
 
 # ------------------------------------------------------------------------------------------------------------
-# The reference: LLaDA generate.py (ML-GSAI/LLaDA, 2025-10 version: batches with attention_mask, EOS/EoT flags,
-# logits-dtype confidence) transcribed; `fp64=True` gives the pre-June-2025 / Fast-dLLM confidence
-# (softmax(logits.to(float64))). EOS/EoT ids are parameters (126081 / 126348 upstream) for the tiny vocabulary;
-# `topk` is a parameter so the tie-break can be swapped or instrumented.
+# The reference is llada_reference.generate (LLaDA generate.py, 2025-10: batches with attention_mask, EOS/EoT
+# flags, logits-dtype confidence); fp64=True gives the pre-June-2025 / Fast-dLLM fp64 confidence. EOS/EoT ids are
+# the tiny vocabulary's; `topk` can be swapped or instrumented (lowest_index_topk, TieCounter).
 # ------------------------------------------------------------------------------------------------------------
-def add_gumbel_noise(logits, temperature):
-    if temperature == 0:
-        return logits
-    logits = logits.to(torch.float64)
-    noise = torch.rand_like(logits, dtype=torch.float64)
-    gumbel_noise = (- torch.log(noise)) ** temperature
-    return logits.exp() / gumbel_noise
-
-
-def get_num_transfer_tokens(mask_index, steps):
-    mask_num = mask_index.sum(dim=1, keepdim=True)
-    base = mask_num // steps
-    remainder = mask_num % steps
-    num_transfer_tokens = torch.zeros(mask_num.size(0), steps, device=mask_index.device, dtype=torch.int64) + base
-    for i in range(mask_num.size(0)):
-        num_transfer_tokens[i, :remainder[i]] += 1
-    return num_transfer_tokens
-
-
-@torch.no_grad()
-def llada_generate(model, prompt, attention_mask=None, steps=128, gen_length=128, block_length=128,
-                   temperature=0., cfg_scale=0., remasking='low_confidence', mask_id=MASK, logits_eos_inf=False,
-                   confidence_eos_eot_inf=False, eos_id=EOS, eot_id=EOT, fp64=False, topk=torch.topk):
-    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long).to(prompt.device)
-    x[:, :prompt.shape[1]] = prompt.clone()
-    if attention_mask is not None:
-        attention_mask = torch.cat([attention_mask, torch.ones((prompt.shape[0], gen_length),
-                                                               dtype=attention_mask.dtype,
-                                                               device=prompt.device)], dim=-1)
-    prompt_index = (x != mask_id)
-    assert gen_length % block_length == 0
-    num_blocks = gen_length // block_length
-    assert steps % num_blocks == 0
-    steps = steps // num_blocks
-    for num_block in range(num_blocks):
-        block_mask_index = (x[:, prompt.shape[1] + num_block * block_length:
-                              prompt.shape[1] + (num_block + 1) * block_length] == mask_id)
-        num_transfer_tokens = get_num_transfer_tokens(block_mask_index, steps)
-        for i in range(steps):
-            mask_index = (x == mask_id)
-            if cfg_scale > 0.:
-                un_x = x.clone()
-                un_x[prompt_index] = mask_id
-                x_ = torch.cat([x, un_x], dim=0)
-                if attention_mask is not None:
-                    attention_mask_ = torch.cat([attention_mask, attention_mask], dim=0)
-                logits = model(x_, attention_mask=attention_mask_).logits
-                logits, un_logits = torch.chunk(logits, 2, dim=0)
-                logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
-            else:
-                logits = model(x, attention_mask=attention_mask).logits
-            if logits_eos_inf:
-                logits[:, :, eos_id] = -torch.inf
-            logits_with_noise = add_gumbel_noise(logits, temperature=temperature)
-            x0 = torch.argmax(logits_with_noise, dim=-1)  # b, l
-            if confidence_eos_eot_inf:
-                logits_with_noise[:, :, eos_id] = logits[:, :, eot_id] = -torch.inf
-            if remasking == 'low_confidence':
-                p = F.softmax(logits.to(torch.float64) if fp64 else logits, dim=-1)
-                x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)  # b, l
-            elif remasking == 'random':
-                x0_p = torch.rand((x0.shape[0], x0.shape[1]), device=x0.device)
-            else:
-                raise NotImplementedError(remasking)
-            x0_p[:, prompt.shape[1] + (num_block + 1) * block_length:] = -np.inf
-            x0 = torch.where(mask_index, x0, x)
-            confidence = torch.where(mask_index, x0_p, -np.inf)
-            transfer_index = torch.zeros_like(x0, dtype=torch.bool, device=x0.device)
-            for j in range(confidence.shape[0]):
-                _, select_index = topk(confidence[j], k=num_transfer_tokens[j, i])
-                transfer_index[j, select_index] = True
-            x[transfer_index] = x0[transfer_index]
-    return x
-
-
 def lowest_index_topk(v, k):
     """topk whose tie-break is the lowest index (what CUDA's torch.topk and prr_ext do)."""
     idx = torch.sort(v, descending=True, stable=True).indices[:int(k)]
@@ -182,10 +105,14 @@ def ours(m, p, **kw):
     return generate(m, p, **kw)
 
 
-def ref(m, p, seed=None, **kw):
+def ref(m, p, seed=None, fp64=False, **kw):
+    """The faithful LLaDA loop (llada_reference.generate) on the global generator, seeded like upstream."""
     if seed is not None:
         torch.manual_seed(seed)
-    return llada_generate(m, p, **kw)
+    kw.setdefault("mask_id", MASK)
+    kw.setdefault("eos_id", EOS)
+    kw.setdefault("eot_id", EOT)
+    return LL.generate(m, p, fp64_confidence=fp64, **kw)
 
 
 CONFIGS = [dict(gen_length=16, block_length=8, steps=8),    # 1 token per step
