@@ -297,11 +297,8 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
     prompt_length: Any = P
     if attention_mask is not None:
         am = torch.cat([attention_mask, torch.ones((B, G), dtype=attention_mask.dtype, device=dev)], dim=-1)
-        lens = attention_mask.to(torch.int64).sum(1)
-        # State puts the generation region after max(prompt_length): only hand over per-row lengths (used by
-        # PRR's length features) when some row is unpadded.
-        if B and int(lens.max()) == P:
-            prompt_length = lens
+        # the true per-row lengths (PRR's length features do not count pads); the generation region starts at P
+        prompt_length = attention_mask.to(torch.int64).sum(1)
     prompt_index = x != mask_id  # LLaDA: prompt columns, left pads included
     am2 = torch.cat([am, am], 0) if (am is not None and cfg_scale > 0) else am
     pi2 = prompt_index
@@ -349,9 +346,9 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
     # The first forward runs before the State exists: its logits' dtype is the default confidence dtype.
     logits = forward(P)
     cdt = confidence_dtype if confidence_dtype is not None else logits.dtype
-    state = State(x, mask_id=mask_id, prompt_length=prompt_length, block_length=block_length, steps=steps,
-                  policy=policy, temperature=temperature, generator=generator, confidence_dtype=cdt, rng=rng,
-                  seed=seed)
+    state = State(x, mask_id=mask_id, prompt_length=prompt_length, gen_start=P, block_length=block_length,
+                  steps=steps, policy=policy, temperature=temperature, generator=generator, confidence_dtype=cdt,
+                  rng=rng, seed=seed)
     _commit(logits, state, backend, flags)
     del logits
     if eos_fill:

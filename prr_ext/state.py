@@ -45,12 +45,15 @@ class State:
                        fp64 tensor per step, exactly as the reference loop does.
       seed:            [B] int64 per-row Philox seeds; default: drawn once from `generator` (or torch's default
                        generator) at construction.
+      gen_start:       first column of the generation region (default: max(prompt_length)). A left-padded batch in
+                       which every row is padded passes its padded width P here, with the true per-row lengths in
+                       prompt_length, so that pads do not count in PRR's features. Must be >= max(prompt_length).
     """
 
     def __init__(self, x: torch.Tensor, mask_id: int, prompt_length: Union[int, torch.Tensor], block_length: int,
                  steps: int, policy: Policy, temperature: float = 0.0, generator: Optional[torch.Generator] = None,
                  confidence_dtype: torch.dtype = torch.float32, rng: str = "philox",
-                 seed: Optional[torch.Tensor] = None):
+                 seed: Optional[torch.Tensor] = None, gen_start: Optional[int] = None):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 2:
@@ -72,9 +75,14 @@ class State:
             prompt_lens = prompt_length.detach().to("cpu", torch.int64)
         else:
             raise TypeError(f"prompt_length must be an int or a [B] tensor, got {type(prompt_length).__name__}")
-        gen_start = int(prompt_lens.max()) if B > 0 else int(prompt_length) if _is_int(prompt_length) else 0
+        longest = int(prompt_lens.max()) if B > 0 else int(prompt_length) if _is_int(prompt_length) else 0
         if B > 0 and int(prompt_lens.min()) < 0:
             raise ValueError("prompt_length must be >= 0")
+        if gen_start is None:
+            gen_start = longest
+        elif not _is_int(gen_start) or gen_start < longest:
+            raise ValueError(f"gen_start must be an int >= max(prompt_length)={longest}, got {gen_start!r}")
+        gen_start = int(gen_start)
         if not 0 <= gen_start < L:
             raise ValueError(f"prompt_length must be < the canvas length L={L} (G must be > 0), got {gen_start}")
         G = L - gen_start

@@ -406,6 +406,40 @@ def test_reference_loop_matches_op(policy):
         assert torch.equal(a.tokens, b.tokens) and torch.equal(a.nfe, b.nfe), T
 
 
+def test_fully_padded_batch_prr_features(monkeypatch):
+    """A batch whose every row is left-padded: the generation region starts at the padded width P, and PRR's length
+    features see the true lengths, so each row gets the controller scores (and tokens) it gets next to an unpadded
+    row."""
+    gen = importlib.import_module("prr_ext.generate")
+    commit, scores = gen._commit, []
+
+    def spy(logits, state, backend, flags):  # record the controller score of every position after each step
+        out = commit(logits, state, backend, flags)
+        scores.append(torch.nan_to_num(state.last_stats[..., prr_ext.reference.STAT_SCORE], nan=-1.0).clone())
+        return out
+
+    monkeypatch.setattr(gen, "_commit", spy)
+    pol = prr_ext.PRR(prr_ext.Controller.init(seed=3), tau=0.6)
+    m = model(seed=21)
+    p3, am3 = prompts(B=3, P=7, seed=21, pad_left=(2, 3, 0))
+    cfg = dict(gen_length=16, block_length=8, steps=8, policy=pol)
+    for T in (0.0, 0.8):
+        scores.clear()
+        both = ours(m, p3[:2], attention_mask=am3[:2], temperature=T, seed=torch.tensor([5, 6]), **cfg)
+        n = len(scores)
+        three = ours(m, p3, attention_mask=am3, temperature=T, seed=torch.tensor([5, 6, 7]), **cfg)
+        assert torch.equal(both.tokens, three.tokens[:2]) and torch.equal(both.nfe, three.nfe[:2]), T
+        assert n > 0 and all(torch.equal(a, b[:2]) for a, b in zip(scores[:n], scores[n:])), T
+
+
+def test_state_gen_start():
+    x = torch.full((2, 12), MASK)
+    s = prr_ext.State(x, MASK, torch.tensor([3, 2]), 4, 8, prr_ext.LowConfidence(), gen_start=4)
+    assert s.gen_start == 4 and s.gen_length == 8 and s.prompt_lens.tolist() == [3, 2]
+    with pytest.raises(ValueError, match="gen_start"):
+        prr_ext.State(x, MASK, torch.tensor([5, 2]), 4, 8, prr_ext.LowConfidence(), gen_start=4)
+
+
 def test_reference_loop_matches_op_rng_torch():
     m = model(seed=19)
     p, _ = prompts(B=2, seed=19)
