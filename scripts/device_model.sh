@@ -6,16 +6,7 @@
 # held-out TEST split (500 prompts per family). Choose between candidates by their final VALID accuracy
 # (runs/<name>/config.json -> training.final_valid_acc), never by the test numbers. Back under $OUT: per candidate
 # the eval JSON and <name>/{config.json,model.safetensors} (3 files each, so at most 2 candidates per call).
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OUT="${OUT:-$PWD/device_logs}"
-mkdir -p "$OUT" runs
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c 'import torch,sys; print("torch", torch.__version__, "python", sys.version.split()[0])'
-MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python3 -m pip install --no-build-isolation --no-deps -q -e . >/tmp/build.log 2>&1 \
-  || { tail -30 /tmp/build.log; exit 1; }
-python3 -c 'import prr_ext; assert prr_ext.has_cuda_kernels()'
+source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
 workers=$(( (16 - 1) / $# )); (( workers >= 1 )) || workers=1
 pids=()
 for spec in "$@"; do

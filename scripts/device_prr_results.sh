@@ -6,16 +6,7 @@
 # 3. the policy sweep on the held-out test split: accuracy, NFE, AUP, Pareto plot. Threshold and PRR sweep the
 #    same taus, so neither policy's AUP gets a wider range of operating points.
 # Back under $OUT: rounds_progress.json, rounds_binary.json, controller/*, eval_results.json, pareto.png.
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-OUT="${OUT:-$PWD/device_logs}"
-mkdir -p "$OUT" runs
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-python3 -c 'import torch,sys; print("torch", torch.__version__, "python", sys.version.split()[0])'
-MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python3 -m pip install --no-build-isolation --no-deps -q -e . >/tmp/build.log 2>&1 \
-  || { tail -30 /tmp/build.log; exit 1; }
-python3 -c 'import prr_ext; assert prr_ext.has_cuda_kernels()'
+source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
 TAUS=0.5,0.7,0.8,0.9,0.95,0.98,0.99,0.995,0.999
 COMMON=(--device cuda --rounds 3 --train-prompts 512 --val-prompts 128 --test-prompts 500 --batch-size 512
         --t-max-grid 1.0,2.0,4.0 --t-min-grid 0.25,0.5,0.8 --tau-grid "$TAUS" --select aup)
