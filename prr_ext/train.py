@@ -150,6 +150,8 @@ def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T
     shapes the whole accuracy-parallelism curve while tau only picks a point on it; then that map's tau by the "nfe"
     rule. Both only ever look at validation prompts.
     """
+    if select not in ("aup", "nfe"):
+        raise ValueError(f"select must be 'aup' or 'nfe', got {select!r}")
     grid = []  # (t_max, t_min, tau, {family: result})
     for t_max in t_max_grid:
         for t_min in t_min_grid:
@@ -176,8 +178,6 @@ def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T
                                    y_max[f]) / pts[0][f]["gen_length"]
                              for f in families if y_max[f] > 0) / len(families)  # all-zero accuracy: no area
         maps = [max(maps, key=lambda m: map_aup[m])]
-    elif select != "nfe":
-        raise ValueError(f"select must be 'aup' or 'nfe', got {select!r}")
     best_key, best = None, None
     for g in grid:
         if (g[0], g[1]) in maps:
