@@ -434,80 +434,45 @@ __device__ __noinline__ Sample sample_vec(Pack<T> cur, int32_t base, int32_t V, 
 // same top-2 (per lane, merged as tile_stats2 merges its chains), the argmax located in the first vector holding
 // the maximum (first index on ties), Z' = Z - 1 (the max's own term is 2^0 = 1 exactly), S' = S ln 2.
 // ---------------------------------------------------------------------------------------------------------------
+// The packed pair of 16-bit logits; the bf16x2 / f16x2 intrinsics used below are overloaded for both.
 template <typename T>
-struct Pair16;
-template <>
-struct Pair16<c10::BFloat16> {
-  using P = __nv_bfloat162;
-  static __device__ __forceinline__ P max_nan(P a, P b) { return __hmax2_nan(a, b); }
-  static __device__ __forceinline__ P mx(P a, P b) { return __hmax2(a, b); }
-  static __device__ __forceinline__ P mn(P a, P b) { return __hmin2(a, b); }
-  static __device__ __forceinline__ float lo(P a) { return __low2float(a); }
-  static __device__ __forceinline__ float hi(P a) { return __high2float(a); }
-  static __device__ __forceinline__ P ninf() { return __float2bfloat162_rn(-INFINITY); }
-};
-template <>
-struct Pair16<c10::Half> {
-  using P = __half2;
-  static __device__ __forceinline__ P max_nan(P a, P b) { return __hmax2_nan(a, b); }
-  static __device__ __forceinline__ P mx(P a, P b) { return __hmax2(a, b); }
-  static __device__ __forceinline__ P mn(P a, P b) { return __hmin2(a, b); }
-  static __device__ __forceinline__ float lo(P a) { return __low2float(a); }
-  static __device__ __forceinline__ float hi(P a) { return __high2float(a); }
-  static __device__ __forceinline__ P ninf() { return __float2half2_rn(-INFINITY); }
-};
-
-// The mask token is never a candidate: the tile's top-2 without it, when it can matter (the mask's logit is not
-// below the second best). Inlined: out of line, the tile would have to live in local memory (ptxas: 624 B spills).
-template <typename T>
-__device__ __forceinline__ void top2_without_mask(const Tile<T>& t, int mask_k, float& cc1, float& cc2, int& k1) {
-  constexpr int VEC = Tile<T>::VEC, N = Tile<T>::N;
-  const auto get = [&](int k) { return static_cast<float>(t.pk[k / VEC].v[k % VEC]); };
-  float mv = 0.0f;
-#pragma unroll
-  for (int k = 0; k < N; ++k)
-    if (k == mask_k) mv = get(k);
-  if (mv < cc2) return;
-  cc1 = cc2 = -INFINITY;
-  k1 = -1;
-#pragma unroll
-  for (int k = 0; k < N; ++k) {
-    if (k == mask_k) continue;
-    const float l = get(k);
-    cc2 = prr::max_c(cc2, prr::min_c(cc1, l));
-    k1 = l > cc1 ? k : k1;
-    cc1 = prr::max_c(cc1, l);
+using Pair16 = std::conditional_t<std::is_same_v<T, c10::BFloat16>, __nv_bfloat162, __half2>;
+template <typename P>
+__device__ __forceinline__ P neg_inf_pair() {
+  if constexpr (std::is_same_v<P, __nv_bfloat162>) {
+    return __float2bfloat162_rn(-INFINITY);
+  } else {
+    return __float2half2_rn(-INFINITY);
   }
 }
 
 template <typename T>
 __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int mask_k) {
-  using H = Pair16<T>;
-  using P = typename H::P;
+  using P = Pair16<T>;
   constexpr int VEC = Tile<T>::VEC, N = Tile<T>::N, PAIRS = VEC / 2;
   const float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f, tmin = -1e30f;
   // pass 1: per-lane top-2 and the first vector holding each lane's maximum
-  P c1 = H::ninf(), c2 = H::ninf();
+  P c1 = neg_inf_pair<P>(), c2 = neg_inf_pair<P>();
   int g1x = -1, g1y = -1;
 #pragma unroll
   for (int i = 0; i < kTileVecs; ++i) {
     const P* pr = reinterpret_cast<const P*>(&t.pk[i]);
-    const float bx = H::lo(c1), by = H::hi(c1);
+    const float bx = __low2float(c1), by = __high2float(c1);
 #pragma unroll
     for (int j = 0; j < PAIRS; ++j) {
-      c2 = H::mx(c2, H::mn(c1, pr[j]));
-      c1 = H::max_nan(c1, pr[j]);
+      c2 = __hmax2(c2, __hmin2(c1, pr[j]));
+      c1 = __hmax2_nan(c1, pr[j]);
     }
-    g1x = H::lo(c1) > bx ? i : g1x;
-    g1y = H::hi(c1) > by ? i : g1y;
+    g1x = __low2float(c1) > bx ? i : g1x;
+    g1y = __high2float(c1) > by ? i : g1y;
   }
-  const float c1x = H::lo(c1), c1y = H::hi(c1);
+  const float c1x = __low2float(c1), c1y = __high2float(c1);
   Stats<float> st;
   st.init();
   const float cm = prr::max_nan_c(c1x, c1y);
   st.bad = (cm != cm) || cm == INFINITY;
   if (st.bad) return st;
-  float cc2 = prr::max_c(prr::min_c(c1x, c1y), prr::max_c(H::lo(c2), H::hi(c2)));
+  float cc2 = prr::max_c(prr::min_c(c1x, c1y), prr::max_c(__low2float(c2), __high2float(c2)));
   const int gg = c1x > c1y ? g1x : c1y > c1x ? g1y : (g1x < 0 ? g1y : g1y < 0 ? g1x : min(g1x, g1y));
   const auto get = [&](int k) { return static_cast<float>(t.pk[k / VEC].v[k % VEC]); };
   int k1 = gg >= 0 ? t.template first_eq<float>(gg, cm) : -1;
@@ -523,7 +488,7 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
     }
   }
   float cc1 = cm;
-  if (mask_k >= 0) top2_without_mask<T>(t, mask_k, cc1, cc2, k1);
+  if (mask_k >= 0) prr::top2_without_mask<float, N>(get, mask_k, cc1, cc2, k1);
   st.c1 = cc1;
   st.c2 = cc2;
   st.i1 = (k1 >= 0 && cc1 != -INFINITY) ? static_cast<int64_t>(t.index(k1)) : prr::kNoIndex;
@@ -536,7 +501,8 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
 }
 
 template <typename T, typename C>
-constexpr bool kHasPacked = std::is_same_v<C, float> && (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
+constexpr bool kHasPacked =
+    std::is_same_v<C, float> && (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>);
 
 // Statistics of one tile (+ the Gumbel-max sample over it), merged into the thread's running state.
 template <typename T, typename C>

@@ -196,6 +196,28 @@ PRR_HD double max_nan_c(double a, double b) {
   return (a != a || b != b) ? std::numeric_limits<double>::quiet_NaN() : fmax(a, b);
 }
 
+// The mask token is never a candidate. A tile's top-2 (c1, c2; k1 = the k of c1) was taken over all N logits; when
+// the mask's logit (at k = mask_k) is not below c2 it can matter, so redo the top-2 over the other N - 1 (first k on
+// ties). Shared by every tile-statistics variant (tile_stats, tile_stats2, the CUDA kernel's tile_stats_packed).
+template <typename C, int N, typename Get>
+PRR_HD void top2_without_mask(const Get& get, int mask_k, C& c1, C& c2, int& k1) {
+  C mv = C(0);
+#pragma unroll
+  for (int k = 0; k < N; ++k)
+    if (k == mask_k) mv = get(k);
+  if (mv < c2) return;
+  c1 = c2 = neg_inf<C>();
+  k1 = -1;
+#pragma unroll
+  for (int k = 0; k < N; ++k) {
+    if (k == mask_k) continue;
+    const C l = get(k);
+    c2 = max_c(c2, min_c(c1, l));
+    k1 = l > c1 ? k : k1;
+    c1 = max_c(c1, l);
+  }
+}
+
 // Statistics of a tile of N logits, visited in groups of G (a 16-byte vector): get(k) returns logit k (k = 0..N-1,
 // a compile-time index after unrolling) in the compute type C, index(k) its vocabulary index (increasing in k),
 // first_eq(g, v) the first k of group g (a run-time group) whose logit equals v, or -1; mask_k is the k that holds
@@ -238,24 +260,7 @@ PRR_HD RowStats<C, A> tile_stats(const Get& get, const Index& index, const First
   st.bad = (c1 != c1) || c1 == std::numeric_limits<C>::infinity();
   if (st.bad) return st;
   int k1 = g1 >= 0 ? first_eq(g1, c1) : -1;
-  if (mask_k >= 0) {  // the mask token is never a candidate: redo the top-2 without it when it can matter
-    C mv = C(0);
-#pragma unroll
-    for (int k = 0; k < N; ++k)
-      if (k == mask_k) mv = get(k);
-    if (!(mv < c2)) {
-      c1 = c2 = neg_inf<C>();
-      k1 = -1;
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        if (k == mask_k) continue;
-        const C l = get(k);
-        c2 = max_c(c2, min_c(c1, l));
-        k1 = l > c1 ? k : k1;
-        c1 = max_c(c1, l);
-      }
-    }
-  }
+  if (mask_k >= 0) top2_without_mask<C, N>(get, mask_k, c1, c2, k1);
   st.c1 = c1;
   st.c2 = c2;
   st.i1 = (k1 >= 0 && c1 != neg_inf<C>()) ? index(k1) : kNoIndex;
@@ -326,24 +331,7 @@ PRR_HD RowStats<C, A> tile_stats2(const Get& get, const Index& index, const Firs
     }
   }
   C cc1 = cm;
-  if (mask_k >= 0) {  // the mask token is never a candidate: redo the top-2 without it when it can matter
-    C mv = C(0);
-#pragma unroll
-    for (int k = 0; k < N; ++k)
-      if (k == mask_k) mv = get(k);
-    if (!(mv < cc2)) {
-      cc1 = cc2 = neg_inf<C>();
-      k1 = -1;
-#pragma unroll
-      for (int k = 0; k < N; ++k) {
-        if (k == mask_k) continue;
-        const C l = get(k);
-        cc2 = max_c(cc2, min_c(cc1, l));
-        k1 = l > cc1 ? k : k1;
-        cc1 = max_c(cc1, l);
-      }
-    }
-  }
+  if (mask_k >= 0) top2_without_mask<C, N>(get, mask_k, cc1, cc2, k1);
   st.c1 = cc1;
   st.c2 = cc2;
   st.i1 = (k1 >= 0 && cc1 != neg_inf<C>()) ? index(k1) : kNoIndex;
