@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # benchmarks/device_run.sh — build + CUDA tests + compute-sanitizer + benchmarks on the GPU machine, in one go.
 #
-#   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,bench,benchjson (default: all)
+#   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,bench,benchjson,sweep,ncu,ncusrc
+#                                          (default: build,test,sanitize,bench)
 #
 # Logs go to $OUT (or ./device_logs); the benchmark table is appended to benchmarks/RESULTS.md, copied to $OUT.
 # Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), BENCH_ARGS (run_bench.py args).
@@ -70,6 +71,16 @@ if has ncu; then
     --section Occupancy --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
     $PY benchmarks/dev/profile_step.py ncu "${NCU_SHAPE:-(1,32)}" "${NCU_POLICY:-LowConfidence}" >"$OUT/ncu.txt" 2>&1
   grep -E "Duration|Elapsed Cycles|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Cluster|Stall|Issued Ipc|No Eligible|Theoretical Occ" "$OUT/ncu.txt" | head -40
+fi
+
+if has ncusrc; then
+  # per-SASS-instruction warp-stall samples (where the time goes, by code region): the CSV is read off-line
+  stamp "ncu source-level stall sampling"
+  timeout ${NCU_TIMEOUT:-150} ncu -k regex:step_kernel -s 3 -c 1 --section WarpStateStats --section SourceCounters \
+    --import-source no -f -o /tmp/ncu_src $PY benchmarks/dev/profile_step.py ncu "${NCU_SHAPE:-(8,256)}" \
+    "${NCU_POLICY:-LowConfidence}" >"$OUT/ncu_src.log" 2>&1
+  ncu -i /tmp/ncu_src.ncu-rep --page source --csv --print-source sass >"$OUT/ncu_sass.csv" 2>>"$OUT/ncu_src.log"
+  grep -E "Duration|Stall|Warp Cycles" "$OUT/ncu_src.log" | head -20; wc -l "$OUT/ncu_sass.csv"
 fi
 
 if has benchjson; then

@@ -301,6 +301,33 @@ def test_large_offsets(B):
     torch.cuda.empty_cache()
 
 
+@pytest.mark.parametrize("col,value", [(0, -10**12), (0, 99), (1, -1), (1, 10**6), (2, -3), (2, 10**6), (3, -1)])
+def test_corrupt_row_state_sequence_is_inert(rnd, col, value):
+    """The CUDA op cannot raise on a corrupt row_state without a host synchronisation (the CPU op raises): such a
+    sequence takes no part in the step (nothing read or written through its entries, default outputs), while the
+    other sequences step exactly as the CPU op steps them with that sequence finished."""
+    V, B, P, G, BL, steps = 300, 3, 5, 16, 8, 8
+    mask, bad = V - 1, rnd.int(0, B - 1)
+    s_cpu, s_gpu = make_states(policies()[rnd.choice(["lowconf", "eb", "prr_temp"])], B, P, G, BL, steps, mask, V,
+                               seed=rnd.int(0, 10**6))
+    s_gpu.row_state[bad, col] = value
+    s_cpu.row_state[bad, 0] = s_cpu.num_blocks  # the CPU twin: that sequence is finished
+    x_bad, rs_bad = s_gpu.x[bad].clone(), s_gpu.row_state[bad].clone()
+    for _ in range(3):
+        lg = rnd.randn(B, P + G, V, dtype=torch.float32) * 3
+        c_cpu, c_gpu = prr_ext.step(lg, s_cpu), prr_ext.step(lg.cuda(), s_gpu)
+        torch.cuda.synchronize()
+        assert not bool(c_gpu[bad].any()), "a corrupt sequence committed"
+        assert torch.equal(s_gpu.x[bad], x_bad) and torch.equal(s_gpu.row_state[bad], rs_bad)
+        ok = [b for b in range(B) if b != bad]
+        assert torch.equal(c_cpu, c_gpu.cpu())
+        assert torch.equal(s_cpu.x, s_gpu.x.cpu())
+        assert torch.equal(s_cpu.row_state[ok], s_gpu.row_state.cpu()[ok])
+        assert torch.equal(s_cpu.last_tokens, s_gpu.last_tokens.cpu())
+        stats_close(s_cpu.last_stats, s_gpu.last_stats)
+        assert int(s_gpu.workspace[: 1 + B].abs().sum()) == 0, "arrival counters not reset"
+
+
 def _fresh(state, x0, rs0):
     state.x.copy_(x0)
     state.row_state.copy_(rs0)

@@ -157,6 +157,9 @@ using Stats = prr::RowStats<C, C>;
 // Small device helpers
 // ---------------------------------------------------------------------------------------------------------------
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
 
 template <typename S>
@@ -331,6 +334,19 @@ __device__ __forceinline__ double round_conf(double p, int conf_dtype) {
     case prr::kConfF64: return p;
     default: return static_cast<double>(static_cast<float>(p));
   }
+}
+
+// The block index of sequence b's row_state, or INT64_MAX ("never active") when the row is corrupt. The CPU op
+// raises on a corrupt row; this kernel cannot without a host synchronisation, so such a sequence takes no part in
+// the step (commits nothing, keeps its canvas and row_state, gets the default outputs) instead of turning into
+// out-of-bounds reads or writes. The predicate is the CPU op's (step_cpu.cpp).
+__device__ __forceinline__ int64_t seq_block(const int64_t* rs, int64_t b, const StepParams& p) {
+  const int64_t* r = rs + b * prr::kRsCols;
+  const int64_t blk = __ldcg(r + prr::kRsBlock), step = __ldcg(r + prr::kRsStep), n = __ldcg(r + prr::kRsSchedN),
+                nfe = __ldcg(r + prr::kRsNfe);
+  const bool ok = blk >= 0 && blk <= p.num_blocks && step >= 0 && step < p.block_cap && n >= 0 &&
+                  n <= p.block_length && nfe >= 0;
+  return ok ? blk : std::numeric_limits<int64_t>::max();
 }
 
 __device__ __forceinline__ uint32_t philox_word(const prr::Philox4& b, int lane) {
@@ -721,7 +737,7 @@ __device__ __noinline__ void arrive_and_finish(const KParams& kp, CtaInfo& ci, i
       if (ci.active < p.num_blocks) {
         for (int64_t bb = threadIdx.x; bb < p.B; bb += blockDim.x) {
           int64_t* r = kp.rs + bb * prr::kRsCols;
-          if (__ldcg(r + prr::kRsBlock) == ci.active) r[prr::kRsBlock] = __ldcg(ws.staged_block + bb);
+          if (seq_block(kp.rs, bb, p) == ci.active) r[prr::kRsBlock] = __ldcg(ws.staged_block + bb);
         }
       }
       if (threadIdx.x == 0) *ws.grid_ctr = 0;
@@ -889,13 +905,18 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   __shared__ float mlp_f[prr::kMaxFeatures], mlp_h1[prr::kMaxHidden], mlp_h2[prr::kMaxHidden];
   extern __shared__ float sctrl[];  // the controller's weights (its matvecs would otherwise wait on L2 per weight)
 
+  // DSMEM rule: no CTA writes into another's shared memory before the whole cluster has started. Arrive now, wait
+  // right before the first remote write, so the barrier overlaps the prologue (racecheck flagged the write).
+  bool cluster_started = kp.cs == 1;
+  if (!cluster_started) cluster_arrive_relaxed();
+
   // ---- phase 0: the active block (a snapshot: row_state is only written after every CTA has read it)
   int64_t active;
   if (p.B == 1) {
-    active = __ldcg(kp.rs + prr::kRsBlock);
+    active = seq_block(kp.rs, 0, p);
   } else {
     int64_t v = std::numeric_limits<int64_t>::max();
-    for (int64_t bb = tid; bb < p.B; bb += nt) v = min(v, __ldcg(kp.rs + bb * prr::kRsCols + prr::kRsBlock));
+    for (int64_t bb = tid; bb < p.B; bb += nt) v = min(v, seq_block(kp.rs, bb, p));
     active = block_min_all(v, iscratch);
   }
   const bool valid = active < p.num_blocks;
@@ -923,7 +944,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       ci.active = active;
       ci.lo = lo;
       ci.row_offset = row_offset;
-      ci.seq_active = valid && __ldcg(kp.rs + b * prr::kRsCols + prr::kRsBlock) == active;
+      ci.seq_active = valid && seq_block(kp.rs, b, p) == active;
       ci.col = lo + j;
       ci.r = ci.col - row_offset;
       ci.masked = ci.seq_active && __ldcg(kp.x + b * p.L + ci.col) == p.mask_id;
@@ -984,7 +1005,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
         prefetch_tile(row, u + 1);
       } else if (kp.prefetch && cid + nclusters < total) {
         const int64_t cn = cid + nclusters, bn = cn / BL, jn = cn % BL;
-        if (valid && __ldcg(kp.rs + bn * prr::kRsCols + prr::kRsBlock) == active &&
+        if (valid && seq_block(kp.rs, bn, p) == active &&
             __ldcg(kp.x + bn * p.L + lo + jn) == p.mask_id)
           prefetch_tile(static_cast<const T*>(kp.logits) + bn * p.stride_b + (lo + jn - row_offset) * p.stride_r, 0);
       }
@@ -1028,6 +1049,10 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     st = block_merge(st, sm.part, mscratch);
 
     // ---- phase 2: partials to the leader (DSMEM), merged in rank order
+    if (!cluster_started) {
+      cluster_wait();
+      cluster_started = true;
+    }
     if (tid == 0) *cluster.map_shared_rank(&slots[parity][q], 0) = st;
     cluster_arrive();
     cluster_wait();
@@ -1085,6 +1110,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     }
     arrive_and_finish(kp, ci, b, static_cast<unsigned long long>(kp.cs), sm.sort, iscratch);
   }
+  if (!cluster_started) cluster_wait();  // no row of this cluster was read: complete the start barrier
 }
 
 // ---------------------------------------------------------------------------------------------------------------
