@@ -375,6 +375,12 @@ struct Tile {
                                        bool vec_ok) {
     v0 = vfirst;
     stride = vstride;
+    if (vec_ok && vfirst + (kTileVecs - 1) * vstride < vend) {  // the common case: a whole tile, no per-vector test
+#pragma unroll
+      for (int i = 0; i < kTileVecs; ++i)
+        *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(reinterpret_cast<const uint4*>(row) + vfirst + i * vstride);
+      return;
+    }
     const T ninf = T(-std::numeric_limits<float>::infinity());
 #pragma unroll
     for (int i = 0; i < kTileVecs; ++i) {
@@ -440,61 +446,95 @@ __device__ __noinline__ Sample sample_vec(Pack<T> cur, int32_t base, int32_t V, 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 16-bit logits (bf16 / fp16, fp32 compute): prr::tile_stats with the max pass on packed pairs.
+// 16-bit logits (bf16 / fp16, fp32 compute): prr::tile_stats with the max pass on packed pairs (v9).
 //
 // prr::tile_stats interleaves the top-2 and the sums per 16-byte vector (~11 instructions per logit, the max being
-// tracked in fp32 and the sums rescaled whenever it rises). With 16-bit logits the tile's top-2 can run on pairs
+// tracked in fp32 and the sums rescaled whenever it rises). With 16-bit logits the tile's top-2 runs on pairs
 // (max.NaN / min / max on bf16x2 or f16x2: 1.5 instructions per logit, exact: the values are the logits), so the
-// tile's maximum is known before any exponential; the sums then need no rescaling (one shift per tile):
-// t = (l - m) log2(e) clamped, e = 2^t, Z += e, S += e t (two chains). The statistics are those of tile_stats: the
-// same top-2 (per lane, merged as tile_stats2 merges its chains), the argmax located in the first vector holding
-// the maximum (first index on ties), Z' = Z - 1 (the max's own term is 2^0 = 1 exactly), S' = S ln 2.
+// tile's maximum is known before any exponential and the sums need no rescaling: t = (l - m) log2(e), e = 2^t,
+// Z += e, S += e t (two chains). Z' = Z - 1 (the max's own term is 2^0 = 1 exactly), S' = S ln 2.
+//
+// What v9 removed from the per-logit path (ncu, v8: ~15 instructions per logit in the tile loop):
+//  * the -inf clamp moved from fp32 t (one FMNMX per logit) to the packed logits (one per pair): a logit below
+//    kClamp16 counts as kClamp16, whose term is exactly 0 for the tile maxima that take this path (kClamp16);
+//  * the vector holding each lane's maximum is tracked on packed pairs (one compare-mask + one LOP3 per vector);
+//  * the argmax is not located inside the vector per tile (a select chain over the tile's registers). The statistics
+//    carry an argmax KEY instead: 2 * index for an exact index, 2 * (vector * VEC) + 1 for "the first element of
+//    that vector equal to c1". Keys order like indices (different tiles hold different vectors), so every merge and
+//    tie-break is unchanged; finalize_row resolves the winning key with one 16-byte read (argmax_from_key).
+//  * the tile holding the mask token (one per row) takes the exact path: prr::top2_without_mask, exact key.
 // ---------------------------------------------------------------------------------------------------------------
 // The packed pair of 16-bit logits; the bf16x2 / f16x2 intrinsics used below are overloaded for both.
 template <typename T>
 using Pair16 = std::conditional_t<std::is_same_v<T, c10::BFloat16>, __nv_bfloat162, __half2>;
 template <typename P>
-__device__ __forceinline__ P neg_inf_pair() {
+__device__ __forceinline__ P pair_of(float v) {
   if constexpr (std::is_same_v<P, __nv_bfloat162>) {
-    return __float2bfloat162_rn(-INFINITY);
+    return __float2bfloat162_rn(v);
   } else {
-    return __float2half2_rn(-INFINITY);
+    return __float2half2_rn(v);
   }
 }
+// kClamp16: a finite stand-in for -inf logits (bf16: about -1e30; fp16: its lowest finite value). Its term is
+// exactly 0 when the tile maximum m is at least 200 above it (t < -288 in log2 units underflows) and below 1e37
+// (so that (kClamp16 - m) log2 e stays finite); other tiles take the exact per-logit clamp.
+template <typename T>
+constexpr float kClamp16 = std::is_same_v<T, c10::BFloat16> ? -1.0e30f : -65504.0f;
+
+constexpr int64_t kKeyNone = prr::kNoIndex;
+__device__ __forceinline__ int64_t exact_key(int64_t idx) { return idx * 2; }
+__device__ __forceinline__ int64_t vector_key(int64_t first_index) { return first_index * 2 + 1; }
 
 template <typename T>
 __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int mask_k) {
   using P = Pair16<T>;
   constexpr int VEC = Tile<T>::VEC, N = Tile<T>::N, PAIRS = VEC / 2;
   const float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f, tmin = -1e30f;
-  // pass 1: per-lane top-2 and the first vector holding each lane's maximum
-  P c1 = neg_inf_pair<P>(), c2 = neg_inf_pair<P>();
-  int g1x = -1, g1y = -1;
+  // pass 1: per-lane top-2, and per lane the first vector holding its maximum (packed: 16 bits per lane)
+  P c1 = pair_of<P>(-INFINITY), c2 = c1;
+  uint32_t gpair = 0xffffffffu;  // per lane: the vector where its max last rose (0xffff: none)
 #pragma unroll
   for (int i = 0; i < kTileVecs; ++i) {
     const P* pr = reinterpret_cast<const P*>(&t.pk[i]);
-    const float bx = __low2float(c1), by = __high2float(c1);
+    const P before = c1;
 #pragma unroll
     for (int j = 0; j < PAIRS; ++j) {
       c2 = __hmax2(c2, __hmin2(c1, pr[j]));
       c1 = __hmax2_nan(c1, pr[j]);
     }
-    g1x = __low2float(c1) > bx ? i : g1x;
-    g1y = __high2float(c1) > by ? i : g1y;
+    const uint32_t rose = __hgt2_mask(c1, before);  // 0xffff per lane whose max rose
+    gpair = (rose & (static_cast<uint32_t>(i) * 0x00010001u)) | (~rose & gpair);
   }
   const float c1x = __low2float(c1), c1y = __high2float(c1);
   Stats<float> st;
   st.init();
   const float cm = prr::max_nan_c(c1x, c1y);
   st.bad = (cm != cm) || cm == INFINITY;
-  if (st.bad) return st;
+  if (st.bad || cm == -INFINITY) return st;
   float cc2 = prr::max_c(prr::min_c(c1x, c1y), prr::max_c(__low2float(c2), __high2float(c2)));
+  const int g1x = (gpair & 0xffffu) == 0xffffu ? -1 : static_cast<int>(gpair & 0xffffu);
+  const int g1y = (gpair >> 16) == 0xffffu ? -1 : static_cast<int>(gpair >> 16);
   const int gg = c1x > c1y ? g1x : c1y > c1x ? g1y : (g1x < 0 ? g1y : g1y < 0 ? g1x : min(g1x, g1y));
   const auto get = [&](int k) { return static_cast<float>(t.pk[k / VEC].v[k % VEC]); };
-  int k1 = gg >= 0 ? t.template first_eq<float>(gg, cm) : -1;
   // pass 2: the sums against the tile maximum (two chains)
   float z[2] = {0.0f, 0.0f}, sm[2] = {0.0f, 0.0f};
-  if (cm != -INFINITY) {
+  const P lo = pair_of<P>(kClamp16<T>);
+  if (cm > __low2float(lo) + 200.0f && cm < 1e37f) {
+#pragma unroll
+    for (int i = 0; i < kTileVecs; ++i) {
+      const P* pr = reinterpret_cast<const P*>(&t.pk[i]);
+#pragma unroll
+      for (int j = 0; j < PAIRS; ++j) {
+        const P q = __hmax2(pr[j], lo);  // -inf -> kClamp16 (its term is 0)
+        const float tx = (__low2float(q) - cm) * kLog2e, ty = (__high2float(q) - cm) * kLog2e;
+        const float ex = prr::exp2_bulk(tx), ey = prr::exp2_bulk(ty);
+        z[0] += ex;
+        sm[0] += ex * tx;
+        z[1] += ey;
+        sm[1] += ey * ty;
+      }
+    }
+  } else {  // a tile maximum near the clamp: the exact per-logit clamp
 #pragma unroll
     for (int k = 0; k < N; ++k) {
       const float tt = prr::max_c((get(k) - cm) * kLog2e, tmin);
@@ -503,17 +543,36 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
       sm[k & 1] += e * tt;
     }
   }
-  float cc1 = cm;
-  if (mask_k >= 0) prr::top2_without_mask<float, N>(get, mask_k, cc1, cc2, k1);
-  st.c1 = cc1;
+  st.m = cm;
+  st.zrest = (z[0] + z[1]) - 1.0f;
+  st.srest = (sm[0] + sm[1]) * kLn2;
+  st.c1 = cm;
   st.c2 = cc2;
-  st.i1 = (k1 >= 0 && cc1 != -INFINITY) ? static_cast<int64_t>(t.index(k1)) : prr::kNoIndex;
-  if (cm != -INFINITY) {
-    st.m = cm;
-    st.zrest = (z[0] + z[1]) - 1.0f;
-    st.srest = (sm[0] + sm[1]) * kLn2;
+  st.i1 = vector_key(static_cast<int64_t>(t.v0 + gg * t.stride) * VEC);  // gg >= 0: cm is finite
+  if (mask_k >= 0) {  // the one tile of the row that holds the mask token: exact top-2 without it, exact key
+    float cc1 = cm;
+    int k1 = t.template first_eq<float>(gg, cm);
+    prr::top2_without_mask<float, N>(get, mask_k, cc1, cc2, k1);
+    st.c1 = cc1;
+    st.c2 = cc2;
+    st.i1 = (k1 >= 0 && cc1 != -INFINITY) ? exact_key(t.index(k1)) : kKeyNone;
   }
   return st;
+}
+
+// The argmax index of a packed-path key (kKeyNone stays kNoIndex): an exact key is the index; a vector key is the
+// first element of that vector whose logit equals c1 (one 16-byte read, from L2 in practice: the row was just read).
+template <typename T>
+__device__ __forceinline__ int64_t argmax_from_key(int64_t key, const T* row, int64_t V, float c1) {
+  if (key == kKeyNone) return prr::kNoIndex;
+  if (!(key & 1)) return key >> 1;
+  const int64_t base = key >> 1;
+  constexpr int VEC = Pack<T>::VEC;
+  int64_t found = prr::kNoIndex;
+#pragma unroll
+  for (int e = VEC - 1; e >= 0; --e)
+    if (base + e < V && static_cast<float>(row[base + e]) == c1) found = base + e;
+  return found;
 }
 
 template <typename T, typename C>
@@ -769,6 +828,9 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
   m = warp_merge(m, kp.cs);
   // finalisation in lane 0 (prr/row_stats.h, prr/controller.h), the MLP over the warp
   const int64_t ri = b * p.Lr + r;
+  if constexpr (kHasPacked<T, C>) {  // the packed tile path carries an argmax key (tile_stats_packed)
+    if (kp.packed && lane == 0) m.i1 = argmax_from_key(m.i1, row, p.V, m.c1);
+  }
   int usable = 0, run_mlp = 0;
   float p1 = 0.f, p2 = 0.f, ent = 0.f, p_cand = 0.f;
   if (lane == 0) {
