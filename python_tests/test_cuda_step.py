@@ -157,6 +157,10 @@ def test_16bit_tile_paths(monkeypatch, packed, dt):
     decode_compare(policies()["threshold"], V=V, B=1, P=3, G=32, BL=32, steps=2, dt=dt, T=1.0, loops=2)
     for name in ("lowconf", "eb"):
         decode_compare(policies()[name], logits_fn=tie_logits, dt=dt, V=5000, loops=6)
+    # the many-rows launch shape (2-warp CTAs: 31 tiles per thread at V = 126464), forced on a small problem
+    monkeypatch.setenv("PRR_CUDA_NT", "64")
+    for name in ("lowconf", "prr_temp", "eb"):
+        decode_compare(policies()[name], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=13)
 
 
 def tie_logits(B, L, V, dt, g):

@@ -376,9 +376,9 @@ struct Tile {
     v0 = vfirst;
     stride = vstride;
     if (vec_ok && vfirst + (kTileVecs - 1) * vstride < vend) {  // the common case: a whole tile, no per-vector test
+      const uint4* src = reinterpret_cast<const uint4*>(row) + vfirst;
 #pragma unroll
-      for (int i = 0; i < kTileVecs; ++i)
-        *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(reinterpret_cast<const uint4*>(row) + vfirst + i * vstride);
+      for (int i = 0; i < kTileVecs; ++i) *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(src + i * vstride);
       return;
     }
     const T ninf = T(-std::numeric_limits<float>::infinity());
@@ -475,6 +475,18 @@ __device__ __forceinline__ P pair_of(float v) {
     return __float2half2_rn(v);
   }
 }
+// The two fp32 values of a packed pair: for bf16 two bit operations (a bf16 is the high half of its fp32).
+template <typename P>
+__device__ __forceinline__ float2 pair_to_float2(P q) {
+  if constexpr (std::is_same_v<P, __nv_bfloat162>) {
+    uint32_t u;
+    memcpy(&u, &q, sizeof(u));
+    return make_float2(__uint_as_float(u << 16), __uint_as_float(u & 0xffff0000u));
+  } else {
+    return __half22float2(q);
+  }
+}
+
 // kClamp16: a finite stand-in for -inf logits (bf16: about -1e30; fp16: its lowest finite value). Its term is
 // exactly 0 when the tile maximum m is at least 200 above it (t < -288 in log2 units underflows) and below 1e37
 // (so that (kClamp16 - m) log2 e stays finite); other tiles take the exact per-logit clamp.
@@ -520,13 +532,17 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
   float z[2] = {0.0f, 0.0f}, sm[2] = {0.0f, 0.0f};
   const P lo = pair_of<P>(kClamp16<T>);
   if (cm > __low2float(lo) + 200.0f && cm < 1e37f) {
+    // t = fma(l, log2 e, -cmk), cmk = fl(cm log2 e): one FFMA instead of a subtract and a multiply. Every t is then
+    // (l - cm) log2 e + delta with delta = cm log2 e - cmk, exact by one FMA (the rounding error of a product), so
+    // the sums are 2^delta times the true ones and are corrected once per tile below; the max's own term is 2^delta.
+    const float cmk = cm * kLog2e, delta = fmaf(cm, kLog2e, -cmk);
 #pragma unroll
     for (int i = 0; i < kTileVecs; ++i) {
       const P* pr = reinterpret_cast<const P*>(&t.pk[i]);
 #pragma unroll
       for (int j = 0; j < PAIRS; ++j) {
-        const P q = __hmax2(pr[j], lo);  // -inf -> kClamp16 (its term is 0)
-        const float tx = (__low2float(q) - cm) * kLog2e, ty = (__high2float(q) - cm) * kLog2e;
+        const float2 q = pair_to_float2(__hmax2(pr[j], lo));  // -inf -> kClamp16 (its term is 0)
+        const float tx = fmaf(q.x, kLog2e, -cmk), ty = fmaf(q.y, kLog2e, -cmk);
         const float ex = prr::exp2_bulk(tx), ey = prr::exp2_bulk(ty);
         z[0] += ex;
         sm[0] += ex * tx;
@@ -534,6 +550,13 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
         sm[1] += ey * ty;
       }
     }
+    // true Z = z 2^-delta = 1 + Z', true S = s 2^-delta - delta Z (log2 units); f = 2^-delta - 1 without cancellation
+    const float zs = z[0] + z[1], f = expm1f(-delta * kLn2);
+    // (clamped to their signs: when every other term underflows, 2^delta - 1 from ex2.approx is ~1 ulp off)
+    const float zrest = fmaxf((zs - 1.0f) + zs * f, 0.0f);
+    st.m = cm;
+    st.zrest = zrest;
+    st.srest = fminf(((sm[0] + sm[1]) * (1.0f + f) - delta * (1.0f + zrest)) * kLn2, 0.0f);
   } else {  // a tile maximum near the clamp: the exact per-logit clamp
 #pragma unroll
     for (int k = 0; k < N; ++k) {
@@ -542,10 +565,10 @@ __device__ __forceinline__ Stats<float> tile_stats_packed(const Tile<T>& t, int 
       z[k & 1] += e;
       sm[k & 1] += e * tt;
     }
+    st.m = cm;
+    st.zrest = (z[0] + z[1]) - 1.0f;
+    st.srest = (sm[0] + sm[1]) * kLn2;
   }
-  st.m = cm;
-  st.zrest = (z[0] + z[1]) - 1.0f;
-  st.srest = (sm[0] + sm[1]) * kLn2;
   st.c1 = cm;
   st.c2 = cc2;
   st.i1 = vector_key(static_cast<int64_t>(t.v0 + gg * t.stride) * VEC);  // gg >= 0: cm is finite
@@ -851,7 +874,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
     out.traj1 = linfo->traj1;
     out.new_prev = linfo->prev_p1;
     if (usable) {
-      const C lc = static_cast<C>(row[cand]);
+      const C lc = cand == m.i1 ? m.c1 : static_cast<C>(row[cand]);  // greedy: the argmax's logit is c1
       const double conf = round_conf(static_cast<double>(m.prob(lc)), p.conf_dtype);
       p1 = static_cast<float>(m.prob(m.c1));
       p2 = static_cast<float>(m.prob(m.c2));
@@ -1197,9 +1220,9 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   const int64_t nvec = (p.V + VEC - 1) / VEC;
   const int64_t need = (nvec + kTileVecs - 1) / kTileVecs;  // threads per row for one register tile each
   // launch shape. Many rows: one CTA per row (the fewest fixed costs per byte; rows longer than a register tile
-  // loop over tiles, each L2-prefetched one ahead). Few rows: split each row over a cluster of up to 8 CTAs so that
-  // the SMs fill. PRR temperature shaping re-reads multi-tile rows in its second sweep, so it keeps the rows in
-  // flight within half the L2. PRR_CUDA_CS / PRR_CUDA_NT override (benchmarks/tuning).
+  // loop over tiles, each L2-prefetched one ahead), and small CTAs when the rows are very many (below). Few rows:
+  // split each row over a cluster of up to 8 CTAs so that the SMs fill. PRR_CUDA_CS / PRR_CUDA_NT override
+  // (benchmarks/tuning).
   static const int2 dev_info = [] {
     int dev = 0, sms = 132, l2 = 50 << 20;
     (void)cudaGetDevice(&dev);
@@ -1225,6 +1248,10 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   cs = std::min(cs, cs_fit);
   const int64_t per_cta = (need + cs - 1) / cs;
   int nt = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(128, ((per_cta + 31) / 32) * 32)));
+  // Many rows (>= 12 per SM): CTAs of 2 warps, 8 per SM. Each CTA's per-row tail (the reduction, finalize_row, the
+  // arrival) then stalls 2 warps while the other 14 stream, instead of 8 of 16 (v9 sweep, benchmarks/RESULTS.md:
+  // LowConfidence (32,256) 1.59x -> 1.26x floor; (1,1024) prefers 256 threads).
+  if (cs == 1 && rows >= 12 * static_cast<int64_t>(dev_info.x)) nt = 64;
   cs = std::min(kMaxCluster, std::max(1, env_int("PRR_CUDA_CS", cs)));
   while (cs & (cs - 1)) cs &= cs - 1;  // a power of two (the cluster merge is a halving tree)
   nt = env_int("PRR_CUDA_NT", nt);
