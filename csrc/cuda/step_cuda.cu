@@ -70,7 +70,10 @@ constexpr int kTileVecs = PRR_TILE_VECS;  // 16-byte vectors per thread per regi
 constexpr int kMaxCluster = 8;   // portable cluster size
 constexpr int kSortCap = 1024;   // block_length up to this sorts in shared memory
 constexpr int kThreads = 256;   // CTA size (launch bound: the launcher reads the compiled limit back)
-constexpr int kMinCtas = 2;     // CTAs per SM the register budget is sized for (<= 128 registers per thread)
+#ifndef PRR_MIN_CTAS
+#define PRR_MIN_CTAS 2
+#endif
+constexpr int kMinCtas = PRR_MIN_CTAS;  // CTAs per SM the register budget is sized for (2: <= 128 registers per thread)
 constexpr int kMaxWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -671,7 +674,51 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   const bool in_smem = BL <= kSortCap;
   int64_t n2 = 1;
   while (n2 < BL) n2 <<= 1;
-  if (in_smem) {
+  if (BL <= 32) {
+    // one warp: a candidate per lane, the same bitonic network in registers (shuffles instead of 15 CTA barriers),
+    // counts by ballot; one barrier publishes the sorted keys and the counts
+    __shared__ int64_t s_counts[2];
+    if (tid < 32) {
+      const int lane = tid;
+      double k = ninf;
+      int32_t pos = INT32_MAX;
+      int64_t f = 0;
+      if (lane < BL) {
+        f = __ldcg(ws.flags + base + lane);
+        if (f & kFlagUsable) {
+          k = __longlong_as_double(__ldcg(ws.key + base + lane));
+          pos = lane;
+        }
+      }
+      const unsigned masked_bits = __ballot_sync(kFull, (f & kFlagMasked) != 0),
+                     usable_bits = __ballot_sync(kFull, (f & kFlagUsable) != 0);
+      for (int kk = 2; kk <= 32; kk <<= 1) {
+        for (int jj = kk >> 1; jj > 0; jj >>= 1) {
+          const double ok = __shfl_xor_sync(kFull, k, jj);
+          const int32_t op = __shfl_xor_sync(kFull, pos, jj);
+          // the lower lane of a pair keeps the element that ranks first in an ascending run, the other in a
+          // descending one (exactly the shared-memory network's compare-exchange)
+          const bool up = (lane & kk) == 0, lower = (lane & jj) == 0;
+          const bool mine_first = ranks_before(k, pos, ok, op);
+          if ((lower == up) != mine_first) {
+            k = ok;
+            pos = op;
+          }
+        }
+      }
+      if (lane < n2) {
+        srt.key[lane] = k;
+        srt.pos[lane] = pos;
+      }
+      if (lane == 0) {
+        s_counts[0] = __popc(masked_bits);
+        s_counts[1] = __popc(usable_bits);
+      }
+    }
+    __syncthreads();
+    n_masked = s_counts[0];
+    n_usable = s_counts[1];
+  } else if (in_smem) {
     for (int64_t i = tid; i < n2; i += nt) {
       double k = ninf;
       int32_t pos = INT32_MAX;
@@ -694,13 +741,18 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
       n_usable += (f & kFlagUsable) ? 1 : 0;
     }
   }
-  n_masked = block_count_all(n_masked, iscratch);
-  n_usable = block_count_all(n_usable, iscratch);
+  if (BL > 32) {
+    n_masked = block_count_all(n_masked, iscratch);
+    n_usable = block_count_all(n_usable, iscratch);
+  }
 
   const double* keys_sorted;
   const int32_t* pos_smem = nullptr;
   const int64_t* pos_glob = nullptr;
-  if (in_smem) {
+  if (BL <= 32) {
+    keys_sorted = srt.key;
+    pos_smem = srt.pos;
+  } else if (in_smem) {
     __syncthreads();
     // bitonic sort into "ranks_before" order (key desc, position asc): a total order, so this is the stable sort
     for (int64_t k = 2; k <= n2; k <<= 1) {
