@@ -19,8 +19,9 @@
 //           merge + controller (bit-identical), sums its slice from the registers it still holds, and the leader adds
 //           the cs partials — the row is read from HBM once.
 //   phase 3 last-block-done per sequence: every CTA arrives once on its sequence's counter (a finished row's
-//           leader arrives for its whole cluster); the last arrival sorts the block's candidates (bitonic in SMEM,
-//           key desc, block position asc), takes prr::commit_count of them, writes the tokens into x and does the
+//           leader arrives for its whole cluster); the last arrival sorts the block's candidates (bitonic, key desc,
+//           block position asc: in one warp's registers for block_length <= 32, else in SMEM), takes
+//           prr::commit_count of them, writes the tokens into x and does the
 //           bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged and copied by
 //           the last CTA of the grid (a second counter), because every CTA of the grid reads row_state[:, 0].
 //   Nothing is written that another CTA may still need to read: the counters order every read before the writes.
