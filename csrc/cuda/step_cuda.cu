@@ -720,15 +720,18 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     n_masked = s_counts[0];
     n_usable = s_counts[1];
   } else if (in_smem) {
+    // flags and keys loaded together, several iterations in flight (a 1024-position block is 16 iterations per
+    // thread of a 64-thread CTA; one L2 round trip each, serially, cost ~10 us)
+#pragma unroll 4
     for (int64_t i = tid; i < n2; i += nt) {
       double k = ninf;
       int32_t pos = INT32_MAX;
       if (i < BL) {
-        const int64_t f = __ldcg(ws.flags + base + i);
+        const int64_t f = __ldcg(ws.flags + base + i), kb = __ldcg(ws.key + base + i);
         n_masked += (f & kFlagMasked) ? 1 : 0;
         if (f & kFlagUsable) {
           ++n_usable;
-          k = __longlong_as_double(__ldcg(ws.key + base + i));
+          k = __longlong_as_double(kb);
           pos = static_cast<int32_t>(i);
         }
       }
@@ -1304,10 +1307,11 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   cs = std::min(cs, cs_fit);
   const int64_t per_cta = (need + cs - 1) / cs;
   int nt = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(128, ((per_cta + 31) / 32) * 32)));
-  // Many rows (>= 12 per SM): CTAs of 2 warps, 8 per SM. Each CTA's per-row tail (the reduction, finalize_row, the
-  // arrival) then stalls 2 warps while the other 14 stream, instead of 8 of 16 (v9 sweep, benchmarks/RESULTS.md:
-  // LowConfidence (32,256) 1.59x -> 1.26x floor; (1,1024) prefers 256 threads).
-  if (cs == 1 && rows >= 12 * static_cast<int64_t>(dev_info.x)) nt = 64;
+  // Many rows (>= 6 per SM): CTAs of 2 warps, 8 per SM. Each CTA's per-row tail (the reduction, finalize_row, the
+  // arrival) then stalls 2 warps while the other 14 stream, instead of 8 of 16 (v9 sweeps, benchmarks/RESULTS.md:
+  // LowConfidence (32,256) 1.59x -> 1.26x floor, (4,256) 1.78x -> 1.49x). Not for blocks over 512 positions: the
+  // selection's sort then needs the threads ((1,1024): 1.67x at 256 threads, 2.20x at 64).
+  if (cs == 1 && p.block_length <= 512 && rows >= 6 * static_cast<int64_t>(dev_info.x)) nt = 64;
   cs = std::min(kMaxCluster, std::max(1, env_int("PRR_CUDA_CS", cs)));
   while (cs & (cs - 1)) cs &= cs - 1;  // a power of two (the cluster merge is a halving tree)
   nt = env_int("PRR_CUDA_NT", nt);
