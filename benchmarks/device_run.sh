@@ -5,7 +5,8 @@
 #                                          (default: build,test,sanitize,bench)
 #
 # Logs go to $OUT (or ./device_logs); the benchmark table is appended to benchmarks/RESULTS.md, copied to $OUT.
-# Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), BENCH_ARGS (run_bench.py args).
+# Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), BENCH_ARGS (run_bench.py args,
+# split on spaces), BENCH_NOTE (run_bench.py --note, passed whole: it may contain spaces).
 set -uo pipefail
 export PRR_TEST_THREADS="${PRR_TEST_THREADS:-16}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -56,7 +57,7 @@ fi
 
 if has bench; then
   stamp "benchmarks"
-  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/run_bench.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" | tail -60
+  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/run_bench.py ${BENCH_ARGS:-} ${BENCH_NOTE:+--note "$BENCH_NOTE"} 2>&1 | tee "$OUT/bench.log" | tail -60
   cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
 fi
 
