@@ -227,6 +227,24 @@ def test_nan_and_inf_rows(pol, dt):
     decode_compare(policies()[pol], logits_fn=nan_logits, dt=dt, V=100, T=0.8, full=False)
 
 
+def near_clamp_logits(B, L, V, dt, g):
+    """Every other position: a row whose maximum is at or below the packed path's finite stand-in for -inf (bf16
+    about -1e30, fp16 -65504, plus 200), with -inf entries mixed in, so the tile takes the exact per-logit clamp
+    (step_cuda.cu, tile_stats_packed). The other positions are ordinary rows."""
+    lg = torch.randn(B, L, V, generator=g) * 3
+    lo, spread = (-1e31, 5e29) if dt == torch.bfloat16 else (-65450.0, 50.0)
+    for j in range(0, L, 2):
+        lg[:, j] = lo - torch.rand(B, V, generator=g) * spread
+        lg[:, j, ::3] = -math.inf
+    return lg.to(dt)
+
+
+@pytest.mark.parametrize("pol", ["lowconf", "eb", "prr_temp"])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+def test_16bit_rows_near_the_clamp(pol, dt):
+    decode_compare(policies()[pol], logits_fn=near_clamp_logits, dt=dt, V=1000)
+
+
 def test_external_inputs():
     """scores / extra_features (PRR) and candidates / random_conf (rng="torch") through the op directly."""
     V, B, P, G, BL, steps = 200, 2, 3, 16, 8, 8
