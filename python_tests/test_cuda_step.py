@@ -163,6 +163,22 @@ def test_16bit_tile_paths(monkeypatch, packed, dt):
         decode_compare(policies()[name], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=13)
 
 
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
+def test_prr_one_cta_per_row(monkeypatch, dt):
+    """PRR temperature shaping with one CTA per row (the many-rows launch shape): several register tiles per thread,
+    the tempered second sweep re-reading all but the last; with more rows than SMs the CTAs walk several rows; a larger
+    controller, odd V (the per-element load path) on tie-heavy rows, and sampling."""
+    monkeypatch.setenv("PRR_CUDA_CS", "1")
+    V = 126464
+    decode_compare(policies()["prr_temp"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=21)
+    if dt == torch.bfloat16:
+        big = prr_ext.PRR(prr_ext.Controller.init(3, hidden=(64, 64)), tau=0.5)  # a larger controller
+        decode_compare(big, V=V, B=9, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=22)  # 288 rows: > 1 per CTA
+        decode_compare(policies()["prr_temp"], logits_fn=tie_logits, V=V + 1, B=2, P=3, G=32, BL=32, steps=2,
+                       dt=dt, loops=2, seed=23)  # odd V: the per-element load path, tie-heavy rows
+        decode_compare(policies()["prr_temp"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, T=0.8, loops=2, seed=24)
+
+
 def tie_logits(B, L, V, dt, g):
     lg = torch.randint(-3, 3, (B, L, V), generator=g).float()
     lg[:, 1::2] = lg[:, 0::2][:, : lg[:, 1::2].shape[1]]  # duplicated rows: equal confidences across positions

@@ -49,6 +49,7 @@
 #include <limits>
 #include <mutex>
 #include <type_traits>
+#include <vector>
 
 #include "prr/controller.h"
 #include "prr/params.h"
@@ -62,6 +63,28 @@ namespace {
 
 namespace cg = cooperative_groups;
 using prr::StepParams;
+
+// Development only (benchmarks/dev/timeline.py): with -DPRR_TIMELINE every CTA's thread 0 stamps %globaltimer and
+// clock64 at the phase boundaries of its last row into g_timeline, read back by the prr_dev::timeline op. Compiled
+// out otherwise.
+#ifdef PRR_TIMELINE
+constexpr int kTlCtas = 2048, kTlSlots = 16;
+__device__ unsigned long long g_timeline[kTlCtas][2 * kTlSlots + 1];
+__device__ __forceinline__ void tl_stamp(int k) {
+  if (threadIdx.x != 0 || blockIdx.x >= kTlCtas) return;
+  unsigned long long g, c;
+  unsigned sm;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(c));
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+  g_timeline[blockIdx.x][k] = g;
+  g_timeline[blockIdx.x][kTlSlots + k] = c;
+  g_timeline[blockIdx.x][2 * kTlSlots] = sm;
+}
+#define TL(k) tl_stamp(k)
+#else
+#define TL(k) ((void)0)
+#endif
 
 #define PRR_DUAL_CHAIN 1          // per-thread statistics in two independent chains (prr::tile_stats2)
 #ifndef PRR_TILE_VECS
@@ -134,6 +157,7 @@ constexpr int64_t kFlagMasked = 1, kFlagUsable = 2;
 struct RowInfo {
   int64_t masks_in_block, masks_in_row;
   int64_t traj0, traj1;  // stored trajectory of this block position (as of the start of the step)
+  int64_t plen;          // the sequence's true prompt length (PRR features)
   float prev_p1;
 };
 
@@ -146,6 +170,7 @@ struct RowOut {
   int64_t traj0, traj1;
   float new_prev;
   float mf, inv_t;  // temperature shaping: the row max (fp32) and 1 / T
+  float lc;         // the candidate's logit (fp32), so that the shaping does not read it again
 };
 
 // Scalars every thread of the CTA needs (broadcast through shared memory).
@@ -160,6 +185,14 @@ using Stats = prr::RowStats<C, C>;
 // ---------------------------------------------------------------------------------------------------------------
 // Small device helpers
 // ---------------------------------------------------------------------------------------------------------------
+// Arrival on a counter: one acq_rel atomic at gpu scope. After a __syncthreads, thread 0's release covers the CTA's
+// writes, and its acquire (then a __syncthreads) the other arrivals' (CUTLASS's semaphore pattern); cheaper than
+// fence.sc + atomic + fence.sc.
+__device__ __forceinline__ unsigned long long arrive_acq_rel(unsigned long long* ctr, unsigned long long v) {
+  unsigned long long old;
+  asm volatile("atom.acq_rel.gpu.global.add.u64 %0, [%1], %2;\n" : "=l"(old) : "l"(ctr), "l"(v) : "memory");
+  return old;
+}
 __device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
@@ -675,6 +708,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   const bool in_smem = BL <= kSortCap;
   int64_t n2 = 1;
   while (n2 < BL) n2 <<= 1;
+  __shared__ int64_t s_cand[32];  // block_length <= 32: the candidates in rank order
   if (BL <= 32) {
     // one warp: a candidate per lane, the same bitonic network in registers (shuffles instead of 15 CTA barriers),
     // counts by ballot; one barrier publishes the sorted keys and the counts
@@ -683,11 +717,13 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
       const int lane = tid;
       double k = ninf;
       int32_t pos = INT32_MAX;
-      int64_t f = 0;
-      if (lane < BL) {
+      int64_t f = 0, cand = 0;
+      if (lane < BL) {  // flags, key and candidate in one round trip
         f = __ldcg(ws.flags + base + lane);
+        const int64_t kb = __ldcg(ws.key + base + lane);
+        cand = __ldcg(ws.cand + base + lane);
         if (f & kFlagUsable) {
-          k = __longlong_as_double(__ldcg(ws.key + base + lane));
+          k = __longlong_as_double(kb);
           pos = lane;
         }
       }
@@ -707,9 +743,11 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
           }
         }
       }
+      const int64_t cand_sorted = __shfl_sync(kFull, cand, pos & 31);
       if (lane < n2) {
         srt.key[lane] = k;
         srt.pos[lane] = pos;
+        s_cand[lane] = cand_sorted;  // the candidate of the lane-th ranked position (usable ones only are read)
       }
       if (lane == 0) {
         s_counts[0] = __popc(masked_bits);
@@ -812,7 +850,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   for (int64_t i = tid; i < n_commit; i += nt) {
     const int64_t pos = in_smem ? static_cast<int64_t>(pos_smem[i]) : __ldcg(pos_glob + i);
     const int64_t col = lo + pos;
-    kp.x[b * p.L + col] = __ldcg(ws.cand + base + pos);
+    kp.x[b * p.L + col] = BL <= 32 ? s_cand[i] : __ldcg(ws.cand + base + pos);
     kp.commit[b * p.L + col] = true;
   }
 
@@ -853,25 +891,24 @@ __device__ __noinline__ void arrive_and_finish(const KParams& kp, CtaInfo& ci, i
   const Ws ws(kp.ws, p.B, p.block_length);
   __syncthreads();  // the CTA's writes happen before thread 0's release fence + arrival (cumulative)
   if (threadIdx.x == 0) {
-    __threadfence();
     int flags = 0;
-    if (ci.seq_active) {
+    if (ci.seq_active) {  // the last arrival acquires the other arrivals' records before the selection reads them
       const unsigned long long target = static_cast<unsigned long long>(p.block_length) * kp.cs;
-      if (atomicAdd(ws.seq_ctr + b, units) + units == target) flags |= 1;
+      if (arrive_acq_rel(ws.seq_ctr + b, units) + units == target) flags |= 1;
     }
-    if (flags) __threadfence();  // acquire: the other arrivals' records before the selection reads them
     ci.flags = flags;
   }
   __syncthreads();
-  if (ci.flags & 1) select_and_commit(kp, ws, b, ci.active, srt, iscratch);
+  TL(8);
+  if (ci.flags & 1) {
+    select_and_commit(kp, ws, b, ci.active, srt, iscratch);
+    TL(9);
+  }
   if (p.B > 1) {
     __syncthreads();
     if (threadIdx.x == 0) {
-      __threadfence();
       const unsigned long long total = static_cast<unsigned long long>(p.B * p.block_length) * kp.cs;
-      const bool last = atomicAdd(ws.grid_ctr, units) + units == total;
-      if (last) __threadfence();
-      ci.flags = last ? 2 : 0;
+      ci.flags = arrive_acq_rel(ws.grid_ctr, units) + units == total ? 2 : 0;
     }
     __syncthreads();
     if (ci.flags & 2) {
@@ -913,6 +950,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
   if constexpr (kHasPacked<T, C>) {  // the packed tile path carries an argmax key (tile_stats_packed)
     if (kp.packed && lane == 0) m.i1 = argmax_from_key(m.i1, row, p.V, m.c1);
   }
+  TL(11);
   int usable = 0, run_mlp = 0;
   float p1 = 0.f, p2 = 0.f, ent = 0.f, p_cand = 0.f;
   if (lane == 0) {
@@ -920,7 +958,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
 #pragma unroll
     for (int c = 0; c < prr::kNumStats; ++c) out.st[c] = nan;
     out.key = 0.0;
-    out.mf = out.inv_t = 0.0f;
+    out.mf = out.inv_t = out.lc = 0.0f;
     int64_t cand = sample ? m.gidx : m.i1;
     if (kp.candidates != nullptr) {
       cand = kp.candidates[ri];
@@ -934,6 +972,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
     out.new_prev = linfo->prev_p1;
     if (usable) {
       const C lc = cand == m.i1 ? m.c1 : static_cast<C>(row[cand]);  // greedy: the argmax's logit is c1
+      out.lc = static_cast<float>(lc);
       const double conf = round_conf(static_cast<double>(m.prob(lc)), p.conf_dtype);
       p1 = static_cast<float>(m.prob(m.c1));
       p2 = static_cast<float>(m.prob(m.c2));
@@ -959,7 +998,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
             mlp_h2[0] = kp.scores[ri];  // the score, handed to the shaping below
           } else {
             run_mlp = 1;
-            const int64_t plen = kp.plen[b];
+            const int64_t plen = linfo->plen;
             const prr::FeatureInputs fin{static_cast<float>(plen + p.gen_length),
                                          static_cast<float>(linfo->masks_in_row),
                                          static_cast<float>(nfe),
@@ -981,6 +1020,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
   }
   usable = __shfl_sync(kFull, usable, 0);
   run_mlp = __shfl_sync(kFull, run_mlp, 0);
+  TL(12);
   if (usable && p.policy == prr::kPRR) {
     const prr::MlpLayout L = prr::MlpLayout::make(p.mlp_in, p.mlp_h1, p.mlp_h2);
     float score;
@@ -991,6 +1031,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
       for (int u = lane; u < L.h1; u += 32)
         mlp_h1[u] = prr::dense_unit(ctrl + L.w0 + static_cast<int64_t>(u) * L.in, ctrl[L.b0 + u], mlp_f, L.in);
       __syncwarp();
+      TL(13);
       const float* hl = mlp_h1;
       if (L.h2 > 0) {
         for (int u = lane; u < L.h2; u += 32)
@@ -1000,6 +1041,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
         hl = mlp_h2;
       }
       score = lane == 0 ? prr::output_unit(ctrl, L, hl) : 0.0f;
+      TL(14);
     } else {
       __syncwarp();
       score = mlp_h2[0];
@@ -1020,6 +1062,7 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
   }
   if (lane == 0 && usable && !(p.policy == prr::kPRR && p.shaping == prr::kShapeTemperature))
     out.st[prr::kStatKey] = static_cast<float>(out.key);
+  TL(15);
 }
 
 template <typename T, typename C>
@@ -1047,10 +1090,11 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   __shared__ RowOut out;
   __shared__ CtaInfo ci;
   __shared__ float mlp_f[prr::kMaxFeatures], mlp_h1[prr::kMaxHidden], mlp_h2[prr::kMaxHidden];
-  extern __shared__ float sctrl[];  // the controller's weights (its matvecs would otherwise wait on L2 per weight)
+  extern __shared__ __align__(16) float sctrl[];  // the controller's weights (its matvecs would otherwise wait on L2 per weight)
 
   // DSMEM rule: no CTA writes into another's shared memory before the whole cluster has started. Arrive now, wait
   // right before the first remote write, so the barrier overlaps the prologue (racecheck flagged the write).
+  TL(0);
   bool cluster_started = kp.cs == 1;
   if (!cluster_started) cluster_arrive_relaxed();
 
@@ -1066,8 +1110,18 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   const bool valid = active < p.num_blocks;
   const int64_t lo = valid ? p.gen_start + active * BL : 0;
   const int64_t row_offset = (valid && p.Lr != p.L) ? lo : 0;
-  if (kp.ctrl_words > 0)
-    for (int i = tid; i < kp.ctrl_words; i += nt) sctrl[i] = __ldg(kp.ctrl + i);
+  // the controller's weights: an asynchronous copy (cp.async), waited for before the first merge, so that it
+  // overlaps the row_state -> canvas -> logits chain instead of adding a round trip to it
+  if (kp.ctrl_words > 0) {
+    const int n16 = reinterpret_cast<uintptr_t>(kp.ctrl) % 16 == 0 ? kp.ctrl_words / 4 : 0;
+    for (int i = tid; i < n16; i += nt) {
+      const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(sctrl + 4 * i));
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(kp.ctrl + 4 * i) : "memory");
+    }
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+    for (int i = 4 * n16 + tid; i < kp.ctrl_words; i += nt) sctrl[i] = __ldg(kp.ctrl + i);
+  }
+  TL(1);
 
   const Ws ws(kp.ws, p.B, BL);
   const int32_t nvec = static_cast<int32_t>((p.V + VEC - 1) / VEC);
@@ -1097,6 +1151,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       ci.flags = 0;
     }
     __syncthreads();
+    TL(2);
     const bool masked = ci.masked;
     const int64_t col = ci.col, r = ci.r, step = ci.step, nfe = ci.nfe;
 
@@ -1175,6 +1230,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
         info.traj0 = step == 0 ? -1 : kp.traj[(b * BL + j) * 2];
         info.traj1 = step == 0 ? 0 : kp.traj[(b * BL + j) * 2 + 1];
         info.prev_p1 = step == 0 ? 0.0f : kp.prev_p1[b * BL + j];
+        info.plen = need_features ? kp.plen[b] : 0;
       }
     }
 
@@ -1190,7 +1246,19 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       }
       tile_into<T, C>(tile, p, st, u == 0, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
     }
+    if constexpr (kHasPacked<T, C>) {
+      // one register tile per thread (few rows, a cluster per row): a vector argmax key is resolved here, from the
+      // registers, instead of by finalize_row's dependent 16-byte read
+      if (kp.packed && kp.tiles == 1 && st.i1 != kKeyNone && (st.i1 & 1)) {
+        const int g = static_cast<int>(static_cast<int32_t>((st.i1 >> 1) / VEC) - tile.v0) / tile.stride;
+        const int k = tile.template first_eq<float>(g, st.c1);
+        st.i1 = k >= 0 ? exact_key(tile.index(k)) : kKeyNone;
+      }
+    }
+    TL(3);
+    if (kp.ctrl_words > 0) asm volatile("cp.async.wait_all;\n" ::: "memory");  // visible after the merge's barrier
     st = block_merge(st, sm.part, mscratch);
+    TL(4);
 
     // ---- phase 2: partials to the leader (DSMEM), merged in rank order
     if (!cluster_started) {
@@ -1200,6 +1268,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     if (tid == 0) *cluster.map_shared_rank(&slots[parity][q], 0) = st;
     cluster_arrive();
     cluster_wait();
+    TL(5);
     if (leader || temp_mode) {
       const Stats<C>* lslots = cluster.map_shared_rank(slots[parity], 0);
       const RowInfo* linfo = cluster.map_shared_rank(&info, 0);
@@ -1207,6 +1276,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
         finalize_row<T, C>(kp, ci, lslots, linfo, out, sctrl, mlp_f, mlp_h1, mlp_h2, row, b, j, seed, sample);
       __syncthreads();
     }
+    TL(6);
 
     if (temp_mode) {
       // ---- PRR temperature shaping: exact p(candidate) under softmax(logits / T), second sweep from registers
@@ -1227,12 +1297,12 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       if (leader && tid == 0 && out.usable) {
         float z = 0.0f;
         for (int k = 0; k < kp.cs; ++k) z += slot_t[parity][k];
-        const float lc = static_cast<float>(row[out.cand]);
-        const float shaped = expf((lc - out.mf) * out.inv_t) / z;
+        const float shaped = expf((out.lc - out.mf) * out.inv_t) / z;
         out.key = prr::rank_key(shaped);
         out.st[prr::kStatKey] = static_cast<float>(out.key);
       }
     }
+    TL(7);
     parity ^= 1;
     if (!leader) continue;  // the leader arrives on the counters for the whole cluster
 
@@ -1255,6 +1325,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     arrive_and_finish(kp, ci, b, static_cast<unsigned long long>(kp.cs), sm.sort, iscratch);
   }
   if (!cluster_started) cluster_wait();  // no row of this cluster was read: complete the start barrier
+  if (kp.ctrl_words > 0) asm volatile("cp.async.wait_all;\n" ::: "memory");
+  TL(10);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -1441,5 +1513,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cuda(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(prr_ext, CUDA, m) { m.impl("step", &step_cuda); }
+
+#ifdef PRR_TIMELINE
+// prr_dev::timeline(out): copies g_timeline into `out` (int64 CUDA, numel >= its size) and clears it.
+void timeline_cuda(at::Tensor& out) {
+  TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kLong && out.numel() * 8 >= int64_t(sizeof(g_timeline)),
+              "timeline: out must be int64 CUDA with ", sizeof(g_timeline) / 8, " elements");
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(out.data_ptr(), g_timeline, sizeof(g_timeline), 0, cudaMemcpyDeviceToDevice));
+  static const std::vector<unsigned char> zeros(sizeof(g_timeline), 0);
+  C10_CUDA_CHECK(cudaMemcpyToSymbol(g_timeline, zeros.data(), sizeof(g_timeline)));
+}
+TORCH_LIBRARY_FRAGMENT(prr_dev, m) { m.def("timeline(Tensor(a!) out) -> ()"); }
+TORCH_LIBRARY_IMPL(prr_dev, CUDA, m) { m.impl("timeline", &timeline_cuda); }
+#endif
 
 }  // namespace prr_ext
