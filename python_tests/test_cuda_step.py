@@ -193,6 +193,19 @@ def test_tie_heavy(pol, cdt):
     decode_compare(policies()[pol], logits_fn=tie_logits, cdt=cdt, dt=torch.float32, V=1000, full=False)
 
 
+@pytest.mark.parametrize("BL", [33, 64, 100, 256, 1000, 1024])
+@pytest.mark.parametrize("nt", ["", "32", "64", "128"])
+def test_block_sort_paths(monkeypatch, BL, nt):
+    """The selection's sort for 32 < block_length <= 1024: in registers over W threads (shuffles, in-thread slots and
+    shared-memory exchanges), or the shared-memory network where a thread would hold more than 16 elements (1024
+    positions on 32 threads). Tie-heavy keys (integer logits over 40 tokens) check the position tie-break."""
+    if nt:
+        monkeypatch.setenv("PRR_CUDA_NT", nt)
+    for pol in ["lowconf", "threshold", "factor", "eb", "prr_temp"]:
+        decode_compare(policies()[pol], B=2, P=3, G=BL, BL=BL, steps=4, V=40, loops=5, logits_fn=tie_logits)
+    decode_compare(policies()["lowconf"], B=1, P=3, G=BL, BL=BL, steps=3, V=300, loops=4, seed=3)
+
+
 def test_large_block_global_sort():
     """block_length above the in-SMEM sort (1024): the workspace rank sort."""
     for pol in ["lowconf", "threshold", "eb", "prr_power"]:
