@@ -196,9 +196,8 @@ def test_tie_heavy(pol, cdt):
 @pytest.mark.parametrize("BL", [33, 64, 100, 256, 1000, 1024])
 @pytest.mark.parametrize("nt", ["", "32", "64", "128"])
 def test_block_sort_paths(monkeypatch, BL, nt):
-    """The selection's sort for 32 < block_length <= 1024: in registers over W threads (shuffles, in-thread slots and
-    shared-memory exchanges), or the shared-memory network where a thread would hold more than 16 elements (1024
-    positions on 32 threads). Tie-heavy keys (integer logits over 40 tokens) check the position tie-break."""
+    """The selection's shared-memory bitonic sort for 32 < block_length <= 1024 (non-powers of two padded), on CTAs of
+    32 to 256 threads; tie-heavy keys (integer logits over 40 tokens) check the position tie-break."""
     if nt:
         monkeypatch.setenv("PRR_CUDA_NT", nt)
     for pol in ["lowconf", "threshold", "factor", "eb", "prr_temp"]:

@@ -693,108 +693,6 @@ __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, i
   return ka > kb || (ka == kb && pa < pb);
 }
 
-// The selection's sort for 32 < block_length <= kSortCap: the same bitonic network as the shared-memory loop below
-// (and as the one-warp sort), with the elements in registers. W threads (a power of two, <= the CTA) hold E = n2 / W
-// elements each, element i = r * W + t at slot r of thread t, so a compare-exchange at distance j is in-thread
-// (j >= W: slot r ^ j / W), a shuffle (j < 32) or, only for 32 <= j < W, a shared-memory exchange: 6 barrier pairs
-// for 1024 positions at W = 128 instead of 55 barriers over shared-memory passes (which took ~25 us at (1,1024)).
-// Loads flags and keys of element i (one round trip for all), counts masked / usable positions (per thread), and
-// leaves the sorted (key, position) pairs in srt.
-constexpr int kSortRegs = 16;  // elements per thread at most (n2 / W); more: the shared-memory network
-__device__ __noinline__ void sort_in_registers(const Ws& ws, int64_t base, int64_t BL, int n2, int W, SortSmem& srt,
-                                               int64_t& n_masked, int64_t& n_usable) {
-  const int t = threadIdx.x, E = n2 / W;
-  const bool part = t < W;  // whole warps (W is a multiple of 32)
-  double k[kSortRegs];
-  int32_t ps[kSortRegs];
-  int64_t nm = 0, nu = 0;
-#pragma unroll
-  for (int r = 0; r < kSortRegs; ++r) {
-    k[r] = -std::numeric_limits<double>::infinity();
-    ps[r] = INT32_MAX;  // padding and unusable positions sort last
-    const int i = r * W + t;
-    if (part && r < E && i < BL) {
-      const int64_t f = __ldcg(ws.flags + base + i), kb = __ldcg(ws.key + base + i);
-      nm += (f & kFlagMasked) ? 1 : 0;
-      if (f & kFlagUsable) {
-        ++nu;
-        k[r] = __longlong_as_double(kb);
-        ps[r] = i;
-      }
-    }
-  }
-  // the lower index of a pair holds the element that ranks first in an ascending run ((i & kk) == 0)
-  const auto exchange = [](double& km, int32_t& pm, double ko, int32_t po, bool lower, bool up) {
-    if ((lower == up) != ranks_before(km, pm, ko, po)) {
-      km = ko;
-      pm = po;
-    }
-  };
-  for (int kk = 2; kk <= n2; kk <<= 1) {
-    for (int j = kk >> 1; j > 0; j >>= 1) {
-      if (j >= W) {  // in-thread: slots r and r + j / W
-        if (!part) continue;
-        const int d = j / W;
-#pragma unroll
-        for (int dd = 1; dd < kSortRegs; dd <<= 1) {
-          if (dd != d) continue;
-#pragma unroll
-          for (int r = 0; r < kSortRegs; ++r) {
-            if ((r & dd) || r >= E) continue;
-            const bool up = ((r * W + t) & kk) == 0;
-            const double k1 = k[r], k2 = k[r | dd];
-            const int32_t p1 = ps[r], p2 = ps[r | dd];
-            if (up ? ranks_before(k2, p2, k1, p1) : ranks_before(k1, p1, k2, p2)) {
-              k[r] = k2;
-              k[r | dd] = k1;
-              ps[r] = p2;
-              ps[r | dd] = p1;
-            }
-          }
-        }
-      } else if (j >= 32) {  // across warps: through shared memory
-        if (part) {
-#pragma unroll
-          for (int r = 0; r < kSortRegs; ++r)
-            if (r < E) {
-              srt.key[r * W + t] = k[r];
-              srt.pos[r * W + t] = ps[r];
-            }
-        }
-        __syncthreads();
-        if (part) {
-#pragma unroll
-          for (int r = 0; r < kSortRegs; ++r)
-            if (r < E) {
-              const int i = r * W + t;
-              exchange(k[r], ps[r], srt.key[i ^ j], srt.pos[i ^ j], (i & j) == 0, (i & kk) == 0);
-            }
-        }
-        __syncthreads();
-      } else if (part) {  // across lanes
-#pragma unroll
-        for (int r = 0; r < kSortRegs; ++r)
-          if (r < E) {
-            const int i = r * W + t;
-            const double ko = __shfl_xor_sync(kFull, k[r], j);
-            const int32_t po = __shfl_xor_sync(kFull, ps[r], j);
-            exchange(k[r], ps[r], ko, po, (t & j) == 0, (i & kk) == 0);
-          }
-      }
-    }
-  }
-  if (part) {
-#pragma unroll
-    for (int r = 0; r < kSortRegs; ++r)
-      if (r < E) {
-        srt.key[r * W + t] = k[r];
-        srt.pos[r * W + t] = ps[r];
-      }
-  }
-  n_masked = nm;
-  n_usable = nu;
-}
-
 __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, int64_t b, int64_t active, SortSmem& srt,
                                   int64_t* iscratch) {
   const StepParams& p = kp.p;
@@ -810,9 +708,6 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   const bool in_smem = BL <= kSortCap;
   int64_t n2 = 1;
   while (n2 < BL) n2 <<= 1;
-  int W = 32;  // threads of the register sort (a power of two)
-  while (W * 2 <= nt && W * 2 <= n2) W <<= 1;
-  const bool reg_sort = BL > 32 && in_smem && n2 / W <= kSortRegs;
   __shared__ int64_t s_cand[32];  // block_length <= 32: the candidates in rank order
   if (BL <= 32) {
     // one warp: a candidate per lane, the same bitonic network in registers (shuffles instead of 15 CTA barriers),
@@ -862,8 +757,6 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     __syncthreads();
     n_masked = s_counts[0];
     n_usable = s_counts[1];
-  } else if (reg_sort) {
-    sort_in_registers(ws, base, BL, static_cast<int>(n2), W, srt, n_masked, n_usable);
   } else if (in_smem) {
     // flags and keys loaded together, several iterations in flight (a 1024-position block is 16 iterations per
     // thread of a 64-thread CTA; one L2 round trip each, serially, cost ~10 us)
@@ -905,7 +798,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   } else if (in_smem) {
     __syncthreads();
     // bitonic sort into "ranks_before" order (key desc, position asc): a total order, so this is the stable sort
-    for (int64_t k = 2; k <= n2 && !reg_sort; k <<= 1) {
+    for (int64_t k = 2; k <= n2; k <<= 1) {
       for (int64_t jj = k >> 1; jj > 0; jj >>= 1) {
         for (int64_t i = tid; i < n2; i += nt) {
           const int64_t ixj = i ^ jj;
