@@ -1091,7 +1091,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   __shared__ RowOut out;
   __shared__ CtaInfo ci;
   __shared__ float mlp_f[prr::kMaxFeatures], mlp_h1[prr::kMaxHidden], mlp_h2[prr::kMaxHidden];
-  extern __shared__ __align__(16) float sctrl[];  // the controller's weights (its matvecs would otherwise wait on L2 per weight)
+  // the controller's weights (its matvecs would otherwise wait on L2 per weight); 16-byte aligned for cp.async
+  extern __shared__ __align__(16) float sctrl[];
 
   // DSMEM rule: no CTA writes into another's shared memory before the whole cluster has started. Arrive now, wait
   // right before the first remote write, so the barrier overlaps the prologue (racecheck flagged the write).
