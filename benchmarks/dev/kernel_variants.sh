@@ -8,23 +8,16 @@
 #       "v8:@benchmarks/dev/step_cuda_v8.cu"
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+source benchmarks/dev/variant_build.sh
 OUT="${OUT:-$PWD/device_logs}"; mkdir -p "$OUT"
 SHAPES="$1"; POLS="$2"; shift 2
-SRC=csrc/cuda/step_cuda.cu
-cp "$SRC" /tmp/step_cuda_orig.cu
-build() { MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 python3 -m pip install --no-build-isolation --no-deps -e . \
-  >"/tmp/build_$1.log" 2>&1 || { tail -30 "/tmp/build_$1.log"; return 1; }; }
 bench() { PYTHONUNBUFFERED=1 timeout 200 python3 benchmarks/run_bench.py --no-append --shapes "$SHAPES" \
   --policies "$POLS" --compiled-policies "" 2>&1 | grep -E "^  |read bandwidth" | sed "s/^/[$1] /"; }
-python3 -c "import prr_ext; assert prr_ext.has_cuda_kernels()" 2>/dev/null || build base
+python3 -c "import prr_ext; assert prr_ext.has_cuda_kernels()" 2>/dev/null || variant_build base
 bench base
 for v in "$@"; do
-  label="${v%%:*}"; spec="${v#*:}"
-  if [[ "$spec" == @* ]]; then
-    cp "${spec#@}" "$SRC"
-  else
-    { for d in ${spec//,/ }; do echo "#define ${d%%=*} ${d#*=}"; done; cat /tmp/step_cuda_orig.cu; } >"$SRC"
-  fi
-  build "$label" && bench "$label"
+  label="${v%%:*}"
+  variant_apply "${v#*:}"
+  variant_build "$label" && bench "$label"
 done
-cp /tmp/step_cuda_orig.cu "$SRC"
+variant_restore
