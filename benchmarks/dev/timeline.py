@@ -20,9 +20,9 @@ import prr_ext  # noqa: E402,F401  (loads the ops)
 
 SLOTS = ["entry", "active block", "row known", "tiles done", "CTA merged", "cluster merged", "finalized",
          "tempered", "arrived", "selected", "exit", "fin: merged", "fin: features", "fin: hidden 1", "fin: score",
-         "fin: done"]
-ORDER = [0, 1, 2, 3, 4, 5, 11, 12, 13, 14, 15, 6, 7, 8, 9, 10]  # slots in the order a row passes them
-N_CTAS, N_SLOTS = 2048, 16
+         "fin: done", "sel: loaded", "sel: sorted", "sel: counted", "sel: committed"]
+ORDER = [0, 1, 2, 3, 4, 5, 11, 12, 13, 14, 15, 6, 7, 8, 16, 17, 18, 19, 9, 10]  # slots in the order a row passes them
+N_CTAS, N_SLOTS = 2048, 24
 
 
 def dump():

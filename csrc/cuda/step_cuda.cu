@@ -68,7 +68,7 @@ using prr::StepParams;
 // clock64 at the phase boundaries of its last row into g_timeline, read back by the prr_dev::timeline op. Compiled
 // out otherwise.
 #ifdef PRR_TIMELINE
-constexpr int kTlCtas = 2048, kTlSlots = 16;
+constexpr int kTlCtas = 2048, kTlSlots = 24;
 __device__ unsigned long long g_timeline[kTlCtas][2 * kTlSlots + 1];
 __device__ __forceinline__ void tl_stamp(int k) {
   if (threadIdx.x != 0 || blockIdx.x >= kTlCtas) return;
@@ -92,11 +92,19 @@ __device__ __forceinline__ void tl_stamp(int k) {
 #endif
 constexpr int kTileVecs = PRR_TILE_VECS;  // 16-byte vectors per thread per register tile
 constexpr int kMaxCluster = 8;   // portable cluster size
+#ifndef PRR_SORT_V2
+#define PRR_SORT_V2 1  // 0: the v10 network (a CTA barrier after every stage; dev comparisons)
+#endif
 constexpr int kSortCap = 1024;   // block_length up to this sorts in shared memory
 constexpr int kThreads = 256;   // CTA size (launch bound: the launcher reads the compiled limit back)
 #ifndef PRR_MIN_CTAS
 #define PRR_MIN_CTAS 2
 #endif
+#ifndef PRR_PREFETCH_DIST
+#define PRR_PREFETCH_DIST 1
+#endif
+// how many tiles ahead of the one being loaded the L2 bulk prefetch runs (into the cluster's next row)
+constexpr int kPrefetchDist = PRR_PREFETCH_DIST;
 constexpr int kMinCtas = PRR_MIN_CTAS;  // CTAs per SM the register budget is sized for (2: <= 128 registers per thread)
 constexpr int kMaxWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
@@ -693,6 +701,67 @@ __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, i
   return ka > kb || (ka == kb && pa < pb);
 }
 
+// Bitonic sort of srt's first n (a power of two, 64 < n <= kSortCap) elements into ranks_before order, by the CTA.
+// Each compare-exchange stage (k, j) is indexed by pair, so every thread has work: pair q compares elements
+// i = 2q - (q mod j) and i + j. For j <= 32, the 32 pairs of a warp's iteration (q = 32c .. 32c + 31) touch only
+// elements 64c .. 64c + 63, the same ones for every such j: those stages need a warp barrier, not a CTA barrier
+// (55 CTA barriers for 1024 positions become 15; the warp-local runs cost ~2 shared-memory round trips a stage).
+#if PRR_SORT_V2
+__device__ __forceinline__ void bitonic_stage(SortSmem& srt, int n, int k, int j) {
+  for (int q = threadIdx.x; q < n / 2; q += blockDim.x) {
+    const int i = 2 * q - (q & (j - 1)), ixj = i + j;
+    const double ki = srt.key[i], kj = srt.key[ixj];
+    const int32_t pi = srt.pos[i], pj = srt.pos[ixj];
+    const bool up = (i & k) == 0;
+    if (up ? ranks_before(kj, pj, ki, pi) : ranks_before(ki, pi, kj, pj)) {
+      srt.key[i] = kj;
+      srt.key[ixj] = ki;
+      srt.pos[i] = pj;
+      srt.pos[ixj] = pi;
+    }
+  }
+}
+
+__device__ void bitonic_sort_smem(SortSmem& srt, int n) {
+  for (int k = 2; k <= n; k <<= 1) {
+    int j = k >> 1;
+    for (; j > 32; j >>= 1) {
+      bitonic_stage(srt, n, k, j);
+      __syncthreads();
+    }
+    for (; j > 0; j >>= 1) {
+      bitonic_stage(srt, n, k, j);
+      __syncwarp();
+    }
+    if (k >= 64 || k == n) __syncthreads();  // the next level's first stage (j = k) crosses warps
+  }
+}
+#else
+__device__ void bitonic_sort_smem(SortSmem& srt, int n2) {
+  const int tid = threadIdx.x, nt = blockDim.x;
+  for (int64_t k = 2; k <= n2; k <<= 1) {
+    for (int64_t jj = k >> 1; jj > 0; jj >>= 1) {
+      for (int64_t i = tid; i < n2; i += nt) {
+        const int64_t ixj = i ^ jj;
+        if (ixj > i) {
+          const bool up = (i & k) == 0;
+          const double ki = srt.key[i], kj = srt.key[ixj];
+          const int32_t pi = srt.pos[i], pj = srt.pos[ixj];
+          const bool swap = up ? ranks_before(kj, pj, ki, pi) : ranks_before(ki, pi, kj, pj);
+          if (swap) {
+            srt.key[i] = kj;
+            srt.key[ixj] = ki;
+            srt.pos[i] = pj;
+            srt.pos[ixj] = pi;
+          }
+        }
+      }
+      __syncthreads();
+    }
+  }
+}
+#endif
+
 __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, int64_t b, int64_t active, SortSmem& srt,
                                   int64_t* iscratch) {
   const StepParams& p = kp.p;
@@ -783,6 +852,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
       n_usable += (f & kFlagUsable) ? 1 : 0;
     }
   }
+  TL(16);
   if (BL > 32) {  // both counts (< 2^31) in one reduction
     const int64_t both = block_count_all((n_masked << 32) | n_usable, iscratch);
     n_masked = both >> 32;
@@ -798,26 +868,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   } else if (in_smem) {
     __syncthreads();
     // bitonic sort into "ranks_before" order (key desc, position asc): a total order, so this is the stable sort
-    for (int64_t k = 2; k <= n2; k <<= 1) {
-      for (int64_t jj = k >> 1; jj > 0; jj >>= 1) {
-        for (int64_t i = tid; i < n2; i += nt) {
-          const int64_t ixj = i ^ jj;
-          if (ixj > i) {
-            const bool up = (i & k) == 0;
-            const double ki = srt.key[i], kj = srt.key[ixj];
-            const int32_t pi = srt.pos[i], pj = srt.pos[ixj];
-            const bool swap = up ? ranks_before(kj, pj, ki, pi) : ranks_before(ki, pi, kj, pj);
-            if (swap) {
-              srt.key[i] = kj;
-              srt.key[ixj] = ki;
-              srt.pos[i] = pj;
-              srt.pos[ixj] = pi;
-            }
-          }
-        }
-        __syncthreads();
-      }
-    }
+    bitonic_sort_smem(srt, static_cast<int>(n2));
     keys_sorted = srt.key;
     pos_smem = srt.pos;
   } else {
@@ -839,6 +890,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     pos_glob = ws.spos + base;
   }
 
+  TL(17);
   // how many to commit (serial fp64 rule, prr/select.h)
   __shared__ int64_t s_commit;
   if (tid == 0) {
@@ -848,6 +900,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   }
   __syncthreads();
   const int64_t n_commit = s_commit;
+  TL(18);
   for (int64_t i = tid; i < n_commit; i += nt) {
     const int64_t pos = in_smem ? static_cast<int64_t>(pos_smem[i]) : __ldcg(pos_glob + i);
     const int64_t col = lo + pos;
@@ -855,6 +908,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     kp.commit[b * p.L + col] = true;
   }
 
+  TL(19);
   // bookkeeping: the step is consumed; leave the block after block_cap steps, or once it is empty (adaptive)
   const bool empty = n_masked - n_commit == 0;
   int64_t next = active;
@@ -1191,8 +1245,8 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     const bool vec_ok = (reinterpret_cast<uintptr_t>(row) % 16 == 0) && (p.V % VEC == 0);
     TileT tile;
     tile.load(row, V32, vbeg + tid, nt, vend, vec_ok);
-    // L2 prefetch (cp.async.bulk, one instruction for a whole tile of this CTA's slice) of the tile after the one in
-    // flight: the next tile of this row, or the first tile of the cluster's next row (persistent grids).
+    // L2 prefetch (cp.async.bulk, one instruction for a whole tile of this CTA's slice) of a later tile: of this row,
+    // or of the cluster's next row (persistent grids).
     const auto prefetch_tile = [&](const T* rp, int u) {
       const int32_t v = vbeg + u * tstride;
       if (v >= vend || reinterpret_cast<uintptr_t>(rp) % 16 != 0 || p.V % VEC != 0) return;
@@ -1200,17 +1254,22 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       const uint32_t bytes = static_cast<uint32_t>(min(tstride, vend - v)) * 16u;
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(from), "r"(bytes) : "memory");
     };
-    const auto prefetch_next = [&](int u) {
+    // Tile w of the row's sequence of tiles, counted on into the cluster's next row (w >= tiles), is prefetched
+    // kPrefetchDist tiles ahead of the one being loaded (thread 0; the next row only if it is masked).
+    const auto prefetch_ahead = [&](int w) {
       if (tid != 0) return;
-      if (u + 1 < kp.tiles) {
-        prefetch_tile(row, u + 1);
-      } else if (kp.prefetch && cid + nclusters < total) {
+      if (w < kp.tiles) {
+        prefetch_tile(row, w);
+      } else if (kp.prefetch && w - kp.tiles < kp.tiles && cid + nclusters < total) {
         const int64_t cn = cid + nclusters, bn = cn / BL, jn = cn % BL;
-        if (valid && seq_block(kp.rs, bn, p) == active &&
-            __ldcg(kp.x + bn * p.L + lo + jn) == p.mask_id)
-          prefetch_tile(static_cast<const T*>(kp.logits) + bn * p.stride_b + (lo + jn - row_offset) * p.stride_r, 0);
+        if (valid && seq_block(kp.rs, bn, p) == active && __ldcg(kp.x + bn * p.L + lo + jn) == p.mask_id)
+          prefetch_tile(static_cast<const T*>(kp.logits) + bn * p.stride_b + (lo + jn - row_offset) * p.stride_r,
+                        w - kp.tiles);
       }
     };
+    const auto prefetch_next = [&](int u) { prefetch_ahead(u + kPrefetchDist); };
+#pragma unroll 1
+    for (int w = 1; w < kPrefetchDist; ++w) prefetch_ahead(w);
     prefetch_next(0);
 
     const uint64_t seed = static_cast<uint64_t>(__ldg(kp.seed + b));
