@@ -166,11 +166,14 @@ class KernelBench:
 # ---------------------------------------------------------------------------------------------------------------
 # Baselines
 # ---------------------------------------------------------------------------------------------------------------
-def llada_step_eager(logits: torch.Tensor, x: torch.Tensor, mask_id: int, block_end: int, k: int) -> torch.Tensor:
-    """LLaDA's low_confidence step (generate.py, temperature 0) in plain torch, on the logits it is given."""
+def llada_step_eager(logits: torch.Tensor, x: torch.Tensor, mask_id: int, block_end: int, k: int,
+                     softmax_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """LLaDA's low_confidence step (generate.py, temperature 0) in plain torch, on the logits it is given. The
+    confidence softmax runs in `softmax_dtype`: fp32 here by default; fp64 is LLaDA's generate.py before June 2025
+    and Fast-dLLM's frozen copy of it (docs: ../shared/reference/decoding-semantics.md section 1.1)."""
     mask_index = x == mask_id
     x0 = torch.argmax(logits, dim=-1)
-    p = F.softmax(logits.to(torch.float32), dim=-1)
+    p = F.softmax(logits.to(softmax_dtype), dim=-1)
     x0_p = torch.squeeze(torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)), -1)
     x0_p[:, block_end:] = -math.inf
     x0 = torch.where(mask_index, x0, x)
@@ -251,12 +254,12 @@ def ctrl_tensors(policy) -> Optional[List[torch.Tensor]]:
     return [t["in_mean"], t["in_std"], t["w0"], t["b0"], t["w1"], t["b1"], t["w_out"], t["b_out"]]
 
 
-def eager_llada_us(case: Case, iters: int = 10) -> float:
+def eager_llada_us(case: Case, iters: int = 10, softmax_dtype: torch.dtype = torch.float32) -> float:
     gen = torch.Generator(device="cuda").manual_seed(1)
     lg = make_logits(case, 1, gen)[0]
     x = torch.full((case.B, case.L), MASK_ID, dtype=torch.int64, device="cuda")
     k = max(1, case.BL // 4)
-    fn = lambda: llada_step_eager(lg, x, MASK_ID, case.BL, k)  # noqa: E731
+    fn = lambda: llada_step_eager(lg, x, MASK_ID, case.BL, k, softmax_dtype)  # noqa: E731
     for _ in range(3):
         fn()
     return statistics.median(cuda_time_ms(fn, iters)) * 1e3

@@ -5,7 +5,8 @@
 
 Columns: shape, policy, µs per step (CUDA graph of 16 steps, CUDA events, median of 15 replays), × floor (µs over
 logits bytes / read bandwidth measured in this run by amax over 4 GiB of bf16), × eager (LLaDA's plain-torch step
-µs / ours) and × compiled (torch.compile of benchmarks/bench_lib.vector_step µs / ours). bf16 logits, V = 126464.
+with an fp32 confidence softmax, µs / ours), × eager fp64 (the same step with LLaDA's pre-June-2025 and Fast-dLLM's
+fp64 softmax) and × compiled (torch.compile of benchmarks/bench_lib.vector_step µs / ours). bf16 logits, V = 126464.
 """
 from __future__ import annotations
 
@@ -67,6 +68,7 @@ def main():
     for label, B, L, blk in shapes:
         base = BL.Case(label, B, L, blk, "LowConfidence")
         eager = BL.eager_llada_us(base)
+        eager64 = BL.eager_llada_us(base, softmax_dtype=torch.float64)
         for pol in pols:
             for vname, env in variants:
                 case = BL.Case(label, B, L, blk, pol)
@@ -85,18 +87,19 @@ def main():
                 floor = case.bytes_read / bw * 1e6
                 comp = BL.compiled_us(case) if (pol in comp_pols and not vname) else float("nan")
                 pname = f"{pol} [{vname}]" if vname else pol
-                rows.append((label, pname, us, us / floor, eager / us, comp / us, floor, eager, comp))
+                rows.append((label, pname, us, us / floor, eager / us, eager64 / us, comp / us, floor, eager, eager64,
+                             comp))
                 print(f"  {label:22s} {pname:14s} {us:9.2f} us  floor {floor:8.2f} us  x{us / floor:5.2f}   "
-                      f"eager {eager:9.1f} us (x{eager / us:6.1f})   compiled {comp:9.1f} us (x{comp / us:6.1f})",
-                      flush=True)
+                      f"eager {eager:9.1f} us (x{eager / us:6.1f})   eager fp64 {eager64:9.1f} us "
+                      f"(x{eager64 / us:6.1f})   compiled {comp:9.1f} us (x{comp / us:6.1f})", flush=True)
                 torch.cuda.empty_cache()
 
-    hdr = ("| shape (B, L) | policy | µs | × floor | × eager | × compiled | floor µs | eager µs | compiled µs |\n"
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    hdr = ("| shape (B, L) | policy | µs | × floor | × eager | × eager fp64 | × compiled | floor µs | eager µs | "
+           "eager fp64 µs | compiled µs |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     lines = [hdr]
     for r in rows:
-        lines.append(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.2f} | "
-                     f"{r[7]:.1f} | {r[8]:.1f} |")
+        lines.append(f"| {r[0]} | {r[1]} | {r[2]:.2f} | {r[3]:.2f} | {r[4]:.1f} | {r[5]:.1f} | {r[6]:.1f} | "
+                     f"{r[7]:.2f} | {r[8]:.1f} | {r[9]:.1f} | {r[10]:.1f} |")
     table = "\n".join(lines)
     print()
     print(table)
@@ -107,7 +110,9 @@ def main():
             f.write(f"\n### Run {stamp} — {props.name}, torch {torch.__version__}, commit {git_commit()}\n\n")
             f.write(f"Read bandwidth (amax over 4 GiB bf16, this run): {bw / 1e12:.3f} TB/s. bf16 logits, "
                     f"V = {BL.V_BENCH}; µs per step = CUDA graph of 16 steps on fresh states / 16, median of 15 "
-                    f"replays, logits rotated over > 2× L2. × eager / × compiled are speedups (baseline µs / ours)."
+                    f"replays, logits rotated over > 2× L2. × eager / × eager fp64 / × compiled are speedups "
+                    f"(baseline µs / ours); eager = LLaDA's step with an fp32 confidence softmax, eager fp64 = with "
+                    f"an fp64 one."
                     f"{(' ' + args.note) if args.note else ''}\n\n")
             f.write(table + "\n")
         print(f"appended to {path}")
