@@ -701,11 +701,12 @@ __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, i
   return ka > kb || (ka == kb && pa < pb);
 }
 
-// Bitonic sort of srt's first n (a power of two, 64 < n <= kSortCap) elements into ranks_before order, by the CTA.
-// Each compare-exchange stage (k, j) is indexed by pair, so every thread has work: pair q compares elements
-// i = 2q - (q mod j) and i + j. For j <= 32, the 32 pairs of a warp's iteration (q = 32c .. 32c + 31) touch only
-// elements 64c .. 64c + 63, the same ones for every such j: those stages need a warp barrier, not a CTA barrier
-// (55 CTA barriers for 1024 positions become 15; the warp-local runs cost ~2 shared-memory round trips a stage).
+// Bitonic sort of srt's first n (a power of two, 64 <= n <= kSortCap) elements into ranks_before order, by the CTA.
+// The stages (k, j) with j <= 32 only compare elements inside one 64-element chunk, so they run in registers: a warp
+// takes a chunk (elements e and e + 32 in lane e % 32), does the j = 32 stage in-thread and j < 32 by shuffles, and
+// stores it back: the levels k <= 64 in one such pass, then one pass per level after its j >= 64 stages, which go
+// through shared memory pair by pair (pair q compares i = 2q - (q mod j) and i + j, so every thread has work).
+// At n = 1024 that is 10 shared-memory stages and 5 register passes instead of 55 stages, 15 CTA barriers either way.
 #if PRR_SORT_V2
 __device__ __forceinline__ void bitonic_stage(SortSmem& srt, int n, int k, int j) {
   for (int q = threadIdx.x; q < n / 2; q += blockDim.x) {
@@ -722,19 +723,61 @@ __device__ __forceinline__ void bitonic_stage(SortSmem& srt, int n, int k, int j
   }
 }
 
+// stage (k, j < 32) for element e held by this lane, its partner e ^ j in lane ^ j: the lower index keeps the element
+// that ranks first in an ascending run (up), the other in a descending one
+__device__ __forceinline__ void exchange_lanes(double& key, int32_t& pos, int e, int k, int j) {
+  const double ok = __shfl_xor_sync(kFull, key, j);
+  const int32_t op = __shfl_xor_sync(kFull, pos, j);
+  const bool up = (e & k) == 0, lower = (e & j) == 0;
+  if ((lower == up) != ranks_before(key, pos, ok, op)) {
+    key = ok;
+    pos = op;
+  }
+}
+
+// levels k_lo .. k_hi (powers of two, stages j = min(k / 2, 32) .. 1) on every 64-element chunk, a warp per chunk
+__device__ void bitonic_chunk_levels(SortSmem& srt, int n, int k_lo, int k_hi) {
+  const int lane = threadIdx.x & 31;
+  for (int c = (threadIdx.x >> 5) * 64; c < n; c += (blockDim.x >> 5) * 64) {
+    const int e0 = c + lane, e1 = e0 + 32;
+    double k0 = srt.key[e0], k1 = srt.key[e1];
+    int32_t p0 = srt.pos[e0], p1 = srt.pos[e1];
+    for (int k = k_lo; k <= k_hi; k <<= 1) {
+      int j = min(k >> 1, 32);
+      if (j == 32) {  // e0 and e1 are the pair
+        if (((e0 & k) == 0) != ranks_before(k0, p0, k1, p1)) {
+          const double tk = k0;
+          const int32_t tp = p0;
+          k0 = k1;
+          p0 = p1;
+          k1 = tk;
+          p1 = tp;
+        }
+        j = 16;
+      }
+      for (; j > 0; j >>= 1) {
+        exchange_lanes(k0, p0, e0, k, j);
+        exchange_lanes(k1, p1, e1, k, j);
+      }
+    }
+    srt.key[e0] = k0;
+    srt.key[e1] = k1;
+    srt.pos[e0] = p0;
+    srt.pos[e1] = p1;
+  }
+}
+
 __device__ void bitonic_sort_smem(SortSmem& srt, int n) {
-  for (int k = 2; k <= n; k <<= 1) {
-    int j = k >> 1;
-    for (; j > 32; j >>= 1) {
+  bitonic_chunk_levels(srt, n, 2, 64);
+  for (int k = 128; k <= n; k <<= 1) {
+    __syncthreads();
+    for (int j = k >> 1; j > 32; j >>= 1) {
       bitonic_stage(srt, n, k, j);
       __syncthreads();
     }
-    for (; j > 0; j >>= 1) {
-      bitonic_stage(srt, n, k, j);
-      __syncwarp();
-    }
-    if (k >= 64 || k == n) __syncthreads();  // the next level's first stage (j = k) crosses warps
+    bitonic_chunk_levels(srt, n, k, k);
   }
+  __syncthreads();
 }
 #else
 __device__ void bitonic_sort_smem(SortSmem& srt, int n2) {
@@ -1442,14 +1485,16 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   int nt = static_cast<int>(std::min<int64_t>(256, std::max<int64_t>(128, ((per_cta + 31) / 32) * 32)));
   // Many rows (>= 6 per SM): CTAs of 2 warps, 8 per SM. Each CTA's per-row tail (the reduction, finalize_row, the
   // arrival) then stalls 2 warps while the other 14 stream, instead of 8 of 16 (v9 sweeps, benchmarks/RESULTS.md:
-  // LowConfidence (32,256) 1.59x -> 1.26x floor, (4,256) 1.78x -> 1.49x). Not for blocks over 512 positions: the
-  // selection's sort then needs the threads ((1,1024): 1.67x at 256 threads, 2.20x at 64).
-  if (cs == 1 && p.block_length <= 512 && rows >= 6 * static_cast<int64_t>(dev_info.x)) nt = 64;
+  // LowConfidence (32,256) 1.59x -> 1.26x floor, (4,256) 1.78x -> 1.49x). Blocks over 512 positions get 4 warps: the
+  // last CTA's sort of the block needs the threads (v11, H200, (1,1024): LowConfidence 127.5 / 127.9 / 137.8 us at
+  // 256 / 128 / 64 threads, PRR 209.2 / 196.2 / 206.3 us); blocks over kSortCap keep 256 for their rank sort.
+  if (cs == 1 && p.block_length <= kSortCap && rows >= 6 * static_cast<int64_t>(dev_info.x))
+    nt = p.block_length <= 512 ? 64 : 128;
   cs = std::min(kMaxCluster, std::max(1, env_int("PRR_CUDA_CS", cs)));
   while (cs & (cs - 1)) cs &= cs - 1;  // a power of two (the cluster merge is a halving tree)
   nt = env_int("PRR_CUDA_NT", nt);
   const int nt_cap = std::min(1024, (max_threads / 32) * 32);
-  nt = std::max(32, std::min(nt, nt_cap));
+  nt = std::max(32, std::min(nt, nt_cap)) & ~31;  // whole warps (the selection's shuffles use full masks)
   kp.cs = cs;
   kp.packed = env_int("PRR_CUDA_PACKED", 1);  // 0: prr::tile_stats2 for 16-bit logits too (the v5 path)
   kp.vpc = (nvec + cs - 1) / cs;
