@@ -92,9 +92,6 @@ __device__ __forceinline__ void tl_stamp(int k) {
 #endif
 constexpr int kTileVecs = PRR_TILE_VECS;  // 16-byte vectors per thread per register tile
 constexpr int kMaxCluster = 8;   // portable cluster size
-#ifndef PRR_SORT_V2
-#define PRR_SORT_V2 1  // 0: the v10 network (a CTA barrier after every stage; dev comparisons)
-#endif
 constexpr int kSortCap = 1024;   // block_length up to this sorts in shared memory
 constexpr int kThreads = 256;   // CTA size (launch bound: the launcher reads the compiled limit back)
 #ifndef PRR_MIN_CTAS
@@ -706,8 +703,8 @@ __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, i
 // takes a chunk (elements e and e + 32 in lane e % 32), does the j = 32 stage in-thread and j < 32 by shuffles, and
 // stores it back: the levels k <= 64 in one such pass, then one pass per level after its j >= 64 stages, which go
 // through shared memory pair by pair (pair q compares i = 2q - (q mod j) and i + j, so every thread has work).
-// At n = 1024 that is 10 shared-memory stages and 5 register passes instead of 55 stages, 15 CTA barriers either way.
-#if PRR_SORT_V2
+// At n = 1024: 10 shared-memory stages, 5 register passes and 15 CTA barriers, where the v10 network
+// (benchmarks/dev/step_cuda_v10.cu) ran 55 stages with a CTA barrier after each.
 __device__ __forceinline__ void bitonic_stage(SortSmem& srt, int n, int k, int j) {
   for (int q = threadIdx.x; q < n / 2; q += blockDim.x) {
     const int i = 2 * q - (q & (j - 1)), ixj = i + j;
@@ -779,31 +776,6 @@ __device__ void bitonic_sort_smem(SortSmem& srt, int n) {
   }
   __syncthreads();
 }
-#else
-__device__ void bitonic_sort_smem(SortSmem& srt, int n2) {
-  const int tid = threadIdx.x, nt = blockDim.x;
-  for (int64_t k = 2; k <= n2; k <<= 1) {
-    for (int64_t jj = k >> 1; jj > 0; jj >>= 1) {
-      for (int64_t i = tid; i < n2; i += nt) {
-        const int64_t ixj = i ^ jj;
-        if (ixj > i) {
-          const bool up = (i & k) == 0;
-          const double ki = srt.key[i], kj = srt.key[ixj];
-          const int32_t pi = srt.pos[i], pj = srt.pos[ixj];
-          const bool swap = up ? ranks_before(kj, pj, ki, pi) : ranks_before(ki, pi, kj, pj);
-          if (swap) {
-            srt.key[i] = kj;
-            srt.key[ixj] = ki;
-            srt.pos[i] = pj;
-            srt.pos[ixj] = pi;
-          }
-        }
-      }
-      __syncthreads();
-    }
-  }
-}
-#endif
 
 __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, int64_t b, int64_t active, SortSmem& srt,
                                   int64_t* iscratch) {
