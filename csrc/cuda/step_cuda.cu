@@ -814,18 +814,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
       const unsigned masked_bits = __ballot_sync(kFull, (f & kFlagMasked) != 0),
                      usable_bits = __ballot_sync(kFull, (f & kFlagUsable) != 0);
       for (int kk = 2; kk <= 32; kk <<= 1) {
-        for (int jj = kk >> 1; jj > 0; jj >>= 1) {
-          const double ok = __shfl_xor_sync(kFull, k, jj);
-          const int32_t op = __shfl_xor_sync(kFull, pos, jj);
-          // the lower lane of a pair keeps the element that ranks first in an ascending run, the other in a
-          // descending one (exactly the shared-memory network's compare-exchange)
-          const bool up = (lane & kk) == 0, lower = (lane & jj) == 0;
-          const bool mine_first = ranks_before(k, pos, ok, op);
-          if ((lower == up) != mine_first) {
-            k = ok;
-            pos = op;
-          }
-        }
+        for (int jj = kk >> 1; jj > 0; jj >>= 1) exchange_lanes(k, pos, lane, kk, jj);
       }
       const int64_t cand_sorted = __shfl_sync(kFull, cand, pos & 31);
       if (lane < n2) {
