@@ -145,15 +145,16 @@ class Controller:
 
     # ------------------------------------------------------------------ kernel buffer
     def packed(self, device: torch.device) -> torch.Tensor:
-        """Flat fp32 buffer for the kernel: in_mean | in_std | w0 | b0 | [w1 | b1] | w_out | b_out | log t_max |
-        log t_min. Layout mirrors csrc/include/prr/controller.h; cached per device."""
+        """Flat fp32 buffer for the kernel: in_mean | in_std | w0^T | b0 | [w1^T | b1] | w_out | b_out | log t_max |
+        log t_min, the weight matrices input-major (transposed; see csrc/include/prr/controller.h for why). Cached
+        per device."""
         device = torch.device(device)
         buf = self._packed_cache.get(device)
         if buf is None:
             t = self.tensors
-            parts = [t["in_mean"], t["in_std"], t["w0"], t["b0"]]
+            parts = [t["in_mean"], t["in_std"], t["w0"].t(), t["b0"]]
             if "w1" in t:
-                parts += [t["w1"], t["b1"]]
+                parts += [t["w1"].t(), t["b1"]]
             parts += [t["w_out"], t["b_out"], torch.tensor([math.log(self.t_max), math.log(self.t_min)])]
             buf = torch.cat([p.reshape(-1) for p in parts]).to(device)
             self._packed_cache[device] = buf

@@ -127,14 +127,15 @@ def test_temperature_map(rnd):
 
 @pytest.mark.parametrize("extra,hidden", [(0, (32, 32)), (3, (16,))])
 def test_packed_layout(rnd, extra, hidden):
-    """packed() = in_mean | in_std | w0 | b0 | [w1 | b1] | w_out | b_out | log t_max | log t_min (row-major), the
-    size the op checks, cached per device."""
+    """packed() = in_mean | in_std | w0^T | b0 | [w1^T | b1] | w_out | b_out | log t_max | log t_min (the weight
+    matrices input-major), the size the op checks, cached per device."""
     base = prr_ext.Controller.init(rnd.int(0, 99), hidden=hidden, extra_features=extra)
     c = prr_ext.Controller(dict(base.tensors, in_mean=rnd.randn(13 + extra).float()), extra_features=extra,
                            t_max=rnd.uniform(1, 2), t_min=rnd.uniform(0.1, 0.9))
     t = c.tensors
     names = ["in_mean", "in_std", "w0", "b0"] + (["w1", "b1"] if len(hidden) == 2 else []) + ["w_out", "b_out"]
-    want = torch.cat([t[n].reshape(-1) for n in names] + [torch.tensor([math.log(c.t_max), math.log(c.t_min)])])
+    parts = [t[n].t() if n in ("w0", "w1") else t[n] for n in names]
+    want = torch.cat([p.reshape(-1) for p in parts] + [torch.tensor([math.log(c.t_max), math.log(c.t_min)])])
     buf = c.packed("cpu")
     assert buf.dtype == torch.float32 and buf.is_contiguous() and torch.equal(buf, want.float())
     n_in, h1, h2 = c.dims()

@@ -97,11 +97,6 @@ constexpr int kThreads = 256;   // CTA size (launch bound: the launcher reads th
 #ifndef PRR_MIN_CTAS
 #define PRR_MIN_CTAS 2
 #endif
-#ifndef PRR_PREFETCH_DIST
-#define PRR_PREFETCH_DIST 1
-#endif
-// how many tiles ahead of the one being loaded the L2 bulk prefetch runs (into the cluster's next row)
-constexpr int kPrefetchDist = PRR_PREFETCH_DIST;
 constexpr int kMinCtas = PRR_MIN_CTAS;  // CTAs per SM the register budget is sized for (2: <= 128 registers per thread)
 constexpr int kMaxWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
@@ -986,124 +981,131 @@ __device__ __noinline__ void arrive_and_finish(const KParams& kp, CtaInfo& ci, i
 // The kernel
 // ---------------------------------------------------------------------------------------------------------------
 // Merge the cluster's partials (in rank order) and derive everything the row contributes: candidate, confidence,
-// p1/p2/entropy, trajectory, controller score and the policy's key. Run by warp 0; the scalar work in lane 0, the
-// controller's hidden units over the lanes. Every CTA that runs it on the same partials gets the same bits.
+// p1/p2/entropy, trajectory, controller score and the policy's key. Run by warp 0: the scalar work in lane 0, the
+// controller's features and hidden units over the lanes. Every CTA that runs it on the same partials gets the same
+// bits.
+//
+// Lane 0 builds its result in registers and stores it once, and every value it reads from memory is read at the
+// top: the row info may sit in the leader's shared memory (DSMEM) and the parameters behind the generic address of
+// `kp`, so a load placed after one of the function's stores is ordered behind it and waits for a round trip of its
+// own (v11's SASS: 25 such loads, one after another, 5k cycles for the PRR features).
 template <typename T, typename C>
 __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, const Stats<C>* lslots,
                                           const RowInfo* linfo, RowOut& out, const float* ctrl, float* mlp_f,
-                                          float* mlp_h1,
-                                          float* mlp_h2, const T* row, int64_t b, int64_t j, uint64_t seed,
-                                          bool sample) {
+                                          float* mlp_h1, float* mlp_h2, const T* row, int64_t b, int64_t j,
+                                          uint64_t seed, bool sample) {
   const StepParams& p = kp.p;
   const int lane = threadIdx.x & 31;
-  const int64_t BL = p.block_length, r = ci.r, col = ci.col, step = ci.step, nfe = ci.nfe;
+  const int64_t BL = p.block_length, V = p.V, step = ci.step, nfe = ci.nfe, ri = b * p.Lr + ci.r;
+  const int policy = p.policy, n_extra = p.n_extra, cs = kp.cs;
+  const RowInfo li = *linfo;  // every lane: the features need it (one broadcast read)
+  int64_t cand_in = 0;
+  float given = 0.0f;  // the policy's external input: a random key or a controller score
+  if (lane == 0) {
+    if (kp.candidates != nullptr) cand_in = kp.candidates[ri];
+    if (policy == prr::kRandomRemask && kp.random_conf != nullptr) given = kp.random_conf[ri];
+    if (policy == prr::kPRR && kp.scores != nullptr) given = kp.scores[ri];
+  }
   Stats<C> m;
-  if (lane < kp.cs) {
+  if (lane < cs) {
     m = lslots[lane];
   } else {
     m.init();
   }
-  m = warp_merge(m, kp.cs);
-  // finalisation in lane 0 (prr/row_stats.h, prr/controller.h), the MLP over the warp
-  const int64_t ri = b * p.Lr + r;
+  m = warp_merge(m, cs);
   if constexpr (kHasPacked<T, C>) {  // the packed tile path carries an argmax key (tile_stats_packed)
-    if (kp.packed && lane == 0) m.i1 = argmax_from_key(m.i1, row, p.V, m.c1);
+    if (kp.packed && lane == 0) m.i1 = argmax_from_key(m.i1, row, V, m.c1);
   }
   TL(11);
   int usable = 0, run_mlp = 0;
-  float p1 = 0.f, p2 = 0.f, ent = 0.f, p_cand = 0.f;
+  float p1 = 0.f, p2 = 0.f, ent = 0.f, p_cand = 0.f, last_change = 0.f;
+  RowOut o;
   if (lane == 0) {
     const float nan = std::numeric_limits<float>::quiet_NaN();
 #pragma unroll
-    for (int c = 0; c < prr::kNumStats; ++c) out.st[c] = nan;
-    out.key = 0.0;
-    out.mf = out.inv_t = out.lc = 0.0f;
+    for (int c = 0; c < prr::kNumStats; ++c) o.st[c] = nan;
+    o.key = 0.0;
+    o.mf = o.inv_t = o.lc = 0.0f;
     int64_t cand = sample ? m.gidx : m.i1;
-    if (kp.candidates != nullptr) {
-      cand = kp.candidates[ri];
-      if (cand < 0 || cand >= p.V || cand == p.mask_id) cand = -1;
-    }
-    usable = m.usable() && cand >= 0 && cand < p.V;
-    out.usable = usable;
-    out.cand = usable ? cand : -1;
-    out.traj0 = linfo->traj0;
-    out.traj1 = linfo->traj1;
-    out.new_prev = linfo->prev_p1;
+    if (kp.candidates != nullptr) cand = (cand_in < 0 || cand_in >= V || cand_in == p.mask_id) ? -1 : cand_in;
+    usable = m.usable() && cand >= 0 && cand < V;
+    o.usable = usable;
+    o.cand = usable ? cand : -1;
+    o.traj0 = li.traj0;
+    o.traj1 = li.traj1;
+    o.new_prev = li.prev_p1;
     if (usable) {
       const C lc = cand == m.i1 ? m.c1 : static_cast<C>(row[cand]);  // greedy: the argmax's logit is c1
-      out.lc = static_cast<float>(lc);
+      o.lc = static_cast<float>(lc);
       const double conf = round_conf(static_cast<double>(m.prob(lc)), p.conf_dtype);
       p1 = static_cast<float>(m.prob(m.c1));
       p2 = static_cast<float>(m.prob(m.c2));
       ent = static_cast<float>(m.entropy());
       p_cand = static_cast<float>(m.prob(lc));
-      out.st[prr::kStatConf] = static_cast<float>(conf);
-      out.st[prr::kStatP1] = p1;
-      out.st[prr::kStatP2] = p2;
-      out.st[prr::kStatEntropy] = ent;
+      o.st[prr::kStatConf] = static_cast<float>(conf);
+      o.st[prr::kStatP1] = p1;
+      o.st[prr::kStatP2] = p2;
+      o.st[prr::kStatEntropy] = ent;
       // trajectory of the argmax at this block position
-      const float prev = linfo->prev_p1;
-      if (out.traj0 != m.i1) out.traj1 = step;
-      out.traj0 = m.i1;
-      out.new_prev = p1;
-      switch (p.policy) {
+      if (o.traj0 != m.i1) o.traj1 = step;
+      o.traj0 = m.i1;
+      o.new_prev = p1;
+      last_change = static_cast<float>(o.traj1);
+      switch (policy) {
         case prr::kRandomRemask:
-          out.key = kp.random_conf ? static_cast<double>(kp.random_conf[ri])
-                                   : static_cast<double>(prr::random_conf(seed, col, nfe));
+          o.key = kp.random_conf ? static_cast<double>(given)
+                                 : static_cast<double>(prr::random_conf(seed, ci.col, nfe));
           break;
-        case prr::kEntropyBound: out.key = -static_cast<double>(ent); break;
-        case prr::kPRR:
-          if (kp.scores != nullptr) {
-            mlp_h2[0] = kp.scores[ri];  // the score, handed to the shaping below
-          } else {
-            run_mlp = 1;
-            const int64_t plen = linfo->plen;
-            const prr::FeatureInputs fin{static_cast<float>(plen + p.gen_length),
-                                         static_cast<float>(linfo->masks_in_row),
-                                         static_cast<float>(nfe),
-                                         static_cast<float>(p.steps),
-                                         static_cast<float>(plen + ci.active * BL),
-                                         static_cast<float>(BL),
-                                         static_cast<float>(linfo->masks_in_block),
-                                         static_cast<float>(step),
-                                         static_cast<float>(p.steps_per_block),
-                                         kp.log_vocab};
-            prr::token_features(fin, static_cast<float>(j), p1, p2, ent, static_cast<float>(out.traj1), prev,
-                                mlp_f);
-            for (int k = 0; k < p.n_extra; ++k) mlp_f[prr::kNumBaseFeatures + k] = kp.extra[ri * p.n_extra + k];
-          }
-          break;
-        default: out.key = conf;
+        case prr::kEntropyBound: o.key = -static_cast<double>(ent); break;
+        case prr::kPRR: run_mlp = kp.scores == nullptr; break;
+        default: o.key = conf;
       }
+      if (policy != prr::kPRR) o.st[prr::kStatKey] = static_cast<float>(o.key);
     }
+    out = o;
   }
   usable = __shfl_sync(kFull, usable, 0);
-  run_mlp = __shfl_sync(kFull, run_mlp, 0);
   TL(12);
-  if (usable && p.policy == prr::kPRR) {
+  if (usable && policy == prr::kPRR) {
+    run_mlp = __shfl_sync(kFull, run_mlp, 0);
     const prr::MlpLayout L = prr::MlpLayout::make(p.mlp_in, p.mlp_h1, p.mlp_h2);
-    float score;
-    if (run_mlp) {  // the controller, one hidden unit per lane (prr::dense_unit, as the CPU's serial loop)
+    float score = given;
+    if (run_mlp) {  // the controller: one normalised feature, then one hidden unit, per lane (as the CPU's loops)
+      p1 = __shfl_sync(kFull, p1, 0);
+      p2 = __shfl_sync(kFull, p2, 0);
+      ent = __shfl_sync(kFull, ent, 0);
+      last_change = __shfl_sync(kFull, last_change, 0);
+      const prr::FeatureInputs fin{static_cast<float>(li.plen + p.gen_length),
+                                   static_cast<float>(li.masks_in_row),
+                                   static_cast<float>(nfe),
+                                   static_cast<float>(p.steps),
+                                   static_cast<float>(li.plen + ci.active * BL),
+                                   static_cast<float>(BL),
+                                   static_cast<float>(li.masks_in_block),
+                                   static_cast<float>(step),
+                                   static_cast<float>(p.steps_per_block),
+                                   kp.log_vocab};
+      for (int k = lane; k < L.in; k += 32) {
+        float f = k < prr::kNumBaseFeatures
+                      ? prr::token_feature(fin, k, static_cast<float>(j), p1, p2, ent, last_change, li.prev_p1)
+                      : kp.extra[ri * n_extra + (k - prr::kNumBaseFeatures)];
+        prr::normalize_feature(ctrl, L, k, f);
+        mlp_f[k] = f;
+      }
       __syncwarp();
-      for (int k = lane; k < L.in; k += 32) prr::normalize_feature(ctrl, L, k, mlp_f[k]);
-      __syncwarp();
-      for (int u = lane; u < L.h1; u += 32)
-        mlp_h1[u] = prr::dense_unit(ctrl + L.w0 + static_cast<int64_t>(u) * L.in, ctrl[L.b0 + u], mlp_f, L.in);
+      for (int u = lane; u < L.h1; u += 32)  // (the weights are input-major: the lanes read consecutive words)
+        mlp_h1[u] = prr::dense_unit(ctrl + L.w0, L.h1, u, ctrl[L.b0 + u], mlp_f, L.in);
       __syncwarp();
       TL(13);
       const float* hl = mlp_h1;
       if (L.h2 > 0) {
         for (int u = lane; u < L.h2; u += 32)
-          mlp_h2[u] =
-              prr::dense_unit(ctrl + L.w1 + static_cast<int64_t>(u) * L.h1, ctrl[L.b1 + u], mlp_h1, L.h1);
+          mlp_h2[u] = prr::dense_unit(ctrl + L.w1, L.h2, u, ctrl[L.b1 + u], mlp_h1, L.h1);
         __syncwarp();
         hl = mlp_h2;
       }
       score = lane == 0 ? prr::output_unit(ctrl, L, hl) : 0.0f;
       TL(14);
-    } else {
-      __syncwarp();
-      score = mlp_h2[0];
     }
     if (lane == 0) {
       out.st[prr::kStatScore] = score;
@@ -1116,11 +1118,10 @@ __device__ __noinline__ void finalize_row(const KParams& kp, const CtaInfo& ci, 
         const float shaped = p.shaping == prr::kShapePower ? prr::shape_power(p_cand, score, p.alpha)
                                                             : prr::shape_weighted(p_cand, score, p.alpha);
         out.key = prr::rank_key(shaped);
+        out.st[prr::kStatKey] = static_cast<float>(out.key);
       }
     }
   }
-  if (lane == 0 && usable && !(p.policy == prr::kPRR && p.shaping == prr::kShapeTemperature))
-    out.st[prr::kStatKey] = static_cast<float>(out.key);
   TL(15);
 }
 
@@ -1258,22 +1259,18 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       const uint32_t bytes = static_cast<uint32_t>(min(tstride, vend - v)) * 16u;
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(from), "r"(bytes) : "memory");
     };
-    // Tile w of the row's sequence of tiles, counted on into the cluster's next row (w >= tiles), is prefetched
-    // kPrefetchDist tiles ahead of the one being loaded (thread 0; the next row only if it is masked).
-    const auto prefetch_ahead = [&](int w) {
+    // The L2 prefetch of the tile after tile u: of this row, or the first of the cluster's next row (thread 0; only
+    // if that row is masked). Measured: 2 or 3 tiles ahead is slower at every shape (v11 notes in RESULTS.md).
+    const auto prefetch_next = [&](int u) {
       if (tid != 0) return;
-      if (w < kp.tiles) {
-        prefetch_tile(row, w);
-      } else if (kp.prefetch && w - kp.tiles < kp.tiles && cid + nclusters < total) {
+      if (u + 1 < kp.tiles) {
+        prefetch_tile(row, u + 1);
+      } else if (kp.prefetch && cid + nclusters < total) {
         const int64_t cn = cid + nclusters, bn = cn / BL, jn = cn % BL;
         if (valid && seq_block(kp.rs, bn, p) == active && __ldcg(kp.x + bn * p.L + lo + jn) == p.mask_id)
-          prefetch_tile(static_cast<const T*>(kp.logits) + bn * p.stride_b + (lo + jn - row_offset) * p.stride_r,
-                        w - kp.tiles);
+          prefetch_tile(static_cast<const T*>(kp.logits) + bn * p.stride_b + (lo + jn - row_offset) * p.stride_r, 0);
       }
     };
-    const auto prefetch_next = [&](int u) { prefetch_ahead(u + kPrefetchDist); };
-#pragma unroll 1
-    for (int w = 1; w < kPrefetchDist; ++w) prefetch_ahead(w);
     prefetch_next(0);
 
     const uint64_t seed = static_cast<uint64_t>(__ldg(kp.seed + b));
@@ -1451,6 +1448,14 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   // 256 / 128 / 64 threads, PRR 209.2 / 196.2 / 206.3 us); blocks over kSortCap keep 256 for their rank sort.
   if (cs == 1 && p.block_length <= kSortCap && rows >= 6 * static_cast<int64_t>(dev_info.x))
     nt = p.block_length <= 512 ? 64 : 128;
+  // Very few rows of a large vocabulary (<= 2 CTAs per SM even at 8 per row): 8-CTA clusters of 4 warps instead of
+  // 4 of 8 (v12, H200, (1,32) LowConfidence 17.9 -> 16.7 us). Not for PRR's temperature shaping, whose second sweep
+  // re-reads more tiles per CTA that way (26.5 -> 26.4 us at (1,32), 27.6 -> 29.1 us for the full-sequence case).
+  const bool temp_mode = p.policy == prr::kPRR && p.shaping == prr::kShapeTemperature;
+  if (cs == 4 && cs_fit == kMaxCluster && !temp_mode && rows * kMaxCluster <= 2 * static_cast<int64_t>(dev_info.x)) {
+    cs = kMaxCluster;
+    nt = 128;
+  }
   cs = std::min(kMaxCluster, std::max(1, env_int("PRR_CUDA_CS", cs)));
   while (cs & (cs - 1)) cs &= cs - 1;  // a power of two (the cluster merge is a halving tree)
   nt = env_int("PRR_CUDA_NT", nt);
