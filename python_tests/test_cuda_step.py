@@ -142,6 +142,17 @@ def test_big_vocab_every_policy():
                    cdt=torch.float64)
 
 
+@pytest.mark.parametrize("name", ["lowconf", "threshold", "eb", "prr_temp"])
+def test_one_block_of_32_rows(name):
+    """One sequence, a 32-position block, the benchmark vocabulary: the launcher's 8-CTA clusters of 4 warps (not
+    for PRR temperature shaping, which keeps 4 CTAs of 8 warps), greedy and sampled, random and tie-heavy rows."""
+    V = 126464
+    pol = policies()[name]
+    decode_compare(pol, V=V, B=1, P=3, G=32, BL=32, steps=2, dt=torch.bfloat16, loops=2, seed=21)
+    decode_compare(pol, V=V, B=1, P=3, G=32, BL=32, steps=2, dt=torch.bfloat16, T=1.0, loops=2, seed=22)
+    decode_compare(pol, logits_fn=tie_logits, V=V, B=1, P=3, G=32, BL=32, steps=2, dt=torch.bfloat16, loops=2)
+
+
 @pytest.mark.parametrize("packed", ["0", "1"])
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
 def test_16bit_tile_paths(monkeypatch, packed, dt):
