@@ -1449,8 +1449,8 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   if (cs == 1 && p.block_length <= kSortCap && rows >= 6 * static_cast<int64_t>(dev_info.x))
     nt = p.block_length <= 512 ? 64 : 128;
   // Very few rows of a large vocabulary (<= 2 CTAs per SM even at 8 per row): 8-CTA clusters of 4 warps instead of
-  // 4 of 8 (v12, H200, (1,32) LowConfidence 17.9 -> 16.7 us). Not for PRR's temperature shaping, whose second sweep
-  // re-reads more tiles per CTA that way (26.5 -> 26.4 us at (1,32), 27.6 -> 29.1 us for the full-sequence case).
+  // 4 of 8 (v12, H200, (1,32) LowConfidence 17.9 -> 16.7 us). Not for PRR's temperature shaping, which gains
+  // nothing from it (26.5 -> 26.4 us at (1,32), 27.6 -> 29.1 us for the full-sequence case).
   const bool temp_mode = p.policy == prr::kPRR && p.shaping == prr::kShapeTemperature;
   if (cs == 4 && cs_fit == kMaxCluster && !temp_mode && rows * kMaxCluster <= 2 * static_cast<int64_t>(dev_info.x)) {
     cs = kMaxCluster;
