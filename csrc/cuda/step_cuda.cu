@@ -418,20 +418,19 @@ struct Tile {
       for (int i = 0; i < kTileVecs; ++i) *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(src + i * vstride);
       return;
     }
-#pragma unroll
-    for (int i = 0; i < kTileVecs; ++i) load_vec(i, row, V, vfirst + i * vstride, vend, vec_ok);
-  }
-  // Vector v of the row into pk[i]: one 16-byte load, or element by element at the ends (-inf past them).
-  __device__ __forceinline__ void load_vec(int i, const T* row, int32_t V, int32_t v, int32_t vend, bool vec_ok) {
-    if (v < vend && vec_ok) {
-      *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(reinterpret_cast<const uint4*>(row) + v);
-      return;
-    }
     const T ninf = T(-std::numeric_limits<float>::infinity());
 #pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      const int32_t idx = v * VEC + e;
-      pk[i].v[e] = (v < vend && idx < V) ? row[idx] : ninf;
+    for (int i = 0; i < kTileVecs; ++i) {
+      const int32_t v = vfirst + i * vstride;
+      if (v < vend && vec_ok) {
+        *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(reinterpret_cast<const uint4*>(row) + v);
+      } else {
+#pragma unroll
+        for (int e = 0; e < VEC; ++e) {
+          const int32_t idx = v * VEC + e;
+          pk[i].v[e] = (v < vend && idx < V) ? row[idx] : ninf;
+        }
+      }
     }
   }
   __device__ __forceinline__ int32_t index(int k) const { return (v0 + (k / VEC) * stride) * VEC + (k % VEC); }
@@ -1346,18 +1345,11 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       C zt = C(0);
       if (out.usable) {
         const float mf = out.mf, it = out.inv_t;
-        // The last tile is still in registers; the others are read again (from L2 if still there). Each 16-byte
-        // vector's registers take the next tile's vector as soon as they are summed, so every re-read is in
-        // flight while the rest of the tile before it is summed, without a second tile of registers.
-        int u = 0;  // the tile being read into the consumed registers
         const auto getf = [&](int k) { return static_cast<float>(tile.pk[k / VEC].v[k % VEC]); };
-        const auto refill = [&](int i) {
-          if (u + 1 < kp.tiles) tile.load_vec(i, row, V32, vbeg + u * tstride + tid + i * nt, vend, vec_ok);
-        };
-        zt = C(prr::tempered_tile_sum<C, TileT::N, VEC>(getf, mf, it, refill));
-        for (int w = 0; w + 1 < kp.tiles; ++w) {  // the registers hold tile w
-          u = w + 1;
-          zt += C(prr::tempered_tile_sum<C, TileT::N, VEC>(getf, mf, it, refill));
+        zt = C(prr::tempered_tile_sum<C, TileT::N>(getf, mf, it));  // the last tile is still in registers
+        for (int u = 0; u + 1 < kp.tiles; ++u) {                      // the others again (from L2 if still there)
+          tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
+          zt += C(prr::tempered_tile_sum<C, TileT::N>(getf, mf, it));
         }
       }
       zt = block_sum(zt, sm.sum);

@@ -343,23 +343,14 @@ PRR_HD RowStats<C, A> tile_stats2(const Get& get, const Index& index, const Firs
   return st;
 }
 
-// The tempered normaliser of a tile: sum of exp((l - m) / T) = 2^((l - m) * (inv_t * log2(e))), in index order.
-// consumed(g) runs once the G entries of group g have been read: the CUDA kernel loads the next tile into those
-// registers there, so that its re-read is in flight while the rest of this tile is summed.
-template <typename A, int N, int G, typename Get, typename Consumed>
-PRR_HD A tempered_tile_sum(const Get& get, float m, float inv_t, const Consumed& consumed) {
+// The tempered normaliser of a tile: sum of exp((l - m) / T) = 2^((l - m) * (inv_t * log2(e))).
+template <typename A, int N, typename Get>
+PRR_HD A tempered_tile_sum(const Get& get, float m, float inv_t) {
   const float k = inv_t * 1.4426950408889634f;
   A z = A(0);
 #pragma unroll
-  for (int j = 0; j < N; ++j) {
-    z += A(exp2_bulk((get(j) - m) * k));  // -inf -> 2^-inf = 0
-    if ((j + 1) % G == 0) consumed(j / G);
-  }
+  for (int j = 0; j < N; ++j) z += A(exp2_bulk((get(j) - m) * k));  // -inf -> 2^-inf = 0
   return z;
-}
-template <typename A, int N, typename Get>
-PRR_HD A tempered_tile_sum(const Get& get, float m, float inv_t) {
-  return tempered_tile_sum<A, N, N>(get, m, inv_t, [](int) {});
 }
 
 // exp((l - m) * inv_t) summed over the row: the normaliser of softmax(logits / T) shifted by m / T.
