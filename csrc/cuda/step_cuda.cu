@@ -1135,7 +1135,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   const int q = static_cast<int>(cluster.block_rank());
   const bool leader = q == 0;
   const int64_t BL = p.block_length, total = p.B * BL, nclusters = gridDim.x / kp.cs;
-  const bool temp_mode = p.policy == prr::kPRR && p.shaping == prr::kShapeTemperature;
+  const bool temp_mode = prr::temperature_shaped(p);
 
   __shared__ union {
     Part<C> part[kMaxWarps];
@@ -1451,7 +1451,7 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   // Very few rows of a large vocabulary (<= 2 CTAs per SM even at 8 per row): 8-CTA clusters of 4 warps instead of
   // 4 of 8 (v12, H200, (1,32) LowConfidence 17.9 -> 16.7 us). Not for PRR's temperature shaping, which gains
   // nothing from it (26.5 -> 26.4 us at (1,32), 27.6 -> 29.1 us for the full-sequence case).
-  const bool temp_mode = p.policy == prr::kPRR && p.shaping == prr::kShapeTemperature;
+  const bool temp_mode = prr::temperature_shaped(p);
   if (cs == 4 && cs_fit == kMaxCluster && !temp_mode && rows * kMaxCluster <= 2 * static_cast<int64_t>(dev_info.x)) {
     cs = kMaxCluster;
     nt = 128;
@@ -1522,7 +1522,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cuda(
                                   steps, policy, confidence_dtype, shaping, union_schedule, temperature, param, alpha,
                                   mlp_dims);
   TORCH_CHECK(logits.is_cuda(), "prr_ext::step (CUDA): logits must be a CUDA tensor");
-  if (p.policy == prr::kPRR && p.shaping == prr::kShapeTemperature)
+  if (prr::temperature_shaped(p))
     TORCH_CHECK(controller.has_value(), "PRR temperature shaping needs the controller buffer (its temperature map)");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = p.B, L = p.L, Lr = p.Lr;

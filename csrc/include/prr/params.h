@@ -64,6 +64,9 @@ struct StepParams {
   int mlp_in, mlp_h1, mlp_h2, n_extra;
 };
 
+// PRR with temperature shaping: the one policy whose key needs a second sweep over the row (sum exp((l - m) / T)).
+PRR_HD bool temperature_shaped(const StepParams& p) { return p.policy == kPRR && p.shaping == kShapeTemperature; }
+
 // Layout of State.workspace (int64 words): scratch of the CUDA kernel, left zeroed (counters) or overwritten before
 // being read (the rest) by every launch. The CPU op only checks its size. prr_ext/state.py allocates
 // workspace_words(B, block_length) words.
