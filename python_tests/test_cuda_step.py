@@ -174,6 +174,34 @@ def test_16bit_tile_paths(monkeypatch, packed, dt):
         decode_compare(policies()[name], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=13)
 
 
+def late_max_logits(B, L, V, dt, g):
+    """Tie-heavy rows (values -3..0) whose maximum first appears past the row's first quarter, i.e. in a later
+    register tile of its thread: twice inside one 16-byte vector (not at its first element) and once two vectors on."""
+    lg = torch.randint(-3, 1, (B, L, V), generator=g).float()
+    k = torch.randint(V // 4, V - 32, (B, L), generator=g)
+    k = k - k % 8 + torch.randint(1, 4, (B, L), generator=g)
+    top = torch.randint(2, 5, (B, L), generator=g).float().unsqueeze(-1)
+    for d in (0, 2, 16):
+        lg.scatter_(2, (k + d).unsqueeze(-1), top)
+    return lg.to(dt)
+
+
+@pytest.mark.parametrize("shape", ["B1", "B2", "nt64"])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
+def test_argmax_in_a_later_tile(monkeypatch, shape, dt):
+    """The packed path resolves each thread's argmax key while the tile holding it is in registers, after every tile
+    (step_cuda.cu): rows of several tiles per thread, the maximum first in a later tile, tied inside its vector and
+    with a later copy. Launch shapes: one 32-row block (8-CTA clusters, 2 tiles), 64 rows (2-CTA clusters, 4 tiles),
+    one 2-warp CTA per row (31 tiles)."""
+    if shape == "nt64":
+        monkeypatch.setenv("PRR_CUDA_CS", "1")
+        monkeypatch.setenv("PRR_CUDA_NT", "64")
+    B = 1 if shape == "B1" else 2
+    for name, T in (("lowconf", 0.0), ("eb", 0.0), ("prr_temp", 0.0), ("lowconf", 1.0)):
+        decode_compare(policies()[name], logits_fn=late_max_logits, V=126464, B=B, P=3, G=32, BL=32, steps=2, dt=dt,
+                       T=T, loops=2, seed=31)
+
+
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
 def test_prr_one_cta_per_row(monkeypatch, dt):
     """PRR temperature shaping with one CTA per row (the many-rows launch shape): several register tiles per thread,
