@@ -189,10 +189,10 @@ def late_max_logits(B, L, V, dt, g):
 @pytest.mark.parametrize("shape", ["B1", "B2", "nt64"])
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
 def test_argmax_in_a_later_tile(monkeypatch, shape, dt):
-    """The packed path resolves each thread's argmax key while the tile holding it is in registers, after every tile
-    (step_cuda.cu): rows of several tiles per thread, the maximum first in a later tile, tied inside its vector and
-    with a later copy. Launch shapes: one 32-row block (8-CTA clusters, 2 tiles), 64 rows (2-CTA clusters, 4 tiles),
-    one 2-warp CTA per row (31 tiles)."""
+    """The packed path's argmax key (a vector key, resolved to the first index of the maximum; step_cuda.cu) on rows
+    of several tiles per thread whose maximum first appears in a later tile, tied inside its vector and with a later
+    copy. Launch shapes: one 32-row block (8-CTA clusters, 2 tiles), 64 rows (2-CTA clusters, 4 tiles), one 2-warp
+    CTA per row (31 tiles)."""
     if shape == "nt64":
         monkeypatch.setenv("PRR_CUDA_CS", "1")
         monkeypatch.setenv("PRR_CUDA_NT", "64")

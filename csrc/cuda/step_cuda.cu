@@ -377,19 +377,13 @@ __device__ __forceinline__ double round_conf(double p, int conf_dtype) {
 // raises on a corrupt row; this kernel cannot without a host synchronisation, so such a sequence takes no part in
 // the step (commits nothing, keeps its canvas and row_state, gets the default outputs) instead of turning into
 // out-of-bounds reads or writes. The predicate is the CPU op's (step_cpu.cpp).
-struct SeqRow {
-  int64_t block, step, nfe;  // block: INT64_MAX for a corrupt row
-};
-__device__ __forceinline__ SeqRow seq_row(const int64_t* rs, int64_t b, const StepParams& p) {
+__device__ __forceinline__ int64_t seq_block(const int64_t* rs, int64_t b, const StepParams& p) {
   const int64_t* r = rs + b * prr::kRsCols;
   const int64_t blk = __ldcg(r + prr::kRsBlock), step = __ldcg(r + prr::kRsStep), n = __ldcg(r + prr::kRsSchedN),
                 nfe = __ldcg(r + prr::kRsNfe);
   const bool ok = blk >= 0 && blk <= p.num_blocks && step >= 0 && step < p.block_cap && n >= 0 &&
                   n <= p.block_length && nfe >= 0;
-  return SeqRow{ok ? blk : std::numeric_limits<int64_t>::max(), step, nfe};
-}
-__device__ __forceinline__ int64_t seq_block(const int64_t* rs, int64_t b, const StepParams& p) {
-  return seq_row(rs, b, p).block;
+  return ok ? blk : std::numeric_limits<int64_t>::max();
 }
 
 __device__ __forceinline__ uint32_t philox_word(const prr::Philox4& b, int lane) {
@@ -1166,28 +1160,14 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   if (!cluster_started) cluster_arrive_relaxed();
 
   // ---- phase 0: the active block (a snapshot: row_state is only written after every CTA has read it)
-  // The canvas column of this CTA's first row is lo + j0, and lo depends on the active block. Instead of a second
-  // dependent round trip, thread t reads column j0 of block t alongside row_state, and the thread whose t turns out
-  // to be the active block hands its value to the row loop (these reads of x come before this CTA's arrival, so
-  // before any write to x; the other blocks' columns are never written in a step).
-  const int64_t cid0 = blockIdx.x / kp.cs, b0 = cid0 / BL, j0 = cid0 % BL;
-  const bool spec = cid0 < total && tid < p.num_blocks;
-  const int64_t spec_x = spec ? __ldcg(kp.x + b0 * p.L + p.gen_start + tid * BL + j0) : 0;
-  const SeqRow first_row = seq_row(kp.rs, cid0 < total ? b0 : 0, p);
   int64_t active;
   if (p.B == 1) {
-    active = first_row.block;
+    active = seq_block(kp.rs, 0, p);
   } else {
     int64_t v = std::numeric_limits<int64_t>::max();
     for (int64_t bb = tid; bb < p.B; bb += nt) v = min(v, seq_block(kp.rs, bb, p));
     active = block_min_all(v, iscratch);
   }
-  // handed to thread 0 through shared memory (read after the row loop's first barrier), so that nothing of this
-  // stays live in registers across the row loop
-  __shared__ SeqRow first_sr;
-  __shared__ int first_masked;
-  if (tid == 0) first_sr = first_row;
-  if (spec && tid == active) first_masked = spec_x == p.mask_id;
   const bool valid = active < p.num_blocks;
   const int64_t lo = valid ? p.gen_start + active * BL : 0;
   const int64_t row_offset = (valid && p.Lr != p.L) ? lo : 0;
@@ -1220,20 +1200,15 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     const int64_t b = cid / BL, j = cid % BL;
     __syncthreads();  // the previous row's shared state is consumed
     if (tid == 0) {
-      // the first row: what phase 0 read; a later one: its row_state and canvas entry together (lo + j is a valid
-      // column even when no block is active: lo = 0, j < block_length <= L)
-      const bool first = cid == blockIdx.x / kp.cs, spec_ok = active < min(static_cast<int64_t>(nt), p.num_blocks);
-      const SeqRow sr = first ? first_sr : seq_row(kp.rs, b, p);
-      const bool is_mask = first && spec_ok ? first_masked != 0 : __ldcg(kp.x + b * p.L + lo + j) == p.mask_id;
       ci.active = active;
       ci.lo = lo;
       ci.row_offset = row_offset;
-      ci.seq_active = valid && sr.block == active;
+      ci.seq_active = valid && seq_block(kp.rs, b, p) == active;
       ci.col = lo + j;
       ci.r = ci.col - row_offset;
-      ci.masked = ci.seq_active && is_mask;
-      ci.step = ci.seq_active ? sr.step : 0;
-      ci.nfe = ci.seq_active ? sr.nfe : 0;
+      ci.masked = ci.seq_active && __ldcg(kp.x + b * p.L + ci.col) == p.mask_id;
+      ci.step = ci.seq_active ? __ldcg(kp.rs + b * prr::kRsCols + prr::kRsStep) : 0;
+      ci.nfe = ci.seq_active ? __ldcg(kp.rs + b * prr::kRsCols + prr::kRsNfe) : 0;
       ci.flags = 0;
     }
     __syncthreads();
@@ -1332,15 +1307,14 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
         prefetch_next(u);
       }
       tile_into<T, C>(tile, p, st, u == 0, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
-      if constexpr (kHasPacked<T, C>) {
-        // a vector argmax key is resolved while its tile is still in registers, instead of by finalize_row's
-        // dependent 16-byte read. Resolved after every tile, a vector key can only point into the current one (an
-        // earlier tile's key is exact and, being a lower index, wins ties).
-        if (kp.packed && st.i1 != kKeyNone && (st.i1 & 1)) {
-          const int g = static_cast<int>(static_cast<int32_t>((st.i1 >> 1) / VEC) - tile.v0) / tile.stride;
-          const int k = tile.template first_eq<float>(g, st.c1);
-          st.i1 = k >= 0 ? exact_key(tile.index(k)) : kKeyNone;
-        }
+    }
+    if constexpr (kHasPacked<T, C>) {
+      // one register tile per thread (few rows, a cluster per row): a vector argmax key is resolved here, from the
+      // registers, instead of by finalize_row's dependent 16-byte read
+      if (kp.packed && kp.tiles == 1 && st.i1 != kKeyNone && (st.i1 & 1)) {
+        const int g = static_cast<int>(static_cast<int32_t>((st.i1 >> 1) / VEC) - tile.v0) / tile.stride;
+        const int k = tile.template first_eq<float>(g, st.c1);
+        st.i1 = k >= 0 ? exact_key(tile.index(k)) : kKeyNone;
       }
     }
     TL(3);
