@@ -202,16 +202,12 @@ def test_argmax_in_a_later_tile(monkeypatch, shape, dt):
                        T=T, loops=2, seed=31)
 
 
-@pytest.mark.parametrize("keep", ["0", "1"])
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
-def test_prr_one_cta_per_row(monkeypatch, dt, keep):
+def test_prr_one_cta_per_row(monkeypatch, dt):
     """PRR temperature shaping with one CTA per row (the many-rows launch shape): several register tiles per thread,
-    the tempered second sweep re-reading all but the last (keep "1": under L2's normal policy, newest first; "0":
-    evict-first, oldest first); with more rows than SMs the CTAs walk several rows; a larger controller, odd V (the
-    per-element load path) on tie-heavy rows, and sampling."""
+    the tempered second sweep re-reading all but the last; with more rows than SMs the CTAs walk several rows; a larger
+    controller, odd V (the per-element load path) on tie-heavy rows, and sampling."""
     monkeypatch.setenv("PRR_CUDA_CS", "1")
-    monkeypatch.setenv("PRR_CUDA_L2KEEP", keep)
-    monkeypatch.setenv("PRR_CUDA_REREAD_REV", keep)
     V = 126464
     decode_compare(policies()["prr_temp"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=21)
     if dt == torch.bfloat16:

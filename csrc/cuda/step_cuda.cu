@@ -124,8 +124,6 @@ struct KParams {
   int tiles;        // register tiles per thread
   int ctrl_words;   // floats of the controller buffer staged in shared memory (0: none)
   int prefetch;     // bulk-prefetch the cluster's next row into L2 (persistent grids)
-  int keep_tiles;   // PRR temperature shaping: the tiles its second sweep re-reads load under L2's normal policy
-  int reread_rev;   // PRR temperature shaping: the second sweep re-reads the newest tile first
   int packed;       // 16-bit logits: top-2 on packed pairs, then one exponential sweep (tile_stats_packed)
   int64_t vpc;      // 16-byte vectors per CTA slice
   float log_vocab;  // float(log(double(V)))
@@ -410,20 +408,14 @@ struct Tile {
   int32_t v0;  // vector index of pk[0]; pk[i] is vector v0 + i * stride (V < 2^31, so 32-bit indices suffice)
   int32_t stride;
 
-  // keep: the L2's normal eviction policy (ld.global.cg), for a tile that will be read again; else evict-first
   __device__ __forceinline__ void load(const T* row, int32_t V, int32_t vfirst, int32_t vstride, int32_t vend,
-                                       bool vec_ok, bool keep = false) {
+                                       bool vec_ok) {
     v0 = vfirst;
     stride = vstride;
     if (vec_ok && vfirst + (kTileVecs - 1) * vstride < vend) {  // the common case: a whole tile, no per-vector test
       const uint4* src = reinterpret_cast<const uint4*>(row) + vfirst;
-      if (keep) {
 #pragma unroll
-        for (int i = 0; i < kTileVecs; ++i) *reinterpret_cast<uint4*>(&pk[i]) = __ldcg(src + i * vstride);
-      } else {
-#pragma unroll
-        for (int i = 0; i < kTileVecs; ++i) *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(src + i * vstride);
-      }
+      for (int i = 0; i < kTileVecs; ++i) *reinterpret_cast<uint4*>(&pk[i]) = __ldcs(src + i * vstride);
       return;
     }
     const T ninf = T(-std::numeric_limits<float>::infinity());
@@ -1257,9 +1249,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     const T* row = static_cast<const T*>(kp.logits) + b * p.stride_b + r * p.stride_r;  // int64 offsets
     const bool vec_ok = (reinterpret_cast<uintptr_t>(row) % 16 == 0) && (p.V % VEC == 0);
     TileT tile;
-    // PRR temperature shaping reads every tile but the last again after the controller: those may stay in L2
-    const bool keep = kp.keep_tiles != 0;
-    tile.load(row, V32, vbeg + tid, nt, vend, vec_ok, keep && kp.tiles > 1);
+    tile.load(row, V32, vbeg + tid, nt, vend, vec_ok);
     // L2 prefetch (cp.async.bulk, one instruction for a whole tile of this CTA's slice) of a later tile: of this row,
     // or of the cluster's next row (persistent grids).
     const auto prefetch_tile = [&](const T* rp, int u) {
@@ -1313,7 +1303,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
 #pragma unroll 1
     for (int u = 0; u < kp.tiles; ++u) {  // rows longer than one register tile per thread loop
       if (u > 0) {
-        tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok, keep && u + 1 < kp.tiles);
+        tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
         prefetch_next(u);
       }
       tile_into<T, C>(tile, p, st, u == 0, sample, seed, col32, nfe32, inv_temp, vend, kp.packed != 0);
@@ -1357,8 +1347,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
         const float mf = out.mf, it = out.inv_t;
         const auto getf = [&](int k) { return static_cast<float>(tile.pk[k / VEC].v[k % VEC]); };
         zt = C(prr::tempered_tile_sum<C, TileT::N>(getf, mf, it));  // the last tile is still in registers
-        for (int i = 0; i + 1 < kp.tiles; ++i) {  // the others again, from L2 if still there: newest first (LRU)
-          const int u = kp.reread_rev ? kp.tiles - 2 - i : i;
+        for (int u = 0; u + 1 < kp.tiles; ++u) {                      // the others again (from L2 if still there)
           tile.load(row, V32, vbeg + u * tstride + tid, nt, vend, vec_ok);
           zt += C(prr::tempered_tile_sum<C, TileT::N>(getf, mf, it));
         }
@@ -1474,12 +1463,6 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   nt = std::max(32, std::min(nt, nt_cap)) & ~31;  // whole warps (the selection's shuffles use full masks)
   kp.cs = cs;
   kp.packed = env_int("PRR_CUDA_PACKED", 1);  // 0: prr::tile_stats2 for 16-bit logits too (the v5 path)
-  // PRR temperature shaping sweeps each row twice. When the step's logits fit in about twice the L2, the first
-  // sweep loads the tiles the second will re-read under the normal policy and the second re-reads them newest first,
-  // so that most are still in L2 (v13 notes). Larger steps stream evict-first, as the other policies do.
-  const int64_t step_bytes = rows * p.V * static_cast<int64_t>(sizeof(T));
-  kp.keep_tiles = temp_mode && env_int("PRR_CUDA_L2KEEP", step_bytes <= 2 * static_cast<int64_t>(dev_info.y)) != 0;
-  kp.reread_rev = env_int("PRR_CUDA_REREAD_REV", 1) != 0;
   kp.vpc = (nvec + cs - 1) / cs;
   kp.tiles = static_cast<int>(std::max<int64_t>(1, (kp.vpc + int64_t(kTileVecs) * nt - 1) / (int64_t(kTileVecs) * nt)));
 
