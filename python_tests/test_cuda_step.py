@@ -175,8 +175,9 @@ def test_16bit_tile_paths(monkeypatch, packed, dt):
 
 
 def late_max_logits(B, L, V, dt, g):
-    """Tie-heavy rows (values -3..0) whose maximum first appears past the row's first quarter, i.e. in a later
-    register tile of its thread: twice inside one 16-byte vector (not at its first element) and once two vectors on."""
+    """Tie-heavy rows (values -3..0) whose maximum first appears past the row's first quarter (with one CTA per row
+    always in a later register tile of its thread; with a row split over a cluster, in half of the rows or more): twice
+    inside one 16-byte vector (not at its first element) and once two vectors on."""
     lg = torch.randint(-3, 1, (B, L, V), generator=g).float()
     k = torch.randint(V // 4, V - 32, (B, L), generator=g)
     k = k - k % 8 + torch.randint(1, 4, (B, L), generator=g)
