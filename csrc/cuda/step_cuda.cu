@@ -693,6 +693,13 @@ __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, i
   return ka > kb || (ka == kb && pa < pb);
 }
 
+// The compare-exchange rule of the bitonic network's register stages: elements a (the lower index) and b swap so as
+// to run up (ranks_before order) or down. Equal elements (the padding's (-inf, INT32_MAX)) may swap: a no-op.
+// bitonic_stage tests the strict form instead, which leaves equal elements without a shared-memory store.
+__device__ __forceinline__ bool out_of_order(double ka, int32_t pa, double kb, int32_t pb, bool up) {
+  return up != ranks_before(ka, pa, kb, pb);
+}
+
 // Bitonic sort of srt's first n (a power of two, 64 <= n <= kSortCap) elements into ranks_before order, by the CTA.
 // The stages (k, j) with j <= 32 only compare elements inside one 64-element chunk, so they run in registers: a warp
 // takes a chunk (elements e and e + 32 in lane e % 32), does the j = 32 stage in-thread and j < 32 by shuffles, and
@@ -721,7 +728,7 @@ __device__ __forceinline__ void exchange_lanes(double& key, int32_t& pos, int e,
   const double ok = __shfl_xor_sync(kFull, key, j);
   const int32_t op = __shfl_xor_sync(kFull, pos, j);
   const bool up = (e & k) == 0, lower = (e & j) == 0;
-  if ((lower == up) != ranks_before(key, pos, ok, op)) {
+  if (out_of_order(key, pos, ok, op, lower == up)) {
     key = ok;
     pos = op;
   }
@@ -737,7 +744,7 @@ __device__ void bitonic_chunk_levels(SortSmem& srt, int n, int k_lo, int k_hi) {
     for (int k = k_lo; k <= k_hi; k <<= 1) {
       int j = min(k >> 1, 32);
       if (j == 32) {  // e0 and e1 are the pair
-        if (((e0 & k) == 0) != ranks_before(k0, p0, k1, p1)) {
+        if (out_of_order(k0, p0, k1, p1, (e0 & k) == 0)) {
           const double tk = k0;
           const int32_t tp = p0;
           k0 = k1;
