@@ -233,13 +233,18 @@ def test_tie_heavy(pol, cdt):
     decode_compare(policies()[pol], logits_fn=tie_logits, cdt=cdt, dt=torch.float32, V=1000, full=False)
 
 
+@pytest.mark.parametrize("select", ["", "sort"])
 @pytest.mark.parametrize("BL", [33, 64, 100, 256, 1000, 1024])
 @pytest.mark.parametrize("nt", ["", "32", "64", "128"])
-def test_block_sort_paths(monkeypatch, BL, nt):
-    """The selection's shared-memory bitonic sort for 32 < block_length <= 1024 (non-powers of two padded), on CTAs of
-    32 to 256 threads; tie-heavy keys (integer logits over 40 tokens) check the position tie-break."""
+def test_block_sort_paths(monkeypatch, BL, nt, select):
+    """The selection for 32 < block_length <= 1024, on CTAs of 32 to 256 threads: the radix select of the rules that
+    commit a counted prefix (LowConfidence, Threshold, PRR) and the shared-memory bitonic sort (non-powers of two
+    padded) of Factor and EntropyBound, or of every rule with PRR_CUDA_SELECT_SORT=1. Tie-heavy keys (integer logits
+    over 40 tokens) check the position tie-break at the boundary of the committed prefix."""
     if nt:
         monkeypatch.setenv("PRR_CUDA_NT", nt)
+    if select:
+        monkeypatch.setenv("PRR_CUDA_SELECT_SORT", "1")
     for pol in ["lowconf", "threshold", "factor", "eb", "prr_temp"]:
         decode_compare(policies()[pol], B=2, P=3, G=BL, BL=BL, steps=4, V=40, loops=5, logits_fn=tie_logits)
     decode_compare(policies()["lowconf"], B=1, P=3, G=BL, BL=BL, steps=3, V=300, loops=4, seed=3)
@@ -346,6 +351,37 @@ def test_external_inputs():
                 assert torch.equal(outs[0][1], outs[1][1].cpu())
                 stats_close(outs[0][2], outs[1][2])
                 assert torch.equal(s_cpu.x, s_gpu.x.cpu()) and torch.equal(s_cpu.row_state, s_gpu.row_state.cpu())
+
+
+@pytest.mark.parametrize("BL", [64, 256, 1000])
+def test_radix_select_external_keys(BL):
+    """The radix select on keys the op is given: RandomRemask's random_conf drawn from {-0.0, +0.0, 0.25, 0.5} (the
+    signed zeros tie, lowest position first) and PRR's external scores with NaNs (ranked last, usable) and repeats,
+    against the CPU op. Each step commits a prefix that ends inside a run of equal keys most of the time."""
+    V, B, P, steps = 50, 2, 3, 4
+    G, mask = 2 * BL, V - 1
+    ctrl = prr_ext.Controller.init(3, hidden=(8, 8))
+    for pol in [prr_ext.RandomRemask(), prr_ext.PRR(ctrl, tau=0.6, shaping="power"), prr_ext.PRR(ctrl, tau=1.0)]:
+        s_cpu, s_gpu = make_states(pol, B, P, G, BL, steps, mask, V)
+        g = torch.Generator().manual_seed(BL)
+        while not s_cpu.done:
+            lg = gen_logits(B, P + G, V, torch.float32, g)
+            if isinstance(pol, prr_ext.PRR):
+                sc = torch.randint(0, 4, (B, P + G), generator=g).float() / 4
+                sc[torch.rand(B, P + G, generator=g) < 0.2] = float("nan")
+                c_cpu = prr_ext.step(lg, s_cpu, scores=sc)
+                c_gpu = prr_ext.step(lg.cuda(), s_gpu, scores=sc.cuda())
+                check_same(s_cpu, s_gpu, c_cpu, c_gpu)
+                continue
+            rconf = torch.tensor([-0.0, 0.0, 0.25, 0.5])[torch.randint(0, 4, (B, P + G), generator=g)]
+            outs = []
+            for s, dev in ((s_cpu, "cpu"), (s_gpu, "cuda")):
+                outs.append(torch.ops.prr_ext.step(
+                    lg.to(dev), s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.seed, s.prompt_lens, None, None,
+                    None, None, rconf.to(dev), mask, s.gen_start, BL, steps, pol.code, 0, 0, True, 0.0, 0.0, 1.0,
+                    [0, 0, 0]))
+            assert torch.equal(outs[0][0], outs[1][0].cpu())
+            assert torch.equal(s_cpu.x, s_gpu.x.cpu()) and torch.equal(s_cpu.row_state, s_gpu.row_state.cpu())
 
 
 def test_deterministic():

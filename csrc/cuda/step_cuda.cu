@@ -19,10 +19,11 @@
 //           merge + controller (bit-identical), sums its slice from the registers it still holds, and the leader adds
 //           the cs partials — the row is read from HBM once.
 //   phase 3 last-block-done per sequence: every CTA arrives once on its sequence's counter (a finished row's
-//           leader arrives for its whole cluster); the last arrival sorts the block's candidates (bitonic, key desc,
-//           block position asc: in one warp's registers for block_length <= 32, else in SMEM), takes
-//           prr::commit_count of them, writes the tokens into x and does the
-//           bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged and copied by
+//           leader arrives for its whole cluster); the last arrival ranks the block's candidates (key desc, block
+//           position asc): for block_length <= 32 a bitonic sort in one warp's registers; above, for the rules that
+//           commit a counted prefix (prr::commit_count_needs_order false) a radix select of the first
+//           prr::commit_count_from, else a bitonic sort in SMEM and prr::commit_count. It writes the tokens into x,
+//           does the bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged and copied by
 //           the last CTA of the grid (a second counter), because every CTA of the grid reads row_state[:, 0].
 //   Nothing is written that another CTA may still need to read: the counters order every read before the writes.
 //
@@ -125,6 +126,7 @@ struct KParams {
   int ctrl_words;   // floats of the controller buffer staged in shared memory (0: none)
   int prefetch;     // bulk-prefetch the cluster's next row into L2 (persistent grids)
   int packed;       // 16-bit logits: top-2 on packed pairs, then one exponential sweep (tile_stats_packed)
+  int select_sort;  // 1: blocks of 33 .. kSortCap positions always sort (else a radix select where the rule allows)
   int64_t vpc;      // 16-byte vectors per CTA slice
   float log_vocab;  // float(log(double(V)))
 };
@@ -687,6 +689,9 @@ __device__ __forceinline__ void tile_into(const Tile<T>& t, const StepParams& p,
 struct SortSmem {
   double key[kSortCap];
   int32_t pos[kSortCap];
+  uint32_t hist[2][256];      // radix select: one digit's histogram (double-buffered: the next pass's is cleared)
+  int32_t sel[3];             // radix select: the chosen digit, how many are still needed, and its bucket's size
+  int32_t wcount[kMaxWarps];  // radix select: per-warp counts of one chunk of positions
 };
 
 __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, int64_t pb) {
@@ -779,6 +784,104 @@ __device__ void bitonic_sort_smem(SortSmem& srt, int n) {
   __syncthreads();
 }
 
+// Unsigned bits that order as the fp64 key does (ranks_before's key part): larger key, larger value; -0.0 == +0.0.
+__device__ __forceinline__ uint64_t order_bits(double k) {
+  const uint64_t u = static_cast<uint64_t>(__double_as_longlong(k == 0.0 ? 0.0 : k));
+  return (u >> 63) ? ~u : (u | (1ull << 63));
+}
+
+// Commit the c (1 <= c <= usable candidates) candidates that rank first (ranks_before: key desc, position asc) among
+// srt's first n, without sorting them: an MSD radix select over the key bits, 8 bits per pass, narrows down the c-th
+// key until its digit's bucket holds exactly what is still needed (then the whole bucket is taken: usually after 2-3
+// passes) or, for a run of equal keys across the boundary, to the exact key, of whose holders the lowest positions
+// are taken. srt.pos[i] is i for a usable candidate, INT32_MAX otherwise. For the rules whose prefix length does not
+// depend on the order (prr::commit_count_needs_order false): at 1024 positions on 4 warps a few passes of 2 barriers,
+// against the bitonic network's 15 barriers and ~45 dependent shuffle stages per 64-element chunk (v14 notes).
+template <typename Commit>
+__device__ void commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, Commit commit) {
+  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
+  if (c == n_usable) {  // every usable candidate (e.g. the block's last step)
+    for (int i = tid; i < n; i += nt)
+      if (srt.pos[i] != INT32_MAX) commit(i);
+    return;
+  }
+  for (int d = tid; d < 512; d += nt) srt.hist[d >> 8][d & 255] = 0;
+  __syncthreads();
+  uint64_t prefix = 0, mask = 0;  // the c-th key's digits found so far, and which bits they are
+  int need = c, equal = 0, buf = 0;
+  for (int shift = 56; shift >= 0; shift -= 8, buf ^= 1) {
+    // count this pass's digits among the candidates that share the prefix; clear the other buffer for the next pass
+    for (int i = tid; i < n; i += nt) {
+      if (srt.pos[i] == INT32_MAX) continue;
+      const uint64_t u = order_bits(srt.key[i]);
+      if ((u & mask) == prefix) atomicAdd(&srt.hist[buf][(u >> shift) & 255], 1u);
+    }
+    for (int d = tid; d < 256; d += nt) srt.hist[buf ^ 1][d] = 0;
+    __syncthreads();
+    if (warp == 0) {
+      // the digit d with #(digits above d) < need <= #(digits >= d): lane l sums bins 8l .. 8l + 7, a suffix scan
+      // over the lanes finds the lane, then the lane walks its bins from the top
+      uint32_t h[8], own = 0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        h[e] = srt.hist[buf][8 * lane + e];
+        own += h[e];
+      }
+      uint32_t upto = own;  // bins of lanes >= this one
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const uint32_t o = __shfl_down_sync(kFull, upto, off);
+        if (lane + off < 32) upto += o;
+      }
+      uint32_t acc = upto - own;  // bins of the lanes above
+      if (acc < static_cast<uint32_t>(need) && static_cast<uint32_t>(need) <= upto) {
+#pragma unroll
+        for (int e = 7; e >= 0; --e) {
+          if (acc + h[e] >= static_cast<uint32_t>(need)) {
+            srt.sel[0] = 8 * lane + e;
+            srt.sel[1] = need - static_cast<int>(acc);
+            srt.sel[2] = static_cast<int>(h[e]);
+            break;
+          }
+          acc += h[e];
+        }
+      }
+    }
+    __syncthreads();
+    prefix |= static_cast<uint64_t>(srt.sel[0]) << shift;
+    mask |= 0xffull << shift;
+    need = srt.sel[1];
+    equal = srt.sel[2];
+    if (need == equal) break;  // the whole bucket is taken: no need to resolve the key further
+  }
+  if (need == equal) {  // everything at or above the prefix (the usual case)
+    for (int i = tid; i < n; i += nt)
+      if (srt.pos[i] != INT32_MAX && (order_bits(srt.key[i]) & mask) >= prefix) commit(i);
+    return;
+  }
+  // equal keys across the boundary (mask covers every bit): of those, the lowest positions first, by a scan over
+  // chunks of nt positions (ballot within a warp, counts across warps)
+  int before_chunk = 0;
+  for (int i0 = 0; i0 < n; i0 += nt) {
+    const int i = i0 + tid;
+    uint64_t u = 0;
+    const bool usable = i < n && srt.pos[i] != INT32_MAX;
+    if (usable) u = order_bits(srt.key[i]);
+    const bool tie = usable && u == prefix;
+    const unsigned ties = __ballot_sync(kFull, tie);
+    if (lane == 0) srt.wcount[warp] = __popc(ties);
+    __syncthreads();
+    int rank = before_chunk + __popc(ties & ((1u << lane) - 1u)), chunk = 0;
+    for (int w = 0; w < (nt >> 5); ++w) {
+      rank += w < warp ? srt.wcount[w] : 0;
+      chunk += srt.wcount[w];
+    }
+    if (usable && (u > prefix || (tie && rank < need))) commit(i);
+    before_chunk += chunk;
+    __syncthreads();
+  }
+}
+
 __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, int64_t b, int64_t active, SortSmem& srt,
                                   int64_t* iscratch) {
   const StepParams& p = kp.p;
@@ -790,8 +893,10 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   const double ninf = -std::numeric_limits<double>::infinity();
 
   // masks in the block and usable candidates; keys into the sort buffer (padding sorts last)
-  int64_t n_masked = 0, n_usable = 0;
+  int64_t n_masked = 0, n_usable = 0, n_pass = 0;  // n_pass: usable keys >= param (Threshold, PRR; radix path)
   const bool in_smem = BL <= kSortCap;
+  // blocks of 33 .. kSortCap positions under a rule that needs no order to count: select by radix, not a sort
+  const bool by_radix = BL > 32 && in_smem && !prr::commit_count_needs_order(p.policy) && kp.select_sort == 0;
   int64_t n2 = 1;
   while (n2 < BL) n2 <<= 1;
   __shared__ int64_t s_cand[32];  // block_length <= 32: the candidates in rank order
@@ -846,6 +951,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
           ++n_usable;
           k = __longlong_as_double(kb);
           pos = static_cast<int32_t>(i);
+          n_pass += k >= p.param ? 1 : 0;
         }
       }
       srt.key[i] = k;
@@ -859,16 +965,34 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     }
   }
   TL(16);
-  if (BL > 32) {  // both counts (< 2^31) in one reduction
+  if (BL > 32 && in_smem) {  // the three counts (<= kSortCap < 2^21) in one reduction
+    const int64_t all = block_count_all((n_masked << 42) | (n_usable << 21) | n_pass, iscratch);
+    n_masked = all >> 42;
+    n_usable = (all >> 21) & 0x1fffff;
+    n_pass = all & 0x1fffff;
+  } else if (BL > 32) {  // both counts (< 2^31) in one reduction
     const int64_t both = block_count_all((n_masked << 32) | n_usable, iscratch);
     n_masked = both >> 32;
     n_usable = both & 0xffffffffLL;
   }
+  const int64_t sched_n = step == 0 ? n_masked : sched;
+  const int64_t k_sched = prr::schedule_k(sched_n, p.steps_per_block, step);
 
-  const double* keys_sorted;
+  const double* keys_sorted = nullptr;
   const int32_t* pos_smem = nullptr;
   const int64_t* pos_glob = nullptr;
-  if (BL <= 32) {
+  int64_t n_commit = 0;
+  if (by_radix) {
+    n_commit = prr::commit_count_from(p.policy, n_usable, k_sched, n_pass, p.union_schedule);
+    if (n_commit > 0) {
+      __syncthreads();  // srt as loaded
+      commit_top_by_radix(srt, static_cast<int>(BL), static_cast<int>(n_commit), static_cast<int>(n_usable),
+                          [&](int pos) {
+        kp.x[b * p.L + lo + pos] = __ldcg(ws.cand + base + pos);
+        kp.commit[b * p.L + lo + pos] = true;
+      });
+    }
+  } else if (BL <= 32) {
     keys_sorted = srt.key;
     pos_smem = srt.pos;
   } else if (in_smem) {
@@ -897,21 +1021,19 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   }
 
   TL(17);
-  // how many to commit (serial fp64 rule, prr/select.h)
-  __shared__ int64_t s_commit;
-  if (tid == 0) {
-    const int64_t sched_n = step == 0 ? n_masked : sched;
-    const int64_t k = prr::schedule_k(sched_n, p.steps_per_block, step);
-    s_commit = prr::commit_count(p.policy, keys_sorted, n_usable, k, p.param, p.union_schedule);
-  }
-  __syncthreads();
-  const int64_t n_commit = s_commit;
-  TL(18);
-  for (int64_t i = tid; i < n_commit; i += nt) {
-    const int64_t pos = in_smem ? static_cast<int64_t>(pos_smem[i]) : __ldcg(pos_glob + i);
-    const int64_t col = lo + pos;
-    kp.x[b * p.L + col] = BL <= 32 ? s_cand[i] : __ldcg(ws.cand + base + pos);
-    kp.commit[b * p.L + col] = true;
+  if (!by_radix) {
+    // how many to commit (serial fp64 rule, prr/select.h), then the first n_commit of the sorted candidates
+    __shared__ int64_t s_commit;
+    if (tid == 0) s_commit = prr::commit_count(p.policy, keys_sorted, n_usable, k_sched, p.param, p.union_schedule);
+    __syncthreads();
+    n_commit = s_commit;
+    TL(18);
+    for (int64_t i = tid; i < n_commit; i += nt) {
+      const int64_t pos = in_smem ? static_cast<int64_t>(pos_smem[i]) : __ldcg(pos_glob + i);
+      const int64_t col = lo + pos;
+      kp.x[b * p.L + col] = BL <= 32 ? s_cand[i] : __ldcg(ws.cand + base + pos);
+      kp.commit[b * p.L + col] = true;
+    }
   }
 
   TL(19);
@@ -1470,6 +1592,7 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   nt = std::max(32, std::min(nt, nt_cap)) & ~31;  // whole warps (the selection's shuffles use full masks)
   kp.cs = cs;
   kp.packed = env_int("PRR_CUDA_PACKED", 1);  // 0: prr::tile_stats2 for 16-bit logits too (the v5 path)
+  kp.select_sort = env_int("PRR_CUDA_SELECT_SORT", 0) != 0;  // 1: the bitonic sort for every rule (v13 and before)
   kp.vpc = (nvec + cs - 1) / cs;
   kp.tiles = static_cast<int>(std::max<int64_t>(1, (kp.vpc + int64_t(kTileVecs) * nt - 1) / (int64_t(kTileVecs) * nt)));
 

@@ -22,11 +22,24 @@ namespace prr {
 // last and never passes a threshold. Twin: prr_ext/reference.py::rank_key.
 PRR_HD double rank_key(double k) { return k != k ? -static_cast<double>(INFINITY) : k; }
 
-PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
-                            bool union_schedule) {
+// Whether the rule reads the sorted keys one by one (Factor, EntropyBound). The others need only n and k, plus for
+// Threshold and PRR the number of keys >= param (their passing set is a prefix of the sorted keys), so a kernel may
+// count instead of sorting and call commit_count_from.
+PRR_HD bool commit_count_needs_order(int policy) { return policy == kFactor || policy == kEntropyBound; }
+
+// The rule given `extra`, the length of the prefix that passes the policy's test (Threshold, PRR: #{key >= param};
+// unused by LowConfidence and RandomRemask).
+PRR_HD int64_t commit_count_from(int policy, int64_t n, int64_t k, int64_t extra, bool union_schedule) {
   if (n <= 0) return 0;
   if (policy == kLowConfidence || policy == kRandomRemask) return k < n ? k : n;
   const int64_t floor_ = (policy == kPRR && !union_schedule) ? 1 : (k > 1 ? k : 1);
+  const int64_t c = extra > floor_ ? extra : floor_;
+  return c < n ? c : n;
+}
+
+PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
+                            bool union_schedule) {
+  if (n <= 0) return 0;
   int64_t extra = 0;
   if (policy == kThreshold || policy == kPRR) {
     while (extra < n && keys_sorted[extra] >= param) ++extra;
@@ -39,8 +52,7 @@ PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, in
       ++extra;
     }
   }
-  const int64_t c = extra > floor_ ? extra : floor_;
-  return c < n ? c : n;
+  return commit_count_from(policy, n, k, extra, union_schedule);
 }
 
 }  // namespace prr
