@@ -23,8 +23,9 @@
 //           position asc): for block_length <= 32 a bitonic sort in one warp's registers; above, for the rules that
 //           commit a counted prefix (prr::commit_count_needs_order false) a radix select of the first
 //           prr::commit_count_from, else a bitonic sort in SMEM and prr::commit_count. It writes the tokens into x,
-//           does the bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged and copied by
-//           the last CTA of the grid (a second counter), because every CTA of the grid reads row_state[:, 0].
+//           does the bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged and
+//           copied by the last CTA of the grid (a second counter), because every CTA of the grid reads
+//           row_state[:, 0].
 //   Nothing is written that another CTA may still need to read: the counters order every read before the writes.
 //
 // Numerics: fp32 (fp64 in confidence_dtype=float64 mode) with fixed reduction trees and no float atomics, so the
