@@ -357,7 +357,7 @@ def test_external_inputs():
 def test_radix_select_external_keys(BL):
     """The radix select on keys the op is given: RandomRemask's random_conf drawn from {-0.0, +0.0, 0.25, 0.5} (the
     signed zeros tie, lowest position first) and PRR's external scores with NaNs (ranked last, usable) and repeats,
-    against the CPU op. Each step commits a prefix that ends inside a run of equal keys most of the time."""
+    against the CPU op. With four key values, every prefix RandomRemask commits ends inside a run of equal keys."""
     V, B, P, steps = 50, 2, 3, 4
     G, mask = 2 * BL, V - 1
     ctrl = prr_ext.Controller.init(3, hidden=(8, 8))
