@@ -318,6 +318,17 @@ def test_16bit_rows_near_the_clamp(pol, dt):
     decode_compare(policies()[pol], logits_fn=near_clamp_logits, dt=dt, V=1000)
 
 
+def op_step_cpu_and_cuda(pol, s_cpu, s_gpu, lg, mask, BL, steps, cand, rconf):
+    """The raw op on the CPU state and on the CUDA state with external candidates / random_conf (None: absent)."""
+    outs = []
+    for s, dev in ((s_cpu, "cpu"), (s_gpu, "cuda")):
+        outs.append(torch.ops.prr_ext.step(
+            lg.to(dev), s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.seed, s.prompt_lens, None, None, None,
+            None if cand is None else cand.to(dev), None if rconf is None else rconf.to(dev), mask, s.gen_start, BL,
+            steps, pol.code, 0, 0, True, 0.0, 0.0, 1.0, [0, 0, 0]))
+    return outs
+
+
 def test_external_inputs():
     """scores / extra_features (PRR) and candidates / random_conf (rng="torch") through the op directly."""
     V, B, P, G, BL, steps = 200, 2, 3, 16, 8, 8
@@ -341,12 +352,7 @@ def test_external_inputs():
             else:
                 cand = torch.randint(-1, V, (B, P + G), generator=g)
                 rconf = torch.rand(B, P + G, generator=g)
-                outs = []
-                for s, dev in ((s_cpu, "cpu"), (s_gpu, "cuda")):
-                    outs.append(torch.ops.prr_ext.step(
-                        lg.to(dev), s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.seed, s.prompt_lens, None,
-                        None, None, cand.to(dev), rconf.to(dev), mask, s.gen_start, BL, steps, pol.code, 0, 0, True,
-                        0.0, 0.0, 1.0, [0, 0, 0]))
+                outs = op_step_cpu_and_cuda(pol, s_cpu, s_gpu, lg, mask, BL, steps, cand, rconf)
                 assert torch.equal(outs[0][0], outs[1][0].cpu())
                 assert torch.equal(outs[0][1], outs[1][1].cpu())
                 stats_close(outs[0][2], outs[1][2])
@@ -374,12 +380,7 @@ def test_radix_select_external_keys(BL):
                 check_same(s_cpu, s_gpu, c_cpu, c_gpu)
                 continue
             rconf = torch.tensor([-0.0, 0.0, 0.25, 0.5])[torch.randint(0, 4, (B, P + G), generator=g)]
-            outs = []
-            for s, dev in ((s_cpu, "cpu"), (s_gpu, "cuda")):
-                outs.append(torch.ops.prr_ext.step(
-                    lg.to(dev), s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.seed, s.prompt_lens, None, None,
-                    None, None, rconf.to(dev), mask, s.gen_start, BL, steps, pol.code, 0, 0, True, 0.0, 0.0, 1.0,
-                    [0, 0, 0]))
+            outs = op_step_cpu_and_cuda(pol, s_cpu, s_gpu, lg, mask, BL, steps, None, rconf)
             assert torch.equal(outs[0][0], outs[1][0].cpu())
             assert torch.equal(s_cpu.x, s_gpu.x.cpu()) and torch.equal(s_cpu.row_state, s_gpu.row_state.cpu())
 

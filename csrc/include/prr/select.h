@@ -39,7 +39,6 @@ PRR_HD int64_t commit_count_from(int policy, int64_t n, int64_t k, int64_t extra
 
 PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
                             bool union_schedule) {
-  if (n <= 0) return 0;
   int64_t extra = 0;
   if (policy == kThreshold || policy == kPRR) {
     while (extra < n && keys_sorted[extra] >= param) ++extra;
