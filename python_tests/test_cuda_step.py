@@ -238,8 +238,8 @@ def test_tie_heavy(pol, cdt):
 @pytest.mark.parametrize("nt", ["", "32", "64", "128"])
 def test_block_sort_paths(monkeypatch, BL, nt, select):
     """The selection for 32 < block_length <= 1024, on CTAs of 32 to 256 threads: the radix select of the rules that
-    commit a counted prefix (LowConfidence, Threshold, PRR) and the shared-memory bitonic sort (non-powers of two
-    padded) of Factor and EntropyBound, or of every rule with PRR_CUDA_SELECT_SORT=1. Tie-heavy keys (integer logits
+    commit a counted prefix (LowConfidence, Threshold, PRR; Factor while its floor check fails) and the shared-memory
+    bitonic sort (non-powers of two padded) of EntropyBound, or of every rule with PRR_CUDA_SELECT_SORT=1. Tie-heavy keys (integer logits
     over 40 tokens) check the position tie-break at the boundary of the committed prefix."""
     if nt:
         monkeypatch.setenv("PRR_CUDA_NT", nt)
@@ -248,6 +248,30 @@ def test_block_sort_paths(monkeypatch, BL, nt, select):
     for pol in ["lowconf", "threshold", "factor", "eb", "prr_temp"]:
         decode_compare(policies()[pol], B=2, P=3, G=BL, BL=BL, steps=4, V=40, loops=5, logits_fn=tie_logits)
     decode_compare(policies()["lowconf"], B=1, P=3, G=BL, BL=BL, steps=3, V=300, loops=4, seed=3)
+
+
+def peaked_tie_logits(B, L, V, dt, g):
+    """tie_logits with a share of rows (0, 10, 30 or 70 %, drawn per call) given one dominant token (+8, +12 or +40:
+    confidences about 0.99, 0.9999 and exactly 1), so that Factor's floor check both passes and fails."""
+    lg = tie_logits(B, L, V, torch.float32, g)
+    share = [0.0, 0.1, 0.3, 0.7][int(torch.randint(0, 4, (1,), generator=g))]
+    rows = torch.rand(B, L, generator=g) < share
+    col = torch.randint(0, V, (B, L), generator=g)
+    peak = torch.tensor([8.0, 12.0, 40.0])[torch.randint(0, 3, (B, L), generator=g)]
+    lg.scatter_add_(2, col.unsqueeze(-1), (peak * rows).unsqueeze(-1))
+    return lg.to(dt)
+
+
+@pytest.mark.parametrize("select", ["", "sort"])
+@pytest.mark.parametrize("BL", [33, 64, 256, 1000])
+def test_factor_floor_check(monkeypatch, BL, select):
+    """Factor on blocks of 33..1024: the radix select to the exact floor-th key, and the sort it falls back to when
+    that key passes Factor's test (peaked rows), against the CPU op; with PRR_CUDA_SELECT_SORT=1, the sort alone."""
+    if select:
+        monkeypatch.setenv("PRR_CUDA_SELECT_SORT", "1")
+    for f, steps in [(1.0, 4), (3.0, 8), (0.05, 2)]:
+        decode_compare(prr_ext.Factor(f), B=3, P=3, G=BL, BL=BL, steps=steps, V=40, loops=8,
+                       logits_fn=peaked_tie_logits, seed=BL + steps)
 
 
 def test_large_block_global_sort():

@@ -693,6 +693,7 @@ struct SortSmem {
   uint32_t hist[2][256];      // radix select: one digit's histogram (double-buffered: the next pass's is cleared)
   int32_t sel[3];             // radix select: the chosen digit, how many are still needed, and its bucket's size
   int32_t wcount[kMaxWarps];  // radix select: per-warp counts of one chunk of positions
+  int32_t n_veto;             // radix select: how many candidates satisfy the caller's veto test (Factor)
 };
 
 __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, int64_t pb) {
@@ -798,27 +799,39 @@ __device__ __forceinline__ uint64_t order_bits(double k) {
 // are taken. srt.pos[i] is i for a usable candidate, INT32_MAX otherwise. For the rules whose prefix length does not
 // depend on the order (prr::commit_count_needs_order false): at 1024 positions on 4 warps a few passes of 2 barriers,
 // against the bitonic network's 15 barriers and ~45 dependent shuffle stages per 64-element chunk (v14 notes).
-template <typename Commit>
-__device__ void commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, Commit commit) {
+// kVeto: veto(key) is a test that holds on a prefix of the candidates in rank order (monotone in the key); if it holds
+// for c or more of them, i.e. for the c-th, nothing is committed and false is returned (Factor: then ranks past the
+// floor may pass too, and the caller sorts). It is counted in the first pass, at no extra barrier.
+template <bool kVeto, typename Commit, typename Veto>
+__device__ bool commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, Commit commit, Veto veto) {
   const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
   if (c == n_usable) {  // every usable candidate (e.g. the block's last step)
     for (int i = tid; i < n; i += nt)
       if (srt.pos[i] != INT32_MAX) commit(i);
-    return;
+    return true;
   }
   for (int d = tid; d < 512; d += nt) srt.hist[d >> 8][d & 255] = 0;
+  if (kVeto && tid == 0) srt.n_veto = 0;
   __syncthreads();
   uint64_t prefix = 0, mask = 0;  // the c-th key's digits found so far, and which bits they are
   int need = c, equal = 0, buf = 0;
   for (int shift = 56; shift >= 0; shift -= 8, buf ^= 1) {
     // count this pass's digits among the candidates that share the prefix; clear the other buffer for the next pass
+    int vetoes = 0;
     for (int i = tid; i < n; i += nt) {
       if (srt.pos[i] == INT32_MAX) continue;
-      const uint64_t u = order_bits(srt.key[i]);
+      const double key = srt.key[i];
+      const uint64_t u = order_bits(key);
       if ((u & mask) == prefix) atomicAdd(&srt.hist[buf][(u >> shift) & 255], 1u);
+      if (kVeto && shift == 56) vetoes += veto(key) ? 1 : 0;
+    }
+    if (kVeto && shift == 56) {
+      vetoes = static_cast<int>(__reduce_add_sync(kFull, static_cast<unsigned>(vetoes)));
+      if (lane == 0 && vetoes) atomicAdd(&srt.n_veto, vetoes);
     }
     for (int d = tid; d < 256; d += nt) srt.hist[buf ^ 1][d] = 0;
     __syncthreads();
+    if (kVeto && shift == 56 && srt.n_veto >= c) return false;
     if (warp == 0) {
       // the digit d with #(digits above d) < need <= #(digits >= d): lane l sums bins 8l .. 8l + 7, a suffix scan
       // over the lanes finds the lane, then the lane walks its bins from the top
@@ -858,7 +871,7 @@ __device__ void commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, C
   if (need == equal) {  // everything at or above the prefix (the usual case)
     for (int i = tid; i < n; i += nt)
       if (srt.pos[i] != INT32_MAX && (order_bits(srt.key[i]) & mask) >= prefix) commit(i);
-    return;
+    return true;
   }
   // equal keys across the boundary (mask covers every bit): of those, the lowest positions first, by a scan over
   // chunks of nt positions (ballot within a warp, counts across warps)
@@ -881,6 +894,7 @@ __device__ void commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, C
     before_chunk += chunk;
     __syncthreads();
   }
+  return true;
 }
 
 __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, int64_t b, int64_t active, SortSmem& srt,
@@ -898,6 +912,8 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   const bool in_smem = BL <= kSortCap;
   // blocks of 33 .. kSortCap positions under a rule that needs no order to count: select by radix, not a sort
   const bool by_radix = BL > 32 && in_smem && !prr::commit_count_needs_order(p.policy) && kp.select_sort == 0;
+  // Factor: the same when nothing beyond its floor passes (counted in the radix select's first pass), else the sort
+  const bool factor_radix = BL > 32 && in_smem && p.policy == prr::kFactor && kp.select_sort == 0;
   int64_t n2 = 1;
   while (n2 < BL) n2 <<= 1;
   __shared__ int64_t s_cand[32];  // block_length <= 32: the candidates in rank order
@@ -982,17 +998,35 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   const double* keys_sorted = nullptr;
   const int32_t* pos_smem = nullptr;
   const int64_t* pos_glob = nullptr;
-  int64_t n_commit = 0;
+  int64_t n_commit = -1;  // -1: decided after a sort
+  const auto commit_pos = [&](int pos) {
+    kp.x[b * p.L + lo + pos] = __ldcg(ws.cand + base + pos);
+    kp.commit[b * p.L + lo + pos] = true;
+  };
   if (by_radix) {
     n_commit = prr::commit_count_from(p.policy, n_usable, k_sched, n_pass, p.union_schedule);
     if (n_commit > 0) {
       __syncthreads();  // srt as loaded
-      commit_top_by_radix(srt, static_cast<int>(BL), static_cast<int>(n_commit), static_cast<int>(n_usable),
-                          [&](int pos) {
-        kp.x[b * p.L + lo + pos] = __ldcg(ws.cand + base + pos);
-        kp.commit[b * p.L + lo + pos] = true;
-      });
+      commit_top_by_radix<false>(srt, static_cast<int>(BL), static_cast<int>(n_commit),
+                                 static_cast<int>(n_usable), commit_pos, [](double) { return false; });
     }
+  } else if (factor_radix) {
+    // c: the floor, capped at n_usable (then commit_top_by_radix takes every candidate, no veto)
+    const int64_t c = prr::commit_count_from(p.policy, n_usable, k_sched, 0, p.union_schedule);
+    if (c == 0) {
+      n_commit = 0;
+    } else {
+      __syncthreads();  // srt as loaded
+      // the c-th key passes Factor's test at its rank iff c keys do (the test is monotone in the key)
+      const bool done = commit_top_by_radix<true>(srt, static_cast<int>(BL), static_cast<int>(c),
+                                                  static_cast<int>(n_usable), commit_pos, [&](double key) {
+        return prr::factor_passes(c - 1, key, p.param);
+      });
+      if (done) n_commit = c;
+    }
+  }
+  if (n_commit >= 0) {
+    // selected without a sort
   } else if (BL <= 32) {
     keys_sorted = srt.key;
     pos_smem = srt.pos;
@@ -1022,7 +1056,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   }
 
   TL(17);
-  if (!by_radix) {
+  if (n_commit < 0) {
     // how many to commit (serial fp64 rule, prr/select.h), then the first n_commit of the sorted candidates
     __shared__ int64_t s_commit;
     if (tid == 0) s_commit = prr::commit_count(p.policy, keys_sorted, n_usable, k_sched, p.param, p.union_schedule);

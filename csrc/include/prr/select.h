@@ -37,13 +37,19 @@ PRR_HD int64_t commit_count_from(int policy, int64_t n, int64_t k, int64_t extra
   return c < n ? c : n;
 }
 
+// Factor's test at 0-based rank m: (m + 2) * (1 - key_m) < f. Along keys sorted descending (keys <= 1) its left
+// side never decreases, so the passing ranks are a prefix and the test at rank floor - 1 decides whether any rank
+// beyond the floor passes; at a fixed m it holds for every key above some bound, so the floor-th key passes iff at
+// least floor keys pass the rank floor - 1 test (a count, no sort: the CUDA kernel's radix path).
+PRR_HD bool factor_passes(int64_t m, double key, double f) { return double(m + 2) * (1.0 - key) < f; }
+
 PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
                             bool union_schedule) {
   int64_t extra = 0;
   if (policy == kThreshold || policy == kPRR) {
     while (extra < n && keys_sorted[extra] >= param) ++extra;
   } else if (policy == kFactor) {
-    while (extra < n && (double(extra + 2)) * (1.0 - keys_sorted[extra]) < param) ++extra;
+    while (extra < n && factor_passes(extra, keys_sorted[extra], param)) ++extra;
   } else if (policy == kEntropyBound) {
     double before = 0.0;  // sum of the entropies ahead of position `extra`
     while (extra < n && before <= param) {
