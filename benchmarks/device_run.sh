@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # benchmarks/device_run.sh — build + CUDA tests + compute-sanitizer + benchmarks on the GPU machine, in one go.
 #
-#   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,bench,benchjson,sweep,ncu,ncusrc
+#   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,sanitizeall,bench,benchjson,sweep,
+#                                          ncu,ncusrc
 #                                          (default: build,test,sanitize,bench)
 #
 # Logs go to $OUT (or ./device_logs); the benchmark table is appended to benchmarks/RESULTS.md, copied to $OUT.
-# Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), BENCH_ARGS (run_bench.py args,
-# split on spaces), BENCH_NOTE (run_bench.py --note, passed whole: it may contain spaces).
+# Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), SAN_SHARDS (processes per tool in
+# sanitizeall), SAN_TIMEOUT, BENCH_ARGS (run_bench.py args, split on spaces), BENCH_NOTE (run_bench.py --note, passed
+# whole: it may contain spaces).
 set -uo pipefail
 export PRR_TEST_THREADS="${PRR_TEST_THREADS:-16}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -52,6 +54,27 @@ if has sanitize; then
       $PY -m pytest python_tests/test_cuda_step.py -q -x -p no:cacheprovider -k "$K" >"$OUT/sanitize_$tool.log" 2>&1
     echo "exit code $? (99 = sanitizer errors)"
     grep -E "ERROR SUMMARY|passed|failed|error" "$OUT/sanitize_$tool.log" | tail -5
+  done
+fi
+
+if has sanitizeall; then
+  # the whole CUDA suite under memcheck and racecheck (racecheck alone runs ~4 min serially): the test ids split
+  # round-robin into SAN_SHARDS shards per tool, every shard a process of its own, all at once on the one GPU.
+  # test_large_offsets (a 4 GiB logits tensor) is left out: under memcheck it outlasts a call.
+  S=${SAN_SHARDS:-3}
+  $PY -m pytest python_tests/test_cuda_step.py -q -p no:cacheprovider --collect-only -k "not test_large_offsets" \
+    2>/dev/null | grep "::" >"$OUT/sanall_ids.txt"
+  stamp "compute-sanitizer memcheck + racecheck, $(wc -l <"$OUT/sanall_ids.txt") tests, $S shards per tool"
+  for tool in memcheck racecheck; do
+    for ((i = 0; i < S; i++)); do
+      mapfile -t ids < <(awk -v s="$S" -v i="$i" 'NR % s == i' "$OUT/sanall_ids.txt")
+      timeout ${SAN_TIMEOUT:-500} compute-sanitizer --tool "$tool" --error-exitcode 99 \
+        $PY -m pytest -q -p no:cacheprovider "${ids[@]}" >"$OUT/sanall_${tool}_$i.log" 2>&1 &
+    done
+  done
+  wait
+  for f in "$OUT"/sanall_*_[0-9]*.log; do
+    echo "$(basename "$f"): $(grep -E "^[0-9]+ (passed|failed)" "$f" | tail -1) | $(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$f" | tail -1)"
   done
 fi
 
