@@ -265,13 +265,35 @@ def peaked_tie_logits(B, L, V, dt, g):
 @pytest.mark.parametrize("select", ["", "sort"])
 @pytest.mark.parametrize("BL", [33, 64, 256, 1000])
 def test_factor_floor_check(monkeypatch, BL, select):
-    """Factor on blocks of 33..1024: the radix select to the exact floor-th key, and the sort it falls back to when
-    that key passes Factor's test (peaked rows), against the CPU op; with PRR_CUDA_SELECT_SORT=1, the sort alone."""
+    """Factor on blocks of 33..1024: the radix select when the floor-th key fails Factor's test, and the sort it falls
+    back to when that key passes (peaked rows), against the CPU op; with PRR_CUDA_SELECT_SORT=1, the sort alone. The
+    CPU op's commit counts show that both outcomes occurred."""
     if select:
         monkeypatch.setenv("PRR_CUDA_SELECT_SORT", "1")
+    V, B, P = 40, 3, 3
+    mask = V - 1
+    beyond_floor = at_floor = 0  # sequence-steps committing more than the floor / exactly the floor, of more
     for f, steps in [(1.0, 4), (3.0, 8), (0.05, 2)]:
-        decode_compare(prr_ext.Factor(f), B=3, P=3, G=BL, BL=BL, steps=steps, V=40, loops=8,
-                       logits_fn=peaked_tie_logits, seed=BL + steps)
+        s_cpu, s_gpu = make_states(prr_ext.Factor(f), B, P, BL, BL, steps, mask, V, seed=BL + steps)
+        g = torch.Generator().manual_seed(1000 + BL + steps)
+        for _ in range(8):
+            if s_cpu.done:
+                break
+            lo = s_cpu.block_start
+            n_masked = (s_cpu.x[:, lo:lo + BL] == mask).sum(1).tolist()
+            rs = s_cpu.row_state.tolist()
+            lg = peaked_tie_logits(B, P + BL, V, torch.float32, g)
+            c_cpu = prr_ext.step(lg, s_cpu)
+            c_gpu = prr_ext.step(lg.cuda(), s_gpu)
+            check_same(s_cpu, s_gpu, c_cpu, c_gpu)
+            for b in range(B):
+                step = rs[b][R.RS_STEP]
+                k = R.schedule_k(n_masked[b] if step == 0 else rs[b][R.RS_SCHED_N], steps, step)
+                floor = min(max(k, 1), n_masked[b])
+                n = int(c_cpu[b].sum())
+                beyond_floor += n > floor
+                at_floor += n == floor < n_masked[b]
+    assert beyond_floor > 0 and at_floor > 0, (beyond_floor, at_floor)
 
 
 def test_large_block_global_sort():
