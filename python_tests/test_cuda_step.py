@@ -237,10 +237,10 @@ def test_tie_heavy(pol, cdt):
 @pytest.mark.parametrize("BL", [33, 64, 100, 256, 1000, 1024])
 @pytest.mark.parametrize("nt", ["", "32", "64", "128"])
 def test_block_sort_paths(monkeypatch, BL, nt, select):
-    """The selection for 32 < block_length <= 1024, on CTAs of 32 to 256 threads: the radix select of the rules that
-    commit a counted prefix (LowConfidence, Threshold, PRR; Factor while its floor check fails) and the shared-memory
-    bitonic sort (non-powers of two padded) of EntropyBound, or of every rule with PRR_CUDA_SELECT_SORT=1. Tie-heavy keys (integer logits
-    over 40 tokens) check the position tie-break at the boundary of the committed prefix."""
+    """The selection for 32 < block_length <= 1024, on CTAs of 32 to 256 threads: the radix select (LowConfidence,
+    Threshold, PRR; Factor and EntropyBound while their floor checks hold) and the shared-memory bitonic sort
+    (non-powers of two padded) of the fallbacks, or of every rule with PRR_CUDA_SELECT_SORT=1. Tie-heavy keys
+    (integer logits over 40 tokens) check the position tie-break at the boundary of the committed prefix."""
     if nt:
         monkeypatch.setenv("PRR_CUDA_NT", nt)
     if select:
@@ -252,7 +252,8 @@ def test_block_sort_paths(monkeypatch, BL, nt, select):
 
 def peaked_tie_logits(B, L, V, dt, g):
     """tie_logits with a share of rows (0, 10, 30 or 70 %, drawn per call) given one dominant token (+8, +12 or +40:
-    confidences about 0.99, 0.9999 and exactly 1), so that Factor's floor check both passes and fails."""
+    confidences about 0.99, 0.9999 and exactly 1), so that Factor's and EntropyBound's floor checks both pass and
+    fail."""
     lg = tie_logits(B, L, V, torch.float32, g)
     share = [0.0, 0.1, 0.3, 0.7][int(torch.randint(0, 4, (1,), generator=g))]
     rows = torch.rand(B, L, generator=g) < share
@@ -264,17 +265,21 @@ def peaked_tie_logits(B, L, V, dt, g):
 
 @pytest.mark.parametrize("select", ["", "sort"])
 @pytest.mark.parametrize("BL", [33, 64, 256, 1000])
-def test_factor_floor_check(monkeypatch, BL, select):
-    """Factor on blocks of 33..1024: the radix select when the floor-th key fails Factor's test, and the sort it falls
-    back to when that key passes (peaked rows), against the CPU op; with PRR_CUDA_SELECT_SORT=1, the sort alone. The
-    CPU op's commit counts show that both outcomes occurred."""
+@pytest.mark.parametrize("rule", ["factor", "eb"])
+def test_floor_check(monkeypatch, rule, BL, select):
+    """Factor and EntropyBound on blocks of 33..1024: the radix select of their floor when their check shows that
+    nothing past it commits (Factor: a count of keys passing the test at the floor's rank; EntropyBound: the sum of
+    the floor's entropies, clear of gamma), and the sort they fall back to otherwise (peaked rows), against the CPU
+    op; with PRR_CUDA_SELECT_SORT=1, the sort alone. The CPU op's commit counts show that both outcomes occurred."""
     if select:
         monkeypatch.setenv("PRR_CUDA_SELECT_SORT", "1")
     V, B, P = 40, 3, 3
     mask = V - 1
     beyond_floor = at_floor = 0  # sequence-steps committing more than the floor / exactly the floor, of more
-    for f, steps in [(1.0, 4), (3.0, 8), (0.05, 2)]:
-        s_cpu, s_gpu = make_states(prr_ext.Factor(f), B, P, BL, BL, steps, mask, V, seed=BL + steps)
+    params = [(1.0, 4), (3.0, 8), (0.05, 2)] if rule == "factor" else [(0.5, 4), (4.0, 8), (0.02, 2)]
+    for param, steps in params:
+        pol = prr_ext.Factor(param) if rule == "factor" else prr_ext.EntropyBound(param)
+        s_cpu, s_gpu = make_states(pol, B, P, BL, BL, steps, mask, V, seed=BL + steps)
         g = torch.Generator().manual_seed(1000 + BL + steps)
         for _ in range(8):
             if s_cpu.done:

@@ -20,9 +20,9 @@
 //           the cs partials — the row is read from HBM once.
 //   phase 3 last-block-done per sequence: every CTA arrives once on its sequence's counter (a finished row's
 //           leader arrives for its whole cluster); the last arrival ranks the block's candidates (key desc, block
-//           position asc): for block_length <= 32 a bitonic sort in one warp's registers; above, for the rules that
-//           commit a counted prefix (prr::commit_count_needs_order false) a radix select of the first
-//           prr::commit_count_from, else a bitonic sort in SMEM and prr::commit_count. It writes the tokens into x,
+//           position asc): for block_length <= 32 a bitonic sort in one warp's registers; above, a radix select of
+//           the first prr::commit_count_from (for Factor and EntropyBound their floor, once a count or a sum shows
+//           that nothing past it commits), else a bitonic sort in SMEM and prr::commit_count. It writes the tokens into x,
 //           does the bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged and
 //           copied by the last CTA of the grid (a second counter), because every CTA of the grid reads
 //           row_state[:, 0].
@@ -694,6 +694,7 @@ struct SortSmem {
   int32_t sel[3];             // radix select: the chosen digit, how many are still needed, and its bucket's size
   int32_t wcount[kMaxWarps];  // radix select: per-warp counts of one chunk of positions
   int32_t n_veto;             // radix select: how many candidates satisfy the caller's veto test (Factor)
+  double wsum[kMaxWarps][2];  // radix select: per-warp sums of the cut's entropies and their magnitudes (EntropyBound)
 };
 
 __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, int64_t pb) {
@@ -792,24 +793,30 @@ __device__ __forceinline__ uint64_t order_bits(double k) {
   return (u >> 63) ? ~u : (u | (1ull << 63));
 }
 
-// Commit the c (1 <= c <= usable candidates) candidates that rank first (ranks_before: key desc, position asc) among
-// srt's first n, without sorting them: an MSD radix select over the key bits, 8 bits per pass, narrows down the c-th
-// key until its digit's bucket holds exactly what is still needed (then the whole bucket is taken: usually after 2-3
-// passes) or, for a run of equal keys across the boundary, to the exact key, of whose holders the lowest positions
-// are taken. srt.pos[i] is i for a usable candidate, INT32_MAX otherwise. For the rules whose prefix length does not
-// depend on the order (prr::commit_count_needs_order false): at 1024 positions on 4 warps a few passes of 2 barriers,
-// against the bitonic network's 15 barriers and ~45 dependent shuffle stages per 64-element chunk (v14 notes).
+// Where the c-th candidate (key desc, position asc) falls, as radix_cut leaves it: the candidates whose key bits
+// under `mask` exceed `prefix` rank before it; of those equal to `prefix` under `mask`, all are taken when
+// need == equal, else (then mask covers every bit: equal keys straddle the boundary) the `need` lowest positions.
+struct RadixCut {
+  uint64_t prefix = 0, mask = 0;
+  int need = 0, equal = 0;
+};
+
+__device__ __forceinline__ double key_of_order_bits(uint64_t u) {  // order_bits' inverse (+0.0 for a zero)
+  return __longlong_as_double(static_cast<long long>((u >> 63) ? (u & ~(1ull << 63)) : ~u));
+}
+
+// Find the cut of the c (1 <= c < usable candidates) candidates that rank first among srt's first n, without sorting
+// them: an MSD radix select over the key bits, 8 bits per pass, narrows down the c-th key until its digit's bucket
+// holds exactly what is still needed (then the whole bucket is taken: usually after 2-3 passes) or, for a run of
+// equal keys across the boundary, to the exact key. srt.pos[i] is i for a usable candidate, INT32_MAX otherwise. At
+// 1024 positions on 4 warps a few passes of 2 barriers, against the bitonic network's 15 barriers and ~45 dependent
+// shuffle stages per 64-element chunk (v14 notes).
 // kVeto: veto(key) is a test that holds on a prefix of the candidates in rank order (monotone in the key); if it holds
-// for c or more of them, i.e. for the c-th, nothing is committed and false is returned (Factor: then ranks past the
-// floor may pass too, and the caller sorts). It is counted in the first pass, at no extra barrier.
-template <bool kVeto, typename Commit, typename Veto>
-__device__ bool commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, Commit commit, Veto veto) {
+// for c or more of them, i.e. for the c-th, false is returned at once (Factor: then ranks past the floor may pass too,
+// and the caller sorts). It is counted in the first pass, at no extra barrier.
+template <bool kVeto, typename Veto>
+__device__ bool radix_cut(SortSmem& srt, int n, int c, Veto veto, RadixCut& cut) {
   const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
-  if (c == n_usable) {  // every usable candidate (e.g. the block's last step)
-    for (int i = tid; i < n; i += nt)
-      if (srt.pos[i] != INT32_MAX) commit(i);
-    return true;
-  }
   for (int d = tid; d < 512; d += nt) srt.hist[d >> 8][d & 255] = 0;
   if (kVeto && tid == 0) srt.n_veto = 0;
   __syncthreads();
@@ -868,20 +875,28 @@ __device__ bool commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, C
     equal = srt.sel[2];
     if (need == equal) break;  // the whole bucket is taken: no need to resolve the key further
   }
-  if (need == equal) {  // everything at or above the prefix (the usual case)
+  cut = RadixCut{prefix, mask, need, equal};
+  return true;
+}
+
+// Commit the candidates of a cut.
+template <typename Commit>
+__device__ void commit_cut(SortSmem& srt, int n, const RadixCut& cut, Commit commit) {
+  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
+  if (cut.need == cut.equal) {  // everything at or above the prefix (the usual case)
     for (int i = tid; i < n; i += nt)
-      if (srt.pos[i] != INT32_MAX && (order_bits(srt.key[i]) & mask) >= prefix) commit(i);
-    return true;
+      if (srt.pos[i] != INT32_MAX && (order_bits(srt.key[i]) & cut.mask) >= cut.prefix) commit(i);
+    return;
   }
-  // equal keys across the boundary (mask covers every bit): of those, the lowest positions first, by a scan over
-  // chunks of nt positions (ballot within a warp, counts across warps)
+  // equal keys across the boundary: of those, the lowest positions first, by a scan over chunks of nt positions
+  // (ballot within a warp, counts across warps)
   int before_chunk = 0;
   for (int i0 = 0; i0 < n; i0 += nt) {
     const int i = i0 + tid;
     uint64_t u = 0;
     const bool usable = i < n && srt.pos[i] != INT32_MAX;
     if (usable) u = order_bits(srt.key[i]);
-    const bool tie = usable && u == prefix;
+    const bool tie = usable && u == cut.prefix;
     const unsigned ties = __ballot_sync(kFull, tie);
     if (lane == 0) srt.wcount[warp] = __popc(ties);
     __syncthreads();
@@ -890,11 +905,49 @@ __device__ bool commit_top_by_radix(SortSmem& srt, int n, int c, int n_usable, C
       rank += w < warp ? srt.wcount[w] : 0;
       chunk += srt.wcount[w];
     }
-    if (usable && (u > prefix || (tie && rank < need))) commit(i);
+    if (usable && (u > cut.prefix || (tie && rank < cut.need))) commit(i);
     before_chunk += chunk;
     __syncthreads();
   }
-  return true;
+}
+
+// EntropyBound (key = -H): whether the entropies of the cut's c candidates certainly sum to more than gamma, so that
+// prr::commit_count's serial sum in sorted order exceeds gamma at or before the c-th and commits just the floor c.
+// Summed here in another order: each order's rounding error is at most about c 2^-53 sum |H|, so the sum must clear
+// gamma by twice that (4 (c + 2) 2^-53 sum |H|); false when it does not (then the caller sorts). One pass, one barrier.
+__device__ bool cut_entropy_exceeds(SortSmem& srt, int n, const RadixCut& cut, int c, double gamma) {
+  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
+  double sum = 0.0, abs_sum = 0.0;
+  for (int i = tid; i < n; i += nt) {
+    if (srt.pos[i] == INT32_MAX) continue;
+    const double key = srt.key[i];
+    const uint64_t u = order_bits(key) & cut.mask;
+    if (u > cut.prefix || (u == cut.prefix && cut.need == cut.equal)) {
+      sum -= key;
+      abs_sum += fabs(key);
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    sum += __shfl_xor_sync(kFull, sum, off);
+    abs_sum += __shfl_xor_sync(kFull, abs_sum, off);
+  }
+  if (lane == 0) {
+    srt.wsum[warp][0] = sum;
+    srt.wsum[warp][1] = abs_sum;
+  }
+  __syncthreads();
+  sum = abs_sum = 0.0;
+  for (int w = 0; w < (nt >> 5); ++w) {  // the same order in every thread: one decision
+    sum += srt.wsum[w][0];
+    abs_sum += srt.wsum[w][1];
+  }
+  if (cut.need != cut.equal) {  // `need` of the boundary's equal keys
+    const double k = key_of_order_bits(cut.prefix);
+    sum -= cut.need * k;
+    abs_sum += cut.need * fabs(k);
+  }
+  return sum - 4.0 * (c + 2) * 0x1p-53 * abs_sum > gamma;
 }
 
 __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, int64_t b, int64_t active, SortSmem& srt,
@@ -910,10 +963,9 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   // masks in the block and usable candidates; keys into the sort buffer (padding sorts last)
   int64_t n_masked = 0, n_usable = 0, n_pass = 0;  // n_pass: usable keys >= param (Threshold, PRR; radix path)
   const bool in_smem = BL <= kSortCap;
-  // blocks of 33 .. kSortCap positions under a rule that needs no order to count: select by radix, not a sort
-  const bool by_radix = BL > 32 && in_smem && !prr::commit_count_needs_order(p.policy) && kp.select_sort == 0;
-  // Factor: the same when nothing beyond its floor passes (counted in the radix select's first pass), else the sort
-  const bool factor_radix = BL > 32 && in_smem && p.policy == prr::kFactor && kp.select_sort == 0;
+  // blocks of 33 .. kSortCap positions select by radix, not a sort (Factor, EntropyBound: unless more than their
+  // floor may commit)
+  const bool by_radix = BL > 32 && in_smem && kp.select_sort == 0;
   int64_t n2 = 1;
   while (n2 < BL) n2 <<= 1;
   __shared__ int64_t s_cand[32];  // block_length <= 32: the candidates in rank order
@@ -1004,25 +1056,34 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     kp.commit[b * p.L + lo + pos] = true;
   };
   if (by_radix) {
-    n_commit = prr::commit_count_from(p.policy, n_usable, k_sched, n_pass, p.union_schedule);
-    if (n_commit > 0) {
-      __syncthreads();  // srt as loaded
-      commit_top_by_radix<false>(srt, static_cast<int>(BL), static_cast<int>(n_commit),
-                                 static_cast<int>(n_usable), commit_pos, [](double) { return false; });
-    }
-  } else if (factor_radix) {
-    // c: the floor, capped at n_usable (then commit_top_by_radix takes every candidate, no veto)
-    const int64_t c = prr::commit_count_from(p.policy, n_usable, k_sched, 0, p.union_schedule);
+    // how many: from counts for the rules that need no order; Factor and EntropyBound start from their floor and
+    // check below that nothing past it passes their rule
+    const bool counted = !prr::commit_count_needs_order(p.policy);
+    const int64_t c = prr::commit_count_from(p.policy, n_usable, k_sched, counted ? n_pass : 0, p.union_schedule);
     if (c == 0) {
       n_commit = 0;
+    } else if (c == n_usable) {  // every usable candidate (e.g. the block's last step)
+      for (int64_t i = tid; i < BL; i += nt)
+        if (srt.pos[i] != INT32_MAX) commit_pos(static_cast<int>(i));
+      n_commit = c;
     } else {
       __syncthreads();  // srt as loaded
-      // the c-th key passes Factor's test at its rank iff c keys do (the test is monotone in the key)
-      const bool done = commit_top_by_radix<true>(srt, static_cast<int>(BL), static_cast<int>(c),
-                                                  static_cast<int>(n_usable), commit_pos, [&](double key) {
-        return prr::factor_passes(c - 1, key, p.param);
-      });
-      if (done) n_commit = c;
+      RadixCut cut;
+      bool decided;
+      if (p.policy == prr::kFactor) {
+        // the c-th key passes Factor's test at its rank iff c keys do (the test is monotone in the key)
+        decided = radix_cut<true>(srt, static_cast<int>(BL), static_cast<int>(c), [&](double key) {
+          return prr::factor_passes(c - 1, key, p.param);
+        }, cut);
+      } else {
+        decided = radix_cut<false>(srt, static_cast<int>(BL), static_cast<int>(c), [](double) { return false; }, cut);
+        if (p.policy == prr::kEntropyBound)
+          decided = cut_entropy_exceeds(srt, static_cast<int>(BL), cut, static_cast<int>(c), p.param);
+      }
+      if (decided) {
+        commit_cut(srt, static_cast<int>(BL), cut, commit_pos);
+        n_commit = c;
+      }
     }
   }
   if (n_commit >= 0) {
