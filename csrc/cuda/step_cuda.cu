@@ -22,9 +22,9 @@
 //           leader arrives for its whole cluster); the last arrival ranks the block's candidates (key desc, block
 //           position asc): for block_length <= 32 a bitonic sort in one warp's registers; above, a radix select of
 //           the first prr::commit_count_from (for Factor and EntropyBound their floor, once a count or a sum shows
-//           that nothing past it commits), else a bitonic sort in SMEM and prr::commit_count. It writes the tokens into x,
-//           does the bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged and
-//           copied by the last CTA of the grid (a second counter), because every CTA of the grid reads
+//           that nothing past it commits), else a bitonic sort in SMEM and prr::commit_count. It writes the tokens
+//           into x, does the bookkeeping, then resets the counter. With B > 1 the block index of row_state is staged
+//           and copied by the last CTA of the grid (a second counter), because every CTA of the grid reads
 //           row_state[:, 0].
 //   Nothing is written that another CTA may still need to read: the counters order every read before the writes.
 //
@@ -1062,7 +1062,8 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     const int64_t c = prr::commit_count_from(p.policy, n_usable, k_sched, counted ? n_pass : 0, p.union_schedule);
     if (c == 0) {
       n_commit = 0;
-    } else if (c == n_usable) {  // every usable candidate (e.g. the block's last step)
+    } else if (c == n_usable) {  // every usable candidate (e.g. the block's last step); block_count_all's barriers
+                                 // have published srt
       for (int64_t i = tid; i < BL; i += nt)
         if (srt.pos[i] != INT32_MAX) commit_pos(static_cast<int>(i));
       n_commit = c;
