@@ -76,7 +76,8 @@ def gen_logits(B, L, V, dt, g, scale=3.0):
 
 
 def decode_compare(policy, *, B=3, P=5, G=16, BL=8, steps=8, V=300, dt=torch.float32, T=0.0, cdt=torch.float32,
-                   full=True, loops=24, with_reference=False, seed=0, logits_fn=None):
+                   full=True, loops=24, with_reference=False, seed=0, logits_fn=None, on_step=None):
+    """on_step(before, commit): called after each step with the CPU state as it was before it and its commit mask."""
     mask = V - 1
     s_cpu, s_gpu = make_states(policy, B, P, G, BL, steps, mask, V, T=T, cdt=cdt, seed=seed)
     s_ref = s_cpu.clone() if with_reference else None
@@ -88,9 +89,12 @@ def decode_compare(policy, *, B=3, P=5, G=16, BL=8, steps=8, V=300, dt=torch.flo
         if not full:
             lo = s_cpu.block_start
             lg = lg[:, lo:lo + BL].contiguous()
+        before = s_cpu.clone() if on_step else None
         c_cpu = prr_ext.step(lg, s_cpu)
         c_gpu = prr_ext.step(lg.cuda(), s_gpu)
         check_same(s_cpu, s_gpu, c_cpu, c_gpu, cdt)
+        if on_step:
+            on_step(before, c_cpu)
         if s_ref is not None:
             c_ref, t_ref, st_ref = R.step(lg, s_ref)
             assert torch.equal(c_ref, c_gpu.cpu())
@@ -273,32 +277,26 @@ def test_floor_check(monkeypatch, rule, BL, select):
     op; with PRR_CUDA_SELECT_SORT=1, the sort alone. The CPU op's commit counts show that both outcomes occurred."""
     if select:
         monkeypatch.setenv("PRR_CUDA_SELECT_SORT", "1")
-    V, B, P = 40, 3, 3
-    mask = V - 1
-    beyond_floor = at_floor = 0  # sequence-steps committing more than the floor / exactly the floor, of more
+    V, mask = 40, 39
+    counts = {"beyond_floor": 0, "at_floor": 0}  # sequence-steps committing more than the floor / the floor, of more
+
+    def tally(before, commit):
+        lo = before.block_start
+        for b in range(commit.shape[0]):
+            n_masked = int((before.x[b, lo:lo + BL] == mask).sum())
+            step = int(before.row_state[b, R.RS_STEP])
+            k = R.schedule_k(n_masked if step == 0 else int(before.row_state[b, R.RS_SCHED_N]), steps, step)
+            floor = min(max(k, 1), n_masked)
+            n = int(commit[b].sum())
+            counts["beyond_floor"] += n > floor
+            counts["at_floor"] += n == floor < n_masked
+
     params = [(1.0, 4), (3.0, 8), (0.05, 2)] if rule == "factor" else [(0.5, 4), (4.0, 8), (0.02, 2)]
     for param, steps in params:
         pol = prr_ext.Factor(param) if rule == "factor" else prr_ext.EntropyBound(param)
-        s_cpu, s_gpu = make_states(pol, B, P, BL, BL, steps, mask, V, seed=BL + steps)
-        g = torch.Generator().manual_seed(1000 + BL + steps)
-        for _ in range(8):
-            if s_cpu.done:
-                break
-            lo = s_cpu.block_start
-            n_masked = (s_cpu.x[:, lo:lo + BL] == mask).sum(1).tolist()
-            rs = s_cpu.row_state.tolist()
-            lg = peaked_tie_logits(B, P + BL, V, torch.float32, g)
-            c_cpu = prr_ext.step(lg, s_cpu)
-            c_gpu = prr_ext.step(lg.cuda(), s_gpu)
-            check_same(s_cpu, s_gpu, c_cpu, c_gpu)
-            for b in range(B):
-                step = rs[b][R.RS_STEP]
-                k = R.schedule_k(n_masked[b] if step == 0 else rs[b][R.RS_SCHED_N], steps, step)
-                floor = min(max(k, 1), n_masked[b])
-                n = int(c_cpu[b].sum())
-                beyond_floor += n > floor
-                at_floor += n == floor < n_masked[b]
-    assert beyond_floor > 0 and at_floor > 0, (beyond_floor, at_floor)
+        decode_compare(pol, B=3, P=3, G=BL, BL=BL, steps=steps, V=V, loops=8, logits_fn=peaked_tie_logits,
+                       seed=BL + steps, on_step=tally)
+    assert counts["beyond_floor"] > 0 and counts["at_floor"] > 0, counts
 
 
 def test_large_block_global_sort():
