@@ -410,13 +410,19 @@ def test_external_inputs():
 
 @pytest.mark.parametrize("BL", [64, 256, 1000])
 def test_radix_select_external_keys(BL):
-    """The radix select on keys the op is given: RandomRemask's random_conf drawn from {-0.0, +0.0, 0.25, 0.5} (the
-    signed zeros tie, lowest position first) and PRR's external scores with NaNs (ranked last, usable) and repeats,
-    against the CPU op. With four key values, every prefix RandomRemask commits ends inside a run of equal keys."""
+    """The radix select on keys the op is given: RandomRemask's random_conf drawn from small pools and PRR's external
+    scores with NaNs (ranked last, usable) and repeats, against the CPU op. The pools: {-0.0, +0.0, 0.25, 0.5} (the
+    signed zeros tie, lowest position first; every prefix RandomRemask commits ends inside a run of equal keys), one
+    value (every key equal: the radix select's first digit is its last 8 bits), two values one fp32 ulp apart (they
+    differ from bit 29 of the fp64 key: its digits end in a narrower one), and keys of both signs (they differ in the
+    top bit)."""
     V, B, P, steps = 50, 2, 3, 4
     G, mask = 2 * BL, V - 1
     ctrl = prr_ext.Controller.init(3, hidden=(8, 8))
-    for pol in [prr_ext.RandomRemask(), prr_ext.PRR(ctrl, tau=0.6, shaping="power"), prr_ext.PRR(ctrl, tau=1.0)]:
+    pools = [[-0.0, 0.0, 0.25, 0.5], [0.375], [0.5, 0.5 + 2.0 ** -24], [-0.25, -0.0, 0.125, 0.25]]
+    cases = [(prr_ext.RandomRemask(), torch.tensor(pool)) for pool in pools]
+    cases += [(prr_ext.PRR(ctrl, tau=0.6, shaping="power"), None), (prr_ext.PRR(ctrl, tau=1.0), None)]
+    for pol, pool in cases:
         s_cpu, s_gpu = make_states(pol, B, P, G, BL, steps, mask, V)
         g = torch.Generator().manual_seed(BL)
         while not s_cpu.done:
@@ -428,7 +434,7 @@ def test_radix_select_external_keys(BL):
                 c_gpu = prr_ext.step(lg.cuda(), s_gpu, scores=sc.cuda())
                 check_same(s_cpu, s_gpu, c_cpu, c_gpu)
                 continue
-            rconf = torch.tensor([-0.0, 0.0, 0.25, 0.5])[torch.randint(0, 4, (B, P + G), generator=g)]
+            rconf = pool[torch.randint(0, len(pool), (B, P + G), generator=g)]
             outs = op_step_cpu_and_cuda(pol, s_cpu, s_gpu, lg, mask, BL, steps, None, rconf)
             assert torch.equal(outs[0][0], outs[1][0].cpu())
             assert torch.equal(s_cpu.x, s_gpu.x.cpu()) and torch.equal(s_cpu.row_state, s_gpu.row_state.cpu())

@@ -341,29 +341,42 @@ __device__ A block_sum(A v, A* scratch) {
   return v;
 }
 
-// Integer reductions whose result every thread receives.
-__device__ int64_t block_min_all(int64_t v, int64_t* scratch) {
+// N values per thread reduced over the CTA by op(e, a, b) (e: which value), the result in every thread: a shuffle tree
+// per warp, then the warps' partials from shared memory in warp order, the same order in every thread (one result,
+// also for floating point). One barrier; a caller that reuses `scratch` next needs another.
+template <int N, typename A, typename Op>
+__device__ void block_reduce_all(A (&v)[N], A (*scratch)[N], Op op) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
 #pragma unroll
-  for (int delta = 16; delta > 0; delta >>= 1) v = min(v, static_cast<int64_t>(__shfl_xor_sync(kFull, v, delta)));
-  if (lane == 0) scratch[warp] = v;
+  for (int delta = 16; delta > 0; delta >>= 1) {
+#pragma unroll
+    for (int e = 0; e < N; ++e) v[e] = op(e, v[e], __shfl_xor_sync(kFull, v[e], delta));
+  }
+  if (lane == 0) {
+#pragma unroll
+    for (int e = 0; e < N; ++e) scratch[warp][e] = v[e];
+  }
   __syncthreads();
-  int64_t r = scratch[0];
-  for (int w = 1; w < nwarps; ++w) r = min(r, scratch[w]);
+#pragma unroll
+  for (int e = 0; e < N; ++e) {
+    v[e] = scratch[0][e];
+    for (int w = 1; w < nwarps; ++w) v[e] = op(e, v[e], scratch[w][e]);
+  }
+}
+
+// Integer reductions whose result every thread receives (scratch: kMaxWarps entries, free again on return).
+__device__ int64_t block_min_all(int64_t v, int64_t* scratch) {
+  int64_t a[1] = {v};
+  block_reduce_all(a, reinterpret_cast<int64_t(*)[1]>(scratch), [](int, int64_t x, int64_t y) { return min(x, y); });
   __syncthreads();
-  return r;
+  return a[0];
 }
 
 __device__ int64_t block_count_all(int64_t v, int64_t* scratch) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
-#pragma unroll
-  for (int delta = 16; delta > 0; delta >>= 1) v += static_cast<int64_t>(__shfl_xor_sync(kFull, v, delta));
-  if (lane == 0) scratch[warp] = v;
+  int64_t a[1] = {v};
+  block_reduce_all(a, reinterpret_cast<int64_t(*)[1]>(scratch), [](int, int64_t x, int64_t y) { return x + y; });
   __syncthreads();
-  int64_t r = 0;
-  for (int w = 0; w < nwarps; ++w) r += scratch[w];
-  __syncthreads();
-  return r;
+  return a[0];
 }
 
 // Round a probability to the confidence dtype (bf16/fp16: round-to-nearest-even of the fp32 value, as c10 does).
@@ -695,6 +708,7 @@ struct SortSmem {
   int32_t wcount[kMaxWarps];  // radix select: per-warp counts of one chunk of positions
   int32_t n_veto;             // radix select: how many candidates satisfy the caller's veto test (Factor)
   double wsum[kMaxWarps][2];  // radix select: per-warp sums of the cut's entropies and their magnitudes (EntropyBound)
+  uint64_t wred[kMaxWarps][3];  // per-warp partials of the block's counts and of its keys' lowest / highest order bits
 };
 
 __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, int64_t pb) {
@@ -807,38 +821,49 @@ __device__ __forceinline__ double key_of_order_bits(uint64_t u) {  // order_bits
 
 // Find the cut of the c (1 <= c < usable candidates) candidates that rank first among srt's first n, without sorting
 // them: an MSD radix select over the key bits, 8 bits per pass, narrows down the c-th key until its digit's bucket
-// holds exactly what is still needed (then the whole bucket is taken: usually after 2-3 passes) or, for a run of
-// equal keys across the boundary, to the exact key. srt.pos[i] is i for a usable candidate, INT32_MAX otherwise. At
-// 1024 positions on 4 warps a few passes of 2 barriers, against the bitonic network's 15 barriers and ~45 dependent
-// shuffle stages per 64-element chunk (v14 notes).
+// holds exactly what is still needed (then the whole bucket is taken) or, for a run of equal keys across the
+// boundary, to the exact key. srt.pos[i] is i for a usable candidate, INT32_MAX otherwise. `lo_bits` / `hi_bits`: the
+// lowest and highest order_bits of the usable keys. Every key shares their common leading bits, so the first digit is
+// the 8 bits from their highest differing bit down (v16; v14 started at bit 63, where probabilities share the sign and
+// top exponent bits, and spent its first pass on one bucket that all 1024 keys' shared-memory atomics hit): on the
+// benchmark's keys 1.85 passes on average instead of 2.9 (a host simulation). At 1024 positions on 4 warps a few
+// passes of 2 barriers, against the bitonic network's 15 barriers and ~45 dependent shuffle stages per 64-element
+// chunk (v14 notes).
 // kVeto: veto(key) is a test that holds on a prefix of the candidates in rank order (monotone in the key); if it holds
 // for c or more of them, i.e. for the c-th, false is returned at once (Factor: then ranks past the floor may pass too,
 // and the caller sorts). It is counted in the first pass, at no extra barrier.
 template <bool kVeto, typename Veto>
-__device__ bool radix_cut(SortSmem& srt, int n, int c, Veto veto, RadixCut& cut) {
+__device__ bool radix_cut(SortSmem& srt, int n, int c, uint64_t lo_bits, uint64_t hi_bits, Veto veto, RadixCut& cut) {
   const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
   for (int d = tid; d < 512; d += nt) srt.hist[d >> 8][d & 255] = 0;
   if (kVeto && tid == 0) srt.n_veto = 0;
   __syncthreads();
-  uint64_t prefix = 0, mask = 0;  // the c-th key's digits found so far, and which bits they are
+  // the first digit's top bit: the highest bit where the keys differ (at least bit 7, so that one pass always runs:
+  // with all keys equal it finds them all in one bucket, and Factor's count is made)
+  const int top = max(63 - __clzll(static_cast<long long>(lo_bits ^ hi_bits)), 7);
+  uint64_t mask = top == 63 ? 0 : ~0ull << (top + 1);  // which bits of the c-th key are known: the shared ones first
+  uint64_t prefix = lo_bits & mask;                     // and their values
   int need = c, equal = 0, buf = 0;
-  for (int shift = 56; shift >= 0; shift -= 8, buf ^= 1) {
+  for (int shift = top - 7; shift > -8; shift -= 8, buf ^= 1) {
+    const bool first = shift == top - 7;
+    const int low = max(shift, 0);                            // the digit: bits low .. shift + 7 (the last one may be
+    const uint64_t digit_mask = (1ull << (shift + 8 - low)) - 1;  // narrower)
     // count this pass's digits among the candidates that share the prefix; clear the other buffer for the next pass
     int vetoes = 0;
     for (int i = tid; i < n; i += nt) {
       if (srt.pos[i] == INT32_MAX) continue;
       const double key = srt.key[i];
       const uint64_t u = order_bits(key);
-      if ((u & mask) == prefix) atomicAdd(&srt.hist[buf][(u >> shift) & 255], 1u);
-      if (kVeto && shift == 56) vetoes += veto(key) ? 1 : 0;
+      if ((u & mask) == prefix) atomicAdd(&srt.hist[buf][(u >> low) & digit_mask], 1u);
+      if (kVeto && first) vetoes += veto(key) ? 1 : 0;
     }
-    if (kVeto && shift == 56) {
+    if (kVeto && first) {
       vetoes = static_cast<int>(__reduce_add_sync(kFull, static_cast<unsigned>(vetoes)));
       if (lane == 0 && vetoes) atomicAdd(&srt.n_veto, vetoes);
     }
     for (int d = tid; d < 256; d += nt) srt.hist[buf ^ 1][d] = 0;
     __syncthreads();
-    if (kVeto && shift == 56 && srt.n_veto >= c) return false;
+    if (kVeto && first && srt.n_veto >= c) return false;
     if (warp == 0) {
       // the digit d with #(digits above d) < need <= #(digits >= d): lane l sums bins 8l .. 8l + 7, a suffix scan
       // over the lanes finds the lane, then the lane walks its bins from the top
@@ -869,8 +894,8 @@ __device__ bool radix_cut(SortSmem& srt, int n, int c, Veto veto, RadixCut& cut)
       }
     }
     __syncthreads();
-    prefix |= static_cast<uint64_t>(srt.sel[0]) << shift;
-    mask |= 0xffull << shift;
+    prefix |= static_cast<uint64_t>(srt.sel[0]) << low;
+    mask |= digit_mask << low;
     need = srt.sel[1];
     equal = srt.sel[2];
     if (need == equal) break;  // the whole bucket is taken: no need to resolve the key further
@@ -916,7 +941,7 @@ __device__ void commit_cut(SortSmem& srt, int n, const RadixCut& cut, Commit com
 // Summed here in another order: each order's rounding error is at most about c 2^-53 sum |H|, so the sum must clear
 // gamma by twice that (4 (c + 2) 2^-53 sum |H|); false when it does not (then the caller sorts). One pass, one barrier.
 __device__ bool cut_entropy_exceeds(SortSmem& srt, int n, const RadixCut& cut, int c, double gamma) {
-  const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
+  const int tid = threadIdx.x, nt = blockDim.x;
   double sum = 0.0, abs_sum = 0.0;
   for (int i = tid; i < n; i += nt) {
     if (srt.pos[i] == INT32_MAX) continue;
@@ -927,21 +952,10 @@ __device__ bool cut_entropy_exceeds(SortSmem& srt, int n, const RadixCut& cut, i
       abs_sum += fabs(key);
     }
   }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    sum += __shfl_xor_sync(kFull, sum, off);
-    abs_sum += __shfl_xor_sync(kFull, abs_sum, off);
-  }
-  if (lane == 0) {
-    srt.wsum[warp][0] = sum;
-    srt.wsum[warp][1] = abs_sum;
-  }
-  __syncthreads();
-  sum = abs_sum = 0.0;
-  for (int w = 0; w < (nt >> 5); ++w) {  // the same order in every thread: one decision
-    sum += srt.wsum[w][0];
-    abs_sum += srt.wsum[w][1];
-  }
+  double sums[2] = {sum, abs_sum};
+  block_reduce_all(sums, srt.wsum, [](int, double x, double y) { return x + y; });  // one order: one decision
+  sum = sums[0];
+  abs_sum = sums[1];
   if (cut.need != cut.equal) {  // `need` of the boundary's equal keys
     const double k = key_of_order_bits(cut.prefix);
     sum -= cut.need * k;
@@ -962,6 +976,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
 
   // masks in the block and usable candidates; keys into the sort buffer (padding sorts last)
   int64_t n_masked = 0, n_usable = 0, n_pass = 0;  // n_pass: usable keys >= param (Threshold, PRR; radix path)
+  uint64_t lo_bits = ~0ull, hi_bits = 0;            // the usable keys' lowest / highest order_bits (radix path)
   const bool in_smem = BL <= kSortCap;
   // blocks of 33 .. kSortCap positions select by radix, not a sort (Factor, EntropyBound: unless more than their
   // floor may commit)
@@ -1008,7 +1023,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     n_usable = s_counts[1];
   } else if (in_smem) {
     // flags and keys loaded together, several iterations in flight (a 1024-position block is 16 iterations per
-    // thread of a 64-thread CTA; one L2 round trip each, serially, cost ~10 us)
+    // thread of a 64-thread CTA); the usable keys' order_bits range for radix_cut
 #pragma unroll 4
     for (int64_t i = tid; i < n2; i += nt) {
       double k = ninf;
@@ -1021,6 +1036,8 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
           k = __longlong_as_double(kb);
           pos = static_cast<int32_t>(i);
           n_pass += k >= p.param ? 1 : 0;
+          lo_bits = min(lo_bits, order_bits(k));
+          hi_bits = max(hi_bits, order_bits(k));
         }
       }
       srt.key[i] = k;
@@ -1034,11 +1051,16 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     }
   }
   TL(16);
-  if (BL > 32 && in_smem) {  // the three counts (<= kSortCap < 2^21) in one reduction
-    const int64_t all = block_count_all((n_masked << 42) | (n_usable << 21) | n_pass, iscratch);
-    n_masked = all >> 42;
-    n_usable = (all >> 21) & 0x1fffff;
-    n_pass = all & 0x1fffff;
+  if (BL > 32 && in_smem) {  // the three counts (<= kSortCap < 2^21) and the key range in one reduction
+    uint64_t r[3] = {static_cast<uint64_t>((n_masked << 42) | (n_usable << 21) | n_pass), lo_bits, hi_bits};
+    block_reduce_all(r, srt.wred, [](int e, uint64_t x, uint64_t y) {
+      return e == 0 ? x + y : e == 1 ? min(x, y) : max(x, y);
+    });
+    n_masked = static_cast<int64_t>(r[0] >> 42);
+    n_usable = static_cast<int64_t>((r[0] >> 21) & 0x1fffff);
+    n_pass = static_cast<int64_t>(r[0] & 0x1fffff);
+    lo_bits = r[1];
+    hi_bits = r[2];
   } else if (BL > 32) {  // both counts (< 2^31) in one reduction
     const int64_t both = block_count_all((n_masked << 32) | n_usable, iscratch);
     n_masked = both >> 32;
@@ -1051,10 +1073,11 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
   const int32_t* pos_smem = nullptr;
   const int64_t* pos_glob = nullptr;
   int64_t n_commit = -1;  // -1: decided after a sort
-  const auto commit_pos = [&](int pos) {
-    kp.x[b * p.L + lo + pos] = __ldcg(ws.cand + base + pos);
+  const auto commit_token = [&](int64_t pos, int64_t token) {  // block position pos takes token
+    kp.x[b * p.L + lo + pos] = token;
     kp.commit[b * p.L + lo + pos] = true;
   };
+  const auto commit_pos = [&](int64_t pos) { commit_token(pos, __ldcg(ws.cand + base + pos)); };
   if (by_radix) {
     // how many: from counts for the rules that need no order; Factor and EntropyBound start from their floor and
     // check below that nothing past it passes their rule
@@ -1062,22 +1085,22 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     const int64_t c = prr::commit_count_from(p.policy, n_usable, k_sched, counted ? n_pass : 0, p.union_schedule);
     if (c == 0) {
       n_commit = 0;
-    } else if (c == n_usable) {  // every usable candidate (e.g. the block's last step); block_count_all's barriers
-                                 // have published srt
+    } else if (c == n_usable) {  // every usable candidate (e.g. the block's last step); the reduction's barrier has
+                                 // published srt
       for (int64_t i = tid; i < BL; i += nt)
-        if (srt.pos[i] != INT32_MAX) commit_pos(static_cast<int>(i));
+        if (srt.pos[i] != INT32_MAX) commit_pos(i);
       n_commit = c;
     } else {
-      __syncthreads();  // srt as loaded
-      RadixCut cut;
+      RadixCut cut;  // srt as loaded: published by the reduction's barrier
       bool decided;
       if (p.policy == prr::kFactor) {
         // the c-th key passes Factor's test at its rank iff c keys do (the test is monotone in the key)
-        decided = radix_cut<true>(srt, static_cast<int>(BL), static_cast<int>(c), [&](double key) {
+        decided = radix_cut<true>(srt, static_cast<int>(BL), static_cast<int>(c), lo_bits, hi_bits, [&](double key) {
           return prr::factor_passes(c - 1, key, p.param);
         }, cut);
       } else {
-        decided = radix_cut<false>(srt, static_cast<int>(BL), static_cast<int>(c), [](double) { return false; }, cut);
+        decided = radix_cut<false>(srt, static_cast<int>(BL), static_cast<int>(c), lo_bits, hi_bits,
+                                   [](double) { return false; }, cut);
         if (p.policy == prr::kEntropyBound)
           decided = cut_entropy_exceeds(srt, static_cast<int>(BL), cut, static_cast<int>(c), p.param);
       }
@@ -1127,9 +1150,11 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     TL(18);
     for (int64_t i = tid; i < n_commit; i += nt) {
       const int64_t pos = in_smem ? static_cast<int64_t>(pos_smem[i]) : __ldcg(pos_glob + i);
-      const int64_t col = lo + pos;
-      kp.x[b * p.L + col] = BL <= 32 ? s_cand[i] : __ldcg(ws.cand + base + pos);
-      kp.commit[b * p.L + col] = true;
+      if (BL <= 32) {
+        commit_token(pos, s_cand[i]);
+      } else {
+        commit_pos(pos);
+      }
     }
   }
 
