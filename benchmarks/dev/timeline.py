@@ -50,11 +50,12 @@ def report(label, policy, V):
     prev = 0
     for k in ORDER:
         name = SLOTS[k]
-        have = g[:, k] > 0
+        # stamps before t0 are an earlier step's of the graph (the selection's slots: only the last arrival writes them)
+        have = g[:, k] >= t0
         if not have.any():
             continue
         rel = (g[have, k] - t0) / 1e3
-        both = have & (c[:, prev] > 0)
+        both = have & (g[:, prev] >= t0)
         dc = statistics.median((c[both, k] - c[both, prev]).tolist()) if k > 0 and both.any() else 0
         print(f"  {name:16s} {int(have.sum()):5d} {rel.min():8.2f} {rel.median():8.2f} {rel.max():8.2f}   {dc:22.0f}")
         prev = k

@@ -825,10 +825,10 @@ __device__ __forceinline__ double key_of_order_bits(uint64_t u) {  // order_bits
 // boundary, to the exact key. srt.pos[i] is i for a usable candidate, INT32_MAX otherwise. `lo_bits` / `hi_bits`: the
 // lowest and highest order_bits of the usable keys. Every key shares their common leading bits, so the first digit is
 // the 8 bits from their highest differing bit down (v16; v14 started at bit 63, where probabilities share the sign and
-// top exponent bits, and spent its first pass on one bucket that all 1024 keys' shared-memory atomics hit): on the
-// benchmark's keys 1.85 passes on average instead of 2.9 (a host simulation). At 1024 positions on 4 warps a few
-// passes of 2 barriers, against the bitonic network's 15 barriers and ~45 dependent shuffle stages per 64-element
-// chunk (v14 notes).
+// top exponent bits, and spent its first pass on one bucket that all 1024 keys' shared-memory atomics hit): 1.85
+// passes on average instead of 2.9 on the benchmark's keys, 3.0 instead of 4.1 on a confident model's
+// (benchmarks/dev/radix_passes.py). At 1024 positions on 4 warps a few passes of 2 barriers, against the bitonic
+// network's 15 barriers and ~45 dependent shuffle stages per 64-element chunk (v14 notes).
 // kVeto: veto(key) is a test that holds on a prefix of the candidates in rank order (monotone in the key); if it holds
 // for c or more of them, i.e. for the c-th, false is returned at once (Factor: then ranks past the floor may pass too,
 // and the caller sorts). It is counted in the first pass, at no extra barrier.
