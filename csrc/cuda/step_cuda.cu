@@ -813,6 +813,9 @@ __device__ __forceinline__ uint64_t order_bits(double k) {
 struct RadixCut {
   uint64_t prefix = 0, mask = 0;
   int need = 0, equal = 0;
+  // for a usable candidate's order_bits u: ranks before the boundary's bucket / falls in it
+  __device__ bool above(uint64_t u) const { return (u & mask) > prefix; }
+  __device__ bool on(uint64_t u) const { return (u & mask) == prefix; }
 };
 
 __device__ __forceinline__ double key_of_order_bits(uint64_t u) {  // order_bits' inverse (+0.0 for a zero)
@@ -909,8 +912,11 @@ template <typename Commit>
 __device__ void commit_cut(SortSmem& srt, int n, const RadixCut& cut, Commit commit) {
   const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, warp = tid >> 5;
   if (cut.need == cut.equal) {  // everything at or above the prefix (the usual case)
-    for (int i = tid; i < n; i += nt)
-      if (srt.pos[i] != INT32_MAX && (order_bits(srt.key[i]) & cut.mask) >= cut.prefix) commit(i);
+    for (int i = tid; i < n; i += nt) {
+      if (srt.pos[i] == INT32_MAX) continue;
+      const uint64_t u = order_bits(srt.key[i]);
+      if (cut.above(u) || cut.on(u)) commit(i);
+    }
     return;
   }
   // equal keys across the boundary: of those, the lowest positions first, by a scan over chunks of nt positions
@@ -921,7 +927,7 @@ __device__ void commit_cut(SortSmem& srt, int n, const RadixCut& cut, Commit com
     uint64_t u = 0;
     const bool usable = i < n && srt.pos[i] != INT32_MAX;
     if (usable) u = order_bits(srt.key[i]);
-    const bool tie = usable && u == cut.prefix;
+    const bool tie = usable && cut.on(u);
     const unsigned ties = __ballot_sync(kFull, tie);
     if (lane == 0) srt.wcount[warp] = __popc(ties);
     __syncthreads();
@@ -930,7 +936,7 @@ __device__ void commit_cut(SortSmem& srt, int n, const RadixCut& cut, Commit com
       rank += w < warp ? srt.wcount[w] : 0;
       chunk += srt.wcount[w];
     }
-    if (usable && (u > cut.prefix || (tie && rank < cut.need))) commit(i);
+    if (usable && (cut.above(u) || (tie && rank < cut.need))) commit(i);
     before_chunk += chunk;
     __syncthreads();
   }
@@ -946,8 +952,8 @@ __device__ bool cut_entropy_exceeds(SortSmem& srt, int n, const RadixCut& cut, i
   for (int i = tid; i < n; i += nt) {
     if (srt.pos[i] == INT32_MAX) continue;
     const double key = srt.key[i];
-    const uint64_t u = order_bits(key) & cut.mask;
-    if (u > cut.prefix || (u == cut.prefix && cut.need == cut.equal)) {
+    const uint64_t u = order_bits(key);
+    if (cut.above(u) || (cut.on(u) && cut.need == cut.equal)) {
       sum -= key;
       abs_sum += fabs(key);
     }
@@ -1036,8 +1042,9 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
           k = __longlong_as_double(kb);
           pos = static_cast<int32_t>(i);
           n_pass += k >= p.param ? 1 : 0;
-          lo_bits = min(lo_bits, order_bits(k));
-          hi_bits = max(hi_bits, order_bits(k));
+          const uint64_t u = order_bits(k);
+          lo_bits = min(lo_bits, u);
+          hi_bits = max(hi_bits, u);
         }
       }
       srt.key[i] = k;
