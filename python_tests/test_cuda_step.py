@@ -223,6 +223,58 @@ def test_prr_one_cta_per_row(monkeypatch, dt):
         decode_compare(policies()["prr_temp"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, T=0.8, loops=2, seed=24)
 
 
+@pytest.mark.parametrize("dyn", ["0", "1"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_persistent_rows(monkeypatch, dyn, B):
+    """More rows than co-resident CTAs (forced: one 8-warp CTA per row, 2 per SM), so each CTA walks several rows:
+    statically (PRR_CUDA_DYNROWS=0) or claiming each next row from the workspace counter (1, the default). Rows of
+    one register tile (the claim and the next row's prefetch in the same call) and of many (the claim one tile ahead);
+    the counter is back at zero after every step (check_same), after a step on a finished sequence, and across CUDA
+    graph replays."""
+    monkeypatch.setenv("PRR_CUDA_CS", "1")
+    monkeypatch.setenv("PRR_CUDA_NT", "256")
+    monkeypatch.setenv("PRR_CUDA_DYNROWS", dyn)
+    BL = 600 // B  # 600 rows against at most 2 * 132 CTAs
+    for name in ("lowconf", "eb", "prr_temp"):
+        s = decode_compare(policies()[name], V=700, B=B, P=3, G=BL, BL=BL, steps=3, dt=torch.bfloat16, loops=4,
+                           seed=41)
+        assert s.done
+        prr_ext.step(torch.randn(B, 3 + BL, 700, device="cuda").to(torch.bfloat16), s)  # nothing left to decode
+        assert int(s.workspace[: 1 + B].abs().sum()) == 0
+    decode_compare(policies()["lowconf"], V=126464, B=B, P=3, G=BL, BL=BL, steps=2, dt=torch.bfloat16, loops=1,
+                   seed=42)
+    # graph replay: the counter left at zero by each step is what the next replay starts from
+    V, N, mask = 700, 3, 699
+    pol = policies()["threshold"]
+    g = torch.Generator().manual_seed(43)
+    x0 = torch.randint(0, V - 1, (B, 3 + BL), generator=g)
+    x0[:, 3:] = mask
+    _, s = make_states(pol, B, 3, BL, BL, 4, mask, V, x=x0)
+    rs0 = s.row_state.clone()
+    lg_buf = torch.randn(N, B, 3 + BL, V, generator=g).to(torch.bfloat16).cuda()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for i in range(N):
+            prr_ext.step(lg_buf[i], s)
+    torch.cuda.current_stream().wait_stream(side)
+    _fresh(s, x0.cuda(), rs0)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        commits = [prr_ext.step(lg_buf[i], s) for i in range(N)]
+    for trial in range(3):
+        lg = torch.randn(N, B, 3 + BL, V, generator=g).to(torch.bfloat16)
+        lg_buf.copy_(lg.cuda())
+        s_cpu, _ = make_states(pol, B, 3, BL, BL, 4, mask, V, x=x0)
+        _fresh(s, x0.cuda(), rs0)
+        graph.replay()
+        torch.cuda.synchronize()
+        for i in range(N):
+            assert torch.equal(prr_ext.step(lg[i], s_cpu), commits[i].cpu()), (trial, i)
+        assert torch.equal(s_cpu.x, s.x.cpu()) and torch.equal(s_cpu.row_state, s.row_state.cpu())
+        assert int(s.workspace[: 1 + B].abs().sum()) == 0
+
+
 def tie_logits(B, L, V, dt, g):
     lg = torch.randint(-3, 3, (B, L, V), generator=g).float()
     lg[:, 1::2] = lg[:, 0::2][:, : lg[:, 1::2].shape[1]]  # duplicated rows: equal confidences across positions

@@ -2,8 +2,9 @@
 //
 // Shape (the CPU twin is csrc/cpu/step_cpu.cpp; the spec is prr_ext/reference.py; docs/cuda.md explains the design):
 //   grid    = thread-block CLUSTERS of `cs` CTAs (1..8), one per (sequence b, block position j) = B * block_length
-//           rows, or as many as are co-resident, each then walking rows cid, cid + grid, ... (persistent) and
-//           bulk-prefetching its next tile / row into L2.
+//           rows, or as many as are co-resident (persistent), each then taking row after row (one CTA per row: the
+//           next row claimed from a counter; clusters: cid, cid + grid, ...) and bulk-prefetching its next tile / row
+//           into L2.
 //   phase 0 every CTA reads the active block (min of row_state[:, 0]) and whether canvas column lo + j is masked;
 //           clusters of unmasked / idle positions fill their share of the default outputs and leave at once, so
 //           only the rows of masked positions inside the active block are read from HBM.
@@ -128,11 +129,15 @@ struct KParams {
   int prefetch;     // bulk-prefetch the cluster's next row into L2 (persistent grids)
   int packed;       // 16-bit logits: top-2 on packed pairs, then one exponential sweep (tile_stats_packed)
   int select_sort;  // 1: blocks of 33 .. kSortCap positions always sort (else a radix select where the rule allows)
+  int dyn_rows;     // persistent one-CTA rows: each CTA claims its next row from a counter (else cid + grid, ...)
   int64_t vpc;      // 16-byte vectors per CTA slice
   float log_vocab;  // float(log(double(V)))
 };
 
 // Workspace views (layout: prr/params.h workspace_words).
+//   grid_ctr: low 32 bits, the grid's row arrivals (B > 1); high 32 bits, the rows claimed past the first wave
+//   (dyn_rows). Both are zeroed by the launch's last arrival, after every claim of the launch (each CTA's last claim
+//   comes before its last row's arrival).
 struct Ws {
   unsigned long long* grid_ctr;
   unsigned long long* seq_ctr;
@@ -1187,6 +1192,7 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
     if (step == 0) rsb[prr::kRsSchedN] = n_masked;
     if (p.B == 1) {
       rsb[prr::kRsBlock] = next;  // every CTA of the grid has read row_state already
+      *ws.grid_ctr = 0;           // the row claims (dyn_rows): every CTA's last claim came before its arrival
     } else {
       ws.staged_block[b] = next;  // copied by the last CTA of the grid
     }
@@ -1220,7 +1226,7 @@ __device__ __noinline__ void arrive_and_finish(const KParams& kp, CtaInfo& ci, i
     __syncthreads();
     if (threadIdx.x == 0) {
       const unsigned long long total = static_cast<unsigned long long>(p.B * p.block_length) * kp.cs;
-      ci.flags = arrive_acq_rel(ws.grid_ctr, units) + units == total ? 2 : 0;
+      ci.flags = ((arrive_acq_rel(ws.grid_ctr, units) + units) & 0xffffffffull) == total ? 2 : 0;
     }
     __syncthreads();
     if (ci.flags & 2) {
@@ -1451,10 +1457,29 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
   const float inv_temp = static_cast<float>(1.0 / static_cast<double>(p.temperature));
   const bool need_features = p.policy == prr::kPRR && kp.scores == nullptr;
 
-  // Rows (sequence b, block position j) of this cluster: cid, cid + nclusters, ... (persistent when the grid is
-  // smaller than B * block_length). Every CTA of the cluster walks the same rows and takes the same decisions.
+  // Rows (sequence b, block position j) of this cluster: cid, then (persistent grids, smaller than B * block_length)
+  // cid + nclusters, ... Every CTA of the cluster walks the same rows and takes the same decisions. With dyn_rows
+  // (one CTA per row) each row after the first wave goes to the CTA that asks first instead: thread 0 claims it from
+  // the high half of ws.grid_ctr while the row's last tiles are still in flight, so that CTAs slowed by their place
+  // in the memory system take fewer rows and the grid's last rows finish together. The launch's last arrival zeroes
+  // the counter, so every claim must come before the claiming row's arrival: a row that reads logits claims in
+  // prefetch_next, one that does not before it arrives. Off for B == 1 once the sequence is done (no row arrives).
+  const bool dyn = kp.dyn_rows && (p.B > 1 || valid);
+  __shared__ int64_t s_next_row;
+  int64_t claimed = -1;  // thread 0: the row claimed for after this one (-1: not yet)
+  const auto claim_next = [&] {
+    if (tid == 0 && claimed < 0)
+      claimed = nclusters + static_cast<int64_t>(atomicAdd(ws.grid_ctr, 1ull << 32) >> 32);
+  };
+  const auto next_row = [&](int64_t cid) -> int64_t {
+    if (!dyn) return cid + nclusters;
+    if (tid == 0) s_next_row = claimed;
+    claimed = -1;
+    __syncthreads();
+    return s_next_row;
+  };
   int parity = 0;
-  for (int64_t cid = blockIdx.x / kp.cs; cid < total; cid += nclusters) {
+  for (int64_t cid = blockIdx.x / kp.cs; cid < total; cid = next_row(cid)) {
     const int64_t b = cid / BL, j = cid % BL;
     __syncthreads();  // the previous row's shared state is consumed
     if (tid == 0) {
@@ -1491,6 +1516,7 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
     }
 
     if (!masked) {  // an idle or unmasked position: no logits to read
+      if (dyn) claim_next();
       if (leader && tid == 0 && ci.seq_active) {
         if (step == 0) {  // entering the block resets the trajectory of every position
           kp.traj[(b * BL + j) * 2] = -1;
@@ -1518,13 +1544,15 @@ __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_c
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(from), "r"(bytes) : "memory");
     };
     // The L2 prefetch of the tile after tile u: of this row, or the first of the cluster's next row (thread 0; only
-    // if that row is masked). Measured: 2 or 3 tiles ahead is slower at every shape (v11 notes in RESULTS.md).
+    // if that row is masked). Measured: 2 or 3 tiles ahead is slower at every shape (v11 notes in RESULTS.md). With
+    // dyn_rows the next row is claimed one tile ahead of its prefetch, so the atomic's round trip overlaps a tile.
     const auto prefetch_next = [&](int u) {
       if (tid != 0) return;
+      if (dyn && u + 2 >= kp.tiles) claim_next();
       if (u + 1 < kp.tiles) {
         prefetch_tile(row, u + 1);
-      } else if (kp.prefetch && cid + nclusters < total) {
-        const int64_t cn = cid + nclusters, bn = cn / BL, jn = cn % BL;
+      } else if (kp.prefetch && (dyn ? claimed : cid + nclusters) < total) {
+        const int64_t cn = dyn ? claimed : cid + nclusters, bn = cn / BL, jn = cn % BL;
         if (valid && seq_block(kp.rs, bn, p) == active && __ldcg(kp.x + bn * p.L + lo + jn) == p.mask_id)
           prefetch_tile(static_cast<const T*>(kp.logits) + bn * p.stride_b + (lo + jn - row_offset) * p.stride_r, 0);
       }
@@ -1763,6 +1791,8 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
       kp.prefetch = 1;
     }
   }
+  // 0: persistent CTAs walk cid, cid + grid, ... (v16 and before)
+  kp.dyn_rows = kp.prefetch && cs == 1 && env_int("PRR_CUDA_DYNROWS", 1) != 0;
   cfg.gridDim = dim3(static_cast<unsigned>(clusters * cs), 1, 1);
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, kp));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
