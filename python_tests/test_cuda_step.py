@@ -239,7 +239,9 @@ def test_persistent_rows(monkeypatch, dyn, B):
         s = decode_compare(policies()[name], V=700, B=B, P=3, G=BL, BL=BL, steps=3, dt=torch.bfloat16, loops=4,
                            seed=41)
         assert s.done
-        prr_ext.step(torch.randn(B, 3 + BL, 700, device="cuda").to(torch.bfloat16), s)  # nothing left to decode
+        x_done = s.x.clone()
+        c = prr_ext.step(gen_logits(B, 3 + BL, 700, torch.bfloat16, torch.Generator().manual_seed(44)).cuda(), s)
+        assert not bool(c.any()) and torch.equal(s.x, x_done)  # nothing left to decode
         assert int(s.workspace[: 1 + B].abs().sum()) == 0
     decode_compare(policies()["lowconf"], V=126464, B=B, P=3, G=BL, BL=BL, steps=2, dt=torch.bfloat16, loops=1,
                    seed=42)
