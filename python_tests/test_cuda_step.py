@@ -246,35 +246,8 @@ def test_persistent_rows(monkeypatch, dyn, B):
     decode_compare(policies()["lowconf"], V=126464, B=B, P=3, G=BL, BL=BL, steps=2, dt=torch.bfloat16, loops=1,
                    seed=42)
     # graph replay: the counter left at zero by each step is what the next replay starts from
-    V, N, mask = 700, 3, 699
-    pol = policies()["threshold"]
-    g = torch.Generator().manual_seed(43)
-    x0 = torch.randint(0, V - 1, (B, 3 + BL), generator=g)
-    x0[:, 3:] = mask
-    _, s = make_states(pol, B, 3, BL, BL, 4, mask, V, x=x0)
-    rs0 = s.row_state.clone()
-    lg_buf = torch.randn(N, B, 3 + BL, V, generator=g).to(torch.bfloat16).cuda()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for i in range(N):
-            prr_ext.step(lg_buf[i], s)
-    torch.cuda.current_stream().wait_stream(side)
-    _fresh(s, x0.cuda(), rs0)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        commits = [prr_ext.step(lg_buf[i], s) for i in range(N)]
-    for trial in range(3):
-        lg = torch.randn(N, B, 3 + BL, V, generator=g).to(torch.bfloat16)
-        lg_buf.copy_(lg.cuda())
-        s_cpu, _ = make_states(pol, B, 3, BL, BL, 4, mask, V, x=x0)
-        _fresh(s, x0.cuda(), rs0)
-        graph.replay()
-        torch.cuda.synchronize()
-        for i in range(N):
-            assert torch.equal(prr_ext.step(lg[i], s_cpu), commits[i].cpu()), (trial, i)
-        assert torch.equal(s_cpu.x, s.x.cpu()) and torch.equal(s_cpu.row_state, s.row_state.cpu())
-        assert int(s.workspace[: 1 + B].abs().sum()) == 0
+    graph_replay_compare(policies()["threshold"], B=B, P=3, G=BL, BL=BL, steps=4, V=700, N=3, trials=3,
+                         dt=torch.bfloat16, seed=43)
 
 
 def tie_logits(B, L, V, dt, g):
@@ -575,15 +548,20 @@ def _fresh(state, x0, rs0):
 @pytest.mark.parametrize("B", [1, 3])
 def test_cuda_graph_replay(pol, B):
     """Capture a fixed decode loop, mutate the inputs in place, replay several times: same as eager every time."""
-    V, P, G, BL, steps, N = 500, 4, 16, 8, 8, 6
+    graph_replay_compare(policies()[pol], B=B, P=4, G=16, BL=8, steps=8, V=500, N=6, trials=4)
+
+
+def graph_replay_compare(policy, *, B, P, G, BL, steps, V, N, trials, dt=torch.float32, seed=7):
+    """N steps captured in one CUDA graph on one State, then per trial: a new canvas and new logits written in place,
+    one replay, and the CPU op stepped on the same inputs. Commits, canvas and row_state match every time, the
+    outputs keep their addresses, and the counters are back at zero."""
     mask = V - 1
-    policy = policies()[pol]
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(seed)
     x0 = torch.randint(0, V - 1, (B, P + G), generator=g)
     x0[:, P:] = mask
     _, s = make_states(policy, B, P, G, BL, steps, mask, V, x=x0)
     rs0 = s.row_state.clone()
-    lg_buf = torch.zeros(N, B, P + G, V, device="cuda")
+    lg_buf = torch.zeros(N, B, P + G, V, dtype=dt, device="cuda")
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside the capture
@@ -598,11 +576,11 @@ def test_cuda_graph_replay(pol, B):
         for i in range(N):
             commits.append(prr_ext.step(lg_buf[i], s))
     ptrs = [c.data_ptr() for c in commits]
-    for trial in range(4):
+    for trial in range(trials):
         xt = torch.randint(0, V - 1, (B, P + G), generator=g)
         xt[:, P:] = mask
         xt[:, P + trial] = 3  # a different canvas each replay
-        lg = torch.randn(N, B, P + G, V, generator=g) * 3
+        lg = (torch.randn(N, B, P + G, V, generator=g) * 3).to(dt)
         lg_buf.copy_(lg.cuda())
         s_cpu, _ = make_states(policy, B, P, G, BL, steps, mask, V, x=xt)
         _fresh(s, xt.cuda(), s_cpu.row_state.cuda())
