@@ -1,11 +1,14 @@
-// prr_ops.cpp — the op schema, defined once for every backend, and the Python module stub.
+// prr_ops.cpp — the op schema, defined once for every backend, and the Python module `prr_ext._C`.
 //
 // The step mutates the canvas and the state tensors in place (declared with (a!)...(e!)) and returns fresh
-// outputs only, so torch.compile / functionalization and CUDA graphs can reason about it. CPU and CUDA
+// outputs only, so torch.compile / functionalization and CUDA graphs can reason about it. The argument order is
+// mirrored by csrc/step_args.h (StepArgs, step_entry) and by prr_ext/ops.py (op_arguments). CPU and CUDA
 // implementations register in csrc/cpu/step_cpu.cpp and csrc/cuda/step_cuda.cu; the fake (meta) implementation
 // is registered from Python (prr_ext/ops.py).
 #include <Python.h>
 #include <torch/library.h>
+
+#include "prr/params.h"
 
 TORCH_LIBRARY(prr_ext, m) {
   m.def(
@@ -17,9 +20,69 @@ TORCH_LIBRARY(prr_ext, m) {
       "Tensor stats)");
 }
 
-// `import prr_ext._C` only has to load this library so that the static registrations above run; the ops are
-// reached through torch.ops.prr_ext (no pybind11, which keeps the build light).
+// The ops are reached through torch.ops.prr_ext (importing the module runs the static registrations above); the
+// module itself only exposes the compiled values of the constants that prr_ext/constants.py mirrors, so that a test
+// can check the two against each other.
+namespace {
+
+bool put(PyObject* dict, const char* name, long long value) {
+  PyObject* v = PyLong_FromLongLong(value);
+  if (v == nullptr) return false;
+  const int rc = PyDict_SetItemString(dict, name, v);
+  Py_DECREF(v);
+  return rc == 0;
+}
+
+// constants() -> dict: name -> value, names as in prr_ext/constants.py.
+PyObject* constants(PyObject*, PyObject*) {
+  struct Entry {
+    const char* name;
+    long long value;
+  };
+  static const Entry kEntries[] = {
+      {"POLICY_LOW_CONFIDENCE", prr::kLowConfidence}, {"POLICY_RANDOM", prr::kRandomRemask},
+      {"POLICY_THRESHOLD", prr::kThreshold},          {"POLICY_FACTOR", prr::kFactor},
+      {"POLICY_ENTROPY_BOUND", prr::kEntropyBound},   {"POLICY_PRR", prr::kPRR},
+      {"SHAPING_TEMPERATURE", prr::kShapeTemperature}, {"SHAPING_POWER", prr::kShapePower},
+      {"SHAPING_WEIGHTED", prr::kShapeWeighted},      {"CONF_FLOAT32", prr::kConfF32},
+      {"CONF_FLOAT64", prr::kConfF64},                {"CONF_BFLOAT16", prr::kConfBF16},
+      {"CONF_FLOAT16", prr::kConfF16},                {"STAT_CONF", prr::kStatConf},
+      {"STAT_P1", prr::kStatP1},                      {"STAT_P2", prr::kStatP2},
+      {"STAT_ENTROPY", prr::kStatEntropy},            {"STAT_SCORE", prr::kStatScore},
+      {"STAT_TEMPERATURE", prr::kStatTemperature},    {"STAT_KEY", prr::kStatKey},
+      {"NUM_STATS", prr::kNumStats},                  {"RS_BLOCK", prr::kRsBlock},
+      {"RS_STEP", prr::kRsStep},                      {"RS_SCHED_N", prr::kRsSchedN},
+      {"RS_NFE", prr::kRsNfe},                        {"RS_COLS", prr::kRsCols},
+      {"NUM_BASE_FEATURES", prr::kNumBaseFeatures},   {"MAX_HIDDEN", prr::kMaxHidden},
+      {"MAX_FEATURES", prr::kMaxFeatures},
+  };
+  PyObject* d = PyDict_New();
+  if (d == nullptr) return nullptr;
+  for (const Entry& e : kEntries) {
+    if (!put(d, e.name, e.value)) {
+      Py_DECREF(d);
+      return nullptr;
+    }
+  }
+  return d;
+}
+
+// workspace_words(B, block_length) -> int: the State.workspace size the kernels need (prr/params.h).
+PyObject* workspace_words(PyObject*, PyObject* args) {
+  long long B = 0, block_length = 0;
+  if (!PyArg_ParseTuple(args, "LL", &B, &block_length)) return nullptr;
+  return PyLong_FromLongLong(prr::workspace_words(B, block_length));
+}
+
+PyMethodDef kMethods[] = {
+    {"constants", constants, METH_NOARGS, "The compiled values of the constants prr_ext/constants.py mirrors."},
+    {"workspace_words", workspace_words, METH_VARARGS, "workspace_words(B, block_length): State.workspace size."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, kMethods};
   return PyModule_Create(&module_def);
 }

@@ -18,11 +18,11 @@ from typing import Dict, Sequence
 
 import torch
 
+from .constants import MAX_FEATURES, MAX_HIDDEN, NUM_BASE_FEATURES
+
 FORMAT = "prr_ext.controller"
 VERSION = 1
-MAX_HIDDEN = 64
 MAX_LAYERS = 2
-MAX_FEATURES = 64  # base + extra features the kernel accepts (csrc/include/prr/params.h kMaxFeatures)
 
 # The base features, in order. docs/semantics.md defines each; reference.controller_features computes them.
 BASE_FEATURES = (
@@ -40,7 +40,6 @@ BASE_FEATURES = (
     "steps_since_change_ratio",  # (step in block - step at which the argmax last changed) / steps per block
     "prev_top1_prob",          # top1_prob at this position's previous step in the block (0 at its first step)
 )
-NUM_BASE_FEATURES = len(BASE_FEATURES)
 
 
 class ControllerFormatError(ValueError):

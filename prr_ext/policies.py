@@ -5,7 +5,7 @@ candidate token committed. Every policy is a small frozen dataclass: hyper-param
 each rule lives twice, once in `prr_ext.reference` (pure PyTorch, the specification) and once in
 `csrc/include/prr/select.h` (shared by the CPU and CUDA kernels); docs/semantics.md states it in prose.
 
-Policy codes (`POLICY_*`) are the integers the C++ op receives; keep them in sync with `csrc/include/prr/params.h`.
+Policy codes (`POLICY_*`, prr_ext.constants) are the integers the C++ op receives.
 """
 from __future__ import annotations
 
@@ -16,17 +16,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import Controller
 
-POLICY_LOW_CONFIDENCE = 0
-POLICY_RANDOM = 1
-POLICY_THRESHOLD = 2
-POLICY_FACTOR = 3
-POLICY_ENTROPY_BOUND = 4
-POLICY_PRR = 5
-
-SHAPING_TEMPERATURE = 0
-SHAPING_POWER = 1
-SHAPING_WEIGHTED = 2
-SHAPINGS = {"temperature": SHAPING_TEMPERATURE, "power": SHAPING_POWER, "weighted": SHAPING_WEIGHTED}
+from .constants import (POLICY_ENTROPY_BOUND, POLICY_FACTOR, POLICY_LOW_CONFIDENCE, POLICY_PRR, POLICY_RANDOM,  # noqa: F401
+                        POLICY_THRESHOLD, SHAPING_POWER, SHAPING_TEMPERATURE, SHAPING_WEIGHTED, SHAPINGS)
 
 
 def _check_unit_interval(name: str, value: float) -> float:

@@ -22,14 +22,9 @@ from typing import Optional
 import torch
 
 from . import policies as P
-from .controller import NUM_BASE_FEATURES
-
-# Columns of the per-token statistics returned by the op (stats[b, r, :]); csrc/include/prr/params.h mirrors them.
-STAT_CONF, STAT_P1, STAT_P2, STAT_ENTROPY, STAT_SCORE, STAT_TEMPERATURE, STAT_KEY = range(7)
-NUM_STATS = 7
-
-# Row-state columns (state.row_state[b, :]).
-RS_BLOCK, RS_STEP, RS_SCHED_N, RS_NFE = range(4)
+# Columns of the per-token statistics (stats[b, r, :]) and of state.row_state[b, :]: prr_ext.constants.
+from .constants import (NUM_BASE_FEATURES, NUM_STATS, RS_BLOCK, RS_NFE, RS_SCHED_N, RS_STEP, STAT_CONF,  # noqa: F401
+                        STAT_ENTROPY, STAT_KEY, STAT_P1, STAT_P2, STAT_SCORE, STAT_TEMPERATURE)
 
 # ---------------------------------------------------------------------------------------------------------------
 # Counter-based RNG (Philox4x32-10), bit-identical to csrc/include/prr/philox.h.

@@ -6,14 +6,15 @@ synchronisation (only `State.done` synchronises) and can be captured in a CUDA g
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Optional, Union
 
 import torch
 
+from .constants import CONFIDENCE_DTYPES, RS_BLOCK, RS_COLS, RS_NFE, workspace_words
 from .policies import PRR, Policy
-from .reference import RS_BLOCK, RS_NFE, advance_block
+from .reference import advance_block
 
-CONFIDENCE_DTYPES = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 RNGS = ("philox", "torch")
 
 
@@ -126,17 +127,21 @@ class State:
         elif not (isinstance(seed, torch.Tensor) and seed.shape == (B,) and seed.dtype == torch.int64):
             raise ValueError(f"seed must be a [B]={B} int64 tensor")
         self.seed = seed.to(dev)
-        # Device-side counters (see reference.RS_*): block index, step in block, n of the schedule, NFE.
-        self.row_state = torch.zeros(B, 4, dtype=torch.int64, device=dev)
+        # Device-side counters (prr_ext.constants.RS_*): block index, step in block, n of the schedule, NFE.
+        self.row_state = torch.zeros(B, RS_COLS, dtype=torch.int64, device=dev)
         # Per block position: (argmax at the previous step, step in block at which the argmax last changed).
         self.traj = torch.zeros(B, block_length, 2, dtype=torch.int64, device=dev)
         self.prev_p1 = torch.zeros(B, block_length, dtype=torch.float32, device=dev)
         # Scratch of the CUDA kernel (arrival counters, per-token keys; layout: csrc/include/prr/params.h
         # workspace_words); every launch leaves its counters zeroed, so one State can be replayed in a CUDA graph.
-        self.workspace = torch.zeros(1 + B * (2 + 5 * block_length), dtype=torch.int64, device=dev)
+        self.workspace = torch.zeros(workspace_words(B, block_length), dtype=torch.int64, device=dev)
         self.controller_buf = policy.controller.packed(dev) if isinstance(policy, PRR) else None
         self.last_tokens: Optional[torch.Tensor] = None
         self.last_stats: Optional[torch.Tensor] = None
+        if B > 0 and not bool((x[:, gen_start:] == mask_id).any()):
+            warnings.warn(f"the canvas holds no mask token (mask_id={mask_id}) after column gen_start={gen_start}: "
+                          "the step has nothing to decode. Fill the generation slots with mask_id (check that "
+                          "mask_id is your model's mask token).", stacklevel=2)
         if policy.adaptive:  # start each row at its first block that holds a mask
             for b in range(B):
                 lo = gen_start
