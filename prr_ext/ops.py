@@ -10,18 +10,17 @@ from typing import Optional
 
 import torch
 
-from . import _C  # noqa: F401  (registers torch.ops.prr_ext.*)
-from .policies import PRR, POLICY_RANDOM
-from .reference import NUM_STATS
-from .state import CONFIDENCE_DTYPES, State
+from ._load import _C  # noqa: F401  (registers torch.ops.prr_ext.*)
+from .constants import CONFIDENCE_DTYPES, NUM_STATS, POLICY_RANDOM
+from .policies import PRR
+from .state import State
 
 LOGITS_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 @torch.library.register_fake("prr_ext::step")
-def _step_fake(logits, x, row_state, traj, prev_p1, workspace, seed, prompt_lens, controller, scores,
-               extra_features, candidates, random_conf, mask_id, gen_start, block_length, steps, policy,
-               confidence_dtype, shaping, union_schedule, temperature, param, alpha, mlp_dims):
+def _step_fake(logits, x, *state_and_options):
+    """Output shapes and dtypes of the op (the other arguments do not change them)."""
     B, L = x.shape
     Lr = logits.shape[1]
     return (x.new_empty((B, L), dtype=torch.bool), x.new_empty((B, Lr), dtype=torch.int64),
@@ -143,11 +142,27 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
     if state.rng == "torch" and candidates is None and random_conf is None:
         candidates, random_conf = llada_draws(logits, state)
 
-    commit, tokens, stats = torch.ops.prr_ext.step(
-        logits, x, state.row_state, state.traj, state.prev_p1, state.workspace, state.seed, state.prompt_lens,
-        state.controller_buf, scores, extra_features, candidates, random_conf, state.mask_id, state.gen_start,
-        state.block_length, state.steps, pol.code, CONFIDENCE_DTYPES[state.confidence_dtype],
-        pol.shaping_code if is_prr else 0, bool(getattr(pol, "union_schedule", True)), state.temperature,
-        pol.param, float(getattr(pol, "alpha", 1.0)), pol.controller.dims() if is_prr else [0, 0, 0])
+    commit, tokens, stats = torch.ops.prr_ext.step(**op_arguments(logits, state, scores=scores,
+                                                                  extra_features=extra_features,
+                                                                  candidates=candidates, random_conf=random_conf))
     state.last_tokens, state.last_stats = tokens, stats
     return commit
+
+
+def op_arguments(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] = None,
+                 extra_features: Optional[torch.Tensor] = None, candidates: Optional[torch.Tensor] = None,
+                 random_conf: Optional[torch.Tensor] = None) -> dict:
+    """The arguments of `torch.ops.prr_ext.step` for one step of `state`, by name in the schema's order
+    (csrc/prr_ops.cpp): `torch.ops.prr_ext.step(**args)` or `(*args.values())`. No checks: `step` validates first;
+    tests call the op directly with one argument replaced."""
+    pol = state.policy
+    is_prr = isinstance(pol, PRR)
+    return dict(
+        logits=logits, x=state.x, row_state=state.row_state, traj=state.traj, prev_p1=state.prev_p1,
+        workspace=state.workspace, seed=state.seed, prompt_lens=state.prompt_lens, controller=state.controller_buf,
+        scores=scores, extra_features=extra_features, candidates=candidates, random_conf=random_conf,
+        mask_id=state.mask_id, gen_start=state.gen_start, block_length=state.block_length, steps=state.steps,
+        policy=pol.code, confidence_dtype=CONFIDENCE_DTYPES[state.confidence_dtype],
+        shaping=pol.shaping_code if is_prr else 0, union_schedule=bool(getattr(pol, "union_schedule", True)),
+        temperature=state.temperature, param=pol.param, alpha=float(getattr(pol, "alpha", 1.0)),
+        mlp_dims=pol.controller.dims() if is_prr else [0, 0, 0])

@@ -13,6 +13,7 @@ import torch
 
 import prr_ext
 from prr_ext import reference as R
+from prr_ext.ops import op_arguments
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not prr_ext.has_cuda_kernels(),
                                 reason="needs a GPU and a build with the CUDA kernels")
@@ -398,10 +399,10 @@ def op_step_cpu_and_cuda(pol, s_cpu, s_gpu, lg, mask, BL, steps, cand, rconf):
     """The raw op on the CPU state and on the CUDA state with external candidates / random_conf (None: absent)."""
     outs = []
     for s, dev in ((s_cpu, "cpu"), (s_gpu, "cuda")):
-        outs.append(torch.ops.prr_ext.step(
-            lg.to(dev), s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.seed, s.prompt_lens, None, None, None,
-            None if cand is None else cand.to(dev), None if rconf is None else rconf.to(dev), mask, s.gen_start, BL,
-            steps, pol.code, 0, 0, True, 0.0, 0.0, 1.0, [0, 0, 0]))
+        assert (s.policy, s.mask_id, s.block_length, s.steps) == (pol, mask, BL, steps)
+        outs.append(torch.ops.prr_ext.step(**op_arguments(
+            lg.to(dev), s, candidates=None if cand is None else cand.to(dev),
+            random_conf=None if rconf is None else rconf.to(dev))))
     return outs
 
 

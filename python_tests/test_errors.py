@@ -17,6 +17,7 @@ import torch
 
 import prr_ext
 from prr_ext import reference as R
+from prr_ext.ops import op_arguments
 
 from helpers import (POLICY_NAMES, Shape, assert_step_matches, check_commit_invariants,
                      clone_for_reference, make_canvas, make_policy, make_state, non_mask_tokens, normal_logits,
@@ -319,7 +320,8 @@ def test_no_masked_positions(rnd, policy_name):
     s = random_shape(rnd, vocabs=(33,))
     policy, inputs = make_policy(policy_name, rnd)
     x = non_mask_tokens(rnd, (s.B, s.L), s.V, s.mask_id)
-    st = make_state(rnd, x.clone(), s, s.P, policy)
+    with pytest.warns(UserWarning, match="holds no mask token"):
+        st = make_state(rnd, x.clone(), s, s.P, policy)
     ref = clone_for_reference(st)
     if policy.adaptive:
         assert st.done and bool((st.nfe == 0).all())
@@ -493,21 +495,14 @@ def test_controller_too_many_features_rejected_early(rnd):
 # ---------------------------------------------------------------------------------------------------------------
 def _op_args(policy=None, *, n_extra=0, with_state=False):
     st = _state(policy or prr_ext.LowConfidence())
-    pol = st.policy
-    is_prr = isinstance(pol, prr_ext.PRR)
-    a = dict(logits=torch.randn(B, P + G, V), x=st.x, row_state=st.row_state, traj=st.traj, prev_p1=st.prev_p1,
-             workspace=st.workspace, seed=st.seed, prompt_lens=st.prompt_lens, controller=st.controller_buf,
-             scores=None, extra_features=None, candidates=None, random_conf=None, mask_id=MASK, gen_start=P,
-             block_length=BL, steps=4, policy=pol.code, confidence_dtype=0,
-             shaping=pol.shaping_code if is_prr else 0, union_schedule=True, temperature=0.0, param=pol.param,
-             alpha=1.0, mlp_dims=pol.controller.dims() if is_prr else [0, 0, 0])
+    a = op_arguments(torch.randn(B, P + G, V), st)
     if n_extra:
         a["extra_features"] = torch.randn(B, P + G, n_extra)
     return (a, st) if with_state else a
 
 
 def _call(a):
-    return torch.ops.prr_ext.step(*a.values())
+    return torch.ops.prr_ext.step(**a)
 
 
 PRR_ = lambda: prr_ext.PRR(prr_ext.Controller.init(0))  # noqa: E731
@@ -548,6 +543,11 @@ DIRECT_ERRORS = [
     ("prr-dims", dict(policy=PRR_), dict(mlp_dims=[13, 65, 0]), r"controller dims out of range"),
     ("prr-dims-in", dict(policy=PRR_), dict(mlp_dims=[12, 32, 32]), r"controller dims out of range"),
     ("prr-shaping", dict(policy=PRR_), dict(shaping=5), r"unknown shaping code"),
+    # external scores replace the MLP, but temperature shaping still reads the controller's temperature map
+    ("prr-temperature-scores-no-controller", dict(policy=PRR_), dict(controller=None, scores=torch.rand(B, P + G)),
+     r"PRR temperature shaping needs the controller buffer"),
+    ("prr-temperature-scores-controller-size", dict(policy=PRR_),
+     dict(controller=torch.zeros(10), scores=torch.rand(B, P + G)), r"controller buffer has 10 values"),
     ("prr-scores-dtype", dict(policy=PRR_), dict(scores=torch.rand(B, P + G, dtype=torch.float64)),
      r"scores must be Float"),
     ("prr-extra-missing", dict(policy=lambda: prr_ext.PRR(prr_ext.Controller.init(0, extra_features=2)), n_extra=2),
@@ -596,9 +596,7 @@ def test_direct_op_rejects_corrupt_row_state():
         "st = prr_ext.State(x, 5, 3, 4, 4, prr_ext.LowConfidence())\n"
         "st.row_state[:, 0] = -10**12\n"
         "try:\n"
-        "    torch.ops.prr_ext.step(torch.randn(2, 11, 11), st.x, st.row_state, st.traj, st.prev_p1, st.workspace,\n"
-        "        st.seed, st.prompt_lens, None, None, None, None, None, 5, 3, 4, 4, 0, 0, 0, True, 0.0, 0.0, 1.0,\n"
-        "        [0, 0, 0])\n"
+        "    torch.ops.prr_ext.step(**prr_ext.ops.op_arguments(torch.randn(2, 11, 11), st))\n"
         "except RuntimeError as e:\n"
         "    print('RAISED', e)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

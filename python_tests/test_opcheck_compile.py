@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import prr_ext
-from prr_ext.state import CONFIDENCE_DTYPES
+from prr_ext.ops import op_arguments
 
 from helpers import Shape, clone_for_reference, make_canvas, make_policy, make_state, normal_logits
 
@@ -25,14 +25,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is dep
 OPCHECK_BASIC = ("test_schema", "test_autograd_registration", "test_faketensor")
 
 
-def _op_args(state, logits, *, scores=None, extra_features=None, candidates=None, random_conf=None):
-    pol = state.policy
-    is_prr = isinstance(pol, prr_ext.PRR)
-    return (logits, state.x, state.row_state, state.traj, state.prev_p1, state.workspace, state.seed,
-            state.prompt_lens, state.controller_buf, scores, extra_features, candidates, random_conf, state.mask_id,
-            state.gen_start, state.block_length, state.steps, pol.code, CONFIDENCE_DTYPES[state.confidence_dtype],
-            pol.shaping_code if is_prr else 0, bool(getattr(pol, "union_schedule", True)), state.temperature,
-            pol.param, float(getattr(pol, "alpha", 1.0)), pol.controller.dims() if is_prr else [0, 0, 0])
+def _op_args(state, logits, **inputs):
+    """The op's positional arguments (opcheck takes a tuple)."""
+    return tuple(op_arguments(logits, state, **inputs).values())
 
 
 SAMPLES = ["low_confidence", "random", "threshold", "factor", "entropy_bound", "prr_temperature",

@@ -181,18 +181,10 @@ void advance_block(const StepParams& p, const int64_t* xb, int64_t* rs) {
   rs[prr::kRsBlock] = next;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cpu(
-    const at::Tensor& logits, at::Tensor& x, at::Tensor& row_state, at::Tensor& traj, at::Tensor& prev_p1,
-    at::Tensor& workspace, const at::Tensor& seed, const at::Tensor& prompt_lens,
-    const c10::optional<at::Tensor>& controller, const c10::optional<at::Tensor>& scores,
-    const c10::optional<at::Tensor>& extra_features, const c10::optional<at::Tensor>& candidates,
-    const c10::optional<at::Tensor>& random_conf, int64_t mask_id, int64_t gen_start, int64_t block_length,
-    int64_t steps, int64_t policy, int64_t confidence_dtype, int64_t shaping, bool union_schedule, double temperature,
-    double param, double alpha, at::IntArrayRef mlp_dims) {
-  StepParams p = make_step_params(logits, x, row_state, traj, prev_p1, workspace, seed, prompt_lens, controller,
-                                  scores, extra_features, candidates, random_conf, mask_id, gen_start, block_length,
-                                  steps, policy, confidence_dtype, shaping, union_schedule, temperature, param, alpha,
-                                  mlp_dims);
+StepOutputs step_cpu(const StepArgs& a) {
+  StepParams p = make_step_params(a);
+  const at::Tensor& logits = a.logits;
+  at::Tensor& x = a.x;
   const int64_t B = p.B, L = p.L, Lr = p.Lr, BL = p.block_length;
   auto commit = at::zeros({B, L}, x.options().dtype(at::kBool));
   auto tokens = at::full({B, Lr}, -1, x.options());
@@ -201,10 +193,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cpu(
   if (B == 0) return {commit, tokens, stats};
 
   int64_t* xp = x.data_ptr<int64_t>();
-  int64_t* rs = row_state.data_ptr<int64_t>();
-  int64_t* tr = traj.data_ptr<int64_t>();
-  float* pp = prev_p1.data_ptr<float>();
-  const int64_t* plen = prompt_lens.data_ptr<int64_t>();
+  int64_t* rs = a.row_state.data_ptr<int64_t>();
+  int64_t* tr = a.traj.data_ptr<int64_t>();
+  float* pp = a.prev_p1.data_ptr<float>();
+  const int64_t* plen = a.prompt_lens.data_ptr<int64_t>();
   int64_t active = std::numeric_limits<int64_t>::max();
   for (int64_t b = 0; b < B; ++b) {
     // row_state is State-managed; a corrupt one must not turn into out-of-bounds reads or writes
@@ -268,13 +260,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cpu(
 
   // ---- per token: statistics, candidate, controller, key (parallel)
   Inputs in;
-  in.seed = seed.data_ptr<int64_t>();
-  if (candidates) in.candidates = candidates->data_ptr<int64_t>();
-  if (random_conf) in.random_conf = random_conf->data_ptr<float>();
+  in.seed = a.seed.data_ptr<int64_t>();
+  if (a.candidates) in.candidates = a.candidates->data_ptr<int64_t>();
+  if (a.random_conf) in.random_conf = a.random_conf->data_ptr<float>();
   if (p.policy == prr::kPRR) {
-    if (scores) in.scores = scores->data_ptr<float>();
-    if (controller) in.ctrl = controller->data_ptr<float>();
-    if (p.n_extra > 0) in.extra = extra_features->data_ptr<float>();
+    if (a.scores) in.scores = a.scores->data_ptr<float>();
+    if (a.controller) in.ctrl = a.controller->data_ptr<float>();
+    if (p.n_extra > 0) in.extra = a.extra_features->data_ptr<float>();
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "prr_step_cpu", [&] {
     const scalar_t* lg = logits.data_ptr<scalar_t>();
@@ -335,6 +327,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(prr_ext, CPU, m) { m.impl("step", &step_cpu); }
+TORCH_LIBRARY_IMPL(prr_ext, CPU, m) { m.impl("step", &step_entry<step_cpu>); }
 
 }  // namespace prr_ext

@@ -1798,21 +1798,11 @@ void launch(const KParams& base, int64_t grid_clusters, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cuda(
-    const at::Tensor& logits, at::Tensor& x, at::Tensor& row_state, at::Tensor& traj, at::Tensor& prev_p1,
-    at::Tensor& workspace, const at::Tensor& seed, const at::Tensor& prompt_lens,
-    const c10::optional<at::Tensor>& controller, const c10::optional<at::Tensor>& scores,
-    const c10::optional<at::Tensor>& extra_features, const c10::optional<at::Tensor>& candidates,
-    const c10::optional<at::Tensor>& random_conf, int64_t mask_id, int64_t gen_start, int64_t block_length,
-    int64_t steps, int64_t policy, int64_t confidence_dtype, int64_t shaping, bool union_schedule, double temperature,
-    double param, double alpha, at::IntArrayRef mlp_dims) {
-  StepParams p = make_step_params(logits, x, row_state, traj, prev_p1, workspace, seed, prompt_lens, controller,
-                                  scores, extra_features, candidates, random_conf, mask_id, gen_start, block_length,
-                                  steps, policy, confidence_dtype, shaping, union_schedule, temperature, param, alpha,
-                                  mlp_dims);
+StepOutputs step_cuda(const StepArgs& a) {
+  StepParams p = make_step_params(a);
+  const at::Tensor& logits = a.logits;
+  at::Tensor& x = a.x;
   TORCH_CHECK(logits.is_cuda(), "prr_ext::step (CUDA): logits must be a CUDA tensor");
-  if (prr::temperature_shaped(p))
-    TORCH_CHECK(controller.has_value(), "PRR temperature shaping needs the controller buffer (its temperature map)");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = p.B, L = p.L, Lr = p.Lr;
   // every element of the outputs is written by the kernel: no fill launches
@@ -1826,22 +1816,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cuda(
   kp.p = p;
   kp.logits = logits.data_ptr();
   kp.x = x.data_ptr<int64_t>();
-  kp.rs = row_state.data_ptr<int64_t>();
-  kp.traj = traj.data_ptr<int64_t>();
-  kp.prev_p1 = prev_p1.data_ptr<float>();
-  kp.ws = workspace.data_ptr<int64_t>();
-  kp.seed = seed.data_ptr<int64_t>();
-  kp.plen = prompt_lens.data_ptr<int64_t>();
+  kp.rs = a.row_state.data_ptr<int64_t>();
+  kp.traj = a.traj.data_ptr<int64_t>();
+  kp.prev_p1 = a.prev_p1.data_ptr<float>();
+  kp.ws = a.workspace.data_ptr<int64_t>();
+  kp.seed = a.seed.data_ptr<int64_t>();
+  kp.plen = a.prompt_lens.data_ptr<int64_t>();
   if (p.policy == prr::kPRR) {
-    if (controller.has_value()) {
-      kp.ctrl = controller->data_ptr<float>();
-      kp.ctrl_words = static_cast<int>(controller->numel());
+    if (a.controller.has_value()) {
+      kp.ctrl = a.controller->data_ptr<float>();
+      kp.ctrl_words = static_cast<int>(a.controller->numel());
     }
-    if (scores.has_value()) kp.scores = scores->data_ptr<float>();
-    if (p.n_extra > 0) kp.extra = extra_features->data_ptr<float>();
+    if (a.scores.has_value()) kp.scores = a.scores->data_ptr<float>();
+    if (p.n_extra > 0) kp.extra = a.extra_features->data_ptr<float>();
   }
-  if (candidates.has_value()) kp.candidates = candidates->data_ptr<int64_t>();
-  if (random_conf.has_value()) kp.random_conf = random_conf->data_ptr<float>();
+  if (a.candidates.has_value()) kp.candidates = a.candidates->data_ptr<int64_t>();
+  if (a.random_conf.has_value()) kp.random_conf = a.random_conf->data_ptr<float>();
   kp.commit = commit.data_ptr<bool>();
   kp.tokens = tokens.data_ptr<int64_t>();
   kp.stats = stats.data_ptr<float>();
@@ -1873,7 +1863,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(prr_ext, CUDA, m) { m.impl("step", &step_cuda); }
+TORCH_LIBRARY_IMPL(prr_ext, CUDA, m) { m.impl("step", &step_entry<step_cuda>); }
 
 #ifdef PRR_TIMELINE
 // prr_dev::timeline(out): copies g_timeline into `out` (int64 CUDA, numel >= its size) and clears it.
