@@ -35,7 +35,7 @@ import torch
 import torch.distributions as dists
 import torch.nn.functional as F
 
-from .generate import GenerateResult, _result, _sync, logits_of
+from .decode_common import GenerateResult, logits_of, make_result, sync_device
 
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -118,7 +118,7 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
         def call(inp):
             return logits_of(model(inp))
 
-    _sync(dev)
+    sync_device(dev)
     t0 = time.perf_counter()
     timesteps = torch.linspace(1, eps, steps + 1, device=dev)
     if tokens_hook is not None:
@@ -164,6 +164,6 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
                 x[row_indices, transfer_index] = x_[row_indices, transfer_index]
         if tokens_hook is not None:
             x = tokens_hook(i, x, logits)
-    _sync(dev)
+    sync_device(dev)
     nfe = torch.full((B,), steps, dtype=torch.int64, device=dev)
-    return _result(x, P, nfe, mask_id, time.perf_counter() - t0, steps)
+    return make_result(x, P, nfe, mask_id, time.perf_counter() - t0, steps)

@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import torch
 
 from . import ops
 from . import reference as R
+from .decode_common import GenerateResult, check_inputs, logits_of, make_result, sync_device
+from .dream import dream_generate
 from .policies import LowConfidence, Policy
 from .state import State
 
@@ -45,76 +46,6 @@ LLADA_EOS_ID = 126081  # <|endoftext|>
 LLADA_EOT_ID = 126348  # <|eot_id|>
 STYLES = ("llada", "dream")
 BACKENDS = ("op", "reference")
-
-
-@dataclass
-class GenerateResult:
-    """What `prr_ext.generate` returns.
-
-    tokens:             [B, P + G] int64, the whole canvas as LLaDA's / Dream's loops return it: the prompt columns
-                        (left pads included) followed by the G generated tokens. Positions a policy could not fill
-                        (only with non-finite logits) still hold mask_id.
-    prompt_length:      P, the (padded) prompt width; `generated` = tokens[:, P:].
-    nfe:                [B] int64, forwards consumed per row: the steps in which the row was active (a row that
-                        waits for the batch to finish a block, or is retired by eos_fill, is not charged).
-    tokens_per_forward: [B] float64, committed generated positions / nfe (EOS-filled positions count).
-    seconds:            wall time of the decode loop (device-synchronised).
-    forwards:           model calls the loop made for the batch (>= max(nfe) with adaptive policies, whose rows
-                        finish blocks at different steps; a CFG call with 2B rows counts once; with cuda_graph,
-                        every captured step of every replay counts).
-    state:              the final prr_ext.State (style="llada"), or None (style="dream").
-    """
-
-    tokens: torch.Tensor
-    prompt_length: int
-    nfe: torch.Tensor
-    tokens_per_forward: torch.Tensor
-    seconds: float
-    forwards: int = 0
-    state: Optional[State] = None
-
-    @property
-    def generated(self) -> torch.Tensor:
-        return self.tokens[:, self.prompt_length:]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers shared with prr_ext.dream
-# ---------------------------------------------------------------------------------------------------------------
-def logits_of(out: Any) -> torch.Tensor:
-    """The logits tensor of a model's output (a tensor, or an object with `.logits`)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        logits = out[0]
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"the model must return a logits tensor or an object with .logits, got {type(out).__name__}")
-    return logits
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _check_prompt(prompt_ids, attention_mask):
-    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2:
-        raise ValueError("prompt_ids must be a [B, P] tensor")
-    if prompt_ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"prompt_ids must be int64 (or int32), got {prompt_ids.dtype}")
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(prompt_ids.shape):
-            raise ValueError(f"attention_mask must be a tensor shaped like prompt_ids {tuple(prompt_ids.shape)}")
-        if attention_mask.device != prompt_ids.device:
-            raise ValueError("attention_mask and prompt_ids must be on the same device")
-
-
-def _result(x: torch.Tensor, P: int, nfe: torch.Tensor, mask_id: int, seconds: float, forwards: int, state=None):
-    committed = (x[:, P:] != mask_id).sum(1).to(torch.float64)
-    tpf = committed / nfe.to(torch.float64).clamp_min(1.0)
-    return GenerateResult(tokens=x, prompt_length=P, nfe=nfe.clone(), tokens_per_forward=tpf, seconds=seconds,
-                          forwards=forwards, state=state)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -241,12 +172,8 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    _check_prompt(prompt_ids, attention_mask)
-    if not isinstance(gen_length, int) or gen_length <= 0:
-        raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
+    check_inputs(prompt_ids, attention_mask, gen_length)
     if style == "dream":
-        from .dream import dream_generate
-
         if block_length not in (None, gen_length):
             raise ValueError("style='dream' has no blocks: block_length must be None or gen_length")
         if policy is not None:
@@ -341,7 +268,7 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
         if eos_fill:
             _eos_fill(state, eos_id)
 
-    _sync(dev)
+    sync_device(dev)
     t0 = time.perf_counter()
     # The first forward runs before the State exists: its logits' dtype is the default confidence dtype.
     logits = forward(P)
@@ -358,8 +285,8 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
     else:
         while not state.done:
             body(state, state.block_start if block_info else P)
-    _sync(dev)
-    return _result(x, P, state.nfe, mask_id, time.perf_counter() - t0, forwards[0], state)
+    sync_device(dev)
+    return make_result(x, P, state.nfe, mask_id, time.perf_counter() - t0, forwards[0], state)
 
 
 def _cuda_warmup(fn: Callable[[], None]) -> None:
