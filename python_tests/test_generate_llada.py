@@ -411,14 +411,14 @@ def test_fully_padded_batch_prr_features(monkeypatch):
     features see the true lengths, so each row gets the controller scores (and tokens) it gets next to an unpadded
     row."""
     gen = importlib.import_module("prr_ext.generate")
-    commit, scores = gen._commit, []
+    commit, scores = gen.commit_step, []
 
-    def spy(logits, state, backend, flags):  # record the controller score of every position after each step
-        out = commit(logits, state, backend, flags)
+    def spy(logits, state, backend, eos_eot):  # record the controller score of every position after each step
+        out = commit(logits, state, backend, eos_eot)
         scores.append(torch.nan_to_num(state.last_stats[..., prr_ext.reference.STAT_SCORE], nan=-1.0).clone())
         return out
 
-    monkeypatch.setattr(gen, "_commit", spy)
+    monkeypatch.setattr(gen, "commit_step", spy)
     pol = prr_ext.PRR(prr_ext.Controller.init(seed=3), tau=0.6)
     m = model(seed=21)
     p3, am3 = prompts(B=3, P=7, seed=21, pad_left=(2, 3, 0))
@@ -514,7 +514,8 @@ def test_graph_loop_logic_on_cpu(policy, monkeypatch):
     is done, with no host-side decisions inside a block: steps past a row's (or the batch's) end commit nothing and
     charge no NFE. With capture = "return the function" this is exactly what the replays execute."""
     gen = importlib.import_module("prr_ext.generate")
-    monkeypatch.setattr(gen, "_GRAPH_IMPL", (lambda fn: fn(), lambda fn: fn))
+    monkeypatch.setattr(gen, "GRAPH_IMPL", gen.GraphImpl(warmup=lambda fn: fn(), capture=lambda fn: fn,
+                                                         needs_cuda=False))
     m = model(seed=21, tail=(6, 20))
     p, am = prompts(B=3, seed=21, pad_left=(0, 1, 2))
     for extra in (dict(), dict(cfg_scale=1.0), dict(eos_fill=True), dict(confidence_eos_eot_inf=True),
