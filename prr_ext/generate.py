@@ -123,7 +123,6 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    check_inputs(prompt_ids, attention_mask, gen_length)
     if style == "dream":
         if block_length not in (None, gen_length):
             raise ValueError("style='dream' has no blocks: block_length must be None or gen_length")
@@ -138,6 +137,7 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
     if logits_hook is not None or tokens_hook is not None or alg_temp is not None or top_p is not None \
             or top_k is not None:
         raise ValueError("logits_hook, tokens_hook, alg_temp, top_p and top_k apply to style='dream'")
+    check_inputs(prompt_ids, attention_mask, gen_length)
     rules = TokenRules(mask_id, LLADA_EOS_ID if eos_id is None else int(eos_id),
                        LLADA_EOT_ID if eot_id is None else int(eot_id), logits_eos_inf=logits_eos_inf,
                        confidence_eos_eot_inf=confidence_eos_eot_inf, eos_fill=eos_fill)
