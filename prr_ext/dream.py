@@ -35,7 +35,8 @@ import torch
 import torch.distributions as dists
 import torch.nn.functional as F
 
-from .decode_common import GenerateResult, check_inputs, logits_of, make_result, sync_device
+from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, logits_of, make_result,
+                            resolve_mask_id, sync_device)
 
 __all__ = ["dream_generate", "sample_tokens", "DREAM_MASK_ID"]
 
@@ -94,11 +95,12 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_p: Optiona
 @torch.no_grad()
 def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, steps: int, alg: str = "entropy",
                    temperature: float = 0.0, top_p: Optional[float] = None, top_k: Optional[int] = None,
-                   alg_temp: Optional[float] = None, eps: float = 1e-3, mask_id: int = DREAM_MASK_ID,
+                   alg_temp: Optional[float] = None, eps: float = 1e-3, mask_id: Optional[int] = None,
                    attention_mask: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                    logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None) -> GenerateResult:
     """Dream's `_sample` with max_length = P + gen_length. See the module docstring; returns a GenerateResult
-    (nfe = steps for every row)."""
+    (nfe = steps for every row). mask_id None (default) takes the model's: `model.config.mask_token_id`, else
+    `model.tokenizer.mask_token_id`, else Dream's 151666; an id outside the model's vocabulary is a ValueError."""
     check_inputs(prompt_ids, attention_mask, gen_length)
     if alg not in ALGS:
         raise ValueError(f"alg must be one of {ALGS}, got {alg!r}")
@@ -107,6 +109,7 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
     temperature = float(temperature)
     if not (temperature >= 0.0) or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    mask_id, mask_from = resolve_mask_id(mask_id, model, DREAM_MASK_ID, "Dream's mask id")
     dev = prompt_ids.device
     B, P = prompt_ids.shape
     x = F.pad(prompt_ids.to(torch.int64), (0, gen_length), value=mask_id)  # [B, N], N = P + gen_length
@@ -121,7 +124,11 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
     rows = torch.arange(B, device=dev)
     for i in range(steps):
         mask_index = x == mask_id  # [B, N]
-        raw = logits_of(model(x, **model_kwargs))  # [B, N, V]
+        if i == 0:
+            raw = first_forward(lambda: logits_of(model(x, **model_kwargs)), model, mask_id, mask_from, x)  # [B, N, V]
+            check_mask_id(mask_id, mask_from, raw.shape[-1], "the logits' last dimension V")
+        else:
+            raw = logits_of(model(x, **model_kwargs))
         logits, mask_logits = masked_logits(raw, x, mask_index, i, logits_hook, shift_whole)  # mask_logits [M, V]
         t, s = timesteps[i], timesteps[i + 1]
         if alg == "origin":

@@ -41,13 +41,15 @@ import torch
 
 from . import ops
 from . import reference as R
-from .decode_common import GenerateResult, check_inputs, logits_of, make_result, sync_device
+from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, logits_of, make_result,
+                            resolve_mask_id, resolve_token_id, sync_device)
 from .dream import dream_generate
 from .policies import LowConfidence, Policy
 from .state import State
 
-__all__ = ["generate", "GenerateResult", "LLADA_EOS_ID", "LLADA_EOT_ID"]
+__all__ = ["generate", "GenerateResult", "LLADA_MASK_ID", "LLADA_EOS_ID", "LLADA_EOT_ID"]
 
+LLADA_MASK_ID = 126336  # <|mdm_mask|>
 LLADA_EOS_ID = 126081  # <|endoftext|>
 LLADA_EOT_ID = 126348  # <|eot_id|>
 STYLES = ("llada", "dream")
@@ -62,7 +64,7 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
              steps: int, policy: Optional[Policy] = None, temperature: float = 0.0, cfg_scale: float = 0.0,
              attention_mask: Optional[torch.Tensor] = None, eos_id: Optional[int] = None,
              logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False, eot_id: Optional[int] = None,
-             mask_id: int = 126336, confidence_dtype: Optional[torch.dtype] = None,
+             mask_id: Optional[int] = None, confidence_dtype: Optional[torch.dtype] = None,
              generator: Optional[torch.Generator] = None, rng: str = "philox", style: str = "llada",
              alg: str = "entropy", eps: float = 1e-3, top_p: Optional[float] = None, top_k: Optional[int] = None,
              alg_temp: Optional[float] = None, eos_fill: bool = False, cuda_graph: bool = False,
@@ -75,7 +77,11 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
       prompt_ids:     [B, P] int64 on the device to decode on; left-padded batches come with `attention_mask`.
       gen_length:     G, generated tokens per row.
       steps:          denoising steps (LLaDA: total over all blocks, steps % num_blocks == 0; Dream: NFE).
-      temperature:    0 = greedy.  mask_id: the mask token (LLaDA 126336; Dream 151666).
+      temperature:    0 = greedy.
+      mask_id:        the mask token. None (default) takes the model's: `model.config.mask_token_id`, else
+                      `model.tokenizer.mask_token_id`, else LLaDA's 126336 (style="llada") / Dream's 151666
+                      (style="dream"). An id outside the model's vocabulary (>= `model.config.vocab_size`, or
+                      >= the logits' V at the first forward) is a ValueError.
       attention_mask: [B, P], 1 = token, 0 = left pad.
       generator:      torch.Generator for every random draw (None: torch's default generator, as the reference
                       loops use).
@@ -93,7 +99,10 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
                       too (LLaDA aliases the noisy logits to the logits at T == 0). A candidate EoT (or EOS at
                       T == 0) thus gets confidence 0 and commits last. Costs one extra pass over the logits
                       (a probe step) with rng="philox".
-      eos_id, eot_id: defaults LLaDA's 126081 / 126348 (needed by the EOS flags and eos_fill only).
+      eos_id, eot_id: None (default) takes the model's, in the order of mask_id: `model.config.eos_token_id` /
+                      `eot_token_id`, else `model.tokenizer.eos_token_id` / `eot_token_id` (the first of a list),
+                      else LLaDA's 126081 / 126348. Used by the EOS flags and eos_fill only; an id they use that
+                      lies outside the logits' vocabulary is a ValueError.
       confidence_dtype: dtype of the confidence softmax; default = the logits' dtype (LLaDA >= 2025-06:
                       bf16 with a bf16 model); torch.float64 = LLaDA before June 2025 and Fast-dLLM.
       rng:            "philox" (default; batch-invariant, graph-safe) or "torch" (LLaDA's exact draws from
@@ -138,9 +147,8 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
             or top_k is not None:
         raise ValueError("logits_hook, tokens_hook, alg_temp, top_p and top_k apply to style='dream'")
     check_inputs(prompt_ids, attention_mask, gen_length)
-    rules = TokenRules(mask_id, LLADA_EOS_ID if eos_id is None else int(eos_id),
-                       LLADA_EOT_ID if eot_id is None else int(eot_id), logits_eos_inf=logits_eos_inf,
-                       confidence_eos_eot_inf=confidence_eos_eot_inf, eos_fill=eos_fill)
+    rules = TokenRules.resolve(model, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, logits_eos_inf=logits_eos_inf,
+                               confidence_eos_eot_inf=confidence_eos_eot_inf, eos_fill=eos_fill)
     return _llada_generate(model, prompt_ids, gen_length=gen_length, block_length=block_length or gen_length,
                            steps=steps, policy=policy if policy is not None else LowConfidence(),
                            temperature=temperature, cfg_scale=cfg_scale, attention_mask=attention_mask, rules=rules,
@@ -157,7 +165,8 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
                       block_info=block_info)
     sync_device(x.device)
     t0 = time.perf_counter()
-    logits = forward(P)  # [B, L, V]; it runs before the State exists: its dtype is the default confidence dtype
+    # [B, L, V]; the first forward runs before the State exists: its logits' dtype is the default confidence dtype
+    logits = first_forward(functools.partial(forward, P), model, rules.mask_id, rules.mask_from, x)
     state = State(x, mask_id=rules.mask_id, prompt_length=prompt_length, gen_start=P, block_length=block_length,
                   steps=steps, policy=policy, temperature=temperature, generator=generator, rng=rng, seed=seed,
                   confidence_dtype=confidence_dtype if confidence_dtype is not None else logits.dtype)
@@ -197,7 +206,7 @@ def _check_llada_options(device: torch.device, backend: str, cfg_scale: float, c
 # ---------------------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TokenRules:
-    """The token ids of the LLaDA loop and LLaDA's EOS options."""
+    """The token ids of the LLaDA loop and LLaDA's EOS options. `*_from` say where each id came from (for errors)."""
 
     mask_id: int
     eos_id: int
@@ -205,6 +214,18 @@ class TokenRules:
     logits_eos_inf: bool = False
     confidence_eos_eot_inf: bool = False
     eos_fill: bool = False
+    mask_from: str = "passed as mask_id="
+    eos_from: str = "passed as eos_id="
+    eot_from: str = "passed as eot_id="
+
+    @classmethod
+    def resolve(cls, model, *, mask_id: Optional[int], eos_id: Optional[int], eot_id: Optional[int],
+                **options: bool) -> "TokenRules":
+        """Explicit ids win; None takes the model's (config, then tokenizer), else LLaDA's."""
+        mask_id, mask_from = resolve_mask_id(mask_id, model, LLADA_MASK_ID, "LLaDA's mask id")
+        eos_id, eos_from = resolve_token_id("eos_id", eos_id, model, "eos_token_id", LLADA_EOS_ID, "LLaDA's EOS id")
+        eot_id, eot_from = resolve_token_id("eot_id", eot_id, model, "eot_token_id", LLADA_EOT_ID, "LLaDA's EoT id")
+        return cls(mask_id, eos_id, eot_id, mask_from=mask_from, eos_from=eos_from, eot_from=eot_from, **options)
 
     @property
     def confidence_ids(self) -> Optional[Tuple[int, int]]:
@@ -272,14 +293,16 @@ class Forward:
 
 
 def apply_logit_flags(logits: torch.Tensor, rules: TokenRules) -> None:
-    """Check the ids an option uses (eos_id / eot_id) against the logits' vocabulary V, then apply logits_eos_inf
-    in place. logits: [B, L, V]."""
+    """Check the ids against the logits' vocabulary V (mask_id always; eos_id / eot_id where an option uses them),
+    then apply logits_eos_inf in place. logits: [B, L, V]."""
     V = logits.shape[-1]
-    for name, tok, used in (("eos_id", rules.eos_id, rules.logits_eos_inf or rules.confidence_eos_eot_inf
-                             or rules.eos_fill),
-                            ("eot_id", rules.eot_id, rules.confidence_eos_eot_inf)):
+    check_mask_id(rules.mask_id, rules.mask_from, V, "the logits' last dimension V")
+    for name, tok, where, used in (
+            ("eos_id", rules.eos_id, rules.eos_from, rules.logits_eos_inf or rules.confidence_eos_eot_inf
+             or rules.eos_fill),
+            ("eot_id", rules.eot_id, rules.eot_from, rules.confidence_eos_eot_inf)):
         if used and not 0 <= tok < V:
-            raise ValueError(f"{name}={tok} is outside the vocabulary (V={V}); pass {name}=")
+            raise ValueError(f"{name}={tok} ({where}) is outside the vocabulary (V={V}); pass {name}=")
     if rules.logits_eos_inf:
         logits[:, :, rules.eos_id] = -math.inf
 
