@@ -29,14 +29,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 import torch.distributions as dists
 import torch.nn.functional as F
 
-from .generate import GenerateResult, _result, _sync, logits_of
+from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, logits_of, make_result,
+                            resolve_mask_id, sync_device)
 
+__all__ = ["dream_generate", "sample_tokens", "DREAM_MASK_ID"]
+
+DREAM_MASK_ID = 151666  # <|mask|>
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
 
@@ -91,11 +95,13 @@ def sample_tokens(logits: torch.Tensor, temperature: float = 0.0, top_p: Optiona
 @torch.no_grad()
 def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, steps: int, alg: str = "entropy",
                    temperature: float = 0.0, top_p: Optional[float] = None, top_k: Optional[int] = None,
-                   alg_temp: Optional[float] = None, eps: float = 1e-3, mask_id: int = 151666,
+                   alg_temp: Optional[float] = None, eps: float = 1e-3, mask_id: Optional[int] = None,
                    attention_mask: Optional[torch.Tensor] = None, generator: Optional[torch.Generator] = None,
                    logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None) -> GenerateResult:
     """Dream's `_sample` with max_length = P + gen_length. See the module docstring; returns a GenerateResult
-    (nfe = steps for every row)."""
+    (nfe = steps for every row). mask_id None (default) takes the model's: `model.config.mask_token_id`, else
+    `model.tokenizer.mask_token_id`, else Dream's 151666; an id outside the model's vocabulary is a ValueError."""
+    check_inputs(prompt_ids, attention_mask, gen_length)
     if alg not in ALGS:
         raise ValueError(f"alg must be one of {ALGS}, got {alg!r}")
     if not isinstance(steps, int) or steps <= 0:
@@ -103,67 +109,101 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
     temperature = float(temperature)
     if not (temperature >= 0.0) or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    mask_id, mask_from = resolve_mask_id(mask_id, model, DREAM_MASK_ID, "Dream's mask id")
     dev = prompt_ids.device
     B, P = prompt_ids.shape
-    x = F.pad(prompt_ids.to(torch.int64), (0, gen_length), value=mask_id)
-    if attention_mask is not None and torch.any(attention_mask == 0.0):
-        am = F.pad(attention_mask, (0, gen_length), value=1.0)
-        tok_idx = am.long().cumsum(-1) - 1
-        tok_idx.masked_fill_(am == 0, 1)
-        am = torch.logical_and(am.unsqueeze(1).unsqueeze(-2), am.unsqueeze(1).unsqueeze(-1))
+    x = F.pad(prompt_ids.to(torch.int64), (0, gen_length), value=mask_id)  # [B, N], N = P + gen_length
+    model_kwargs = dream_model_kwargs(attention_mask, gen_length)
+    shift_whole = logits_hook is not None or tokens_hook is not None  # the hooks see the shifted [B, N, V] logits
 
-        def call(inp):
-            return logits_of(model(inp, attention_mask=am, position_ids=tok_idx))
-    else:
-        def call(inp):
-            return logits_of(model(inp))
-
-    _sync(dev)
+    sync_device(dev)
     t0 = time.perf_counter()
     timesteps = torch.linspace(1, eps, steps + 1, device=dev)
     if tokens_hook is not None:
         x = tokens_hook(None, x, None)
     rows = torch.arange(B, device=dev)
     for i in range(steps):
-        mask_index = x == mask_id
-        raw = call(x)
-        if logits_hook is not None or tokens_hook is not None:
-            logits = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
-            if logits_hook is not None:
-                logits = logits_hook(i, x, logits)
-            mask_logits = logits[mask_index]
-        else:  # the same rows, gathered from position j - 1 (0 for j == 0) without building the shifted tensor
-            logits = raw
-            b_idx, j_idx = mask_index.nonzero(as_tuple=True)
-            mask_logits = raw[b_idx, (j_idx - 1).clamp_min(0)]
+        mask_index = x == mask_id  # [B, N]
+        if i == 0:
+            raw = first_forward(lambda: logits_of(model(x, **model_kwargs)), model, mask_id, mask_from, x)  # [B, N, V]
+            check_mask_id(mask_id, mask_from, raw.shape[-1], "the logits' last dimension V")
+        else:
+            raw = logits_of(model(x, **model_kwargs))
+        logits, mask_logits = masked_logits(raw, x, mask_index, i, logits_hook, shift_whole)  # mask_logits [M, V]
         t, s = timesteps[i], timesteps[i + 1]
         if alg == "origin":
             p_transfer = 1 - s / t if i < steps - 1 else 1
-            x0 = torch.zeros_like(x[mask_index], dtype=torch.long) + mask_id
-            transfer = torch.rand(*x0.shape, device=dev, generator=generator) < p_transfer
-            _, x0[transfer] = sample_tokens(mask_logits[transfer], temperature=temperature, top_p=top_p,
-                                            top_k=top_k, generator=generator)
-            x[mask_index] = x0.clone()
+            commit_origin(x, mask_index, mask_logits, p_transfer, mask_id, temperature, top_p, top_k, generator)
         else:
-            confidence, x0 = sample_tokens(mask_logits, temperature=temperature, top_p=top_p, top_k=top_k,
-                                           margin_confidence=alg == "topk_margin", neg_entropy=alg == "entropy",
-                                           generator=generator)
             num_mask_token = mask_index.sum() / mask_index.shape[0]  # float32 batch average
             k = int(num_mask_token * (1 - s / t)) if i < steps - 1 else int(num_mask_token)
-            full_confidence = torch.full_like(x, -torch.inf, dtype=logits.dtype)
-            full_confidence[mask_index] = confidence
-            if k > 0:
-                if alg_temp is None or alg_temp == 0:
-                    _, transfer_index = torch.topk(full_confidence, k)
-                else:
-                    full_confidence = F.softmax(full_confidence / alg_temp, dim=-1)
-                    transfer_index = torch.multinomial(full_confidence, num_samples=k, generator=generator)
-                x_ = torch.zeros_like(x) + mask_id
-                x_[mask_index] = x0.clone()
-                row_indices = rows.unsqueeze(1).expand_as(transfer_index)
-                x[row_indices, transfer_index] = x_[row_indices, transfer_index]
+            commit_most_confident(x, mask_index, mask_logits, k, alg, rows, logits.dtype, mask_id, temperature,
+                                  top_p, top_k, alg_temp, generator)
         if tokens_hook is not None:
             x = tokens_hook(i, x, logits)
-    _sync(dev)
+    sync_device(dev)
     nfe = torch.full((B,), steps, dtype=torch.int64, device=dev)
-    return _result(x, P, nfe, mask_id, time.perf_counter() - t0, steps)
+    return make_result(x, P, nfe, mask_id, time.perf_counter() - t0, steps)
+
+
+def dream_model_kwargs(attention_mask: Optional[torch.Tensor], gen_length: int) -> dict:
+    """The model's keywords besides x: none for an unpadded batch; with padding (zeros in attention_mask) Dream's
+    [B, 1, N, N] boolean attention mask and cumulative position ids [B, N] (pads -> 1), N = P + gen_length."""
+    if attention_mask is None or not torch.any(attention_mask == 0.0):
+        return {}
+    am = F.pad(attention_mask, (0, gen_length), value=1.0)  # [B, N]
+    tok_idx = am.long().cumsum(-1) - 1
+    tok_idx.masked_fill_(am == 0, 1)
+    am = torch.logical_and(am.unsqueeze(1).unsqueeze(-2), am.unsqueeze(1).unsqueeze(-1))  # [B, 1, N, N]
+    return {"attention_mask": am, "position_ids": tok_idx}
+
+
+def masked_logits(raw: torch.Tensor, x: torch.Tensor, mask_index: torch.Tensor, i: int,
+                  logits_hook: Optional[Callable], shift_whole: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dream's right shift (position j is predicted from hidden state j - 1; position 0 keeps its own):
+    (logits [B, N, V] the hooks see, logits of the masked positions [M, V] in row-major order). Without hooks
+    the shifted tensor is never built: the masked rows are gathered from `raw` at j - 1."""
+    if shift_whole:
+        logits = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
+        if logits_hook is not None:
+            logits = logits_hook(i, x, logits)
+        return logits, logits[mask_index]
+    b_idx, j_idx = mask_index.nonzero(as_tuple=True)
+    return raw, raw[b_idx, (j_idx - 1).clamp_min(0)]
+
+
+def commit_origin(x: torch.Tensor, mask_index: torch.Tensor, mask_logits: torch.Tensor, p_transfer, mask_id: int,
+                  temperature: float, top_p: Optional[float], top_k: Optional[int],
+                  generator: Optional[torch.Generator]) -> None:
+    """alg="origin": every masked position is committed with probability p_transfer (one uniform draw each), to
+    a token sampled from its logits; x [B, N] is written in place."""
+    x0 = torch.zeros_like(x[mask_index], dtype=torch.long) + mask_id
+    transfer = torch.rand(*x0.shape, device=x.device, generator=generator) < p_transfer
+    _, x0[transfer] = sample_tokens(mask_logits[transfer], temperature=temperature, top_p=top_p, top_k=top_k,
+                                    generator=generator)
+    x[mask_index] = x0.clone()
+
+
+def commit_most_confident(x: torch.Tensor, mask_index: torch.Tensor, mask_logits: torch.Tensor, k: int, alg: str,
+                          rows: torch.Tensor, conf_dtype: torch.dtype, mask_id: int, temperature: float,
+                          top_p: Optional[float], top_k: Optional[int], alg_temp: Optional[float],
+                          generator: Optional[torch.Generator]) -> None:
+    """alg in maskgit_plus / topk_margin / entropy: in every row, commit the k positions of highest confidence
+    (sampled from softmax(confidence / alg_temp) when alg_temp is set); x [B, N] is written in place. A row with
+    fewer than k masks gets -inf slots selected (Dream's batch-average k), writing mask_id there."""
+    confidence, x0 = sample_tokens(mask_logits, temperature=temperature, top_p=top_p, top_k=top_k,
+                                   margin_confidence=alg == "topk_margin", neg_entropy=alg == "entropy",
+                                   generator=generator)
+    full_confidence = torch.full_like(x, -torch.inf, dtype=conf_dtype)  # [B, N]
+    full_confidence[mask_index] = confidence
+    if k <= 0:
+        return
+    if alg_temp is None or alg_temp == 0:
+        _, transfer_index = torch.topk(full_confidence, k)  # [B, k]
+    else:
+        full_confidence = F.softmax(full_confidence / alg_temp, dim=-1)
+        transfer_index = torch.multinomial(full_confidence, num_samples=k, generator=generator)
+    x_ = torch.zeros_like(x) + mask_id
+    x_[mask_index] = x0.clone()
+    row_indices = rows.unsqueeze(1).expand_as(transfer_index)
+    x[row_indices, transfer_index] = x_[row_indices, transfer_index]

@@ -24,152 +24,36 @@ or [B, block_length, V] logits of the active block only. A KV-cache model (prefi
 call (int keywords; the active block is the lowest block any row still works on, `State.block_start`), and the
 model may return either shape on any call (e.g. full logits at the block's first call, the "prefill", block-only
 logits afterwards). With classifier-free guidance the model receives 2B rows (conditional, then unconditional).
+
+The LLaDA loop, piece by piece: `build_canvas` (canvas and attention mask), `Forward` (the model call with
+guidance and block keywords), `decode_step` = `apply_logit_flags` + `commit_step` (+ `fill_after_eos`), and
+`graph_loop` (cuda_graph=True).
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 
 from . import ops
 from . import reference as R
+from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, logits_of, make_result,
+                            resolve_mask_id, resolve_token_id, sync_device)
+from .dream import dream_generate
 from .policies import LowConfidence, Policy
 from .state import State
 
-__all__ = ["generate", "GenerateResult", "LLADA_EOS_ID", "LLADA_EOT_ID"]
+__all__ = ["generate", "GenerateResult", "LLADA_MASK_ID", "LLADA_EOS_ID", "LLADA_EOT_ID"]
 
+LLADA_MASK_ID = 126336  # <|mdm_mask|>
 LLADA_EOS_ID = 126081  # <|endoftext|>
 LLADA_EOT_ID = 126348  # <|eot_id|>
 STYLES = ("llada", "dream")
 BACKENDS = ("op", "reference")
-
-
-@dataclass
-class GenerateResult:
-    """What `prr_ext.generate` returns.
-
-    tokens:             [B, P + G] int64, the whole canvas as LLaDA's / Dream's loops return it: the prompt columns
-                        (left pads included) followed by the G generated tokens. Positions a policy could not fill
-                        (only with non-finite logits) still hold mask_id.
-    prompt_length:      P, the (padded) prompt width; `generated` = tokens[:, P:].
-    nfe:                [B] int64, forwards consumed per row: the steps in which the row was active (a row that
-                        waits for the batch to finish a block, or is retired by eos_fill, is not charged).
-    tokens_per_forward: [B] float64, committed generated positions / nfe (EOS-filled positions count).
-    seconds:            wall time of the decode loop (device-synchronised).
-    forwards:           model calls the loop made for the batch (>= max(nfe) with adaptive policies, whose rows
-                        finish blocks at different steps; a CFG call with 2B rows counts once; with cuda_graph,
-                        every captured step of every replay counts).
-    state:              the final prr_ext.State (style="llada"), or None (style="dream").
-    """
-
-    tokens: torch.Tensor
-    prompt_length: int
-    nfe: torch.Tensor
-    tokens_per_forward: torch.Tensor
-    seconds: float
-    forwards: int = 0
-    state: Optional[State] = None
-
-    @property
-    def generated(self) -> torch.Tensor:
-        return self.tokens[:, self.prompt_length:]
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# helpers shared with prr_ext.dream
-# ---------------------------------------------------------------------------------------------------------------
-def logits_of(out: Any) -> torch.Tensor:
-    """The logits tensor of a model's output (a tensor, or an object with `.logits`)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        logits = out[0]
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"the model must return a logits tensor or an object with .logits, got {type(out).__name__}")
-    return logits
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _check_prompt(prompt_ids, attention_mask):
-    if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2:
-        raise ValueError("prompt_ids must be a [B, P] tensor")
-    if prompt_ids.dtype not in (torch.int64, torch.int32):
-        raise TypeError(f"prompt_ids must be int64 (or int32), got {prompt_ids.dtype}")
-    if attention_mask is not None:
-        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(prompt_ids.shape):
-            raise ValueError(f"attention_mask must be a tensor shaped like prompt_ids {tuple(prompt_ids.shape)}")
-        if attention_mask.device != prompt_ids.device:
-            raise ValueError("attention_mask and prompt_ids must be on the same device")
-
-
-def _result(x: torch.Tensor, P: int, nfe: torch.Tensor, mask_id: int, seconds: float, forwards: int, state=None):
-    committed = (x[:, P:] != mask_id).sum(1).to(torch.float64)
-    tpf = committed / nfe.to(torch.float64).clamp_min(1.0)
-    return GenerateResult(tokens=x, prompt_length=P, nfe=nfe.clone(), tokens_per_forward=tpf, seconds=seconds,
-                          forwards=forwards, state=state)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# one commit step, with the overrides the LLaDA flags and rng="torch" need
-# ---------------------------------------------------------------------------------------------------------------
-def _step(logits, state, backend, candidates=None, random_conf=None) -> torch.Tensor:
-    if backend == "reference":
-        commit, tokens, stats = R.step(logits, state, candidates=candidates, random_conf=random_conf)
-        state.last_tokens, state.last_stats = tokens, stats
-        return commit
-    return ops.step(logits, state, candidates=candidates, random_conf=random_conf)
-
-
-def _commit(logits: torch.Tensor, state: State, backend: str, eos_eot_conf: Optional[tuple]) -> torch.Tensor:
-    """One step of the loop on already-combined logits. `eos_eot_conf` = (eos_id, eot_id) for LLaDA's
-    confidence_eos_eot_inf: the candidate is chosen from the logits as given, then the confidence is taken from a
-    softmax in which EoT (and, at T == 0, EOS too: LLaDA's chained assignment aliases the noisy logits to the
-    logits) is -inf. The op supports exactly that through its `candidates` input."""
-    cand = rconf = None
-    if state.rng == "torch" and (backend == "reference" or eos_eot_conf is not None):
-        cand, rconf = ops.llada_draws(logits, state, want_candidates=eos_eot_conf is not None)
-    elif eos_eot_conf is not None:
-        # Philox candidates: a throw-away copy of the state draws exactly the noise the real step would (same
-        # seed, column and step counters) from the unmodified logits.
-        probe = state.clone()
-        _step(logits, probe, backend)
-        cand = probe.last_tokens
-    if eos_eot_conf is not None:
-        eos_id, eot_id = eos_eot_conf
-        if state.temperature == 0:
-            logits[..., eos_id] = -math.inf
-        logits[..., eot_id] = -math.inf
-    return _step(logits, state, backend, cand, rconf)
-
-
-def _eos_fill(state: State, eos_id: int) -> None:
-    """EOS work saving, on device, no host synchronisation (graph-safe): in every row whose generation region
-    holds a committed EOS with everything before it committed, fill every later masked position with EOS and
-    retire the row (it needs no more forwards)."""
-    x, mask_id = state.x, state.mask_id
-    gen = x[:, state.gen_start:]
-    B, G = gen.shape
-    masked = gen == mask_id
-    is_eos = gen == eos_id
-    idx = torch.arange(G, device=x.device)
-    has_eos = is_eos.any(1)
-    first = torch.where(has_eos, is_eos.to(torch.int8).argmax(1), torch.full_like(has_eos, G, dtype=torch.int64))
-    clean = has_eos & ~(masked & (idx[None, :] < first[:, None])).any(1)
-    fill = masked & clean[:, None]  # every mask of a clean row lies after its first EOS
-    gen.copy_(torch.where(fill, torch.full_like(gen, eos_id), gen))
-    rs = state.row_state
-    blk = rs[:, R.RS_BLOCK]
-    done = clean & (blk < state.num_blocks)
-    rs[:, R.RS_STEP] = torch.where(done, torch.zeros_like(blk), rs[:, R.RS_STEP])
-    rs[:, R.RS_BLOCK] = torch.where(done, torch.full_like(blk, state.num_blocks), blk)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -180,7 +64,7 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
              steps: int, policy: Optional[Policy] = None, temperature: float = 0.0, cfg_scale: float = 0.0,
              attention_mask: Optional[torch.Tensor] = None, eos_id: Optional[int] = None,
              logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False, eot_id: Optional[int] = None,
-             mask_id: int = 126336, confidence_dtype: Optional[torch.dtype] = None,
+             mask_id: Optional[int] = None, confidence_dtype: Optional[torch.dtype] = None,
              generator: Optional[torch.Generator] = None, rng: str = "philox", style: str = "llada",
              alg: str = "entropy", eps: float = 1e-3, top_p: Optional[float] = None, top_k: Optional[int] = None,
              alg_temp: Optional[float] = None, eos_fill: bool = False, cuda_graph: bool = False,
@@ -193,7 +77,11 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
       prompt_ids:     [B, P] int64 on the device to decode on; left-padded batches come with `attention_mask`.
       gen_length:     G, generated tokens per row.
       steps:          denoising steps (LLaDA: total over all blocks, steps % num_blocks == 0; Dream: NFE).
-      temperature:    0 = greedy.  mask_id: the mask token (LLaDA 126336; Dream 151666).
+      temperature:    0 = greedy.
+      mask_id:        the mask token. None (default) takes the model's: `model.config.mask_token_id`, else
+                      `model.tokenizer.mask_token_id`, else LLaDA's 126336 (style="llada") / Dream's 151666
+                      (style="dream"). An id outside the model's vocabulary (>= `model.config.vocab_size`, or
+                      >= the logits' V at the first forward) is a ValueError.
       attention_mask: [B, P], 1 = token, 0 = left pad.
       generator:      torch.Generator for every random draw (None: torch's default generator, as the reference
                       loops use).
@@ -211,7 +99,10 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
                       too (LLaDA aliases the noisy logits to the logits at T == 0). A candidate EoT (or EOS at
                       T == 0) thus gets confidence 0 and commits last. Costs one extra pass over the logits
                       (a probe step) with rng="philox".
-      eos_id, eot_id: defaults LLaDA's 126081 / 126348 (needed by the EOS flags and eos_fill only).
+      eos_id, eot_id: None (default) takes the model's, in the order of mask_id: `model.config.eos_token_id` /
+                      `eot_token_id`, else `model.tokenizer.eos_token_id` / `eot_token_id` (the first of a list),
+                      else LLaDA's 126081 / 126348. Used by the EOS flags and eos_fill only; an id they use that
+                      lies outside the logits' vocabulary is a ValueError.
       confidence_dtype: dtype of the confidence softmax; default = the logits' dtype (LLaDA >= 2025-06:
                       bf16 with a bf16 model); torch.float64 = LLaDA before June 2025 and Fast-dLLM.
       rng:            "philox" (default; batch-invariant, graph-safe) or "torch" (LLaDA's exact draws from
@@ -241,12 +132,7 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
-    _check_prompt(prompt_ids, attention_mask)
-    if not isinstance(gen_length, int) or gen_length <= 0:
-        raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
     if style == "dream":
-        from .dream import dream_generate
-
         if block_length not in (None, gen_length):
             raise ValueError("style='dream' has no blocks: block_length must be None or gen_length")
         if policy is not None:
@@ -260,27 +146,51 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
     if logits_hook is not None or tokens_hook is not None or alg_temp is not None or top_p is not None \
             or top_k is not None:
         raise ValueError("logits_hook, tokens_hook, alg_temp, top_p and top_k apply to style='dream'")
+    check_inputs(prompt_ids, attention_mask, gen_length)
+    rules = TokenRules.resolve(model, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, logits_eos_inf=logits_eos_inf,
+                               confidence_eos_eot_inf=confidence_eos_eot_inf, eos_fill=eos_fill)
     return _llada_generate(model, prompt_ids, gen_length=gen_length, block_length=block_length or gen_length,
                            steps=steps, policy=policy if policy is not None else LowConfidence(),
-                           temperature=temperature, cfg_scale=cfg_scale, attention_mask=attention_mask,
-                           eos_id=eos_id, logits_eos_inf=logits_eos_inf,
-                           confidence_eos_eot_inf=confidence_eos_eot_inf, eot_id=eot_id, mask_id=mask_id,
-                           confidence_dtype=confidence_dtype, generator=generator, rng=rng, eos_fill=eos_fill,
-                           cuda_graph=cuda_graph, block_info=block_info, backend=backend, seed=seed)
+                           temperature=temperature, cfg_scale=cfg_scale, attention_mask=attention_mask, rules=rules,
+                           confidence_dtype=confidence_dtype, generator=generator, rng=rng, cuda_graph=cuda_graph,
+                           block_info=block_info, backend=backend, seed=seed)
 
 
 def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, policy, temperature, cfg_scale,
-                    attention_mask, eos_id, logits_eos_inf, confidence_eos_eot_inf, eot_id, mask_id,
-                    confidence_dtype, generator, rng, eos_fill, cuda_graph, block_info, backend, seed):
+                    attention_mask, rules, confidence_dtype, generator, rng, cuda_graph, block_info, backend, seed):
+    cfg_scale = _check_llada_options(prompt_ids.device, backend, cfg_scale, cuda_graph, rng, block_info)
+    x, attention, prompt_length = build_canvas(prompt_ids, attention_mask, gen_length, rules.mask_id)  # x [B, P+G]
+    P = prompt_ids.shape[1]
+    forward = Forward(model, x, attention, mask_id=rules.mask_id, cfg_scale=cfg_scale, block_length=block_length,
+                      block_info=block_info)
+    sync_device(x.device)
+    t0 = time.perf_counter()
+    # [B, L, V]; the first forward runs before the State exists: its logits' dtype is the default confidence dtype
+    logits = first_forward(functools.partial(forward, P), model, rules.mask_id, rules.mask_from, x)
+    state = State(x, mask_id=rules.mask_id, prompt_length=prompt_length, gen_start=P, block_length=block_length,
+                  steps=steps, policy=policy, temperature=temperature, generator=generator, rng=rng, seed=seed,
+                  confidence_dtype=confidence_dtype if confidence_dtype is not None else logits.dtype)
+    decode_step(logits, state, backend, rules)
+    del logits
+    if cuda_graph:
+        graph_loop(forward, state, backend, rules, GRAPH_IMPL)
+    else:
+        while not state.done:
+            decode_step(forward(state.block_start if block_info else P), state, backend, rules)
+    sync_device(x.device)
+    return make_result(x, P, state.nfe, rules.mask_id, time.perf_counter() - t0, forward.calls, state)
+
+
+def _check_llada_options(device: torch.device, backend: str, cfg_scale: float, cuda_graph: bool, rng: str,
+                         block_info: bool) -> float:
+    """The LLaDA loop's option checks; returns cfg_scale as a float."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     cfg_scale = float(cfg_scale)
     if not (cfg_scale >= 0.0) or math.isinf(cfg_scale):
         raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")
-    eos_id = LLADA_EOS_ID if eos_id is None else int(eos_id)
-    eot_id = LLADA_EOT_ID if eot_id is None else int(eot_id)
     if cuda_graph:
-        if prompt_ids.device.type != "cuda" and _GRAPH_IMPL[0] is _cuda_warmup:
+        if device.type != "cuda" and GRAPH_IMPL.needs_cuda:
             raise ValueError("cuda_graph=True needs CUDA tensors")
         if rng != "philox":
             raise ValueError("cuda_graph=True needs rng='philox' (rng='torch' draws on the host's generator state)")
@@ -288,78 +198,188 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
             raise ValueError("cuda_graph=True cannot pass host-side block_start/block_end to the model")
         if backend != "op":
             raise ValueError("cuda_graph=True needs backend='op'")
-    dev = prompt_ids.device
+    return cfg_scale
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the pieces of the LLaDA loop
+# ---------------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TokenRules:
+    """The token ids of the LLaDA loop and LLaDA's EOS options. `*_from` say where each id came from (for errors)."""
+
+    mask_id: int
+    eos_id: int
+    eot_id: int
+    logits_eos_inf: bool = False
+    confidence_eos_eot_inf: bool = False
+    eos_fill: bool = False
+    mask_from: str = "passed as mask_id="
+    eos_from: str = "passed as eos_id="
+    eot_from: str = "passed as eot_id="
+
+    @classmethod
+    def resolve(cls, model, *, mask_id: Optional[int], eos_id: Optional[int], eot_id: Optional[int],
+                **options: bool) -> "TokenRules":
+        """Explicit ids win; None takes the model's (config, then tokenizer), else LLaDA's."""
+        mask_id, mask_from = resolve_mask_id(mask_id, model, LLADA_MASK_ID, "LLaDA's mask id")
+        eos_id, eos_from = resolve_token_id("eos_id", eos_id, model, "eos_token_id", LLADA_EOS_ID, "LLaDA's EOS id")
+        eot_id, eot_from = resolve_token_id("eot_id", eot_id, model, "eot_token_id", LLADA_EOT_ID, "LLaDA's EoT id")
+        return cls(mask_id, eos_id, eot_id, mask_from=mask_from, eos_from=eos_from, eot_from=eot_from, **options)
+
+    @property
+    def confidence_ids(self) -> Optional[Tuple[int, int]]:
+        """(eos_id, eot_id) when confidence_eos_eot_inf is on, else None (commit_step's `eos_eot`)."""
+        return (self.eos_id, self.eot_id) if self.confidence_eos_eot_inf else None
+
+
+def build_canvas(prompt_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], gen_length: int, mask_id: int
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Union[int, torch.Tensor]]:
+    """The LLaDA canvas of a [B, P] prompt: (x, attention, prompt_length).
+
+    x:             [B, P + G] int64, the prompt then G mask tokens.
+    attention:     [B, P + G], attention_mask followed by G ones; None without attention_mask.
+    prompt_length: P, or the [B] int64 true lengths of a left-padded batch (PRR's length features do not count
+                   pads; the generation region still starts at P)."""
     B, P = prompt_ids.shape
-    G = gen_length
-    x = torch.full((B, P + G), mask_id, dtype=torch.int64, device=dev)
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.int64, device=prompt_ids.device)
     x[:, :P] = prompt_ids
-    am = None
-    prompt_length: Any = P
-    if attention_mask is not None:
-        am = torch.cat([attention_mask, torch.ones((B, G), dtype=attention_mask.dtype, device=dev)], dim=-1)
-        # the true per-row lengths (PRR's length features do not count pads); the generation region starts at P
-        prompt_length = attention_mask.to(torch.int64).sum(1)
-    prompt_index = x != mask_id  # LLaDA: prompt columns, left pads included
-    am2 = torch.cat([am, am], 0) if (am is not None and cfg_scale > 0) else am
-    pi2 = prompt_index
+    if attention_mask is None:
+        return x, None, P
+    ones = torch.ones((B, gen_length), dtype=attention_mask.dtype, device=x.device)
+    return x, torch.cat([attention_mask, ones], dim=-1), attention_mask.to(torch.int64).sum(1)
 
-    def call(inp, mask, lo):
-        kw = {}
-        if mask is not None:
-            kw["attention_mask"] = mask
-        if block_info:
-            kw["block_start"], kw["block_end"] = lo, lo + block_length
-        return logits_of(model(inp, **kw))
 
-    forwards = [0]
+class Forward:
+    """The model call of one LLaDA step: `forward(block_start)` -> logits [B, L, V] (L = P + G, or block_length
+    for a block-only model).
 
-    def forward(lo: int) -> torch.Tensor:
-        forwards[0] += 1
+    The model gets attention_mask= when the batch has one, and block_start= / block_end= with block_info. With
+    classifier-free guidance (cfg_scale > 0) it gets 2B rows, the canvas then its unconditional copy (every prompt
+    column masked, pads included), and the logits are u + (cfg_scale + 1)(c - u). `calls` counts the calls (a
+    2B-row call counts once). x is read at every call: the steps update it in place."""
+
+    def __init__(self, model: Callable, x: torch.Tensor, attention: Optional[torch.Tensor], *, mask_id: int,
+                 cfg_scale: float, block_length: int, block_info: bool):
+        self.model, self.x, self.mask_id = model, x, mask_id  # x [B, P+G]
+        self.cfg_scale, self.block_length, self.block_info = cfg_scale, block_length, block_info
+        self.attention = attention  # [B, P+G] or None
         if cfg_scale > 0:
-            un_x = torch.where(pi2, torch.full_like(x, mask_id), x)
-            out = call(torch.cat([x, un_x], 0), am2, lo)
-            logits, un_logits = torch.chunk(out, 2, dim=0)
-            logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
+            self.prompt_columns = x != mask_id  # [B, P+G]: LLaDA's prompt_index, taken before any commit
+            if attention is not None:
+                self.attention = torch.cat([attention, attention], 0)  # [2B, P+G]
+        self.calls = 0
+
+    def __call__(self, block_start: int) -> torch.Tensor:
+        self.calls += 1
+        x = self.x
+        if self.cfg_scale > 0:
+            uncond = torch.where(self.prompt_columns, torch.full_like(x, self.mask_id), x)
+            cond_logits, uncond_logits = torch.chunk(self._logits(torch.cat([x, uncond], 0), block_start), 2, dim=0)
+            logits = uncond_logits + (self.cfg_scale + 1) * (cond_logits - uncond_logits)
         else:
-            logits = call(x, am, lo)
-        if logits.dim() != 3 or logits.shape[0] != B:
-            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}; expected [{B}, L, V]")
-        V = logits.shape[-1]
-        for name, tok, used in (("eos_id", eos_id, logits_eos_inf or confidence_eos_eot_inf or eos_fill),
-                                ("eot_id", eot_id, confidence_eos_eot_inf)):
-            if used and not 0 <= tok < V:
-                raise ValueError(f"{name}={tok} is outside the vocabulary (V={V}); pass {name}=")
-        if logits_eos_inf:
-            logits[:, :, eos_id] = -math.inf
+            logits = self._logits(x, block_start)
+        if logits.dim() != 3 or logits.shape[0] != x.shape[0]:
+            raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}; expected [{x.shape[0]}, L, V]")
         return logits
 
-    flags = (eos_id, eot_id) if confidence_eos_eot_inf else None
+    def _logits(self, inp: torch.Tensor, block_start: int) -> torch.Tensor:
+        kw = {}
+        if self.attention is not None:
+            kw["attention_mask"] = self.attention
+        if self.block_info:
+            kw["block_start"], kw["block_end"] = block_start, block_start + self.block_length
+        return logits_of(self.model(inp, **kw))
 
-    def body(state: State, lo: int) -> None:
-        logits = forward(lo)
-        _commit(logits, state, backend, flags)
-        if eos_fill:
-            _eos_fill(state, eos_id)
 
-    _sync(dev)
-    t0 = time.perf_counter()
-    # The first forward runs before the State exists: its logits' dtype is the default confidence dtype.
-    logits = forward(P)
-    cdt = confidence_dtype if confidence_dtype is not None else logits.dtype
-    state = State(x, mask_id=mask_id, prompt_length=prompt_length, gen_start=P, block_length=block_length,
-                  steps=steps, policy=policy, temperature=temperature, generator=generator, confidence_dtype=cdt,
-                  rng=rng, seed=seed)
-    _commit(logits, state, backend, flags)
-    del logits
-    if eos_fill:
-        _eos_fill(state, eos_id)
-    if cuda_graph:
-        _graph_loop(body, state, forwards)
-    else:
-        while not state.done:
-            body(state, state.block_start if block_info else P)
-    _sync(dev)
-    return _result(x, P, state.nfe, mask_id, time.perf_counter() - t0, forwards[0], state)
+def apply_logit_flags(logits: torch.Tensor, rules: TokenRules) -> None:
+    """Check the ids against the logits' vocabulary V (mask_id always; eos_id / eot_id where an option uses them),
+    then apply logits_eos_inf in place. logits: [B, L, V]."""
+    V = logits.shape[-1]
+    check_mask_id(rules.mask_id, rules.mask_from, V, "the logits' last dimension V")
+    for name, tok, where, used in (
+            ("eos_id", rules.eos_id, rules.eos_from, rules.logits_eos_inf or rules.confidence_eos_eot_inf
+             or rules.eos_fill),
+            ("eot_id", rules.eot_id, rules.eot_from, rules.confidence_eos_eot_inf)):
+        if used and not 0 <= tok < V:
+            raise ValueError(f"{name}={tok} ({where}) is outside the vocabulary (V={V}); pass {name}=")
+    if rules.logits_eos_inf:
+        logits[:, :, rules.eos_id] = -math.inf
+
+
+def _backend_step(logits, state, backend, candidates=None, random_conf=None) -> torch.Tensor:
+    """One prr_ext.step (backend "op") or prr_ext.reference.step (backend "reference"), same side effects."""
+    if backend == "reference":
+        commit, tokens, stats = R.step(logits, state, candidates=candidates, random_conf=random_conf)
+        state.last_tokens, state.last_stats = tokens, stats
+        return commit
+    return ops.step(logits, state, candidates=candidates, random_conf=random_conf)
+
+
+def commit_step(logits: torch.Tensor, state: State, backend: str, eos_eot: Optional[Tuple[int, int]]
+                ) -> torch.Tensor:
+    """One commit on already-combined logits [B, L, V], with the overrides rng="torch" and
+    confidence_eos_eot_inf need. `eos_eot` = (eos_id, eot_id) for LLaDA's confidence_eos_eot_inf: the candidate
+    is chosen from the logits as given, then the confidence is taken from a softmax in which EoT (and, at T == 0,
+    EOS too: LLaDA's chained assignment aliases the noisy logits to the logits) is -inf. The op supports exactly
+    that through its `candidates` input. Returns the step's commit mask."""
+    cand = rconf = None
+    if state.rng == "torch" and (backend == "reference" or eos_eot is not None):
+        cand, rconf = ops.llada_draws(logits, state, want_candidates=eos_eot is not None)
+    elif eos_eot is not None:
+        # Philox candidates: a throw-away copy of the state draws exactly the noise the real step would (same
+        # seed, column and step counters) from the unmodified logits.
+        probe = state.clone()
+        _backend_step(logits, probe, backend)
+        cand = probe.last_tokens
+    if eos_eot is not None:
+        eos_id, eot_id = eos_eot
+        if state.temperature == 0:
+            logits[..., eos_id] = -math.inf
+        logits[..., eot_id] = -math.inf
+    return _backend_step(logits, state, backend, cand, rconf)
+
+
+def fill_after_eos(state: State, eos_id: int) -> None:
+    """EOS work saving, on device, no host synchronisation (graph-safe): in every row whose generation region
+    holds a committed EOS with everything before it committed, fill every later masked position with EOS and
+    retire the row (it needs no more forwards)."""
+    x, mask_id = state.x, state.mask_id
+    gen = x[:, state.gen_start:]  # [B, G], a view: written in place
+    B, G = gen.shape
+    masked = gen == mask_id
+    is_eos = gen == eos_id
+    idx = torch.arange(G, device=x.device)
+    has_eos = is_eos.any(1)
+    first = torch.where(has_eos, is_eos.to(torch.int8).argmax(1), torch.full_like(has_eos, G, dtype=torch.int64))
+    clean = has_eos & ~(masked & (idx[None, :] < first[:, None])).any(1)
+    fill = masked & clean[:, None]  # every mask of a clean row lies after its first EOS
+    gen.copy_(torch.where(fill, torch.full_like(gen, eos_id), gen))
+    rs = state.row_state
+    blk = rs[:, R.RS_BLOCK]
+    done = clean & (blk < state.num_blocks)
+    rs[:, R.RS_STEP] = torch.where(done, torch.zeros_like(blk), rs[:, R.RS_STEP])
+    rs[:, R.RS_BLOCK] = torch.where(done, torch.full_like(blk, state.num_blocks), blk)
+
+
+def decode_step(logits: torch.Tensor, state: State, backend: str, rules: TokenRules) -> None:
+    """One step of the LLaDA loop on the model's logits [B, L, V]: flags, commit, EOS fill."""
+    apply_logit_flags(logits, rules)
+    commit_step(logits, state, backend, rules.confidence_ids)
+    if rules.eos_fill:
+        fill_after_eos(state, rules.eos_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# cuda_graph=True
+# ---------------------------------------------------------------------------------------------------------------
+class GraphImpl(NamedTuple):
+    """How graph_loop warms up and captures. warmup(fn) runs fn once before capture; capture(fn) records fn and
+    returns its replay; needs_cuda: the canvas must live on CUDA."""
+
+    warmup: Callable[[Callable[[], None]], None]
+    capture: Callable[[Callable[[], None]], Callable[[], None]]
+    needs_cuda: bool = True
 
 
 def _cuda_warmup(fn: Callable[[], None]) -> None:
@@ -379,31 +399,33 @@ def _cuda_capture(fn: Callable[[], None]) -> Callable[[], None]:
     return graph.replay
 
 
-# (warm-up, capture). Tests swap in eager stand-ins (capture = return fn) to check the loop's logic on CPU.
-_GRAPH_IMPL = (_cuda_warmup, _cuda_capture)
+CUDA_GRAPHS = GraphImpl(_cuda_warmup, _cuda_capture)
+# What cuda_graph=True uses, read at every call. Tests set an eager GraphImpl (warmup runs fn, capture returns fn,
+# needs_cuda=False) to check the graph loop's logic on CPU: its "replays" run the captured steps' Python.
+GRAPH_IMPL = CUDA_GRAPHS
 
 
-def _graph_loop(body: Callable, state: State, forwards: list) -> None:
-    """Warm up with one real (eager) step, capture steps_per_block iterations of `body` once, replay until every
-    row is done (one host synchronisation per replay). `forwards[0]` counts forwards run: body increments it when
-    its Python runs (warm-up, capture), a graph replay runs S forwards without Python."""
-    warmup, capture = _GRAPH_IMPL
+def _run_steps(n: int, forward: Forward, state: State, backend: str, rules: TokenRules) -> None:
+    """n steps with no host-side decision between them (what a graph captures): forward, flags, commit, fill."""
+    for _ in range(n):
+        decode_step(forward(state.gen_start), state, backend, rules)
+
+
+def graph_loop(forward: Forward, state: State, backend: str, rules: TokenRules, impl: GraphImpl) -> None:
+    """Warm up with one real (eager) step, capture steps_per_block steps once, replay until every row is done
+    (one host synchronisation per replay). forward.calls counts the forwards run: Python-run calls count
+    themselves (warm-up, an eager GraphImpl's replays), a real graph replay runs S forwards without Python."""
     if state.done:
         return
-    warmup(lambda: body(state, state.gen_start))
+    impl.warmup(functools.partial(_run_steps, 1, forward, state, backend, rules))
     if state.done:
         return
     S = state.steps_per_block
-
-    def block_of_steps():
-        for _ in range(S):
-            body(state, state.gen_start)
-
-    before = forwards[0]
-    replay = capture(block_of_steps)
-    forwards[0] = before  # capturing runs nothing
+    before = forward.calls
+    replay = impl.capture(functools.partial(_run_steps, S, forward, state, backend, rules))
+    forward.calls = before  # capturing runs nothing
     while not state.done:
-        seen = forwards[0]
+        seen = forward.calls
         replay()
-        if forwards[0] == seen:  # a real graph replay (no Python ran)
-            forwards[0] += S
+        if forward.calls == seen:  # a real graph replay (no Python ran)
+            forward.calls += S

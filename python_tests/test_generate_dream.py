@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import prr_ext  # noqa: E402
 from prr_ext.generate import generate  # noqa: E402
 from dream_reference import dream_sample, dream_schedule  # noqa: E402
-from tiny_models import tiny_lm  # noqa: E402
+from tiny_models import DeclaredIdsLM, tiny_lm  # noqa: E402
 
 V, MASK = 96, 95
 ALGS = ["origin", "maskgit_plus", "topk_margin", "entropy"]
@@ -141,7 +142,8 @@ def test_tensor_returning_model():
 
 # --------------------------------------------------------------------------------------------- traps
 def test_schedule_quirks():
-    """float32 int(n (1 - s/t)): decoding-semantics.md §1.2 trap 3."""
+    """Dream's float32 count k = int(n (1 - s / t)), per step: e.g. with steps == n one step commits none and one
+    commits two."""
     cases = {(256, 256): {0: 1, 1: 254, 2: 1}, (256, 128): {1: 1, 2: 126, 3: 1}, (256, 64): {3: 1, 4: 62, 5: 1}}
     for (n, steps), hist in cases.items():
         ks = dream_schedule(n, steps)
@@ -230,6 +232,52 @@ def test_batch_average_count_overwrites_committed_tokens():
     out = generate(m, p, gen_length=8, steps=2, style="dream", mask_id=MASK, alg="maskgit_plus", tokens_hook=th)
     assert torch.equal(out.tokens, ref)
     assert (out.generated == MASK).any()  # the quirk did happen: masks written back / left over
+
+
+# --------------------------------------------------------------------------------------------- token ids
+def _initial_canvas(m, p, **kw):
+    """(the canvas the loop starts from, the result): a tokens hook sees x before the first step (i = None)."""
+    seen = []
+
+    def th(i, x, logits):
+        if i is None:
+            seen.append(x.clone())
+        return x
+
+    out = generate(m, p, gen_length=8, steps=4, style="dream", alg="maskgit_plus", tokens_hook=th, **kw)
+    return seen[0], out
+
+
+def test_mask_id_from_model():
+    """mask_id=None: model.config.mask_token_id, else model.tokenizer.mask_token_id; an explicit id wins."""
+    m, p = model(), prompts(B=2)
+    x0, want = _initial_canvas(m, p, mask_id=MASK)
+    for kw in (dict(config=SimpleNamespace(mask_token_id=MASK, vocab_size=V)),
+               dict(tokenizer=SimpleNamespace(mask_token_id=MASK)),
+               dict(config=SimpleNamespace(mask_token_id=MASK), tokenizer=SimpleNamespace(mask_token_id=3)),
+               dict(config=SimpleNamespace(mask_token_id=None), tokenizer=SimpleNamespace(mask_token_id=MASK))):
+        x, got = _initial_canvas(DeclaredIdsLM(m, **kw), p)
+        assert torch.equal(x, x0) and torch.equal(got.tokens, want.tokens), kw
+    dm = DeclaredIdsLM(m, config=SimpleNamespace(mask_token_id=3), tokenizer=SimpleNamespace(mask_token_id=4))
+    x, got = _initial_canvas(dm, p, mask_id=MASK)
+    assert torch.equal(x, x0) and torch.equal(got.tokens, want.tokens)
+    x, _ = _initial_canvas(dm, p)
+    assert (x[:, p.shape[1]:] == 3).all()  # without it, the config's
+
+
+def test_mask_id_outside_vocabulary():
+    m, p = model(), prompts()
+    m.calls = 0
+    with pytest.raises(ValueError, match=r"mask_id=151666 \(Dream's mask id.*model.config.vocab_size = 96"):
+        generate(DeclaredIdsLM(m, config=SimpleNamespace(vocab_size=V)), p, gen_length=8, steps=4, style="dream")
+    assert m.calls == 0  # checked before the model sees the id
+    with pytest.raises(ValueError, match="mask_id=151666") as info:  # no declared vocabulary: the IndexError
+        generate(m, p, gen_length=8, steps=4, style="dream")
+    assert isinstance(info.value.__cause__, IndexError)
+    with pytest.raises(ValueError, match=r"mask_id=96 \(passed as mask_id=\).*logits' last dimension V = 96"):
+        generate(FixedLogits(torch.zeros(p.shape[1] + 8, V)), p, gen_length=8, steps=4, style="dream", mask_id=V)
+    with pytest.raises(ValueError, match="mask_id"):
+        generate(m, p, gen_length=8, steps=4, style="dream", mask_id=-3)
 
 
 def test_argument_errors():

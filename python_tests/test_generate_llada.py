@@ -13,15 +13,16 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import prr_ext  # noqa: E402
-from prr_ext.generate import generate  # noqa: E402
+from prr_ext.generate import BACKENDS, generate  # noqa: E402
 import llada_reference as LL  # noqa: E402
-from tiny_models import BlockOnlyLM, tiny_lm  # noqa: E402
+from tiny_models import BlockOnlyLM, DeclaredIdsLM, tiny_lm  # noqa: E402
 
 V, MASK, EOS, EOT, PAD = 128, 127, 100, 101, 99
 
@@ -354,6 +355,103 @@ def test_eos_id_out_of_vocab():
 
 
 # ------------------------------------------------------------------------------------------------------------
+# token ids: explicit, else the model's config, else its tokenizer, else LLaDA's
+# ------------------------------------------------------------------------------------------------------------
+def _ids_case():
+    """A model whose EOS/EoT tail makes the EOS options act, a padded batch, options that use every id."""
+    m = model(seed=15, tail=(6, 16))
+    p, am = prompts(B=2, seed=15, pad_left=(0, 2))
+    cfg = dict(gen_length=16, block_length=8, steps=8, attention_mask=am, confidence_eos_eot_inf=True,
+               eos_fill=True)
+    return m, p, cfg, ours(m, p, **cfg)  # ours: the ids passed explicitly
+
+
+def test_token_ids_from_model_config():
+    m, p, cfg, want = _ids_case()
+    dm = DeclaredIdsLM(m, config=SimpleNamespace(mask_token_id=MASK, eos_token_id=EOS, eot_token_id=EOT,
+                                                 vocab_size=V))
+    got = generate(dm, p, **cfg)
+    assert torch.equal(got.tokens, want.tokens) and torch.equal(got.nfe, want.nfe)
+    assert got.state.mask_id == MASK
+    # the config's EOS / EoT ids are the ones used: swapping them changes the decode
+    swapped = DeclaredIdsLM(m, config=SimpleNamespace(mask_token_id=MASK, eos_token_id=EOT, eot_token_id=EOS))
+    assert not torch.equal(generate(swapped, p, **cfg).tokens, want.tokens)
+
+
+def test_token_ids_from_tokenizer_and_precedence():
+    m, p, cfg, want = _ids_case()
+    tok = SimpleNamespace(mask_token_id=MASK, eos_token_id=EOS, eot_token_id=EOT)
+    got = generate(DeclaredIdsLM(m, tokenizer=tok), p, **cfg)
+    assert torch.equal(got.tokens, want.tokens) and got.state.mask_id == MASK
+    # per id: the config first (an HF-style list of EOS ids gives its first), the tokenizer where the config has
+    # none (eot_token_id=None)
+    both = DeclaredIdsLM(m, config=SimpleNamespace(mask_token_id=MASK, eos_token_id=[EOS, EOT], eot_token_id=None),
+                         tokenizer=SimpleNamespace(mask_token_id=3, eos_token_id=EOT, eot_token_id=EOT))
+    got = generate(both, p, **cfg)
+    assert torch.equal(got.tokens, want.tokens) and got.state.mask_id == MASK
+
+
+def test_explicit_token_ids_win():
+    m, p, cfg, want = _ids_case()
+    dm = DeclaredIdsLM(m, config=SimpleNamespace(mask_token_id=3, eos_token_id=EOT, eot_token_id=EOS),
+                       tokenizer=SimpleNamespace(mask_token_id=4, eos_token_id=EOT, eot_token_id=EOS))
+    got = generate(dm, p, mask_id=MASK, eos_id=EOS, eot_id=EOT, **cfg)
+    assert torch.equal(got.tokens, want.tokens) and got.state.mask_id == MASK
+    assert generate(dm, p, **cfg).state.mask_id == 3  # without them, the config's
+
+
+def test_llada_ids_when_the_model_declares_none():
+    """A model with no config / tokenizer ids gets LLaDA's: mask 126336, and EOS 126081 for eos_fill."""
+    Vl = LL.LLADA_EOT_ID + 1
+
+    def eos_everywhere(x, **kw):  # LLaDA-sized vocabulary, EOS the likeliest token at every position
+        logits = torch.zeros(*x.shape, Vl)
+        logits[..., LL.LLADA_EOS_ID] = 5.0
+        return logits
+
+    out = generate(eos_everywhere, torch.zeros(1, 2, dtype=torch.int64), gen_length=4, steps=4, eos_fill=True)
+    assert out.state.mask_id == LL.LLADA_MASK_ID
+    assert out.generated.tolist() == [[LL.LLADA_EOS_ID] * 4] and out.nfe.tolist() == [1]
+
+
+def test_mask_id_outside_vocabulary():
+    m = model()
+    p, _ = prompts()
+    m.calls = 0
+    declared = DeclaredIdsLM(m, config=SimpleNamespace(vocab_size=V))  # checked before the model sees the id
+    with pytest.raises(ValueError, match=r"mask_id=126336 \(LLaDA's mask id.*model.config.vocab_size = 128"):
+        generate(declared, p, gen_length=8, steps=8)
+    with pytest.raises(ValueError, match=r"mask_id=128 \(passed as mask_id="):
+        generate(declared, p, gen_length=8, steps=8, mask_id=V)
+    assert m.calls == 0
+    # no declared vocabulary: the embedding's IndexError at the first forward, explained (and kept as the cause)
+    with pytest.raises(ValueError, match="mask_id=126336") as info:
+        generate(m, p, gen_length=8, steps=8)
+    assert isinstance(info.value.__cause__, IndexError)
+    bad_prompt = p.clone()
+    bad_prompt[0, 0] = 1000  # here a prompt id is the largest: the model's error is left as it is
+    with pytest.raises(IndexError):
+        generate(m, bad_prompt, gen_length=8, steps=8, mask_id=MASK)
+    # a model that returns logits for any input: checked against the logits' V, with either backend
+    for backend in BACKENDS:
+        with pytest.raises(ValueError, match=r"mask_id=128 \(passed as mask_id=\).*logits' last dimension V = 128"):
+            generate(lambda x, **kw: torch.zeros(*x.shape, V), p, gen_length=8, steps=8, mask_id=V, backend=backend)
+
+
+def test_token_id_errors():
+    m = model()
+    p, _ = prompts()
+    with pytest.raises(ValueError, match="mask_id"):
+        generate(m, p, gen_length=8, steps=8, mask_id=-1)
+    with pytest.raises(ValueError, match="eos_id"):
+        ours(m, p, gen_length=8, steps=8, eos_id=1.5)
+    with pytest.raises(TypeError, match="model.config.mask_token_id"):
+        generate(DeclaredIdsLM(m, config=SimpleNamespace(mask_token_id="<mask>")), p, gen_length=8, steps=8)
+    out = ours(m, p, gen_length=8, steps=8, mask_id=torch.tensor(MASK))  # a one-element integer tensor is an id
+    assert out.state.mask_id == MASK and isinstance(out.state.mask_id, int)
+
+
+# ------------------------------------------------------------------------------------------------------------
 # NFE; adaptive policies; reference loop vs fused op
 # ------------------------------------------------------------------------------------------------------------
 ADAPTIVE = [prr_ext.Threshold(0.5), prr_ext.Factor(1.0), prr_ext.EntropyBound(0.5)]
@@ -411,14 +509,14 @@ def test_fully_padded_batch_prr_features(monkeypatch):
     features see the true lengths, so each row gets the controller scores (and tokens) it gets next to an unpadded
     row."""
     gen = importlib.import_module("prr_ext.generate")
-    commit, scores = gen._commit, []
+    commit, scores = gen.commit_step, []
 
-    def spy(logits, state, backend, flags):  # record the controller score of every position after each step
-        out = commit(logits, state, backend, flags)
+    def spy(logits, state, backend, eos_eot):  # record the controller score of every position after each step
+        out = commit(logits, state, backend, eos_eot)
         scores.append(torch.nan_to_num(state.last_stats[..., prr_ext.reference.STAT_SCORE], nan=-1.0).clone())
         return out
 
-    monkeypatch.setattr(gen, "_commit", spy)
+    monkeypatch.setattr(gen, "commit_step", spy)
     pol = prr_ext.PRR(prr_ext.Controller.init(seed=3), tau=0.6)
     m = model(seed=21)
     p3, am3 = prompts(B=3, P=7, seed=21, pad_left=(2, 3, 0))
@@ -514,7 +612,8 @@ def test_graph_loop_logic_on_cpu(policy, monkeypatch):
     is done, with no host-side decisions inside a block: steps past a row's (or the batch's) end commit nothing and
     charge no NFE. With capture = "return the function" this is exactly what the replays execute."""
     gen = importlib.import_module("prr_ext.generate")
-    monkeypatch.setattr(gen, "_GRAPH_IMPL", (lambda fn: fn(), lambda fn: fn))
+    monkeypatch.setattr(gen, "GRAPH_IMPL", gen.GraphImpl(warmup=lambda fn: fn(), capture=lambda fn: fn,
+                                                         needs_cuda=False))
     m = model(seed=21, tail=(6, 20))
     p, am = prompts(B=3, seed=21, pad_left=(0, 1, 2))
     for extra in (dict(), dict(cfg_scale=1.0), dict(eos_fill=True), dict(confidence_eos_eot_inf=True),

@@ -7,6 +7,7 @@
     model(x, attention_mask=am4d, position_ids=idx)   Dream: [B, 1, L, L] bool and [B, L] position ids
 * `BlockOnlyLM` wraps a TinyLM as a KV-cache-style callable: called with `block_start=`/`block_end=` keywords it
   returns the full logits at the first call of a block (the "prefill") and only the block's rows afterwards.
+* `DeclaredIdsLM` wraps a model with HF-style `config` / `tokenizer` objects that declare its token ids.
 
 Weights are drawn from a private torch.Generator (the global RNG is untouched). Logits are scaled so that
 probabilities are spread over a wide range (ties in bf16 confidences stay rare), the mask token's logit is pushed
@@ -145,6 +146,21 @@ class BlockOnlyLM:
         self._last = block_start
         self.shapes.append(tuple(logits.shape))
         return LMOutput(logits)
+
+
+class DeclaredIdsLM:
+    """A model that declares its token ids as HF models do: `config` and / or `tokenizer` objects (e.g.
+    SimpleNamespace) carrying mask_token_id / eos_token_id / eot_token_id / vocab_size. Calls go to `model`."""
+
+    def __init__(self, model, config=None, tokenizer=None):
+        self.model = model
+        if config is not None:
+            self.config = config
+        if tokenizer is not None:
+            self.tokenizer = tokenizer
+
+    def __call__(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
 
 
 def tiny_lm(**kw) -> TinyLM:
