@@ -19,15 +19,12 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 
 from . import reference as R
-from .controller import Controller, NUM_BASE_FEATURES
+from .constants import NUM_BASE_FEATURES
+from .controller import Controller
+from .decode_common import logits_of
 from .ops import step
 from .policies import LowConfidence, Policy
 from .state import State
-
-
-def call_model(model: Callable, x: torch.Tensor) -> torch.Tensor:
-    out = model(x)
-    return out.logits if hasattr(out, "logits") else out
 
 
 @dataclass
@@ -112,7 +109,7 @@ def rollout(model: Callable, x: torch.Tensor, prompt_length, *, policy: Policy, 
             if bool(entering.any()):
                 rows = entering.nonzero().squeeze(-1)
                 entries.append((active, rows, snap_x[rows]))
-        logits = call_model(model, state.x)
+        logits = logits_of(model(state.x))
         commit = step(logits, state)
         feats, cand_mask = _features_after_step(state, snap_x, snap_rs, snap_prev, lo, logits.shape[-1])
         b_idx, j_idx = cand_mask.nonzero(as_tuple=True)
@@ -146,7 +143,7 @@ def _continue_block(model: Callable, canvas: torch.Tensor, like: State, block: i
     st = State(canvas.clone(), like.mask_id, like.gen_start, like.block_length, like.steps, LowConfidence())
     st.row_state[:, R.RS_BLOCK] = block
     for _ in range(like.steps_per_block):
-        step(call_model(model, st.x), st)
+        step(logits_of(model(st.x)), st)
     return st.x
 
 

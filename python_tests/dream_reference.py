@@ -2,7 +2,7 @@
 
 Transcribed from Dream-org/Dream-v0-Instruct-7B `generation_utils.py` (`sample_tokens`, `top_p_logits`,
 `top_k_logits`, `DreamGenerationMixin._sample`; an unmodified copy is ZHZisZZ/dllm
-dllm/pipelines/dream/models/generation_utils.py) and checked against decoding-semantics.md §1.2. Only the
+dllm/pipelines/dream/models/generation_utils.py) and checked against docs/semantics.md. Only the
 HF plumbing is stripped (generation config, histories, return_dict). Everything numerical is kept as upstream
 writes it: the model is called positionally as `model(x, attention_mask, tok_idx)` ("full" when unpadded), the
 logits are right-shifted with torch.cat, randomness comes from torch's global generator

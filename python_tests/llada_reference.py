@@ -1,6 +1,6 @@
 """A faithful re-implementation of LLaDA's reference decoding (`ML-GSAI/LLaDA` generate.py), for parity tests.
 
-Written from ../shared/reference/decoding-semantics.md §1.1 (the upstream loop, op for op, in upstream order), so
+Written from a description of the upstream loop (op for op, in upstream order; docs/semantics.md states the rules), so
 that prr_ext can be checked against LLaDA's exact semantics without the upstream repository. Four numerically
 distinct upstream versions exist; `VERSIONS` maps a name to the switches that distinguish them:
 
