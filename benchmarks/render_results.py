@@ -34,6 +34,12 @@ POLICY_TITLES = {"lowconf": "LowConfidence", "threshold": "Threshold", "factor":
                  "prr": "PRR"}
 
 
+def device_slug(name: str) -> str:
+    """'NVIDIA H200' -> 'h200', 'NVIDIA H100 80GB HBM3' -> 'h100': the device part of a result file's name."""
+    words = re.sub(r"^nvidia\s+", "", name.strip(), flags=re.I).split()
+    return re.sub(r"[^a-z0-9]+", "-", (words[0] if words else "gpu").lower()).strip("-") or "gpu"
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
@@ -119,11 +125,12 @@ def render_step(run: dict, newest_step_commit: str) -> list:
     bw = d["read_bandwidth_bytes_per_s"]
     hw = ", ".join(x for x in (f"{d['sms']} SMs" if d.get("sms") else "",
                                f"L2 {d['l2_mib']:g} MiB" if d.get("l2_mib") else "") if x)
+    kern = f" ({d['kernel']})" if d.get("kernel") else ""
     lines = ["### CUDA step: µs per step and speed-ups", ""]
     if d["commit"] != newest_step_commit:
-        lines += [f"The last measurement on this device: commit {d['commit']} ({d['kernel']}). Later kernels have "
-                  "not been timed on it.", ""]
-    lines += [f"Commit {d['commit']} ({d['kernel']}), {when(d['date'])}; {d['device']}{' (' + hw + ')' if hw else ''}, "
+        lines += [f"The last measurement on this device: commit {d['commit']}{kern}. Later kernels have not been "
+                  "timed on it.", ""]
+    lines += [f"Commit {d['commit']}{kern}, {when(d['date'])}; {d['device']}{' (' + hw + ')' if hw else ''}, "
               f"torch {d['torch']}; read bandwidth {bw / 1e12:.3f} TB/s; {d['logits']['dtype']} logits, "
               f"V = {d['logits']['vocab']}.{(' ' + d['note']) if d.get('note') else ''}",
               f"Command: `{d['command']}`. Data: `{rel(run['path'])}`.", ""]
@@ -143,18 +150,21 @@ def render_bench_step(run: dict) -> list:
     d = run["data"]
     info = d.get("prr_run", {})
     ci = d.get("commit_info", {})
-    commit = info.get("commit") or (ci.get("id", "unknown")[:7] + ("+dirty" if ci.get("dirty") else ""))
     first = d["benchmarks"][0]["extra_info"] if d["benchmarks"] else {}
+    commit = (info.get("commit") or first.get("commit")
+              or ci.get("id", "unknown")[:7] + ("+dirty" if ci.get("dirty") else ""))
+    kernel = info.get("kernel") or first.get("kernel")
     shapes, policies, cell = [], [], {}
     for b in d["benchmarks"]:
         shape, pol = b["params"]["shape"][0], b["params"]["policy"]
         shapes += [shape] if shape not in shapes else []
         policies += [pol] if pol not in policies else []
         cell[shape, pol] = b["extra_info"]["us_per_step_cuda_events"]
-    command = info.get("command", "python -m pytest benchmarks/bench_step.py --benchmark-json=<file>")
+    command = (info.get("command") or first.get("command")
+               or "python -m pytest benchmarks/bench_step.py --benchmark-json=<file>")
     rounds = d["benchmarks"][0]["stats"]["rounds"] if d["benchmarks"] else "?"
     lines = [f"### CUDA step under pytest-benchmark: µs per step (CUDA events, median of {rounds} rounds)", "",
-             f"Commit {commit}{' (' + info['kernel'] + ')' if info.get('kernel') else ''}, {when(d['datetime'])}; "
+             f"Commit {commit}{' (' + kernel + ')' if kernel else ''}, {when(d['datetime'])}; "
              f"{run['device']}, torch {first.get('torch', '?')}. Each round replays a graph of "
              f"{first.get('steps_per_round', '?')} steps; pytest-benchmark's host-side statistics per round are in "
              "the JSON.", f"Command: `{command}`. Data: `{rel(run['path'])}`.", ""]
@@ -347,10 +357,9 @@ def compare(old_path: str, new_path: str) -> str:
     old, new = runs
     key = lambda r: (r["shape"], r["policy"], r.get("variant"))  # noqa: E731
     o = {key(r): r for r in old["rows"]}
-    lines = [f"- old: `{old_path}`: commit {old['commit']} ({old['kernel']}), {when(old['date'])}, {old['device']}, "
-             f"read bandwidth {old['read_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s",
-             f"- new: `{new_path}`: commit {new['commit']} ({new['kernel']}), {when(new['date'])}, {new['device']}, "
-             f"read bandwidth {new['read_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s", ""]
+    lines = [f"- {name}: `{p}`: commit {d['commit']}{' (' + d['kernel'] + ')' if d.get('kernel') else ''}, "
+             f"{when(d['date'])}, {d['device']}, read bandwidth {d['read_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s"
+             for name, p, d in (("old", old_path, old), ("new", new_path, new))] + [""]
     rows = []
     for r in new["rows"]:
         if key(r) not in o:
