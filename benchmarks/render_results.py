@@ -4,13 +4,16 @@
     python benchmarks/render_results.py --write          # rewrite the marked section of benchmarks/RESULTS.md
     python benchmarks/render_results.py --check          # exit 1 when that section is not what the JSON renders
     python benchmarks/render_results.py --compare OLD.json NEW.json   # two step runs side by side (µs, change)
+    python benchmarks/render_results.py --compare OLD.json NEW.json --save benchmarks/results/compare_<what>.json \
+        --title "the split kernel against kernel-v17, one device call"   # ... kept, and rendered with the tables
 
 Every JSON file directly under the results folder is rendered, grouped by device (the device with the newest run
 first), one table per benchmark:
 * `step_*.json` (benchmarks/run_bench.py): µs per step and the × floor / eager / compiled ratios;
 * `bench_step_*.json` (pytest-benchmark of benchmarks/bench_step.py): µs per step by CUDA events, per shape and policy;
 * `model_candidate_*.json`, `policies_*.json` (python -m prr_testbed.sweep): accuracy, NFE and AUP on the test split;
-* `controller_rounds_*.json` (python -m prr_testbed.train_controller's rounds.json): the self-evolving rounds.
+* `controller_rounds_*.json` (python -m prr_testbed.train_controller's rounds.json): the self-evolving rounds;
+* `compare_*.json` (--compare --save): two step runs side by side, e.g. a change against the kernel it replaces.
 Each table names the command and the commit that produced its JSON; the JSON files carry both.
 """
 from __future__ import annotations
@@ -20,6 +23,7 @@ import glob
 import json
 import os
 import re
+import shlex
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,8 +48,8 @@ def device_slug(name: str) -> str:
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
 def kind_of(d: dict, path: str) -> str:
-    if d.get("benchmark") == "step":
-        return "step"
+    if d.get("benchmark") in ("step", "step_comparison"):
+        return d["benchmark"]
     if "machine_info" in d and "benchmarks" in d:
         return "bench_step"
     meta = d.get("meta", {})
@@ -60,6 +64,8 @@ def kind_of(d: dict, path: str) -> str:
 def device_of(kind: str, d: dict) -> str:
     if kind == "step":
         dev = d["device"]
+    elif kind == "step_comparison":
+        dev = d["new"]["device"]
     elif kind == "bench_step":
         dev = d["benchmarks"][0]["extra_info"]["device"] if d["benchmarks"] else "unknown device"
     else:
@@ -71,6 +77,8 @@ def device_of(kind: str, d: dict) -> str:
 def date_of(kind: str, d: dict) -> str:
     if kind == "step":
         return d["date"]
+    if kind == "step_comparison":
+        return d["new"]["date"]
     if kind == "bench_step":
         return d["datetime"]
     return d["meta"].get("date", "")
@@ -325,6 +333,8 @@ def render(results_dir: str = RESULTS_DIR) -> str:
         out += [f"## {dev}", ""]
         for r in (r for r in rs if r["kind"] == "step"):
             out += render_step(r, newest_step_commit)
+        for r in (r for r in rs if r["kind"] == "step_comparison"):
+            out += render_comparison(r)
         for r in (r for r in rs if r["kind"] == "bench_step"):
             out += render_bench_step(r)
         cands = [r for r in rs if r["kind"] == "model_candidate"]
@@ -346,20 +356,20 @@ def splice(md: str, body: str) -> str:
     return f"{head}{BEGIN}\n\n{body}\n{END}{tail}"
 
 
-def compare(old_path: str, new_path: str) -> str:
-    runs = []
-    for p in (old_path, new_path):
-        with open(p) as f:
-            d = json.load(f)
-        if kind_of(d, p) != "step":
-            raise SystemExit(f"render_results --compare: {p} is not a run_bench.py (step) result")
-        runs.append(d)
-    old, new = runs
+def load_step(path: str) -> dict:
+    with open(path) as f:
+        d = json.load(f)
+    if kind_of(d, path) != "step":
+        raise SystemExit(f"render_results --compare: {path} is not a run_bench.py (step) result")
+    return d
+
+
+def comparison_lines(old: dict, new: dict, old_name: str, new_name: str) -> list:
     key = lambda r: (r["shape"], r["policy"], r.get("variant"))  # noqa: E731
     o = {key(r): r for r in old["rows"]}
     lines = [f"- {name}: `{p}`: commit {d['commit']}{' (' + d['kernel'] + ')' if d.get('kernel') else ''}, "
              f"{when(d['date'])}, {d['device']}, read bandwidth {d['read_bandwidth_bytes_per_s'] / 1e12:.3f} TB/s"
-             for name, p, d in (("old", old_path, old), ("new", new_path, new))] + [""]
+             for name, p, d in (("old", old_name, old), ("new", new_name, new))] + [""]
     rows = []
     for r in new["rows"]:
         if key(r) not in o:
@@ -368,9 +378,15 @@ def compare(old_path: str, new_path: str) -> str:
         pol = r["policy"] + (f" [{r['variant']}]" if r.get("variant") else "")
         rows.append([r["shape"], pol, f"{a:.2f}", f"{b:.2f}", f"{(b / a - 1) * 100:+.1f} %"])
     if not rows:
-        raise SystemExit("render_results --compare: the two runs share no (shape, policy) row")
-    return "\n".join(lines + table(["shape (B, L)", "policy", "old µs", "new µs", "change"], rows,
-                                   ["l", "l", "r", "r", "r"])) + "\n"
+        raise SystemExit(f"render_results: {old_name} and {new_name} share no (shape, policy) row")
+    return lines + table(["shape (B, L)", "policy", "old µs", "new µs", "change"], rows, ["l", "l", "r", "r", "r"])
+
+
+def render_comparison(run: dict) -> list:
+    d = run["data"]
+    return ([f"### CUDA step, side by side: {d['title']}", "",
+             f"Command: `{d['command']}`. Data: `{rel(run['path'])}`.", ""]
+            + comparison_lines(d["old"], d["new"], d["old_file"], d["new_file"]) + [""])
 
 
 def main() -> int:
@@ -380,10 +396,26 @@ def main() -> int:
     g.add_argument("--write", action="store_true", help=f"rewrite the marked section of {rel(RESULTS_MD)}")
     g.add_argument("--check", action="store_true", help="exit 1 when the marked section differs from the rendering")
     g.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"), help="print two step JSON files side by side")
+    ap.add_argument("--save", metavar="JSON", help="with --compare: also write the comparison (both runs) to this file")
+    ap.add_argument("--title", default="", help="with --save: what the comparison shows (its table's heading)")
     ap.add_argument("--results", default=RESULTS_DIR, help="folder of the JSON files")
     args = ap.parse_args()
+    if (args.save or args.title) and not args.compare:
+        ap.error("--save and --title go with --compare")
     if args.compare:
-        sys.stdout.write(compare(*args.compare))
+        old_path, new_path = args.compare
+        old, new = load_step(old_path), load_step(new_path)
+        sys.stdout.write("\n".join(comparison_lines(old, new, old_path, new_path)) + "\n")
+        if args.save:
+            if not args.title:
+                ap.error("--save needs --title (the rendered table's heading)")
+            command = " ".join(["python benchmarks/render_results.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+            rec = dict(benchmark="step_comparison", title=args.title, command=command, old_file=old_path,
+                       new_file=new_path, old=old, new=new)
+            with open(args.save, "w") as f:
+                json.dump(rec, f, indent=1, ensure_ascii=False)
+                f.write("\n")
+            print(f"wrote {args.save}")
         return 0
     body = render(args.results)
     if not (args.write or args.check):
