@@ -70,17 +70,30 @@ LAUNCH_OVERRIDES = ("PRR_CUDA_CS", "PRR_CUDA_NT", "PRR_CUDA_PACKED", "PRR_CUDA_S
                     "PRR_CUDA_DYNROWS")
 
 
+def _reload_launch_overrides() -> None:
+    # Builds from before the overrides were read once into a struct (an earlier kernel built by
+    # benchmarks/dev/build_copy.sh -r kernel-v*) have no reload function: their launcher reads the environment at
+    # every launch, so there is nothing to re-read.
+    reload = getattr(_C, "reload_launch_overrides", None)
+    if reload is not None:
+        reload()
+
+
 @contextlib.contextmanager
 def launch_overrides(env: Dict[str, str]) -> Iterator[None]:
     """Run the block with the CUDA launcher's overrides `env` (e.g. {"PRR_CUDA_NT": "128"}) set, then restore the
-    environment. The launcher reads the variables once, so each change is followed by reload_launch_overrides(). A
-    CUDA graph captured inside the block keeps the launch shape it captured."""
+    environment. The launcher reads the variables once, so each change is followed by
+    prr_ext._C.reload_launch_overrides(). A CUDA graph captured inside the block keeps the launch shape it captured.
+    An empty `env` changes nothing."""
     unknown = sorted(set(env) - set(LAUNCH_OVERRIDES))
     if unknown:
         raise ValueError(f"unknown CUDA launch override(s) {', '.join(unknown)}: use {', '.join(LAUNCH_OVERRIDES)}")
+    if not env:
+        yield
+        return
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update({k: str(v) for k, v in env.items()})
-    _C.reload_launch_overrides()
+    _reload_launch_overrides()
     try:
         yield
     finally:
@@ -89,7 +102,7 @@ def launch_overrides(env: Dict[str, str]) -> Iterator[None]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = old
-        _C.reload_launch_overrides()
+        _reload_launch_overrides()
 
 
 def parse_variants(spec: str, arg: str = "--variants") -> List[tuple]:
