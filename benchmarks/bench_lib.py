@@ -1,27 +1,33 @@
-"""Shared pieces of the step benchmarks (benchmarks/bench_step.py, benchmarks/run_bench.py).
+"""Shared pieces of the step benchmarks (benchmarks/run_bench.py, benchmarks/bench_step.py, benchmarks/dev/*.py).
 
-* shapes / policies of issue 3 (bf16 logits, V = 126464, every L position masked and active, plus the full-sequence
-  case: 1024 logits rows of which a 32-position block is active);
-* `time_kernel`: prr_ext.step timed inside a CUDA graph of N steps, each on its own fresh State (so every timed step
+* the workload: shapes and policies (bf16 logits, V = 126464, every L position masked and active, plus the
+  full-sequence case: 1024 logits rows of which a 32-position block is active);
+* `KernelBench`: prr_ext.step timed inside a CUDA graph of N steps, each on its own fresh State (so every timed step
   sees all positions masked), CUDA events around the replay, median over repeats; logits rotate over enough buffers
   that the bytes read per replay exceed twice the L2;
 * `read_bandwidth`: amax over a 4 GiB bf16 tensor (the floor's denominator, measured in the same run);
 * the baselines: `llada_step_eager` (LLaDA's low-confidence step in plain torch: softmax -> gather -> masked top-k,
   over the logits LLaDA computes it on) and `vector_step` (an equivalent pure-torch step per policy, for
-  torch.compile).
+  torch.compile);
+* `launch_overrides`: the CUDA launcher's PRR_CUDA_* overrides for a block of code (side-by-side launch shapes);
+* `git_commit` / `git_kernel` / `device_slug`: what a result file records about the run.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import statistics
+import subprocess
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 import torch.nn.functional as F
 
 import prr_ext
-from prr_ext import policies as P
+from prr_ext import _C
+from render_results import device_slug  # noqa: F401  (re-exported: the device part of a result file's name)
 
 V_BENCH = 126464
 MASK_ID = 126336  # LLaDA's mask token
@@ -52,10 +58,93 @@ def make_policy(name: str):
         return prr_ext.EntropyBound(0.1)
     if name == "PRR":
         return prr_ext.PRR(prr_ext.Controller.init(0), tau=0.9)  # temperature shaping: the 2-sweep path
-    raise ValueError(name)
+    raise ValueError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
 
 
 POLICIES = ["LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR"]
+
+# The CUDA launcher's overrides (csrc/cuda: read from the environment once, re-read by
+# prr_ext._C.reload_launch_overrides()); launch_overrides() accepts these names only, so that a misspelt knob cannot
+# silently time the default launch.
+LAUNCH_OVERRIDES = ("PRR_CUDA_CS", "PRR_CUDA_NT", "PRR_CUDA_PACKED", "PRR_CUDA_SELECT_SORT", "PRR_CUDA_PERSIST",
+                    "PRR_CUDA_DYNROWS")
+
+
+def _reload_launch_overrides() -> None:
+    # Builds from before the overrides were read once into a struct (an earlier kernel built by
+    # benchmarks/dev/build_copy.sh -r kernel-v*) have no reload function: their launcher reads the environment at
+    # every launch, so there is nothing to re-read.
+    reload = getattr(_C, "reload_launch_overrides", None)
+    if reload is not None:
+        reload()
+
+
+@contextlib.contextmanager
+def launch_overrides(env: Dict[str, str]) -> Iterator[None]:
+    """Run the block with the CUDA launcher's overrides `env` (e.g. {"PRR_CUDA_NT": "128"}) set, then restore the
+    environment. The launcher reads the variables once, so each change is followed by
+    prr_ext._C.reload_launch_overrides(). A CUDA graph captured inside the block keeps the launch shape it captured.
+    An empty `env` changes nothing."""
+    unknown = sorted(set(env) - set(LAUNCH_OVERRIDES))
+    if unknown:
+        raise ValueError(f"unknown CUDA launch override(s) {', '.join(unknown)}: use {', '.join(LAUNCH_OVERRIDES)}")
+    if not env:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    _reload_launch_overrides()
+    try:
+        yield
+    finally:
+        for k, old in saved.items():
+            if old is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = old
+        _reload_launch_overrides()
+
+
+def parse_variants(spec: str, arg: str = "--variants") -> List[tuple]:
+    """'label:PRR_CUDA_NT=64,PRR_CUDA_CS=1;label2:...' -> [(label, {name: value})], checked."""
+    out = []
+    for item in filter(None, (v.strip() for v in spec.split(";"))):
+        label, sep, kv = item.partition(":")
+        pairs = [p for p in kv.split(",") if p]
+        if not sep or not label or not pairs or any("=" not in p for p in pairs):
+            raise SystemExit(f"{arg}: '{item}' is not 'label:NAME=VALUE[,NAME=VALUE...]'")
+        env = dict(p.split("=", 1) for p in pairs)
+        unknown = sorted(set(env) - set(LAUNCH_OVERRIDES))
+        if unknown:
+            raise SystemExit(f"{arg}: unknown launch override(s) {', '.join(unknown)} in '{item}'; "
+                             f"known: {', '.join(LAUNCH_OVERRIDES)}")
+        out.append((label, env))
+    return out
+
+
+def _git(*args: str) -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def git_commit() -> str:
+    """The tree's commit (short hash, '+dirty' with uncommitted changes to tracked files). PRR_COMMIT overrides it,
+    for a copy whose git metadata is not the tree's (a device machine's)."""
+    if os.environ.get("PRR_COMMIT"):
+        return os.environ["PRR_COMMIT"]
+    c = _git("rev-parse", "--short", "HEAD") or "unknown"
+    return c + ("+dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def git_kernel() -> str:
+    """The newest kernel-v* tag at or before the commit (git describe: 'kernel-v17', 'kernel-v17-3-g<hash>'), or ''.
+    PRR_KERNEL overrides it, like PRR_COMMIT."""
+    if os.environ.get("PRR_KERNEL"):
+        return os.environ["PRR_KERNEL"]
+    return _git("describe", "--tags", "--match", "kernel-v*", "--dirty")
 
 
 @dataclass
@@ -169,8 +258,8 @@ class KernelBench:
 def llada_step_eager(logits: torch.Tensor, x: torch.Tensor, mask_id: int, block_end: int, k: int,
                      softmax_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """LLaDA's low_confidence step (generate.py, temperature 0) in plain torch, on the logits it is given. The
-    confidence softmax runs in `softmax_dtype`: fp32 here by default; fp64 is LLaDA's generate.py before June 2025
-    and Fast-dLLM's frozen copy of it (docs: ../shared/reference/decoding-semantics.md section 1.1)."""
+    confidence softmax runs in `softmax_dtype`: fp32 here by default; fp64 is what LLaDA's generate.py used before
+    June 2025 and what Fast-dLLM's copy of it still uses."""
     mask_index = x == mask_id
     x0 = torch.argmax(logits, dim=-1)
     p = F.softmax(logits.to(softmax_dtype), dim=-1)
@@ -204,7 +293,7 @@ def vector_step(logits: torch.Tensor, x: torch.Tensor, lo: int, BL: int, mask_id
     ent = -torch.where(pr > 0, pr * logp, torch.zeros_like(pr)).sum(-1)
     cand = top2.indices[..., 0]
     ninf = torch.tensor(-math.inf, device=x.device)
-    if code == P.POLICY_PRR:
+    if code == prr_ext.PRR.code:
         pos = torch.arange(BL, device=x.device, dtype=torch.float32).expand_as(p1) / BL
         one = torch.ones_like(p1)
         feats = torch.stack([one * 0.0, one * 0.0, one * 0.0, one, one * 0.0, pos, one * 0.0, one * 0.0, p1,
@@ -215,9 +304,9 @@ def vector_step(logits: torch.Tensor, x: torch.Tensor, lo: int, BL: int, mask_id
         s = torch.sigmoid(h @ wo.T + bo).squeeze(-1)
         temp = torch.exp((1 - s) * math.log(t_max) + s * math.log(t_min))
         key = torch.softmax(rows / temp[..., None], -1).gather(-1, cand[..., None]).squeeze(-1)
-    elif code == P.POLICY_ENTROPY_BOUND:
+    elif code == prr_ext.EntropyBound.code:
         key = -ent
-    elif code == P.POLICY_RANDOM:
+    elif code == prr_ext.RandomRemask.code:
         key = torch.rand_like(p1)
     else:
         key = p1
@@ -225,13 +314,13 @@ def vector_step(logits: torch.Tensor, x: torch.Tensor, lo: int, BL: int, mask_id
     srt, order = torch.sort(key, dim=-1, descending=True, stable=True)
     n = masked.sum(-1)
     valid = srt > -math.inf
-    if code in (P.POLICY_LOW_CONFIDENCE, P.POLICY_RANDOM):
+    if code in (prr_ext.LowConfidence.code, prr_ext.RandomRemask.code):
         count = torch.clamp(n, max=k)
     else:
-        floor = 1 if code == P.POLICY_PRR else max(k, 1)
-        if code in (P.POLICY_THRESHOLD, P.POLICY_PRR):
+        floor = 1 if code == prr_ext.PRR.code else max(k, 1)
+        if code in (prr_ext.Threshold.code, prr_ext.PRR.code):
             extra = ((srt >= param) & valid).sum(-1)
-        elif code == P.POLICY_FACTOR:
+        elif code == prr_ext.Factor.code:
             m = torch.arange(1, BL + 1, device=x.device, dtype=torch.float64)
             ok = ((m + 1.0) * (1.0 - srt) < param) & valid
             extra = torch.cumprod(ok.long(), -1).sum(-1)

@@ -1,12 +1,15 @@
 """pytest-benchmark timings of the CUDA step kernel (one graph replay of 16 steps per round).
 
-    python -m pytest benchmarks/bench_step.py --benchmark-json=benchmarks/bench_step.json
+    python -m pytest benchmarks/bench_step.py --benchmark-json=benchmarks/results/bench_step_<device>.json
     python -m pytest benchmarks/bench_step.py -k "LowConfidence or PRR"
 
-pytest-benchmark times each round on the host (replay + synchronize); the CUDA-event median per step, the floor and
-the bytes read are stored in each benchmark's extra_info. benchmarks/run_bench.py prints the comparison table.
+pytest-benchmark times each round on the host (replay + synchronize); the CUDA-event median per step, the floor, the
+bytes read, the device, the commit and the command are stored in each benchmark's extra_info, and
+benchmarks/render_results.py renders a results/bench_step_*.json file as a table. benchmarks/run_bench.py times the
+same steps with the eager and compiled baselines beside them. Without a GPU and the CUDA kernels every case skips.
 """
 import os
+import shlex
 import statistics
 import sys
 
@@ -47,4 +50,6 @@ def test_step_kernel(benchmark, shape, policy):
     floor = case.bytes_read / bandwidth() * 1e6
     benchmark.extra_info.update(dict(us_per_step_cuda_events=us, floor_us=floor, x_floor=us / floor,
                                      bytes_read=case.bytes_read, steps_per_round=len(kb.states),
-                                     device=torch.cuda.get_device_name(0), torch=torch.__version__))
+                                     device=torch.cuda.get_device_name(0), torch=torch.__version__,
+                                     commit=BL.git_commit(), kernel=BL.git_kernel(),
+                                     command=" ".join(["python -m pytest"] + [shlex.quote(a) for a in sys.argv[1:]])))

@@ -5,10 +5,13 @@
 #                                          ncu,ncusrc
 #                                          (default: build,test,sanitize,bench)
 #
-# Logs go to $OUT (or ./device_logs); the benchmark table is appended to benchmarks/RESULTS.md, copied to $OUT.
+# Logs go to $OUT (or ./device_logs). The benchmark JSON (bench: run_bench.py's step_<device>.json, or a stamped
+# name for a partial run; benchjson: bench_step_<device>.json) goes to $OUT/results/: copy it to benchmarks/results/
+# and run `python benchmarks/render_results.py --write` to update benchmarks/RESULTS.md.
 # Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), SAN_SHARDS (processes per tool in
 # sanitizeall), SAN_TIMEOUT, BENCH_ARGS (run_bench.py args, split on spaces), BENCH_NOTE (run_bench.py --note, passed
-# whole: it may contain spaces).
+# whole: it may contain spaces), PRR_COMMIT / PRR_KERNEL (the commit / kernel tag the JSON records, where this copy's
+# git metadata is not the tree's).
 set -uo pipefail
 export PRR_TEST_THREADS="${PRR_TEST_THREADS:-16}"
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -37,13 +40,6 @@ if has test; then
   stamp "CUDA tests"
   timeout ${TEST_TIMEOUT:-300} $PY -m pytest python_tests/test_cuda_step.py -q -p no:cacheprovider --maxfail=15 ${TEST_ARGS:-} \
     2>&1 | tee "$OUT/test.log" | tail -25
-  if has fallback && ! grep -qE "^[0-9]+ passed" <(tail -3 "$OUT/test.log"); then
-    stamp "tests failed: falling back to PRR_DUAL_CHAIN 0, rebuild, retest"
-    sed -i 's/^#define PRR_DUAL_CHAIN 1/#define PRR_DUAL_CHAIN 0/' csrc/cuda/step_cuda.cu
-    MAX_JOBS=16 TORCH_CUDA_ARCH_LIST=9.0 $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build2.log" 2>&1
-    timeout ${TEST_TIMEOUT:-300} $PY -m pytest python_tests/test_cuda_step.py -q -p no:cacheprovider --maxfail=15 \
-      2>&1 | tee "$OUT/test2.log" | tail -5
-  fi
 fi
 
 # CUDA tests under compute-sanitizer memcheck and racecheck: the ids that pytest -k "$1" selects, split round-robin
@@ -82,8 +78,8 @@ fi
 
 if has bench; then
   stamp "benchmarks"
-  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/run_bench.py ${BENCH_ARGS:-} ${BENCH_NOTE:+--note "$BENCH_NOTE"} 2>&1 | tee "$OUT/bench.log" | tail -60
-  cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+  timeout ${BENCH_TIMEOUT:-300} $PY benchmarks/run_bench.py --out "$OUT/results/" ${BENCH_ARGS:-} \
+    ${BENCH_NOTE:+--note "$BENCH_NOTE"} 2>&1 | tee "$OUT/bench.log" | tail -60
 fi
 
 if has sweep; then
@@ -111,8 +107,10 @@ fi
 
 if has benchjson; then
   stamp "pytest-benchmark"
+  slug=$($PY -c 'import sys; sys.path.insert(0, "benchmarks"); import render_results as R; print(R.device_slug(sys.argv[1]))' \
+    "$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)")
+  mkdir -p "$OUT/results"
   timeout 300 $PY -m pytest benchmarks/bench_step.py -q -p no:cacheprovider ${BENCHJSON_ARGS:-} \
-    --benchmark-json="$OUT/bench_step.json" 2>&1 | tail -15
-  cp "$OUT/bench_step.json" benchmarks/bench_step.json 2>/dev/null || true
+    --benchmark-json="$OUT/results/bench_step_$slug.json" 2>&1 | tail -15
 fi
 stamp "done"

@@ -1,8 +1,12 @@
-"""Development helpers for the CUDA step kernel (not part of the benchmark table).
+"""Profiling helpers for the CUDA step kernel (not part of the benchmark tables).
 
     python benchmarks/dev/profile_step.py ncu "(8,256)" LowConfidence   # eager launches, for `ncu -k regex:step_kernel`
-    python benchmarks/dev/profile_step.py sweep                          # launch-shape sweep via PRR_CUDA_CS / _NT
+    python benchmarks/dev/profile_step.py sweep                          # launch shapes via PRR_CUDA_CS / _NT / _PERSIST
     python benchmarks/dev/profile_step.py latency                        # where the 32-row step's time goes
+
+benchmarks/device_run.sh's ncu, ncusrc and sweep phases run it. `sweep` times each shape (SWEEP_SHAPES, ';'-separated
+labels of bench_lib.SHAPES) under a few cluster sizes / CTA sizes / persistence settings against the launcher's
+choice; `latency` splits the 32-row step into graph-node cost, the V-independent chain and the cluster size.
 """
 import os
 import sys
@@ -19,7 +23,7 @@ def case_of(label, policy):
     for s in BL.SHAPES:
         if s[0] == label:
             return BL.Case(s[0], s[1], s[2], s[3], policy)
-    raise ValueError(label)
+    raise SystemExit(f"unknown shape {label!r}: use one of {'; '.join(s[0] for s in BL.SHAPES)}")
 
 
 def ncu(label, policy, n=4):
@@ -45,21 +49,14 @@ def sweep():
             case = case_of(label, policy)
             floor = case.bytes_read / bw * 1e6
             for cfg in configs:
-                cs, nt, persist = cfg if cfg else ("default", 0, 1)
-                if cfg:
-                    os.environ["PRR_CUDA_CS"], os.environ["PRR_CUDA_NT"] = str(cs), str(nt)
-                    os.environ["PRR_CUDA_PERSIST"] = str(persist)
-                else:
-                    for k in ("PRR_CUDA_CS", "PRR_CUDA_NT", "PRR_CUDA_PERSIST"):
-                        os.environ.pop(k, None)
-                kb = BL.KernelBench(case, l2_bytes=l2)
-                us = kb.median_us(repeats=7)
-                del kb
-                print(f"{label:10s} {policy:14s} cs={cs} nt={nt:4d} persist={persist}  {us:9.2f} us  x{us / floor:5.2f} floor", flush=True)
-    for k in ("PRR_CUDA_CS", "PRR_CUDA_NT", "PRR_CUDA_PERSIST"):
-        os.environ.pop(k, None)
-
-
+                cs, nt, persist = cfg if cfg else ("launcher", 0, 1)
+                env = dict(PRR_CUDA_CS=cs, PRR_CUDA_NT=nt, PRR_CUDA_PERSIST=persist) if cfg else {}
+                with BL.launch_overrides(env):
+                    kb = BL.KernelBench(case, l2_bytes=l2)
+                    us = kb.median_us(repeats=7)
+                    del kb
+                print(f"{label:10s} {policy:14s} cs={cs} nt={nt:4d} persist={persist}  {us:9.2f} us  "
+                      f"x{us / floor:5.2f} floor", flush=True)
 
 
 def latency():
@@ -97,14 +94,15 @@ def latency():
             del kb
         BL.V_BENCH, BL.MASK_ID = v_full, mask_full
         for cs in (1, 2, 4, 8):
-            os.environ["PRR_CUDA_CS"] = str(cs)
-            kb = BL.KernelBench(case_of("(1,32)", policy), l2_bytes=l2)
-            print(f"(1,32) {policy:14s} V={v_full} cs={cs}          {kb.median_us(repeats=9):8.2f} us", flush=True)
-            del kb
-        os.environ.pop("PRR_CUDA_CS", None)
+            with BL.launch_overrides(dict(PRR_CUDA_CS=cs)):
+                kb = BL.KernelBench(case_of("(1,32)", policy), l2_bytes=l2)
+                print(f"(1,32) {policy:14s} V={v_full} cs={cs}          {kb.median_us(repeats=9):8.2f} us", flush=True)
+                del kb
 
 
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in ("ncu", "sweep", "latency") or (sys.argv[1] == "ncu" and len(sys.argv) != 4):
+        sys.exit(__doc__)
     if sys.argv[1] == "ncu":
         ncu(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "latency":

@@ -1,9 +1,9 @@
-"""How many histogram passes the selection's radix select (`radix_cut`, csrc/cuda/step_cuda.cu) makes, on the host.
+"""How many histogram passes the CUDA selection's radix select (`radix_cut`) makes, replayed on the host.
 
 The kernel's MSD radix select takes 8 bits of the keys' order bits per pass and stops once the bucket that holds the
-c-th key is taken whole. v14 / v15 started at bit 63; v16 starts at the highest bit where the usable keys differ
-(the min / max of their order bits), since every key shares the bits above it. This script replays both on
-LowConfidence keys (the argmax's probability) of random rows and prints the mean number of passes:
+c-th key is taken whole. Its first digit starts at the highest bit where the usable keys differ (the min / max of
+their order bits), since every key shares the bits above it. This script replays that and, for comparison, a start at
+bit 63, on LowConfidence keys (the argmax's probability) of random rows, and prints the mean number of passes:
 
     python benchmarks/dev/radix_passes.py [blocks]
 

@@ -1,11 +1,12 @@
-"""Where one step's time goes, phase by phase, from stamps the kernel itself takes (development only).
+"""Where one step's time goes, phase by phase, from stamps the kernel itself takes.
 
-Needs a build with -DPRR_TIMELINE (benchmarks/dev/timeline.sh prepends the define on the device copy and rebuilds):
-thread 0 of every CTA stamps %globaltimer (ns, comparable across SMs) and clock64 (cycles, per SM) at the phase
-boundaries of `step_kernel`. The step is timed as the benchmark times it (a CUDA graph of 16 steps on fresh states,
-bench_lib.KernelBench); the stamps are those of the graph's last step.
+With -DPRR_TIMELINE the kernel's thread 0 of every CTA stamps %globaltimer (ns, comparable across SMs) and clock64
+(cycles, per SM) at the phase boundaries of `step_kernel`, and the extension registers torch.ops.prr_dev.timeline to
+read them. The step is timed as the benchmark times it (a CUDA graph of 16 steps on fresh states,
+bench_lib.KernelBench); the stamps are those of the graph's last step. Build such a copy without touching the tree:
 
-    python benchmarks/dev/timeline.py "(1,32)" LowConfidence,PRR [V ...]
+    P=$(benchmarks/dev/build_copy.sh -D PRR_TIMELINE=1)
+    PYTHONPATH=$P python benchmarks/dev/timeline.py "(1,32)" LowConfidence,PRR [V ...]    # default V: 126464 256
 """
 import os
 import statistics
@@ -34,7 +35,9 @@ def dump():
 
 def report(label, policy, V):
     BL.V_BENCH, BL.MASK_ID = V, (126336 if V > 126336 else V - 1)
-    case = next(BL.Case(s[0], s[1], s[2], s[3], policy) for s in BL.SHAPES if s[0] == label)
+    case = next((BL.Case(s[0], s[1], s[2], s[3], policy) for s in BL.SHAPES if s[0] == label), None)
+    if case is None:
+        sys.exit(f"unknown shape {label!r}: use one of {'; '.join(s[0] for s in BL.SHAPES)}")
     kb = BL.KernelBench(case, l2_bytes=50 << 20)
     us = kb.median_us(repeats=9)
     dump()  # clear
@@ -62,6 +65,8 @@ def report(label, policy, V):
 
 
 if __name__ == "__main__":
+    if not hasattr(torch.ops.prr_dev, "timeline"):
+        sys.exit("timeline.py needs a build with -DPRR_TIMELINE: see this file's docstring")
     label = sys.argv[1] if len(sys.argv) > 1 else "(1,32)"
     policies = (sys.argv[2] if len(sys.argv) > 2 else "LowConfidence,PRR").split(",")
     vs = [int(v) for v in sys.argv[3:]] or [BL.V_BENCH, 256]
