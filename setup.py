@@ -211,9 +211,8 @@ build_tag = "-".join([
 
 setup(
     # name, version, dependencies: pyproject.toml [project]
-    packages=find_packages(include=["prr_ext", "prr_ext.*"]),
-    package_data={"prr_ext": ["assets/*.safetensors", "assets/*.json",
-                              "assets/**/*.safetensors", "assets/**/*.json"]},
+    packages=find_packages(include=["prr_ext", "prr_ext.*", "prr_testbed", "prr_testbed.*"]),
+    package_data={"prr_testbed": ["assets/*/*.safetensors", "assets/*/*.json"]},
     include_package_data=True,
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},

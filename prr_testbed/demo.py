@@ -22,7 +22,7 @@ import torch
 import prr_ext
 
 from . import tasks as T
-from .eval import (CONTROLLER_DIR, RunSpec, evaluate, load_controller, pick_device, plot_pareto,
+from .harness import (CONTROLLER_DIR, RunSpec, evaluate, load_controller, pick_device, plot_pareto,
                    summarize)
 from .model import DEFAULT_DIR, MaskedDiffusionLM, default_model_available, load_default, make_canvas
 

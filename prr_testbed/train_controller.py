@@ -21,12 +21,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from . import eval as E
+from prr_ext.controller import Controller
+from prr_ext.policies import PRR, LowConfidence
+from prr_ext.prr_training import Rollout, convergence_labels, fit_controller, rollout
+
+from . import harness as E
 from . import tasks as T
-from .controller import Controller
 from .model import DEFAULT_DIR, MaskedDiffusionLM, make_canvas
-from .policies import PRR, LowConfidence
-from .prr_training import Rollout, convergence_labels, fit_controller, rollout
 
 ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "controller")
 

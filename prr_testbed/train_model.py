@@ -25,16 +25,6 @@ count only.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run as a file: import the sibling modules without prr_ext/__init__
-    import os as _os
-    import sys as _sys
-    import types as _types
-
-    _pkg = _types.ModuleType("prr_ext")
-    _pkg.__path__ = [_os.path.dirname(_os.path.abspath(__file__))]
-    _sys.modules.setdefault("prr_ext", _pkg)
-    __package__ = "prr_ext"
-
 import argparse
 import math
 import os
