@@ -1,10 +1,10 @@
-"""The demo (README command 1): decode held-out prompts of the shipped model with each commit policy.
+"""The demo: decode held-out prompts of the testbed's model with each of prr_ext's commit policies.
 
-    python -m prr_ext.demo                 # ~75 s on 2 idle CPU cores (64 test prompts per task); GPU if present
-    python -m prr_ext.demo --n 200         # more prompts (the default on a GPU is 500, the whole test sets)
+    python -m prr_testbed.demo             # 64 test prompts per task on a CPU; 500 on a GPU
+    python -m prr_testbed.demo --n 200     # more prompts
 
-Loads the masked-diffusion LM shipped in prr_ext/assets/model (and the PRR controller in prr_ext/assets/controller,
-when one is shipped), decodes the first --n prompts of each task's fixed test set with LowConfidence (LLaDA vanilla,
+Loads the masked-diffusion LM shipped in prr_testbed/assets/model (and the PRR controller in
+prr_testbed/assets/controller), decodes the first --n prompts of each task's fixed test set with LowConfidence (LLaDA vanilla,
 one token per step), Threshold (Fast-dLLM; tau 0.9 and an aggressive 0.5), Factor (Fast-dLLM), EntropyBound
 (EB-Sampler) and PRR, prints one table
 (accuracy, NFE, tokens per forward, tokens/s per policy) and saves the accuracy-vs-NFE plot (--plot).
@@ -21,14 +21,14 @@ import torch
 
 import prr_ext
 
+from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .harness import (CONTROLLER_DIR, RunSpec, evaluate, load_controller, pick_device, plot_pareto,
-                   summarize)
-from .model import DEFAULT_DIR, MaskedDiffusionLM, default_model_available, load_default, make_canvas
+from .harness import RunSpec, evaluate, have_matplotlib, pick_device, plot_pareto, summarize
+from .model import MaskedDiffusionLM, default_model_available, load_default, make_canvas
 
 DEMO_SPECS = (RunSpec("lowconf", None, 1.0), RunSpec("threshold", 0.9), RunSpec("threshold", 0.5),
               RunSpec("factor", 1.0), RunSpec("eb", 0.1), RunSpec("prr", 0.9))
-CPU_N = 64  # test prompts per task on the CPU: ~75 s on 2 idle cores (2026-11-22, torch 2.14.1 CPU)
+CPU_N = 64  # test prompts per task on the CPU
 
 
 def _auto_threads(model, device) -> str:
@@ -59,7 +59,8 @@ def _auto_threads(model, device) -> str:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description="prr_ext demo: commit policies on the shipped masked-diffusion LM")
+    ap = argparse.ArgumentParser(prog="python -m prr_testbed.demo",
+                                 description="prr_ext demo: commit policies on the testbed's masked-diffusion LM")
     ap.add_argument("--n", type=int, default=None,
                     help=f"test prompts per task (default: {CPU_N} on the CPU, which keeps the demo well under 3 min "
                          "on 2 cores; 500 on a GPU)")
@@ -67,20 +68,23 @@ def main(argv=None) -> dict:
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--batch-size", type=int, default=None, help="default: 64 on the CPU, 500 on a GPU")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: auto)")
-    ap.add_argument("--plot", default="prr_ext_demo.png", help="where to save the accuracy-vs-NFE plot")
+    ap.add_argument("--plot", default="prr_testbed_demo.png", help="where to save the accuracy-vs-NFE plot")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     ap.add_argument("--controller", default=None, help="PRR controller directory (default: the shipped one)")
-    ap.add_argument("--model", default=None, help="model directory (default: the shipped prr_ext/assets/model)")
+    ap.add_argument("--model", default=None, help="model directory (default: the shipped prr_testbed/assets/model)")
     args = ap.parse_args(argv)
     t_start = time.time()
 
     print(f"prr_ext {prr_ext.__version__} demo  |  torch {torch.__version__}  |  python {sys.version.split()[0]}")
-    device, note = pick_device(args.device)
+    try:
+        device, note = pick_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}")
     if note:
         print(f"NOTE: {note}")
     if args.model is None and not default_model_available():
-        raise SystemExit(f"the shipped model is missing ({DEFAULT_DIR}); reinstall prr_ext or train one with "
-                         "`python -m prr_ext.train_model`")
+        raise SystemExit(f"the shipped model is missing ({MODEL_DIR}); reinstall prr_ext or train one with "
+                         "`python -m prr_testbed.train_model`")
     model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,15 +100,15 @@ def main(argv=None) -> dict:
     n = args.n or (T.DEFAULT_HELDOUT_SIZE if on_gpu else CPU_N)
     bs = args.batch_size or (500 if on_gpu else 64)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    controller = load_controller(args.controller)
+    controller_dir = args.controller or CONTROLLER_DIR
+    controller = (load_controller(controller_dir) if os.path.isfile(os.path.join(controller_dir, "config.json"))
+                  else None)
     specs = list(DEMO_SPECS)
-    policy_json = os.path.join(args.controller or CONTROLLER_DIR, "policy.json")
-    if os.path.isfile(policy_json):  # the tau the controller was tuned with (python -m prr_ext.train)
-        with open(policy_json) as f:
-            tau = float(json.load(f)["tau"])
+    tau = tuned_tau(controller_dir)
+    if tau is not None:  # the tau the controller was tuned with on the validation split
         specs = [RunSpec("prr", tau) if s.policy == "prr" else s for s in specs]
     if controller is None or controller.extra_features:
-        where = args.controller or CONTROLLER_DIR
+        where = controller_dir
         why = "no PRR controller is shipped yet" if controller is None else "the controller needs extra features"
         print(f"NOTE: PRR skipped: {why} ({where}).")
         specs = [s for s in specs if s.policy != "prr"]
@@ -139,8 +143,11 @@ def main(argv=None) -> dict:
     print(f"n = {n} test prompts per task; generation lengths {G} (NFE of one-token-per-step decoding); TPF = "
           f"tokens per forward; tokens/s on {dev_txt}, batch {bs}, no KV cache, <eos> slots counted.")
 
-    plot_pareto(results, args.plot, title=f"prr_ext demo: shipped model, n={n}/task, {dev_txt}")
-    print(f"plot: {os.path.abspath(args.plot)}")
+    if have_matplotlib():
+        plot_pareto(results, args.plot, title=f"prr_ext demo: shipped model, n={n}/task, {dev_txt}")
+        print(f"plot: {os.path.abspath(args.plot)}")
+    else:
+        print("NOTE: matplotlib is not installed: no plot (pip install matplotlib, or prr_ext[plot])")
     doc = {"device": dev_txt, "n": n, "results": results, **summarize(results)}
     if args.json:
         with open(args.json, "w") as f:

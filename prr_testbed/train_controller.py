@@ -1,10 +1,11 @@
-"""`python -m prr_ext.train`: PRR's controller, trained end to end (docs/prr_training.md).
+"""`python -m prr_testbed.train_controller`: PRR's controller, trained end to end (docs/prr_training.md).
 
     round 0      full-refinement rollouts (LowConfidence, one token per step) of training prompts
     round r > 0  rollouts with the round r-1 controller; targets = full refinement of each block from the state in
                  which the controller entered it
     each round   empirical-convergence-progress labels -> fit the MLP on the pooled records -> choose the
-                 temperature map (best validation AUP) and tau on the validation split -> evaluate on the held-out test split
+                 temperature map (best validation AUP) and tau on the validation split -> evaluate on the held-out
+                 test split
 
 Data-parallel: run under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU); prompts are sharded by rank,
 records travel as safetensors shards, rank 0 fits. Resumable: finished rounds are loaded, not redone.
@@ -21,15 +22,13 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from prr_ext.controller import Controller
-from prr_ext.policies import PRR, LowConfidence
+from prr_ext import PRR, Controller, LowConfidence
 from prr_ext.prr_training import Rollout, convergence_labels, fit_controller, rollout
 
+from . import CONTROLLER_DIR, MODEL_DIR
 from . import harness as E
 from . import tasks as T
-from .model import DEFAULT_DIR, MaskedDiffusionLM, make_canvas
-
-ASSET_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "controller")
+from .model import MaskedDiffusionLM, make_canvas
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,7 +70,7 @@ def _init_dist(device: torch.device) -> torch.device:
 def training_examples(family: str, n: int, seed: int) -> List[T.Example]:
     """n distinct training-split examples (never test or validation prompts)."""
     fam = T.get_family(family)
-    rng = random.Random(f"prr_ext.train/{family}/{seed}")
+    rng = random.Random(f"prr_ext.train/{family}/{seed}")  # this string seeds the training prompts
     seen, out = set(), []
     while len(out) < n:
         ex = fam.sample_split(rng, "train")
@@ -207,9 +206,10 @@ def _floats(s: str) -> List[float]:
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Train PRR's controller with progressive self-evolving rounds.")
+    p = argparse.ArgumentParser(prog="python -m prr_testbed.train_controller",
+                                description="Train PRR's controller with progressive self-evolving rounds.")
     p.add_argument("--out", default="runs/prr", help="output directory (resumable)")
-    p.add_argument("--model", default=DEFAULT_DIR, help="model directory (default: the shipped model)")
+    p.add_argument("--model", default=MODEL_DIR, help="model directory (default: the shipped model)")
     p.add_argument("--rounds", type=int, default=3, help="self-evolving rounds after round 0 (total = rounds + 1)")
     p.add_argument("--families", default=",".join(T.FAMILY_NAMES))
     p.add_argument("--train-prompts", type=int, default=512, help="training prompts per family")
@@ -226,13 +226,17 @@ def parse_args(argv=None):
                    help="how the temperature map is chosen on the validation split (see tune())")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--install", action="store_true", help="copy the final controller to prr_ext/assets/controller")
+    p.add_argument("--install", action="store_true",
+                   help="copy the final controller to prr_testbed/assets/controller")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> Dict:
     args = parse_args(argv)
-    device, note = E.pick_device(args.device)
+    try:
+        device, note = E.pick_device(args.device)
+    except ValueError as e:
+        raise SystemExit(f"--device: {e}")
     device = _init_dist(device)
     rank, world = _rank(), _world()
     log = print if rank == 0 else (lambda *a, **k: None)
@@ -305,12 +309,13 @@ def main(argv=None) -> Dict:
         ctrl, tau = Controller.load(cdir), json.load(open(meta_path))["tau"]
 
     if rank == 0 and args.install:
-        if os.path.isdir(ASSET_DIR):
-            shutil.rmtree(ASSET_DIR)
-        shutil.copytree(os.path.join(args.out, f"round{args.rounds}", "controller"), ASSET_DIR)
-        with open(os.path.join(ASSET_DIR, "policy.json"), "w") as f:
-            json.dump({"tau": tau, "trained_by": "python -m prr_ext.train", "rounds": args.rounds + 1}, f, indent=2)
-        log(f"installed the controller in {ASSET_DIR}")
+        if os.path.isdir(CONTROLLER_DIR):
+            shutil.rmtree(CONTROLLER_DIR)
+        shutil.copytree(os.path.join(args.out, f"round{args.rounds}", "controller"), CONTROLLER_DIR)
+        with open(os.path.join(CONTROLLER_DIR, "policy.json"), "w") as f:
+            json.dump({"tau": tau, "trained_by": "python -m prr_testbed.train_controller", "rounds": args.rounds + 1},
+                      f, indent=2)
+        log(f"installed the controller in {CONTROLLER_DIR}")
     if _dist():
         torch.distributed.destroy_process_group()
     return summary

@@ -1,23 +1,25 @@
-"""Train the shipped masked-diffusion LM (prr_ext.model) on the task families of prr_ext.tasks.
+"""Train the testbed's masked-diffusion LM (prr_testbed.model) on the task families of prr_testbed.tasks.
 
-    python -m prr_ext.train_model --out DIR                 # CUDA if present (bf16 autocast), else CPU
-    python prr_ext/train_model.py ...                       # same, without building prr_ext's compiled extension
-    python -m prr_ext.train_model --tiny --steps 200 --out /tmp/tiny    # seconds on a CPU: a debugging run
+    python -m prr_testbed.train_model                       # into runs/model; CUDA if present (bf16 autocast)
+    python -m prr_testbed.train_model --tiny --steps 200 --out /tmp/tiny    # seconds on a CPU: a debugging run
 
-The shipped checkpoint (prr_ext/assets/model; config.json records both stages) was made on one H100 in two runs:
-    python -m prr_ext.train_model --steps 5990 --out /tmp/stage1                      # 258 s, the defaults below
-    python -m prr_ext.train_model --init-from /tmp/stage1 --steps 1000 --warmup 100 --lr 5e-4 \
-        --mix 0.5,3,0.25 --seed 1 --out prr_ext/assets/model                          # 57 s, more word problems
+Writes --out/config.json and --out/model.safetensors (also at every --eval-every evaluation). Only --install copies
+the result over the shipped model (prr_testbed/assets/model). Needs torch and safetensors, not prr_ext's compiled op.
+
+The shipped checkpoint (config.json records both stages) was made on one H100 in two runs:
+    python -m prr_testbed.train_model --steps 5990 --out runs/stage1                  # 258 s, the defaults below
+    python -m prr_testbed.train_model --init-from runs/stage1 --steps 1000 --warmup 100 --lr 5e-4 \
+        --mix 0.5,3,0.25 --seed 1 --out runs/stage2 --install                        # 57 s, more word problems
 
 Objective (LLaDA SFT): for each sequence draw t ~ U(0, 1), mask every response position (the response, then <eos>
 up to the family's generation length) independently with probability p = (1 - eps) t + eps, never the prompt;
 loss = sum over masked positions of CE / p, divided by the generation length, averaged over the batch.
 
-Data: batch i is a pure function of (seed, i) (its own random.Random), drawn from the *train* split only (prr_ext.tasks
-hashes every prompt into test / valid / train), generated in DataLoader worker processes; masks come from a torch
-generator seeded from `seed`. Held-out accuracy is logged on the *valid* split (never on the test sets) with greedy
-one-token-per-step low-confidence decoding (= prr_ext.LowConfidence with steps == gen_length) written in plain torch,
-so this script needs no compiled extension.
+Data: batch i is a pure function of (seed, i) (its own random.Random), drawn from the *train* split only
+(prr_testbed.tasks hashes every prompt into test / valid / train), generated in DataLoader worker processes; masks
+come from a torch generator seeded from `seed`. Held-out accuracy is logged on the *valid* split (never on the test
+sets) with greedy one-token-per-step low-confidence decoding (= prr_ext.LowConfidence with steps == gen_length)
+written in plain torch, so this command needs no compiled extension.
 
 --budget-minutes M times the first steps and then fixes the step count to fit M minutes (printed, and saved in
 config.json; re-run with --steps N to reproduce the same schedule). The learning-rate schedule depends on the step
@@ -30,6 +32,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -37,8 +40,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import MODEL_DIR
 from . import tasks as T
-from .model import DEFAULT_DIR, MaskedDiffusionLM, ModelConfig, decode_responses, make_canvas
+from .model import MaskedDiffusionLM, ModelConfig, decode_responses, make_canvas
 from .tokenizer import CharTokenizer
 
 EPS = 1e-3
@@ -58,7 +62,7 @@ def encode_example(tok: CharTokenizer, ex: T.Example, gen_length: int) -> Tuple[
 def make_batch(seed: int, index: int, batch_size: int, families: Sequence[str], weights: Sequence[float],
                tok: CharTokenizer) -> Dict[str, torch.Tensor]:
     """Batch `index`: left-padded ids [B, T], response mask [B, T], generation lengths [B], family index [B]."""
-    rng = random.Random(f"prr_ext.train_model/{seed}/{index}")
+    rng = random.Random(f"prr_ext.train_model/{seed}/{index}")  # this string seeds the training data
     seqs, plens, fams = [], [], []
     for _ in range(batch_size):
         fi = rng.choices(range(len(families)), weights)[0]
@@ -170,8 +174,12 @@ def lr_at(step: int, total: int, base: float, warmup: int, floor: float = 0.05) 
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", default=DEFAULT_DIR, help="output directory (config.json + model.safetensors)")
+    ap = argparse.ArgumentParser(prog="python -m prr_testbed.train_model", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--out", default=os.path.join("runs", "model"),
+                    help="output directory (config.json + model.safetensors)")
+    ap.add_argument("--install", action="store_true",
+                    help="after training, copy the model over the shipped one (prr_testbed/assets/model)")
     ap.add_argument("--steps", type=int, default=5990, help="optimizer steps (ignored with --budget-minutes)")
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="time the first steps, then fix --steps to fit this many minutes of training")
@@ -197,6 +205,9 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    if os.path.realpath(args.out) == os.path.realpath(MODEL_DIR):
+        ap.error(f"argument --out: {args.out} is the shipped model's folder; train into another folder and add "
+                 "--install to copy the result there")
     if args.tiny:
         args.d_model, args.n_layers, args.n_heads, args.d_ff = 64, 2, 4, 176
         args.batch_size = min(args.batch_size, 32)
@@ -245,7 +256,7 @@ def main(argv=None) -> Dict:
     ctx = None
     if workers > 0 and sys.platform.startswith("linux"):
         import multiprocessing as mp
-        ctx = mp.get_context("fork")  # the workers inherit the modules (also when run as a file)
+        ctx = mp.get_context("fork")  # the workers inherit the imported modules
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                                          prefetch_factor=8 if workers else None, multiprocessing_context=ctx,
                                          persistent_workers=False)
@@ -315,13 +326,19 @@ def main(argv=None) -> Dict:
     print(f"[train] done: {step} steps in {train_s:.0f} s; final loss {ema:.4f}; valid acc (n={args.final_eval_n}, "
           f"greedy 1 token/step) " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
     meta = _save(model, args, total, step, log, t_start, dev, acc, train_s)
-    print(f"[train] saved {args.out}", flush=True)
+    written = f"[train] wrote {os.path.abspath(args.out)} (config.json, model.safetensors)"
+    if args.install:
+        os.makedirs(MODEL_DIR, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(os.path.join(args.out, name), os.path.join(MODEL_DIR, name))
+        written += f" and installed it in {MODEL_DIR}"
+    print(written, flush=True)
     return meta
 
 
 def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) -> Dict:
     meta = {
-        "command": "python -m prr_ext.train_model " + " ".join(
+        "command": "python -m prr_testbed.train_model " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in [
                 ("steps", total), ("batch_size", args.batch_size), ("lr", args.lr), ("warmup", args.warmup),
                 ("weight_decay", args.weight_decay), ("d_model", args.d_model), ("n_layers", args.n_layers),
@@ -333,7 +350,7 @@ def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) 
         "train_seconds": round(train_s, 1) if train_s is not None else round(time.time() - t_start, 1),
         "final_valid_acc": final_acc, "log": log, "objective": "LLaDA masked diffusion, 1/t-weighted CE on "
         "masked response positions, prompt never masked, eps=%g" % EPS,
-        "data": "prr_ext.tasks train split (hash-disjoint from valid/test)",
+        "data": "prr_testbed.tasks train split (hash-disjoint from valid/test)",
     }
     if getattr(args, "parent", None):
         meta["parent"] = args.parent  # the training record of the model this run started from

@@ -13,7 +13,7 @@ import torch
 from prr_testbed import tasks as T
 from prr_testbed import train_model as TM
 from prr_testbed.harness import RunSpec, aup, aup_weight, evaluate, steps_for, summarize
-from prr_testbed.harness import main as eval_main
+from prr_testbed.sweep import main as eval_main
 from prr_testbed.model import (MaskedDiffusionLM, ModelConfig, decode_responses, default_model_available,
                                load_default, make_canvas)
 from prr_testbed.tokenizer import CharTokenizer
@@ -117,7 +117,7 @@ def test_save_load_round_trip(tmp_path):
 @needs_model
 def test_shipped_checkpoint_size_and_config(shipped):
     import os
-    from prr_testbed.model import DEFAULT_DIR
+    from prr_testbed import MODEL_DIR as DEFAULT_DIR
     assert os.path.getsize(os.path.join(DEFAULT_DIR, "model.safetensors")) <= 20 * 2 ** 20
     assert shipped.config.mask_id == shipped.tokenizer.mask_id == 2
     longest = max(len(e.prompt) + T.get_family(f).gen_length for f in T.FAMILY_NAMES for e in T.heldout_set(f))

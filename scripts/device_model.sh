@@ -25,7 +25,7 @@ import json, sys
 c = json.load(open(f"runs/{sys.argv[1]}/config.json"))["training"]
 print(sys.argv[1], "final valid acc", c["final_valid_acc"], "train s", c["train_seconds"])
 PY
-  python3 -m prr_testbed.harness --device cuda --model "runs/$name" --policies lowconf,threshold --taus 0.5 --n 500 \
+  python3 -m prr_testbed.sweep --device cuda --model "runs/$name" --policies lowconf,threshold --taus 0.5 --n 500 \
     --batch-size 500 --no-progress --out "$OUT/eval_$name.json" --plot /tmp/eval_$name.png | tail -12
   mkdir -p "$OUT/$name" && cp "runs/$name/config.json" "runs/$name/model.safetensors" "$OUT/$name/"
 done

@@ -20,6 +20,6 @@ grep -E "^round|full refinement" runs/train_progress.log runs/train_binary.log
 cp runs/prr_progress/rounds.json "$OUT/rounds_progress.json"
 cp runs/prr_binary/rounds.json "$OUT/rounds_binary.json"
 cp -r prr_testbed/assets/controller "$OUT/controller"
-python3 -m prr_testbed.harness --device cuda --n 500 --batch-size 500 --taus "$TAUS" --prr-taus "$TAUS" \
+python3 -m prr_testbed.sweep --device cuda --n 500 --batch-size 500 --taus "$TAUS" --prr-taus "$TAUS" \
   --factors 0.05,0.1,0.25,0.5,1.0,2.0 --gammas 0.0001,0.001,0.01,0.1,0.5,1.0 --no-progress \
   --out "$OUT/eval_results.json" --plot "$OUT/pareto.png" | tail -45
