@@ -1,4 +1,8 @@
-"""`python -m prr_testbed.train_controller`: PRR's controller, trained end to end (docs/prr_training.md).
+"""Train PRR's controller on the testbed's model, end to end (docs/prr_training.md).
+
+    python -m prr_testbed.train_controller --out runs/prr              # GPU minutes; hours on a CPU
+    python -m prr_testbed.train_controller --out runs/prr --install    # ... and make it the shipped controller
+    torchrun --nproc_per_node N -m prr_testbed.train_controller ...    # rollouts sharded over N processes
 
     round 0      full-refinement rollouts (LowConfidence, one token per step) of training prompts
     round r > 0  rollouts with the round r-1 controller; targets = full refinement of each block from the state in
@@ -7,18 +11,28 @@
                  temperature map (best validation AUP) and tau on the validation split -> evaluate on the held-out
                  test split
 
-Data-parallel: run under `torchrun --nproc_per_node N` (NCCL on GPUs, gloo on CPU); prompts are sharded by rank,
-records travel as safetensors shards, rank 0 fits. Resumable: finished rounds are loaded, not redone.
+Writes under --out: run.json (the settings that define the rounds), rounds.json (every round's choice and test
+numbers), round<r>/controller (config.json, model.safetensors, policy.json with the tuned tau: a --controller folder
+for the demo and the sweep), round<r>/round.json and the rollout shards. Only --install writes into
+prr_testbed/assets/controller.
+
+Resumable: finished rounds of the same run are loaded, not redone, and --rounds can grow. A run in --out with other
+settings (--families, --model, --label, --seed, the prompt counts, the grids, ...) is an error, not silently reused:
+choose another --out or delete the old one.
+
+Data-parallel: under torchrun (NCCL on GPUs, gloo on CPU) prompts are sharded by rank, records travel as safetensors
+shards, rank 0 fits, tunes and writes.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import shutil
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -28,7 +42,13 @@ from prr_ext.prr_training import Rollout, convergence_labels, fit_controller, ro
 from . import CONTROLLER_DIR, MODEL_DIR
 from . import harness as E
 from . import tasks as T
+from .cli import check_input_dir, check_outputs, device_arg, parser, progress
 from .model import MaskedDiffusionLM, make_canvas
+
+PROG = "python -m prr_testbed.train_controller"
+# The settings that define a run's rounds; a resumed run must have the same ones (run.json).
+RUN_SETTINGS = ("model", "families", "train_prompts", "val_prompts", "test_prompts", "label", "hidden", "epochs",
+                "t_max_grid", "t_min_grid", "tau_grid", "select", "seed")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -81,7 +101,8 @@ def training_examples(family: str, n: int, seed: int) -> List[T.Example]:
 
 
 def collect(model, family: str, examples: Sequence[T.Example], policy, *, batch_size: int, device,
-            block_continuation: bool) -> Rollout:
+            block_continuation: bool, on_batch: Optional[Callable[[], None]] = None) -> Rollout:
+    """Rollouts of `examples` in batches (prr_ext.prr_training.rollout), as one Rollout."""
     fam = T.get_family(family)
     tok = model.tokenizer
     parts = []
@@ -89,6 +110,8 @@ def collect(model, family: str, examples: Sequence[T.Example], policy, *, batch_
         x, plens = make_canvas(tok, [e.prompt for e in examples[i:i + batch_size]], fam.gen_length, device)
         parts.append(rollout(model, x, plens, policy=policy, block_length=fam.block_length, steps=fam.gen_length,
                              mask_id=tok.mask_id, block_continuation=block_continuation))
+        if on_batch is not None:
+            on_batch()
     return _concat_padded(parts)
 
 
@@ -141,7 +164,8 @@ def load_records(out: str, rounds: Sequence[int], families: Sequence[str], label
 
 
 def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T.Example]], vanilla: Dict[str, float],
-         *, t_max_grid, t_min_grid, tau_grid, batch_size: int, device, select: str = "aup") -> Dict:
+         *, t_max_grid, t_min_grid, tau_grid, batch_size: int, device, select: str = "aup",
+         on_batch: Optional[Callable[[], None]] = None) -> Dict:
     """Choose the temperature map (t_max, t_min) and the default tau on the validation split.
 
     select="nfe": the (map, tau) with the fewest NFE whose accuracy stays within 1 point of full refinement on every
@@ -158,7 +182,8 @@ def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T
             c = Controller(ctrl.tensors, extra_features=ctrl.extra_features, t_max=t_max, t_min=t_min)
             for tau in tau_grid:
                 grid.append((t_max, t_min, tau, {f: E.evaluate(model, f, val[f], E.RunSpec("prr", tau), controller=c,
-                                                               batch_size=batch_size, device=device)
+                                                               batch_size=batch_size, device=device,
+                                                               on_batch=on_batch)
                                                  for f in families}))
 
     def point(t_max, t_min, tau, res):
@@ -190,79 +215,150 @@ def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T
     return best
 
 
-def evaluate_round(model, ctrl: Controller, tau: float, families, test, *, batch_size, device) -> Dict[str, Dict]:
+def evaluate_round(model, ctrl: Controller, tau: float, families, test, *, batch_size, device,
+                   on_batch: Optional[Callable[[], None]] = None) -> Dict[str, Dict]:
     out = {}
     for f in families:
-        r = E.evaluate(model, f, test[f], E.RunSpec("prr", tau), controller=ctrl, batch_size=batch_size, device=device)
+        r = E.evaluate(model, f, test[f], E.RunSpec("prr", tau), controller=ctrl, batch_size=batch_size, device=device,
+                       on_batch=on_batch)
         out[f] = {k: r[k] for k in ("accuracy", "mean_nfe", "tokens_per_forward", "gen_length", "n")}
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# run settings: one run per --out
+# ---------------------------------------------------------------------------------------------------------------
+def run_settings(args) -> Dict:
+    """The settings that define the rounds of a run (RUN_SETTINGS), as stored in <out>/run.json."""
+    d = {k: getattr(args, k) for k in RUN_SETTINGS}
+    d["model"] = os.path.abspath(args.model)
+    return d
+
+
+def check_run_settings(out: str, settings: Dict) -> Optional[str]:
+    """None when `out` holds no run or a run with these settings; else what differs, for the error message."""
+    path = os.path.join(out, "run.json")
+    if not os.path.isfile(path):
+        if os.path.isdir(out) and any(n.startswith("round") for n in os.listdir(out)):
+            return f"{out} holds rounds but no run.json, so their settings are unknown"
+        return None
+    with open(path) as f:
+        old = json.load(f).get("settings", {})
+    diff = [f"{k} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    return f"{out} holds a run with other settings ({'; '.join(diff)})" if diff else None
+
+
+def _write_json(path: str, doc: Dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(path + ".tmp", path)  # atomic: the other ranks never read half a file
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------------
 def _floats(s: str) -> List[float]:
-    return [float(v) for v in s.split(",") if v]
+    return [float(v) for v in s.split(",") if v.strip()]
+
+
+def _ints(s: str) -> List[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+def _families(s: str) -> List[str]:
+    names = [v.strip() for v in s.split(",") if v.strip()]
+    if not names or any(v not in T.FAMILY_NAMES for v in names):
+        raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated subset of {','.join(T.FAMILY_NAMES)}")
+    return names
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m prr_testbed.train_controller",
-                                description="Train PRR's controller with progressive self-evolving rounds.")
-    p.add_argument("--out", default="runs/prr", help="output directory (resumable)")
-    p.add_argument("--model", default=MODEL_DIR, help="model directory (default: the shipped model)")
+    p = parser(PROG, __doc__)
+    p.add_argument("--out", default=os.path.join("runs", "prr"),
+                   help="the run's folder (resumable; its parent must exist, except for the default's)")
+    p.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
     p.add_argument("--rounds", type=int, default=3, help="self-evolving rounds after round 0 (total = rounds + 1)")
-    p.add_argument("--families", default=",".join(T.FAMILY_NAMES))
+    p.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES), help="task families")
     p.add_argument("--train-prompts", type=int, default=512, help="training prompts per family")
     p.add_argument("--val-prompts", type=int, default=128, help="validation prompts per family (tuning)")
     p.add_argument("--test-prompts", type=int, default=500, help="held-out test prompts per family (evaluation)")
-    p.add_argument("--label", choices=("progress", "binary"), default="progress")
-    p.add_argument("--hidden", default="32,32")
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--t-max-grid", default="1.0,2.0")
-    p.add_argument("--t-min-grid", default="0.1,0.25,0.5")
-    p.add_argument("--tau-grid", default="0.5,0.7,0.8,0.9,0.95")
+    p.add_argument("--label", choices=("progress", "binary"), default="progress",
+                   help="convergence-progress labels, or Learn2PD's binary ones")
+    p.add_argument("--hidden", type=_ints, default="32,32", help="the MLP's hidden sizes")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of the MLP fit per round")
+    p.add_argument("--batch-size", type=int, default=256, help="prompts decoded together")
+    p.add_argument("--t-max-grid", type=_floats, default="1.0,2.0", help="temperature-map t_max values tried")
+    p.add_argument("--t-min-grid", type=_floats, default="0.1,0.25,0.5", help="temperature-map t_min values tried")
+    p.add_argument("--tau-grid", type=_floats, default="0.5,0.7,0.8,0.9,0.95", help="PRR taus tried")
     p.add_argument("--select", choices=("aup", "nfe"), default="aup",
-                   help="how the temperature map is chosen on the validation split (see tune())")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+                   help="how the temperature map is chosen on the validation split: aup = the best AUP of its tau "
+                   "sweep, nfe = the fewest NFE within 1 point of full refinement")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
+    p.add_argument("--seed", type=int, default=0, help="seeds the training prompts and the fits")
     p.add_argument("--install", action="store_true",
-                   help="copy the final controller to prr_testbed/assets/controller")
-    return p.parse_args(argv)
+                   help="copy the final controller to prr_testbed/assets/controller (the shipped one)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for name in ("rounds", "train_prompts", "val_prompts", "test_prompts", "epochs", "batch_size"):
+        if getattr(args, name) < (0 if name == "rounds" else 1):
+            p.error(f"argument --{name.replace('_', '-')}: must be >= {0 if name == 'rounds' else 1}")
+    check_outputs(p, args, dirs=("out",))
+    check_input_dir(p, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    args.model = MODEL_DIR if args.model is None else args.model
+    problem = check_run_settings(args.out, run_settings(args))
+    if problem:
+        p.error(f"argument --out: {problem}; its finished rounds would be reused. Choose another --out, or delete "
+                f"{args.out} to start over")
+    try:
+        args.device, args.device_note = E.pick_device(args.device)
+    except ValueError as e:
+        p.error(f"argument --device: {e}")
+    return args
 
 
 def main(argv=None) -> Dict:
     args = parse_args(argv)
-    try:
-        device, note = E.pick_device(args.device)
-    except ValueError as e:
-        raise SystemExit(f"--device: {e}")
-    device = _init_dist(device)
+    t_start = time.time()
+    device = _init_dist(args.device)
     rank, world = _rank(), _world()
     log = print if rank == 0 else (lambda *a, **k: None)
-    if note:
-        log(note)
+    quiet = args.no_progress or rank != 0
+    if args.device_note:
+        log(f"NOTE: {args.device_note}")
     torch.manual_seed(args.seed)
-    families = [f for f in args.families.split(",") if f]
+    families = args.families
     model = MaskedDiffusionLM.from_pretrained(args.model, device=device)
-    hidden = tuple(int(h) for h in args.hidden.split(","))
+    hidden = tuple(args.hidden)
     train = {f: training_examples(f, args.train_prompts, args.seed) for f in families}
     val = {f: T.heldout_set(f, "valid", args.val_prompts) for f in families}
     test = {f: T.heldout_set(f, "test", args.test_prompts) for f in families}
+    batches = lambda exs: math.ceil(len(exs) / args.batch_size)  # noqa: E731
     os.makedirs(args.out, exist_ok=True)
     summary_path = os.path.join(args.out, "rounds.json")
     summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {"rounds": []}
-
-    vanilla_val = vanilla_test = None
     if rank == 0:
-        spec = E.RunSpec("lowconf", None, 1.0)
-        vanilla_val = {f: E.evaluate(model, f, val[f], spec, batch_size=args.batch_size, device=device)["accuracy"]
-                       for f in families}
-        vt = {f: E.evaluate(model, f, test[f], spec, batch_size=args.batch_size, device=device) for f in families}
-        vanilla_test = {f: {k: vt[f][k] for k in ("accuracy", "mean_nfe", "gen_length", "n")} for f in families}
-        summary["vanilla_test"] = vanilla_test
-        summary["vanilla_val_accuracy"] = vanilla_val
-        log(f"full refinement: val acc {vanilla_val}  test {vanilla_test}")
+        _write_json(os.path.join(args.out, "run.json"), {"command": PROG, "settings": run_settings(args)})
+    log(f"[train_controller] {len(families)} families x {args.train_prompts} training prompts, "
+        f"rounds 0..{args.rounds}, on {E.device_label(device)}{f' x {world} ranks' if world > 1 else ''}; "
+        f"writing {args.out}", flush=True)
+
+    vanilla_val = None
+    if rank == 0:
+        vanilla_val = summary.get("vanilla_val_accuracy")  # same run settings (run.json): same numbers
+        if vanilla_val is None or "vanilla_test" not in summary:
+            spec = E.RunSpec("lowconf", None, 1.0)
+            total = sum(batches(val[f]) + batches(test[f]) for f in families)
+            with progress(total, "full refinement (val, test)", disable=quiet) as bar:
+                vanilla_val = {f: E.evaluate(model, f, val[f], spec, batch_size=args.batch_size, device=device,
+                                             on_batch=lambda: bar.update(1))["accuracy"] for f in families}
+                vt = {f: E.evaluate(model, f, test[f], spec, batch_size=args.batch_size, device=device,
+                                    on_batch=lambda: bar.update(1)) for f in families}
+            summary["vanilla_test"] = {f: {k: vt[f][k] for k in ("accuracy", "mean_nfe", "gen_length", "n")}
+                                       for f in families}
+            summary["vanilla_val_accuracy"] = vanilla_val
+            _write_json(summary_path, summary)
+        log(f"full refinement: val acc {vanilla_val}  test {summary['vanilla_test']}", flush=True)
 
     ctrl: Optional[Controller] = None
     tau = None
@@ -278,44 +374,51 @@ def main(argv=None) -> Dict:
         if not os.path.exists(shard_path(args.out, r, rank)):
             policy = LowConfidence() if r == 0 else PRR(ctrl, tau=tau)
             mine = {f: train[f][rank::world] for f in families}
-            recs = {f: collect(model, f, mine[f], policy, batch_size=args.batch_size, device=device,
-                               block_continuation=r > 0) for f in families}
+            with progress(sum(batches(mine[f]) for f in families), f"round {r}: rollouts", disable=quiet) as bar:
+                recs = {f: collect(model, f, mine[f], policy, batch_size=args.batch_size, device=device,
+                                   block_continuation=r > 0, on_batch=lambda: bar.update(1)) for f in families}
             save_shard(shard_path(args.out, r, rank), recs)
         _barrier()
         if rank == 0:
             feats, labels = load_records(args.out, range(r + 1), families, args.label)
             fitted = fit_controller(feats, labels, hidden=hidden, epochs=args.epochs, seed=args.seed + r,
-                                    device=str(device), progress=True)
-            choice = tune(model, fitted, families, val, vanilla_val, t_max_grid=_floats(args.t_max_grid),
-                          t_min_grid=_floats(args.t_min_grid), tau_grid=_floats(args.tau_grid),
-                          batch_size=args.batch_size, device=device, select=args.select)
+                                    device=str(device), progress=not quiet)
+            n_points = len(args.t_max_grid) * len(args.t_min_grid) * len(args.tau_grid)
+            with progress(n_points * sum(batches(val[f]) for f in families), f"round {r}: tuning on valid",
+                          disable=quiet) as bar:
+                choice = tune(model, fitted, families, val, vanilla_val, t_max_grid=args.t_max_grid,
+                              t_min_grid=args.t_min_grid, tau_grid=args.tau_grid, batch_size=args.batch_size,
+                              device=device, select=args.select, on_batch=lambda: bar.update(1))
             fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
                                 t_min=choice["t_min"])
             fitted.save(cdir)
-            test_res = evaluate_round(model, fitted, choice["tau"], families, test, batch_size=args.batch_size,
-                                      device=device)
+            _write_json(os.path.join(cdir, "policy.json"), {"tau": choice["tau"], "trained_by": PROG, "round": r})
+            with progress(sum(batches(test[f]) for f in families), f"round {r}: test", disable=quiet) as bar:
+                test_res = evaluate_round(model, fitted, choice["tau"], families, test, batch_size=args.batch_size,
+                                          device=device, on_batch=lambda: bar.update(1))
             entry = {"round": r, "records": int(feats.shape[0]), "label": args.label, **choice, "test": test_res,
                      "seconds": time.time() - t0}
-            with open(meta_path, "w") as f:
-                json.dump(entry, f, indent=2)
+            _write_json(meta_path, entry)
             summary["rounds"] = [e for e in summary["rounds"] if e["round"] != r] + [entry]
-            with open(summary_path, "w") as f:
-                json.dump(summary, f, indent=2)
+            _write_json(summary_path, summary)
             log(f"round {r}: {entry['records']} records, t_max={choice['t_max']} t_min={choice['t_min']} "
                 f"tau={choice['tau']}; test " + ", ".join(
                     f"{f} acc {v['accuracy']:.1f} nfe {v['mean_nfe']:.1f}/{v['gen_length']}" for f, v in
-                    test_res.items()))
+                    test_res.items()), flush=True)
         _barrier()
         ctrl, tau = Controller.load(cdir), json.load(open(meta_path))["tau"]
 
+    final = os.path.join(args.out, f"round{args.rounds}", "controller")
     if rank == 0 and args.install:
         if os.path.isdir(CONTROLLER_DIR):
             shutil.rmtree(CONTROLLER_DIR)
-        shutil.copytree(os.path.join(args.out, f"round{args.rounds}", "controller"), CONTROLLER_DIR)
-        with open(os.path.join(CONTROLLER_DIR, "policy.json"), "w") as f:
-            json.dump({"tau": tau, "trained_by": "python -m prr_testbed.train_controller", "rounds": args.rounds + 1},
-                      f, indent=2)
+        shutil.copytree(final, CONTROLLER_DIR)
+        _write_json(os.path.join(CONTROLLER_DIR, "policy.json"),
+                    {"tau": tau, "trained_by": PROG, "rounds": args.rounds + 1})
         log(f"installed the controller in {CONTROLLER_DIR}")
+    log(f"[train_controller] done in {time.time() - t_start:.0f} s; wrote {os.path.abspath(summary_path)} and the "
+        f"final controller {os.path.abspath(final)} (tau={tau})" + (f", installed in {CONTROLLER_DIR}"
+                                                                    if args.install else ""))
     if _dist():
         torch.distributed.destroy_process_group()
     return summary

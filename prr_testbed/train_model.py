@@ -27,7 +27,6 @@ count only.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import platform
@@ -42,9 +41,11 @@ import torch.nn.functional as F
 
 from . import MODEL_DIR
 from . import tasks as T
+from .cli import check_input_dir, check_outputs, device_arg, parser, resolve_device
 from .model import MaskedDiffusionLM, ModelConfig, decode_responses, make_canvas
 from .tokenizer import CharTokenizer
 
+PROG = "python -m prr_testbed.train_model"
 EPS = 1e-3
 
 
@@ -174,10 +175,10 @@ def lr_at(step: int, total: int, base: float, warmup: int, floor: float = 0.05) 
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m prr_testbed.train_model", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawTextHelpFormatter)
+    ap = parser(PROG, __doc__)
     ap.add_argument("--out", default=os.path.join("runs", "model"),
-                    help="output directory (config.json + model.safetensors)")
+                    help="output folder (config.json + model.safetensors; its parent must exist, except for the "
+                    "default's)")
     ap.add_argument("--install", action="store_true",
                     help="after training, copy the model over the shipped one (prr_testbed/assets/model)")
     ap.add_argument("--steps", type=int, default=5990, help="optimizer steps (ignored with --budget-minutes)")
@@ -196,18 +197,25 @@ def parse_args(argv=None):
     ap.add_argument("--families", default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--mix", default="1.5,2.5,0.5", help="sampling weights of the families")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    ap.add_argument("--device", type=device_arg, default="auto",
+                    help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
     ap.add_argument("--workers", type=int, default=None, help="data worker processes (default: min(12, cores - 1))")
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between held-out (valid split) evaluations")
     ap.add_argument("--eval-n", type=int, default=128, help="valid prompts per family at each evaluation")
     ap.add_argument("--final-eval-n", type=int, default=500, help="valid prompts per family at the end")
     ap.add_argument("--weights-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar; a log line every 250 steps")
     args = ap.parse_args(argv)
+    check_outputs(ap, args, dirs=("out",))
     if os.path.realpath(args.out) == os.path.realpath(MODEL_DIR):
         ap.error(f"argument --out: {args.out} is the shipped model's folder; train into another folder and add "
                  "--install to copy the result there")
+    check_input_dir(ap, "--init-from", args.init_from, ("config.json", "model.safetensors"), "model")
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as e:
+        ap.error(f"argument --device: {e}")
     if args.tiny:
         args.d_model, args.n_layers, args.n_heads, args.d_ff = 64, 2, 4, 176
         args.batch_size = min(args.batch_size, 32)
@@ -219,7 +227,7 @@ def main(argv=None) -> Dict:
     t_start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dev = args.device
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tok = CharTokenizer()
@@ -260,9 +268,9 @@ def main(argv=None) -> Dict:
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                                          prefetch_factor=8 if workers else None, multiprocessing_context=ctx,
                                          persistent_workers=False)
-    print(f"[train] device={dev} params={model.num_parameters():,} config={cfg.to_dict() | {'tokenizer': '...'}}",
+    print(f"[train_model] device={dev} params={model.num_parameters():,} config={cfg.to_dict() | {'tokenizer': '...'}}",
           flush=True)
-    print(f"[train] families={families} mix={weights} batch={args.batch_size} lr={args.lr} workers={workers} "
+    print(f"[train_model] families={families} mix={weights} batch={args.batch_size} lr={args.lr} workers={workers} "
           f"seed={args.seed}", flush=True)
 
     total = args.steps
@@ -296,8 +304,8 @@ def main(argv=None) -> Dict:
                 rate = (calib_at - calib_from) / (time.time() - t_calib)
                 left = budget_s - (time.time() - t_start)
                 total = max(step + 1, int(step + 0.92 * left * rate))  # 8% left for the evaluations
-                print(f"\n[train] {rate:.1f} steps/s -> --steps {total} fits the {args.budget_minutes} min budget",
-                      flush=True)
+                print(f"\n[train_model] {rate:.1f} steps/s -> --steps {total} fits the {args.budget_minutes} min "
+                      "budget", flush=True)
                 if bar is not None:
                     bar.total = total
         if step % 25 == 0 or step == total:
@@ -306,7 +314,7 @@ def main(argv=None) -> Dict:
             if bar is not None:
                 bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", gnorm=f"{float(gnorm):.2f}")
             if args.no_progress and step % 250 == 0:
-                print(f"[train] step {step}/{total} loss {ema:.4f} lr {lr:.2e} gnorm {float(gnorm):.2f} "
+                print(f"[train_model] step {step}/{total} loss {ema:.4f} lr {lr:.2e} gnorm {float(gnorm):.2f} "
                       f"({time.time() - t_start:.0f} s)", flush=True)
         if bar is not None:
             bar.update(1)
@@ -314,7 +322,7 @@ def main(argv=None) -> Dict:
             acc = heldout_accuracy(model, families, args.eval_n, "valid", dev, autocast_dtype=autocast_dtype)
             rec = {"step": step, "loss": ema, "valid_acc": acc, "elapsed_s": round(time.time() - t_start, 1)}
             log.append(rec)
-            msg = f"[train] step {step}/{total} loss {ema:.4f} valid acc " + " ".join(
+            msg = f"[train_model] step {step}/{total} loss {ema:.4f} valid acc " + " ".join(
                 f"{k}={v:.3f}" for k, v in acc.items())
             (bar.write(msg) if bar is not None else print(msg, flush=True))
             _save(model, args, total, step, log, t_start, dev, None)
@@ -323,10 +331,11 @@ def main(argv=None) -> Dict:
     train_s = time.time() - t_start
     acc = heldout_accuracy(model, families, args.final_eval_n, "valid", dev, autocast_dtype=autocast_dtype)
     log.append({"step": step, "loss": ema, "valid_acc": acc, "elapsed_s": round(time.time() - t_start, 1)})
-    print(f"[train] done: {step} steps in {train_s:.0f} s; final loss {ema:.4f}; valid acc (n={args.final_eval_n}, "
-          f"greedy 1 token/step) " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
+    print(f"[train_model] done: {step} steps in {train_s:.0f} s; final loss {ema:.4f}; valid acc "
+          f"(n={args.final_eval_n}, greedy 1 token/step) " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()),
+          flush=True)
     meta = _save(model, args, total, step, log, t_start, dev, acc, train_s)
-    written = f"[train] wrote {os.path.abspath(args.out)} (config.json, model.safetensors)"
+    written = f"[train_model] wrote {os.path.abspath(args.out)} (config.json, model.safetensors)"
     if args.install:
         os.makedirs(MODEL_DIR, exist_ok=True)
         for name in ("config.json", "model.safetensors"):
@@ -338,7 +347,7 @@ def main(argv=None) -> Dict:
 
 def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) -> Dict:
     meta = {
-        "command": "python -m prr_testbed.train_model " + " ".join(
+        "command": PROG + " " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in [
                 ("steps", total), ("batch_size", args.batch_size), ("lr", args.lr), ("warmup", args.warmup),
                 ("weight_decay", args.weight_decay), ("d_model", args.d_model), ("n_layers", args.n_layers),
