@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# scripts/device_model.sh — train (or continue training) the embedded model on a GPU machine and check issue 5's bar.
+# scripts/device_model.sh — train (or continue training) the testbed's model on a GPU machine and check its quality
+# bar (vanilla and Threshold(0.5) accuracy on the test split).
 #   OUT=<dir> scripts/device_model.sh <name>:<prr_testbed.train_model args> [<name>:<args> ...]
 # Each candidate trains concurrently on the one GPU (the model is small; the data workers are split between them)
 # into runs/<name>; then vanilla (LowConfidence, one token per step) and Threshold(0.5) are evaluated on the
