@@ -1,4 +1,5 @@
-"""Build script for the prr_ext._C extension (torch.utils.cpp_extension + ninja).
+"""Build script: the prr_ext._C extension (torch.utils.cpp_extension + ninja) and the two Python packages, prr_ext
+(the library) and prr_testbed (the testbed, with its model and controller in prr_testbed/assets).
 
     pip install --no-build-isolation .        # build against the torch already installed (recommended)
     pip install --no-build-isolation -e .     # editable / in-tree build for development
@@ -39,9 +40,9 @@ def _flag(name: str) -> bool:
 
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA toolkit discovery. Must run BEFORE torch.utils.cpp_extension is imported: that module computes CUDA_HOME once,
-# at import time, from $CUDA_HOME / $CUDA_PATH or `which nvcc`. On the dev/CI machine `which nvcc` is a shell wrapper
-# in /usr/local/bin, which yields the bogus CUDA_HOME=/usr/local (build-notes §4.1). A usable toolkit root has both
-# bin/nvcc and include/cuda_runtime.h.
+# at import time, from $CUDA_HOME / $CUDA_PATH or `which nvcc`. Where `which nvcc` is a shell wrapper (e.g. in
+# /usr/local/bin, as on the dev/CI machine), that yields the bogus CUDA_HOME=/usr/local, whose include/ has no CUDA
+# headers. A usable toolkit root has both bin/nvcc and include/cuda_runtime.h.
 # ---------------------------------------------------------------------------------------------------------------
 def _is_cuda_root(path) -> bool:
     return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and \
@@ -130,8 +131,9 @@ if not WITH_CUDA and torch.version.cuda is not None and not FORCE_CPU:
 def _wheel_cuda_include():
     """The torch wheel's CUDA library headers (cublas_v2.h, cusparse.h, ...), e.g. site-packages/nvidia/cu13/include.
 
-    Some toolkits (this dev machine's, assembled from wheels) ship nvcc + cudart only; <ATen/cuda/CUDAContext.h> then
-    fails with `cusparse.h: No such file` (build-notes §4.2). Returns a list of include dirs (may be empty)."""
+    Some toolkits (the dev machine's, assembled from wheels) ship nvcc + cudart only, without the cuBLAS/cuSPARSE
+    headers that <ATen/cuda/CUDAContext.h> includes, so it fails with `cusparse.h: No such file`; the torch wheel's
+    nvidia packages carry those headers. Returns a list of include dirs (may be empty)."""
     try:
         import nvidia  # namespace package installed with the CUDA torch wheels
     except ImportError:
@@ -211,9 +213,8 @@ build_tag = "-".join([
 
 setup(
     # name, version, dependencies: pyproject.toml [project]
-    packages=find_packages(include=["prr_ext", "prr_ext.*"]),
-    package_data={"prr_ext": ["assets/*.safetensors", "assets/*.json",
-                              "assets/**/*.safetensors", "assets/**/*.json"]},
+    packages=find_packages(include=["prr_ext", "prr_ext.*", "prr_testbed", "prr_testbed.*"]),
+    package_data={"prr_testbed": ["assets/*/*.safetensors", "assets/*/*.json"]},
     include_package_data=True,
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExtension},

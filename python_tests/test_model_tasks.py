@@ -10,13 +10,13 @@ import random
 import pytest
 import torch
 
-from prr_ext import tasks as T
-from prr_ext import train_model as TM
-from prr_ext.eval import RunSpec, aup, aup_weight, evaluate, steps_for, summarize
-from prr_ext.eval import main as eval_main
-from prr_ext.model import (MaskedDiffusionLM, ModelConfig, decode_responses, default_model_available, load_default,
-                           make_canvas)
-from prr_ext.tokenizer import CharTokenizer
+from prr_testbed import tasks as T
+from prr_testbed import train_model as TM
+from prr_testbed.harness import RunSpec, aup, aup_weight, evaluate, steps_for, summarize
+from prr_testbed.sweep import main as eval_main
+from prr_testbed.model import (MaskedDiffusionLM, ModelConfig, decode_responses, default_model_available,
+                               load_default, make_canvas)
+from prr_testbed.tokenizer import CharTokenizer
 
 needs_model = pytest.mark.skipif(not default_model_available(), reason="the shipped model is missing")
 
@@ -117,7 +117,7 @@ def test_save_load_round_trip(tmp_path):
 @needs_model
 def test_shipped_checkpoint_size_and_config(shipped):
     import os
-    from prr_ext.model import DEFAULT_DIR
+    from prr_testbed import MODEL_DIR as DEFAULT_DIR
     assert os.path.getsize(os.path.join(DEFAULT_DIR, "model.safetensors")) <= 20 * 2 ** 20
     assert shipped.config.mask_id == shipped.tokenizer.mask_id == 2
     longest = max(len(e.prompt) + T.get_family(f).gen_length for f in T.FAMILY_NAMES for e in T.heldout_set(f))
@@ -341,7 +341,7 @@ def test_eval_harness_smoke(tmp_path):
 
 @needs_model
 def test_demo_smoke(tmp_path, capsys):
-    from prr_ext import demo
+    from prr_testbed import demo
     threads = torch.get_num_threads()
     try:
         doc = demo.main(["--n", "2", "--tasks", "sudoku", "--device", "cpu", "--threads", "1",

@@ -11,8 +11,8 @@ import torch
 import prr_ext
 from prr_ext import prr_training as PT
 from prr_ext import reference as R
-from prr_ext.model import MaskedDiffusionLM, ModelConfig, make_canvas
-from prr_ext.tokenizer import CharTokenizer
+from prr_testbed.model import MaskedDiffusionLM, ModelConfig, make_canvas
+from prr_testbed.tokenizer import CharTokenizer
 
 
 def tiny_model(seed: int) -> MaskedDiffusionLM:
@@ -22,7 +22,7 @@ def tiny_model(seed: int) -> MaskedDiffusionLM:
 
 
 def tiny_batch(model, n=5, gen_length=16, seed=0):
-    from prr_ext import tasks as T
+    from prr_testbed import tasks as T
     import random
     rng = random.Random(seed)
     fam = T.get_family("arith")
@@ -118,7 +118,7 @@ def _check_run(out):
 
 
 def test_pipeline_two_rounds_single_process(tiny_model_dir, tmp_path):
-    from prr_ext import train
+    from prr_testbed import train_controller as train
     out = str(tmp_path / "run")
     train.main(["--model", tiny_model_dir, "--out", out] + ARGS)
     first = _check_run(out)
@@ -131,8 +131,8 @@ def test_pipeline_torchrun_two_gloo_ranks(tiny_model_dir, tmp_path):
     out = str(tmp_path / "run")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29500 + int(torch.randint(0, 400, ()))), "-m", "prr_ext.train", "--model", tiny_model_dir,
-           "--out", out] + ARGS
+           str(29500 + int(torch.randint(0, 400, ()))), "-m", "prr_testbed.train_controller",
+           "--model", tiny_model_dir, "--out", out] + ARGS
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     _check_run(out)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/demo.sh — set up a small CPU venv (.venv-demo, reused when healthy), build prr_ext into it and run the demo.
 #
-#   scripts/demo.sh [demo args...]          ==  python -m prr_ext.demo [demo args...]
+#   scripts/demo.sh [demo args...]          ==  python -m prr_testbed.demo [demo args...]
 #
 # Uses the CPU torch wheel (torch==2.13.0: smaller and faster to install; CPU-only build). The demo runs in the
 # caller's working directory, so relative paths in its arguments work as usual.
@@ -50,4 +50,4 @@ awk '/^ *prr_ext setup:/ { sub(/^ +/, ""); if (!seen[$0]++) print "[demo.sh]   "
 # -P (3.11+) / -I: keep the cwd off sys.path so that the installed prr_ext (not a source checkout without the built
 # _C module) is imported even when run from the repo root.
 PYSAFE=(-P); "$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' || PYSAFE=(-I)
-exec "$PY" "${PYSAFE[@]}" -m prr_ext.demo "$@"
+exec "$PY" "${PYSAFE[@]}" -m prr_testbed.demo "$@"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# scripts/device_model.sh — train (or continue training) the embedded model on a GPU machine and check issue 5's bar.
-#   OUT=<dir> scripts/device_model.sh <name>:<prr_ext.train_model args> [<name>:<args> ...]
+# scripts/device_model.sh — train (or continue training) the testbed's model on a GPU machine and check its quality
+# bar (vanilla and Threshold(0.5) accuracy on the test split).
+#   OUT=<dir> scripts/device_model.sh <name>:<prr_testbed.train_model args> [<name>:<args> ...]
 # Each candidate trains concurrently on the one GPU (the model is small; the data workers are split between them)
 # into runs/<name>; then vanilla (LowConfidence, one token per step) and Threshold(0.5) are evaluated on the
 # held-out TEST split (500 prompts per family). Choose between candidates by their final VALID accuracy
@@ -12,7 +13,7 @@ pids=()
 for spec in "$@"; do
   name="${spec%%:*}"; args="${spec#*:}"
   # shellcheck disable=SC2086
-  python3 -m prr_ext.train_model --device cuda --no-progress --workers "$workers" --out "runs/$name" $args \
+  python3 -m prr_testbed.train_model --device cuda --no-progress --workers "$workers" --out "runs/$name" $args \
     >"runs/train_$name.log" 2>&1 &
   pids+=($!)
 done
@@ -25,7 +26,7 @@ import json, sys
 c = json.load(open(f"runs/{sys.argv[1]}/config.json"))["training"]
 print(sys.argv[1], "final valid acc", c["final_valid_acc"], "train s", c["train_seconds"])
 PY
-  python3 -m prr_ext.eval --device cuda --model "runs/$name" --policies lowconf,threshold --taus 0.5 --n 500 \
+  python3 -m prr_testbed.sweep --device cuda --model "runs/$name" --policies lowconf,threshold --taus 0.5 --n 500 \
     --batch-size 500 --no-progress --out "$OUT/eval_$name.json" --plot /tmp/eval_$name.png | tail -12
   mkdir -p "$OUT/$name" && cp "runs/$name/config.json" "runs/$name/model.safetensors" "$OUT/$name/"
 done

@@ -1,23 +1,25 @@
-"""Train the shipped masked-diffusion LM (prr_ext.model) on the task families of prr_ext.tasks.
+"""Train the testbed's masked-diffusion LM (prr_testbed.model) on the task families of prr_testbed.tasks.
 
-    python -m prr_ext.train_model --out DIR                 # CUDA if present (bf16 autocast), else CPU
-    python prr_ext/train_model.py ...                       # same, without building prr_ext's compiled extension
-    python -m prr_ext.train_model --tiny --steps 200 --out /tmp/tiny    # seconds on a CPU: a debugging run
+    python -m prr_testbed.train_model                       # into runs/model; CUDA if present (bf16 autocast)
+    python -m prr_testbed.train_model --tiny --steps 200 --out /tmp/tiny    # seconds on a CPU: a debugging run
 
-The shipped checkpoint (prr_ext/assets/model; config.json records both stages) was made on one H100 in two runs:
-    python -m prr_ext.train_model --steps 5990 --out /tmp/stage1                      # 258 s, the defaults below
-    python -m prr_ext.train_model --init-from /tmp/stage1 --steps 1000 --warmup 100 --lr 5e-4 \
-        --mix 0.5,3,0.25 --seed 1 --out prr_ext/assets/model                          # 57 s, more word problems
+Writes --out/config.json and --out/model.safetensors (also at every --eval-every evaluation). Only --install copies
+the result over the shipped model (prr_testbed/assets/model). Needs torch and safetensors, not prr_ext's compiled op.
+
+The shipped checkpoint (config.json records both stages) was made on one H100 in two runs:
+    python -m prr_testbed.train_model --steps 5990 --out runs/stage1                  # 258 s, the defaults below
+    python -m prr_testbed.train_model --init-from runs/stage1 --steps 1000 --warmup 100 --lr 5e-4 \
+        --mix 0.5,3,0.25 --seed 1 --out runs/stage2 --install                        # 57 s, more word problems
 
 Objective (LLaDA SFT): for each sequence draw t ~ U(0, 1), mask every response position (the response, then <eos>
 up to the family's generation length) independently with probability p = (1 - eps) t + eps, never the prompt;
 loss = sum over masked positions of CE / p, divided by the generation length, averaged over the batch.
 
-Data: batch i is a pure function of (seed, i) (its own random.Random), drawn from the *train* split only (prr_ext.tasks
-hashes every prompt into test / valid / train), generated in DataLoader worker processes; masks come from a torch
-generator seeded from `seed`. Held-out accuracy is logged on the *valid* split (never on the test sets) with greedy
-one-token-per-step low-confidence decoding (= prr_ext.LowConfidence with steps == gen_length) written in plain torch,
-so this script needs no compiled extension.
+Data: batch i is a pure function of (seed, i) (its own random.Random), drawn from the *train* split only
+(prr_testbed.tasks hashes every prompt into test / valid / train), generated in DataLoader worker processes; masks
+come from a torch generator seeded from `seed`. Held-out accuracy is logged on the *valid* split (never on the test
+sets) with greedy one-token-per-step low-confidence decoding (= prr_ext.LowConfidence with steps == gen_length)
+written in plain torch, so this command needs no compiled extension.
 
 --budget-minutes M times the first steps and then fixes the step count to fit M minutes (printed, and saved in
 config.json; re-run with --steps N to reproduce the same schedule). The learning-rate schedule depends on the step
@@ -25,21 +27,11 @@ count only.
 """
 from __future__ import annotations
 
-if __name__ == "__main__" and not __package__:  # run as a file: import the sibling modules without prr_ext/__init__
-    import os as _os
-    import sys as _sys
-    import types as _types
-
-    _pkg = _types.ModuleType("prr_ext")
-    _pkg.__path__ = [_os.path.dirname(_os.path.abspath(__file__))]
-    _sys.modules.setdefault("prr_ext", _pkg)
-    __package__ = "prr_ext"
-
-import argparse
 import math
 import os
 import platform
 import random
+import shutil
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -47,10 +39,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from . import MODEL_DIR
 from . import tasks as T
-from .model import DEFAULT_DIR, MaskedDiffusionLM, ModelConfig, decode_responses, make_canvas
+from .cli import check_input_dir, check_outputs, device_arg, parser, resolve_device
+from .model import MaskedDiffusionLM, ModelConfig, decode_responses, make_canvas
 from .tokenizer import CharTokenizer
 
+PROG = "python -m prr_testbed.train_model"
 EPS = 1e-3
 
 
@@ -68,7 +63,7 @@ def encode_example(tok: CharTokenizer, ex: T.Example, gen_length: int) -> Tuple[
 def make_batch(seed: int, index: int, batch_size: int, families: Sequence[str], weights: Sequence[float],
                tok: CharTokenizer) -> Dict[str, torch.Tensor]:
     """Batch `index`: left-padded ids [B, T], response mask [B, T], generation lengths [B], family index [B]."""
-    rng = random.Random(f"prr_ext.train_model/{seed}/{index}")
+    rng = random.Random(f"prr_ext.train_model/{seed}/{index}")  # this string seeds the training data
     seqs, plens, fams = [], [], []
     for _ in range(batch_size):
         fi = rng.choices(range(len(families)), weights)[0]
@@ -180,8 +175,12 @@ def lr_at(step: int, total: int, base: float, warmup: int, floor: float = 0.05) 
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--out", default=DEFAULT_DIR, help="output directory (config.json + model.safetensors)")
+    ap = parser(PROG, __doc__)
+    ap.add_argument("--out", default=os.path.join("runs", "model"),
+                    help="output folder (config.json + model.safetensors; its parent must exist, except for the "
+                    "default's)")
+    ap.add_argument("--install", action="store_true",
+                    help="after training, copy the model over the shipped one (prr_testbed/assets/model)")
     ap.add_argument("--steps", type=int, default=5990, help="optimizer steps (ignored with --budget-minutes)")
     ap.add_argument("--budget-minutes", type=float, default=None,
                     help="time the first steps, then fix --steps to fit this many minutes of training")
@@ -198,15 +197,25 @@ def parse_args(argv=None):
     ap.add_argument("--families", default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--mix", default="1.5,2.5,0.5", help="sampling weights of the families")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="auto", help="auto | cpu | cuda[:i]")
+    ap.add_argument("--device", type=device_arg, default="auto",
+                    help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
     ap.add_argument("--workers", type=int, default=None, help="data worker processes (default: min(12, cores - 1))")
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between held-out (valid split) evaluations")
     ap.add_argument("--eval-n", type=int, default=128, help="valid prompts per family at each evaluation")
     ap.add_argument("--final-eval-n", type=int, default=500, help="valid prompts per family at the end")
     ap.add_argument("--weights-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar; a log line every 250 steps")
     args = ap.parse_args(argv)
+    check_outputs(ap, args, dirs=("out",))
+    if os.path.realpath(args.out) == os.path.realpath(MODEL_DIR):
+        ap.error(f"argument --out: {args.out} is the shipped model's folder; train into another folder and add "
+                 "--install to copy the result there")
+    check_input_dir(ap, "--init-from", args.init_from, ("config.json", "model.safetensors"), "model")
+    try:
+        args.device = resolve_device(args.device)
+    except ValueError as e:
+        ap.error(f"argument --device: {e}")
     if args.tiny:
         args.d_model, args.n_layers, args.n_heads, args.d_ff = 64, 2, 4, 176
         args.batch_size = min(args.batch_size, 32)
@@ -218,7 +227,7 @@ def main(argv=None) -> Dict:
     t_start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
+    dev = args.device
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tok = CharTokenizer()
@@ -255,13 +264,13 @@ def main(argv=None) -> Dict:
     ctx = None
     if workers > 0 and sys.platform.startswith("linux"):
         import multiprocessing as mp
-        ctx = mp.get_context("fork")  # the workers inherit the modules (also when run as a file)
+        ctx = mp.get_context("fork")  # the workers inherit the imported modules
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, pin_memory=dev.type == "cuda",
                                          prefetch_factor=8 if workers else None, multiprocessing_context=ctx,
                                          persistent_workers=False)
-    print(f"[train] device={dev} params={model.num_parameters():,} config={cfg.to_dict() | {'tokenizer': '...'}}",
+    print(f"[train_model] device={dev} params={model.num_parameters():,} config={cfg.to_dict() | {'tokenizer': '...'}}",
           flush=True)
-    print(f"[train] families={families} mix={weights} batch={args.batch_size} lr={args.lr} workers={workers} "
+    print(f"[train_model] families={families} mix={weights} batch={args.batch_size} lr={args.lr} workers={workers} "
           f"seed={args.seed}", flush=True)
 
     total = args.steps
@@ -295,8 +304,8 @@ def main(argv=None) -> Dict:
                 rate = (calib_at - calib_from) / (time.time() - t_calib)
                 left = budget_s - (time.time() - t_start)
                 total = max(step + 1, int(step + 0.92 * left * rate))  # 8% left for the evaluations
-                print(f"\n[train] {rate:.1f} steps/s -> --steps {total} fits the {args.budget_minutes} min budget",
-                      flush=True)
+                print(f"\n[train_model] {rate:.1f} steps/s -> --steps {total} fits the {args.budget_minutes} min "
+                      "budget", flush=True)
                 if bar is not None:
                     bar.total = total
         if step % 25 == 0 or step == total:
@@ -305,7 +314,7 @@ def main(argv=None) -> Dict:
             if bar is not None:
                 bar.set_postfix(loss=f"{ema:.4f}", lr=f"{lr:.2e}", gnorm=f"{float(gnorm):.2f}")
             if args.no_progress and step % 250 == 0:
-                print(f"[train] step {step}/{total} loss {ema:.4f} lr {lr:.2e} gnorm {float(gnorm):.2f} "
+                print(f"[train_model] step {step}/{total} loss {ema:.4f} lr {lr:.2e} gnorm {float(gnorm):.2f} "
                       f"({time.time() - t_start:.0f} s)", flush=True)
         if bar is not None:
             bar.update(1)
@@ -313,7 +322,7 @@ def main(argv=None) -> Dict:
             acc = heldout_accuracy(model, families, args.eval_n, "valid", dev, autocast_dtype=autocast_dtype)
             rec = {"step": step, "loss": ema, "valid_acc": acc, "elapsed_s": round(time.time() - t_start, 1)}
             log.append(rec)
-            msg = f"[train] step {step}/{total} loss {ema:.4f} valid acc " + " ".join(
+            msg = f"[train_model] step {step}/{total} loss {ema:.4f} valid acc " + " ".join(
                 f"{k}={v:.3f}" for k, v in acc.items())
             (bar.write(msg) if bar is not None else print(msg, flush=True))
             _save(model, args, total, step, log, t_start, dev, None)
@@ -322,16 +331,23 @@ def main(argv=None) -> Dict:
     train_s = time.time() - t_start
     acc = heldout_accuracy(model, families, args.final_eval_n, "valid", dev, autocast_dtype=autocast_dtype)
     log.append({"step": step, "loss": ema, "valid_acc": acc, "elapsed_s": round(time.time() - t_start, 1)})
-    print(f"[train] done: {step} steps in {train_s:.0f} s; final loss {ema:.4f}; valid acc (n={args.final_eval_n}, "
-          f"greedy 1 token/step) " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()), flush=True)
+    print(f"[train_model] done: {step} steps in {train_s:.0f} s; final loss {ema:.4f}; valid acc "
+          f"(n={args.final_eval_n}, greedy 1 token/step) " + " ".join(f"{k}={v:.3f}" for k, v in acc.items()),
+          flush=True)
     meta = _save(model, args, total, step, log, t_start, dev, acc, train_s)
-    print(f"[train] saved {args.out}", flush=True)
+    written = f"[train_model] wrote {os.path.abspath(args.out)} (config.json, model.safetensors)"
+    if args.install:
+        os.makedirs(MODEL_DIR, exist_ok=True)
+        for name in ("config.json", "model.safetensors"):
+            shutil.copyfile(os.path.join(args.out, name), os.path.join(MODEL_DIR, name))
+        written += f" and installed it in {MODEL_DIR}"
+    print(written, flush=True)
     return meta
 
 
 def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) -> Dict:
     meta = {
-        "command": "python -m prr_ext.train_model " + " ".join(
+        "command": PROG + " " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in [
                 ("steps", total), ("batch_size", args.batch_size), ("lr", args.lr), ("warmup", args.warmup),
                 ("weight_decay", args.weight_decay), ("d_model", args.d_model), ("n_layers", args.n_layers),
@@ -343,7 +359,7 @@ def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) 
         "train_seconds": round(train_s, 1) if train_s is not None else round(time.time() - t_start, 1),
         "final_valid_acc": final_acc, "log": log, "objective": "LLaDA masked diffusion, 1/t-weighted CE on "
         "masked response positions, prompt never masked, eps=%g" % EPS,
-        "data": "prr_ext.tasks train split (hash-disjoint from valid/test)",
+        "data": "prr_testbed.tasks train split (hash-disjoint from valid/test)",
     }
     if getattr(args, "parent", None):
         meta["parent"] = args.parent  # the training record of the model this run started from

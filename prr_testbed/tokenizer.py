@@ -1,4 +1,5 @@
-"""Character-level tokenizer of the shipped model (prr_ext.model); its vocabulary is stored in the model's config.json.
+"""Character-level tokenizer of the testbed's model (prr_testbed.model); its vocabulary is stored in the model's
+config.json.
 
 Ids: 0 = <pad> (left padding of batched prompts; the model never attends to it), 1 = <eos> (fills the generation
 canvas after the response, LLaDA style), 2 = <mask> (the diffusion mask token), then one id per character.
@@ -10,7 +11,7 @@ from typing import Dict, Iterable, List, Sequence
 
 PAD, EOS, MASK = "<pad>", "<eos>", "<mask>"
 SPECIALS = (PAD, EOS, MASK)
-# Every character the task generators (prr_ext.tasks) may emit.
+# Every character the task generators (prr_testbed.tasks) may emit.
 DEFAULT_CHARS = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
                  " .,:;?!$#+-*/=()'|")
 
@@ -35,6 +36,19 @@ class CharTokenizer:
     @property
     def vocab_size(self) -> int:
         return len(self.itos)
+
+    # The names prr_ext.generate (and HF-style code) looks up on `model.tokenizer`.
+    @property
+    def mask_token_id(self) -> int:
+        return self.mask_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.pad_id
 
     def encode(self, text: str) -> List[int]:
         try:

@@ -1,16 +1,18 @@
-"""A small LLaDA-style masked-diffusion language model, shipped with prr_ext (prr_ext/assets/model/).
+"""A small LLaDA-style masked-diffusion language model, the testbed's model (shipped in prr_testbed/assets/model/).
 
 Architecture (LLaDA's, scaled down): token embedding (the vocabulary includes the mask token), N pre-norm blocks of
 bidirectional multi-head self-attention with rotary position embeddings (RoPE) and a SwiGLU MLP, RMSNorm, an untied
 output head. No causal mask and no time-step input. `model(x).logits` is [B, L, V], as an HF model returns it, so
-`prr_ext.generate` and hand-written `prr_ext.step` loops use it unchanged.
+`prr_ext.generate` and hand-written `prr_ext.step` loops use it unchanged; `config.mask_token_id` and
+`config.eos_token_id` (also on `model.tokenizer`) are the ids `prr_ext.generate` takes from the model.
 
 Padding: <pad> tokens (id `config.pad_id`) are never attended to. With RoPE (relative positions) a left-padded row
 therefore gets exactly the logits it would get unpadded, which is how batches of prompts of different lengths are
 decoded (`make_canvas`, `prr_ext.State(prompt_length=<[B] tensor>)`).
 
 Files: a directory with `config.json` (architecture, tokenizer vocabulary, training metadata) and
-`model.safetensors` (never pickle). `load_default()` loads the shipped checkpoint.
+`model.safetensors` (never pickle). `load_default()` (= `prr_testbed.load_model()`) loads the shipped checkpoint.
+This module imports nothing from prr_ext: it works without the compiled op.
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import MODEL_DIR
 from .tokenizer import CharTokenizer
 
-FORMAT = "prr_ext.mdlm"
+FORMAT = "prr_ext.mdlm"  # the "format" key of config.json, as the shipped checkpoint carries it
 VERSION = 1
-DEFAULT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "model")
 
 
 @dataclass
@@ -57,6 +59,19 @@ class ModelConfig:
     def for_tokenizer(cls, tokenizer: CharTokenizer, **kw) -> "ModelConfig":
         return cls(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id,
                    mask_id=tokenizer.mask_id, tokenizer=tokenizer.to_config(), **kw)
+
+    # The names prr_ext.generate (and HF-style code) looks up on `model.config`.
+    @property
+    def mask_token_id(self) -> int:
+        return self.mask_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.pad_id
 
     def to_dict(self) -> Dict:
         return asdict(self)
@@ -203,7 +218,7 @@ class MaskedDiffusionLM(nn.Module):
             f.write("\n")
 
     @classmethod
-    def from_pretrained(cls, path: str = DEFAULT_DIR, device: Union[str, torch.device] = "cpu",
+    def from_pretrained(cls, path: str = MODEL_DIR, device: Union[str, torch.device] = "cpu",
                         dtype: torch.dtype = torch.float32) -> "MaskedDiffusionLM":
         """Load a directory written by `save_pretrained`, in eval mode, weights cast to `dtype` (fp32 default)."""
         from safetensors.torch import load_file
@@ -225,12 +240,13 @@ class MaskedDiffusionLM(nn.Module):
 
 
 def load_default(device: Union[str, torch.device] = "cpu", dtype: torch.dtype = torch.float32) -> MaskedDiffusionLM:
-    """The model shipped in prr_ext/assets/model/."""
-    return MaskedDiffusionLM.from_pretrained(DEFAULT_DIR, device=device, dtype=dtype)
+    """The model shipped in prr_testbed/assets/model/ (`prr_testbed.load_model` is the same)."""
+    return MaskedDiffusionLM.from_pretrained(MODEL_DIR, device=device, dtype=dtype)
 
 
 def default_model_available() -> bool:
-    return all(os.path.isfile(os.path.join(DEFAULT_DIR, f)) for f in ("config.json", "model.safetensors"))
+    """Whether the shipped model's two files are present."""
+    return all(os.path.isfile(os.path.join(MODEL_DIR, f)) for f in ("config.json", "model.safetensors"))
 
 
 def make_canvas(tokenizer: CharTokenizer, prompts: Sequence[str], gen_length: int,

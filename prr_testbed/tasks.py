@@ -386,7 +386,7 @@ def get_family(name: str) -> TaskFamily:
 @functools.lru_cache(maxsize=None)
 def _heldout(family: str, split: str, n: int, seed: int) -> Tuple[Example, ...]:
     fam = get_family(family)
-    rng = random.Random(f"prr_ext.tasks/{family}/{split}/{seed}")
+    rng = random.Random(f"prr_ext.tasks/{family}/{split}/{seed}")  # this string seeds the fixed held-out sets
     seen, out = set(), []
     while len(out) < n:
         ex = fam.sample_split(rng, split)

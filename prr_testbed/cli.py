@@ -1,0 +1,132 @@
+"""What the testbed's commands share: the help layout, --device parsing and checks, output-path checks before any
+work, progress bars. Imports torch and tqdm only (not prr_ext), so train_model can use it without the compiled op."""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Iterable, Optional
+
+import torch
+
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:<index>"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the description's line breaks and shows every option's default, except where there is no value
+    to show (None, a flag's False): those options say their default in their help text."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """An ArgumentParser named as the user types the command (`python -m prr_testbed.<name>`), described by `doc`."""
+    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=HelpFormatter)
+
+
+def device_arg(text: str) -> str:
+    """argparse type of --device: auto, cpu, cuda or cuda:<index>."""
+    t = text.strip().lower()
+    if t in ("auto", "cpu", "cuda"):
+        return t
+    if t.startswith("cuda:") and t[5:].isdigit():
+        return t
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose one of {DEVICE_CHOICES}")
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The torch device for a --device value; ValueError saying what is missing when CUDA was asked for and torch
+    cannot use it. "auto" is the first GPU when torch sees one, else the CPU."""
+    requested = device_arg(requested)
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(requested)
+    if dev.type == "cuda":
+        if torch.version.cuda is None and getattr(torch.version, "hip", None) is None:
+            raise ValueError(f"{requested} was asked for, but the installed torch ({torch.__version__}) is a CPU-only "
+                             "build; install a CUDA build of torch, or use --device cpu")
+        if not torch.cuda.is_available():
+            raise ValueError(f"{requested} was asked for, but torch {torch.__version__} sees no CUDA GPU "
+                             "(torch.cuda.is_available() is False: no GPU, no driver, or CUDA_VISIBLE_DEVICES hides "
+                             "it); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{requested} was asked for, but torch sees {torch.cuda.device_count()} GPU(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return dev
+
+
+def _check_parent(path: str, create_parent: bool) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    existing = parent
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise ValueError(f"{existing} is a file, so nothing can be written under it; choose another path")
+    if existing != parent and not create_parent:
+        raise ValueError(f"the folder {parent} does not exist; create it first, or choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"the folder {existing} is not writable; choose another path")
+
+
+def check_output_file(path: str, create_parent: bool = False) -> None:
+    """ValueError unless a file can be written at `path`: not a folder, and its folder exists (or, with
+    `create_parent`, can be created) and is writable."""
+    if not path:
+        raise ValueError("the path is empty")
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder; give a file path")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"{path} exists and is not writable")
+    _check_parent(path, create_parent)
+
+
+def check_output_dir(path: str, create_parent: bool = False) -> None:
+    """ValueError unless `path` is (or can be created as) a writable folder; its parent must exist unless
+    `create_parent`."""
+    if not path:
+        raise ValueError("the path is empty")
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"{path} is a file; give a folder path")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"the folder {path} is not writable")
+        return
+    _check_parent(path, create_parent)
+
+
+def check_outputs(ap: argparse.ArgumentParser, args: argparse.Namespace, files: Iterable[str] = (),
+                  dirs: Iterable[str] = ()) -> None:
+    """Check the output paths of `args` (destinations `files` and `dirs`; None = not asked for) before any work,
+    exiting with a usage error that names the argument. An argument left at its default may create its folders
+    (the defaults live under runs/ or the current folder); a path the user gave must have an existing folder."""
+    for dests, check in ((files, check_output_file), (dirs, check_output_dir)):
+        for dest in dests:
+            value = getattr(args, dest)
+            if value is None:
+                continue
+            try:
+                check(value, create_parent=value == ap.get_default(dest))
+            except ValueError as e:
+                ap.error(f"argument --{dest.replace('_', '-')}: {e}")
+
+
+def check_input_dir(ap: argparse.ArgumentParser, option: str, path: Optional[str], must_hold: Iterable[str],
+                    what: str) -> None:
+    """Exit with a usage error naming `option` unless `path` (None = the shipped default, not checked here) is a
+    folder holding the files `must_hold`."""
+    if path is None:
+        return
+    missing = [f for f in must_hold if not os.path.isfile(os.path.join(path, f))]
+    if not os.path.isdir(path):
+        ap.error(f"argument {option}: {path} is not a folder; give the folder of a saved {what}")
+    if missing:
+        ap.error(f"argument {option}: {path} holds no {what} ({', '.join(missing)} missing)")
+
+
+def progress(total: int, desc: str = "", disable: bool = False, unit: str = "batch"):
+    """A tqdm progress bar on stderr (the tables stay on stdout)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, disable=disable, dynamic_ncols=True, mininterval=1.0, unit=unit, leave=False)

@@ -1,0 +1,194 @@
+"""The demo: decode held-out prompts of the testbed's model with each of prr_ext's commit policies.
+
+    python -m prr_testbed.demo               # 64 test prompts per task on a CPU (minutes), all 500 on a GPU
+    python -m prr_testbed.demo --n 8         # a quick look
+
+Loads the shipped model (prr_testbed/assets/model) and PRR controller (prr_testbed/assets/controller), decodes the
+first --n prompts of each task's fixed test set with LowConfidence (LLaDA vanilla, one token per step), Threshold
+(Fast-dLLM; tau 0.9 and an aggressive 0.5), Factor (Fast-dLLM), EntropyBound (EB-Sampler) and PRR (at the tau its
+controller was tuned with), prints one table (accuracy, NFE, tokens per forward, tokens/s per policy) and saves the
+accuracy-vs-NFE plot (--plot; skipped with a note when matplotlib is not installed) and, with --json, the results.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+import prr_ext
+
+from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
+from . import tasks as T
+from .cli import check_input_dir, check_outputs, device_arg, parser, progress
+from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device, plot_pareto, summarize
+from .model import MaskedDiffusionLM, default_model_available, load_default, make_canvas
+
+PROG = "python -m prr_testbed.demo"
+DEMO_SPECS = (RunSpec("lowconf", None, 1.0), RunSpec("threshold", 0.9), RunSpec("threshold", 0.5),
+              RunSpec("factor", 1.0), RunSpec("eb", 0.1), RunSpec("prr", 0.9))
+CPU_N = 64  # test prompts per task on the CPU
+GPU_N = T.DEFAULT_HELDOUT_SIZE
+
+
+def _auto_threads(model, device) -> str:
+    """On a busy CPU, OpenMP threads that wait for each other can make every op many times slower than one
+    thread: time a forward both ways and keep the faster. Returns a note."""
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n <= 1:
+        return f"{n} CPU threads" if device.type == "cpu" else ""
+    fam = T.get_family("words")
+    x, _ = make_canvas(model.tokenizer, [e.prompt for e in T.heldout_set("words", "test", 16)], fam.gen_length)
+
+    def best(k):
+        torch.set_num_threads(k)
+        ts = []
+        with torch.inference_mode():
+            for _ in range(3):
+                t0 = time.perf_counter()
+                model(x)
+                ts.append(time.perf_counter() - t0)
+        return min(ts)
+
+    t_n, t_1 = best(n), best(1)
+    if t_1 < 0.8 * t_n:
+        torch.set_num_threads(1)
+        return f"1 CPU thread (faster than {n} on this busy machine: {t_1 * 1e3:.0f} vs {t_n * 1e3:.0f} ms/forward)"
+    torch.set_num_threads(n)
+    return f"{n} CPU threads"
+
+
+def parse_args(argv=None):
+    ap = parser(PROG, __doc__)
+    ap.add_argument("--n", type=int, default=None,
+                    help=f"test prompts per task (default: {CPU_N} on the CPU, {GPU_N} on a GPU)")
+    ap.add_argument("--tasks", default=",".join(T.FAMILY_NAMES), help="task families (comma-separated)")
+    ap.add_argument("--device", type=device_arg, default="auto",
+                    help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
+    ap.add_argument("--batch-size", type=int, default=None, help="prompts decoded together (default: 64 on the CPU, "
+                    "500 on a GPU)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: the faster of torch's choice and 1, timed)")
+    ap.add_argument("--plot", default="prr_testbed_demo.png", help="where to save the accuracy-vs-NFE plot")
+    ap.add_argument("--json", default=None, help="also write the results as JSON here")
+    ap.add_argument("--controller", default=None,
+                    help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller)")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    bad = [t for t in args.tasks if t not in T.FAMILY_NAMES]
+    if bad or not args.tasks:
+        ap.error(f"argument --tasks: choose a comma-separated subset of {','.join(T.FAMILY_NAMES)}")
+    for name in ("n", "batch_size", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"argument --{name.replace('_', '-')}: must be >= 1")
+    check_outputs(ap, args, files=("plot", "json"))
+    check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
+    if args.model is None and not default_model_available():
+        ap.error(f"the shipped model is missing ({MODEL_DIR}): reinstall prr_ext, or train one with "
+                 "`python -m prr_testbed.train_model` and pass --model")
+    try:
+        args.device, args.device_note = pick_device(args.device)
+    except ValueError as e:
+        ap.error(f"argument --device: {e}")
+    return ap, args
+
+
+def main(argv=None) -> dict:
+    ap, args = parse_args(argv)
+    t_start = time.time()
+    device = args.device
+    print(f"prr_ext {prr_ext.__version__} demo  |  torch {torch.__version__}  |  python {sys.version.split()[0]}")
+    if args.device_note:
+        print(f"NOTE: {args.device_note}")
+    model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threads = f"{args.threads} CPU threads"
+    else:
+        threads = _auto_threads(model, device)
+    dev_txt = device_label(device) + ("" if device.type == "cuda" else f", {threads}")
+    cfg = model.config
+    print(f"model: {model.num_parameters() / 1e6:.2f} M parameters ({cfg.n_layers} layers, d_model {cfg.d_model}, "
+          f"{cfg.n_heads} heads, char vocabulary of {cfg.vocab_size}), device: {dev_txt}")
+
+    on_gpu = device.type == "cuda"
+    n = args.n or (GPU_N if on_gpu else CPU_N)
+    bs = args.batch_size or (500 if on_gpu else 64)
+    tasks = args.tasks
+    specs = list(DEMO_SPECS)
+    controller_dir = args.controller or CONTROLLER_DIR
+    controller = None
+    if os.path.isfile(os.path.join(controller_dir, "config.json")):
+        controller = load_controller(controller_dir)
+        tau = tuned_tau(controller_dir)
+        if tau is not None:  # the tau the controller was tuned with on the validation split
+            specs = [RunSpec("prr", tau) if s.policy == "prr" else s for s in specs]
+    if controller is None or controller.extra_features:
+        why = "no PRR controller is shipped" if controller is None else "the controller needs extra features"
+        if args.controller is not None:
+            ap.error(f"argument --controller: {why} ({controller_dir})")
+        print(f"NOTE: PRR skipped: {why} ({controller_dir}).")
+        specs = [s for s in specs if s.policy != "prr"]
+        controller = None
+    plot = have_matplotlib()
+    if not plot:
+        print("NOTE: matplotlib is not installed: no plot (pip install matplotlib, or prr_ext[plot])")
+    print(f"decoding the first {n} test prompts of {', '.join(tasks)} with {len(specs)} policies "
+          f"(greedy, batch {bs}) ...", flush=True)
+
+    sets = {t: T.heldout_set(t, "test", n) for t in tasks}
+    results = []
+    total = len(specs) * sum(math.ceil(n / bs) for _ in tasks)
+    with progress(total, disable=args.no_progress) as bar:
+        for spec in specs:
+            for t in tasks:
+                bar.set_description(f"{spec.label} on {t}")
+                results.append(evaluate(model, t, sets[t], spec, batch_size=bs, device=device, controller=controller,
+                                        on_batch=lambda: bar.update(1)))
+            msg = f"  {spec.label:24s} done ({time.time() - t_start:5.1f} s)"
+            if args.no_progress:
+                print(msg, flush=True)
+            else:
+                bar.write(msg)
+
+    # ---- the table
+    print()
+    fams = " / ".join(tasks)
+    head = (f"{'policy':24s} | {'accuracy % (' + fams + ')':^33s} | {'mean NFE (' + fams + ')':^33s} | "
+            f"{'TPF':>5s} | {'tokens/s':>8s}")
+    print(head)
+    print("-" * len(head))
+    for spec in specs:
+        rows = [r for r in results if r["label"] == spec.label]
+        acc = " / ".join(f"{r['accuracy']:5.1f}" for r in rows)
+        nfe = " / ".join(f"{r['mean_nfe']:5.1f}" for r in rows)
+        tokens = sum(r["n"] * r["gen_length"] for r in rows)
+        forwards = sum(r["n"] * r["mean_nfe"] for r in rows)
+        secs = sum(r["seconds"] for r in rows)
+        print(f"{spec.label:24s} | {acc:^33s} | {nfe:^33s} | {tokens / forwards:5.2f} | {tokens / secs:8.0f}")
+    print("-" * len(head))
+    G = ", ".join(f"{t} {T.get_family(t).gen_length}" for t in tasks)
+    print(f"n = {n} test prompts per task; generation lengths {G} (NFE of one-token-per-step decoding); TPF = "
+          f"tokens per forward; tokens/s on {dev_txt}, batch {bs}, no KV cache, <eos> slots counted.")
+
+    doc = {"device": dev_txt, "n": n, "results": results, **summarize(results)}
+    written = []
+    if plot:
+        plot_pareto(results, args.plot, title=f"prr_ext commit policies on the testbed model (n={n} per task)")
+        written.append(f"plot {os.path.abspath(args.plot)}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+        written.append(f"json {os.path.abspath(args.json)}")
+    print(f"demo finished in {time.time() - t_start:.1f} s" + (f"; wrote {', '.join(written)}" if written else ""))
+    return doc
+
+
+if __name__ == "__main__":
+    main()

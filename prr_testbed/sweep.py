@@ -1,0 +1,213 @@
+"""Sweep task families x commit policies x hyper-parameters on the testbed's model (prr_testbed.harness measures).
+
+    python -m prr_testbed.sweep --quick --n 100          # a smaller sweep (minutes on a CPU)
+    python -m prr_testbed.sweep                          # the full sweep, 500 test prompts per family (use a GPU)
+    python -m prr_testbed.sweep --policies lowconf,threshold --taus 0.5 --n 500    # the model's quality bar
+
+Every point decodes the first --n prompts of each family's test set with one policy and prints accuracy, mean NFE,
+tokens per forward and tokens/s; then AUP per family and policy. Writes --out (JSON: every point, the AUP table and
+the run's settings) and the accuracy-vs-NFE plot (--plot; skipped with a note when matplotlib is not installed).
+Cost: (points) x (families) x ceil(n / batch size) batches: the default sweep has 23 points (--quick: 12), each
+decoding 3 x 500 prompts, which wants a GPU.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+import prr_ext
+
+from . import CONTROLLER_DIR, load_controller
+from . import tasks as T
+from .cli import check_input_dir, check_outputs, device_arg, parser, progress
+from .harness import (POLICY_LABELS, POLICY_NAMES, RunSpec, device_label, evaluate, have_matplotlib, pick_device,
+                      plot_pareto, summarize)
+from .model import MaskedDiffusionLM, load_default
+
+PROG = "python -m prr_testbed.sweep"
+# Default sweeps (--quick uses the second list of each pair).
+TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+TAUS_QUICK = (0.5, 0.7, 0.9)
+FACTORS = (0.1, 0.25, 0.5, 1.0, 2.0)
+FACTORS_QUICK = (0.25, 1.0)
+GAMMAS = (0.001, 0.01, 0.1, 0.5, 1.0)
+GAMMAS_QUICK = (0.01, 0.1, 1.0)
+PRR_TAUS = (0.5, 0.7, 0.9, 0.95)
+PRR_TAUS_QUICK = (0.7, 0.9)
+STEPS_FRACS = (1.0, 0.5, 0.25)      # LowConfidence steps = frac * gen_length
+STEPS_FRACS_QUICK = (1.0, 0.5)
+
+
+def build_specs(policies: Sequence[str], *, taus=TAUS, factors=FACTORS, gammas=GAMMAS, prr_taus=PRR_TAUS,
+                steps_fracs=STEPS_FRACS, adaptive_steps_fracs=(1.0,)) -> List[RunSpec]:
+    """The sweep's points: LowConfidence at each step budget, every other policy at each of its values."""
+    specs: List[RunSpec] = []
+    for p in policies:
+        if p == "lowconf":
+            specs += [RunSpec("lowconf", None, f) for f in steps_fracs]
+        else:
+            vals = {"threshold": taus, "factor": factors, "eb": gammas, "prr": prr_taus}.get(p)
+            if vals is None:
+                raise ValueError(f"unknown policy {p!r}; known: {POLICY_NAMES}")
+            specs += [RunSpec(p, float(v), f) for f in adaptive_steps_fracs for v in vals]
+    return specs
+
+
+def run_sweep(model: MaskedDiffusionLM, tasks: Sequence[str], specs: Sequence[RunSpec], *, n: int,
+              batch_size: int = 64, device="cpu", controller=None, show_progress: bool = True,
+              log: Callable[[str], None] = print) -> List[Dict]:
+    """Evaluate every spec on the first `n` test prompts of every task; one result dict per (task, spec)."""
+    sets = {t: T.heldout_set(t, "test", n) for t in tasks}
+    total = sum(math.ceil(len(sets[t]) / batch_size) for t in tasks) * len(specs)
+    results = []
+    with progress(total, disable=not show_progress) as bar:
+        for t in tasks:
+            for spec in specs:
+                bar.set_description(f"{t} {spec.label}")
+                r = evaluate(model, t, sets[t], spec, batch_size=batch_size, device=device, controller=controller,
+                             on_batch=lambda: bar.update(1))
+                results.append(r)
+                msg = (f"{t:7s} {r['label']:34s} acc {r['accuracy']:6.2f}%  NFE {r['mean_nfe']:6.2f}  "
+                       f"TPF {r['tokens_per_forward']:5.2f}  {r['tokens_per_s']:8.1f} tok/s")
+                if show_progress:
+                    bar.write(msg)
+                else:
+                    log(msg)
+    return results
+
+
+def _floats(s):
+    return tuple(float(v) for v in s.split(",") if v.strip())
+
+
+def _names(known: Sequence[str]):
+    def parse(s: str) -> List[str]:
+        names = [v.strip() for v in s.split(",") if v.strip()]
+        bad = [v for v in names if v not in known]
+        if bad or not names:
+            raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated subset of {','.join(known)}")
+        return names
+    return parse
+
+
+def parse_args(argv=None):
+    ap = parser(PROG, __doc__)
+    ap.add_argument("--tasks", type=_names(T.FAMILY_NAMES), default=",".join(T.FAMILY_NAMES),
+                    help="task families (comma-separated)")
+    ap.add_argument("--policies", type=_names(POLICY_NAMES), default=",".join(POLICY_NAMES),
+                    help="policies (comma-separated); prr uses --controller")
+    ap.add_argument("--n", type=int, default=T.DEFAULT_HELDOUT_SIZE, help="test prompts per task (the first n of 500)")
+    ap.add_argument("--quick", action="store_true", help="the smaller default grids (12 points instead of 23)")
+    ap.add_argument("--taus", type=_floats, default=None,
+                    help=f"Threshold taus (default: {TAUS}, --quick {TAUS_QUICK})")
+    ap.add_argument("--factors", type=_floats, default=None,
+                    help=f"Factor f values (default: {FACTORS}, --quick {FACTORS_QUICK})")
+    ap.add_argument("--gammas", type=_floats, default=None,
+                    help=f"EntropyBound gammas (default: {GAMMAS}, --quick {GAMMAS_QUICK})")
+    ap.add_argument("--prr-taus", type=_floats, default=None,
+                    help=f"PRR taus (default: {PRR_TAUS}, --quick {PRR_TAUS_QUICK})")
+    ap.add_argument("--steps-fracs", type=_floats, default=None, help="LowConfidence step budgets as fractions of "
+                    f"gen_length (default: {STEPS_FRACS}, --quick {STEPS_FRACS_QUICK})")
+    ap.add_argument("--adaptive-steps-fracs", type=_floats, default="1", help="step budgets (fractions of "
+                    "gen_length) of the adaptive policies (< 1 raises their per-step floor)")
+    ap.add_argument("--controller", default=None,
+                    help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller)")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
+    ap.add_argument("--batch-size", type=int, default=64, help="prompts decoded together")
+    ap.add_argument("--device", type=device_arg, default="auto", help="auto (the GPU when there is one), cpu, cuda, "
+                    "cuda:<index>")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--out", default=os.path.join("runs", "sweep", "results.json"),
+                    help="the results JSON (its folder must exist, except for the default's)")
+    ap.add_argument("--plot", default=None, help="the plot PNG (default: --out with .png)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = ap.parse_args(argv)
+    if args.n < 1 or args.batch_size < 1:
+        ap.error("argument --n/--batch-size: must be >= 1")
+    if args.plot is None:
+        args.plot = os.path.splitext(args.out)[0] + ".png"
+    check_outputs(ap, args, files=("out",))
+    if args.plot != os.path.splitext(args.out)[0] + ".png":
+        check_outputs(ap, args, files=("plot",))
+    check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    if "prr" in args.policies:
+        check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
+    try:
+        args.device, args.device_note = pick_device(args.device)
+    except ValueError as e:
+        ap.error(f"argument --device: {e}")
+    return ap, args
+
+
+def main(argv=None) -> Dict:
+    ap, args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if args.device_note:
+        print(f"[sweep] NOTE: {args.device_note}")
+    plot = have_matplotlib()
+    if not plot:
+        print("[sweep] NOTE: matplotlib is not installed: no plot (pip install matplotlib)")
+    q = args.quick
+    tasks, policies = list(args.tasks), list(args.policies)
+    controller = None
+    if "prr" in policies:
+        where = args.controller or CONTROLLER_DIR
+        if args.controller is None and not os.path.isfile(os.path.join(where, "config.json")):
+            print(f"[sweep] NOTE: no PRR controller is shipped ({where}): PRR skipped")
+            policies.remove("prr")
+        else:
+            controller = load_controller(where)
+            if controller.extra_features:
+                msg = f"the controller in {where} needs extra features this harness does not compute"
+                if args.controller is not None:
+                    ap.error(f"argument --controller: {msg}")
+                print(f"[sweep] NOTE: {msg}: PRR skipped")
+                policies.remove("prr")
+                controller = None
+    specs = build_specs(policies, taus=args.taus or (TAUS_QUICK if q else TAUS),
+                        factors=args.factors or (FACTORS_QUICK if q else FACTORS),
+                        gammas=args.gammas or (GAMMAS_QUICK if q else GAMMAS),
+                        prr_taus=args.prr_taus or (PRR_TAUS_QUICK if q else PRR_TAUS),
+                        steps_fracs=args.steps_fracs or (STEPS_FRACS_QUICK if q else STEPS_FRACS),
+                        adaptive_steps_fracs=args.adaptive_steps_fracs)
+    print(f"[sweep] {len(specs)} points x {len(tasks)} tasks, n={args.n} test prompts each, batch {args.batch_size}, "
+          f"on {device_label(device)}", flush=True)
+    model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
+    t0 = time.time()
+    results = run_sweep(model, tasks, specs, n=args.n, batch_size=args.batch_size, device=device,
+                        controller=controller, show_progress=not args.no_progress)
+    summ = summarize(results)
+    dev_txt = device_label(device) + ("" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)")
+    meta = {"device": dev_txt, "torch": torch.__version__, "python": platform.python_version(),
+            "prr_ext": prr_ext.__version__, "model": args.model or "prr_testbed/assets/model", "n": args.n,
+            "batch_size": args.batch_size, "split": "test", "temperature": 0.0,
+            "wall_seconds": round(time.time() - t0, 1),
+            "tpf": "gen_length / mean NFE (<eos> slots included)", "tokens_per_s": "gen_length * n / decode seconds"}
+    doc = {"meta": meta, "results": results, **summ}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    written = [args.out]
+    if plot:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+        plot_pareto(results, args.plot, title=f"prr_ext policies on the testbed model (n={args.n}/task)")
+        written.append(args.plot)
+    print("\n[sweep] AUP per task (TPF, accuracy %; y_max = best accuracy on the task):")
+    for task, d in summ["aup"].items():
+        print(f"  {task:7s} y_max {summ['y_max'][task]:6.2f}  " + "  ".join(
+            f"{POLICY_LABELS.get(p, p)} {v:7.1f}" for p, v in d.items()))
+    print(f"[sweep] wrote {' and '.join(os.path.abspath(p) for p in written)} ({meta['wall_seconds']} s)")
+    return doc
+
+
+if __name__ == "__main__":
+    main()

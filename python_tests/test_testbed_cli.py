@@ -1,0 +1,230 @@
+"""The testbed's layout and commands: what imports what, and the command-line errors a user meets first.
+
+Fast (CPU, well under a minute on 2 cores): the commands are called in-process with arguments that fail before any
+work (the model loader is replaced by one that fails the test if it is reached); the import checks and the
+prr_ext.* forwarding shims run in subprocesses.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import prr_testbed
+from prr_testbed import demo, sweep
+from prr_testbed import train_controller as TC
+from prr_testbed import train_model as TM
+
+COMMANDS = {"demo": demo, "sweep": sweep, "train_controller": TC, "train_model": TM}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter that imports the same prr_ext / prr_testbed as this test session."""
+    paths = {os.path.dirname(os.path.dirname(os.path.abspath(prr_testbed.__file__)))}
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a command gets as far as loading a model (its argument checks must come first)."""
+    def reached(*a, **k):
+        raise AssertionError("the command started its work before rejecting its arguments")
+
+    for mod in (demo, sweep):
+        monkeypatch.setattr(mod, "load_default", reached)
+    monkeypatch.setattr(prr_testbed.model.MaskedDiffusionLM, "from_pretrained", classmethod(reached))
+
+
+def _usage_error(capsys, command: str, argv) -> str:
+    with pytest.raises(SystemExit) as e:
+        COMMANDS[command].main(argv)
+    assert e.value.code == 2, f"expected a usage error (exit 2), got {e.value.code!r}"
+    err = capsys.readouterr().err
+    assert f"usage: python -m prr_testbed.{command}" in err
+    return err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# layout: the library never imports the testbed; model, tokenizer and tasks need no compiled op
+# ---------------------------------------------------------------------------------------------------------------
+def test_prr_ext_loads_no_testbed_module():
+    res = _python(
+        "import importlib, pkgutil, sys\n"
+        "import prr_ext\n"
+        "for m in pkgutil.walk_packages(prr_ext.__path__, 'prr_ext.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'prr_testbed')\n"
+        "assert not loaded, loaded\n"
+        "print('ok', len([m for m in sys.modules if m.startswith('prr_ext')]))\n")
+    assert res.returncode == 0 and res.stdout.startswith("ok"), res.stderr[-3000:]
+
+
+def test_model_tokenizer_tasks_work_without_the_compiled_op():
+    res = _python(
+        "import importlib.abc, sys\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'prr_ext._C':\n"
+        "            raise ImportError('blocked by the test: no compiled op')\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "try:\n"
+        "    import prr_ext\n"
+        "    raise SystemExit('the blocker did not block prr_ext._C')\n"
+        "except ImportError:\n"
+        "    pass\n"
+        "for m in [m for m in sys.modules if m.split('.')[0] == 'prr_ext']:\n"
+        "    del sys.modules[m]\n"
+        "import torch\n"
+        "import prr_testbed, prr_testbed.model, prr_testbed.tasks, prr_testbed.tokenizer, prr_testbed.train_model\n"
+        "from prr_testbed.model import MaskedDiffusionLM, ModelConfig, make_canvas\n"
+        "from prr_testbed.tokenizer import CharTokenizer\n"
+        "tok = CharTokenizer()\n"
+        "m = MaskedDiffusionLM(ModelConfig.for_tokenizer(tok, d_model=32, n_layers=1, n_heads=2, d_ff=64))\n"
+        "ex = prr_testbed.tasks.heldout_set('arith', n=2)\n"
+        "x, _ = make_canvas(tok, [e.prompt for e in ex], 8)\n"
+        "assert m(x).logits.shape[-1] == tok.vocab_size\n"
+        "assert 'prr_ext' not in sys.modules and 'prr_ext._C' not in sys.modules, 'prr_ext was imported'\n"
+        "print('ok')\n")
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stdout[-2000:] + res.stderr[-3000:]
+
+
+def test_public_loaders_and_token_ids():
+    model = prr_testbed.load_model()
+    tok = model.tokenizer
+    assert (model.config.mask_token_id, model.config.eos_token_id) == (tok.mask_token_id, tok.eos_token_id)
+    assert (tok.mask_token_id, tok.eos_token_id, tok.pad_token_id) == (tok.mask_id, tok.eos_id, tok.pad_id)
+    assert os.path.dirname(prr_testbed.MODEL_DIR) == os.path.dirname(prr_testbed.CONTROLLER_DIR)
+    ctrl = prr_testbed.load_controller()
+    assert ctrl.in_features > 0
+    tau = prr_testbed.tuned_tau()
+    assert tau is not None and 0.0 < tau < 1.0
+    with pytest.raises(FileNotFoundError, match="no PRR controller"):
+        prr_testbed.load_controller(os.path.join(prr_testbed.ASSETS_DIR, "missing"))
+
+
+def test_forwarding_shims_run_the_testbed_commands():
+    res = _python(
+        "import runpy, sys\n"
+        "for old, new in (('demo', 'demo'), ('eval', 'sweep'), ('train', 'train_controller')):\n"
+        "    sys.argv = ['x', '--help']\n"
+        "    try:\n"
+        "        runpy.run_module('prr_ext.' + old, run_name='__main__')\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (old, e.code)\n"
+        "    else:\n"
+        "        raise AssertionError(old + ' did not run a command')\n")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for new in ("demo", "sweep", "train_controller"):
+        assert f"usage: python -m prr_testbed.{new}" in res.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --help, --device
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command,default", [("demo", "(default: prr_testbed_demo.png)"),
+                                             ("sweep", "(default: runs/sweep/results.json)"),
+                                             ("train_controller", "(default: runs/prr)"),
+                                             ("train_model", "(default: runs/model)")])
+def test_help_shows_prog_and_defaults(capsys, command, default):
+    with pytest.raises(SystemExit) as e:
+        COMMANDS[command].main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps the lines
+    assert out.startswith(f"usage: python -m prr_testbed.{command}")
+    assert default in out and "(default: auto)" in out
+    assert "(default: None)" not in out and "(default: False)" not in out
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_bad_device_lists_the_choices(capsys, no_work, command):
+    err = _usage_error(capsys, command, ["--device", "gpu"])
+    assert "argument --device: 'gpu' is not a device; choose one of auto, cpu, cuda, cuda:<index>" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_cuda_without_a_gpu_says_what_is_missing(capsys, no_work, tmp_path, command):
+    argv = ["--device", "cuda"] + (["--out", str(tmp_path / "o")] if command in ("train_controller", "train_model")
+                                   else [])
+    err = _usage_error(capsys, command, argv)
+    assert "argument --device: cuda was asked for" in err
+    if torch.version.cuda is None:
+        assert f"the installed torch ({torch.__version__}) is a CPU-only build" in err
+    else:
+        assert "sees no CUDA GPU" in err
+    assert "build of prr_ext" not in err  # the extension's build is not what is missing
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inputs and outputs are checked before any work
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("command,argv", [("demo", []), ("sweep", ["--policies", "lowconf,prr"])])
+def test_a_missing_controller_is_an_error(capsys, no_work, tmp_path, command, argv):
+    err = _usage_error(capsys, command, argv + ["--controller", str(tmp_path / "missing")])
+    assert f"argument --controller: {tmp_path / 'missing'} is not a folder" in err
+    (tmp_path / "empty").mkdir()
+    err = _usage_error(capsys, command, argv + ["--controller", str(tmp_path / "empty")])
+    assert "argument --controller:" in err and "holds no PRR controller" in err
+
+
+@pytest.mark.parametrize("command,option", [("demo", "--json"), ("demo", "--plot"), ("sweep", "--out"),
+                                            ("sweep", "--plot"), ("train_controller", "--out"),
+                                            ("train_model", "--out")])
+def test_output_paths_fail_fast_naming_the_argument(capsys, no_work, tmp_path, command, option):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    under_file = str(a_file / "x.json")
+    in_missing_folder = str(tmp_path / "missing" / "x.json")
+    err = _usage_error(capsys, command, [option, under_file, "--device", "cpu"])
+    assert f"argument {option}: {a_file} is a file, so nothing can be written under it" in err
+    err = _usage_error(capsys, command, [option, in_missing_folder, "--device", "cpu"])
+    assert f"argument {option}: the folder {tmp_path / 'missing'} does not exist" in err
+    if command in ("demo", "sweep"):  # file outputs: a folder is not a file
+        err = _usage_error(capsys, command, [option, str(tmp_path), "--device", "cpu"])
+        assert f"argument {option}: {tmp_path} is a folder; give a file path" in err
+    else:  # folder outputs: a file is not a folder
+        err = _usage_error(capsys, command, [option, str(a_file), "--device", "cpu"])
+        assert f"argument {option}: {a_file} is a file; give a folder path" in err
+
+
+def test_train_model_does_not_write_the_shipped_model_unless_installing(capsys, no_work):
+    err = _usage_error(capsys, "train_model", ["--out", prr_testbed.MODEL_DIR, "--device", "cpu"])
+    assert "argument --out:" in err and "--install" in err
+
+
+def test_train_controller_refuses_a_run_with_other_settings(capsys, no_work, tmp_path):
+    out = str(tmp_path / "run")
+    args = TC.parse_args(["--out", out, "--families", "arith", "--device", "cpu"])  # an empty --out is fine
+    os.makedirs(out)
+    with open(os.path.join(out, "run.json"), "w") as f:
+        json.dump({"settings": TC.run_settings(args)}, f)
+    assert TC.parse_args(["--out", out, "--families", "arith", "--device", "cpu"]).families == ["arith"]
+    err = _usage_error(capsys, "train_controller", ["--out", out, "--families", "arith,words", "--device", "cpu"])
+    assert "argument --out:" in err and "other settings" in err and "families" in err
+    os.remove(os.path.join(out, "run.json"))
+    os.makedirs(os.path.join(out, "round0"))
+    err = _usage_error(capsys, "train_controller", ["--out", out, "--families", "arith", "--device", "cpu"])
+    assert "argument --out:" in err and "no run.json" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the demo without the optional matplotlib
+# ---------------------------------------------------------------------------------------------------------------
+def test_demo_without_matplotlib_skips_the_plot_with_a_note(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    threads = torch.get_num_threads()
+    try:
+        doc = demo.main(["--n", "1", "--tasks", "sudoku", "--device", "cpu", "--threads", "1", "--no-progress",
+                         "--plot", str(tmp_path / "demo.png"), "--json", str(tmp_path / "demo.json")])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "matplotlib is not installed" in out and "EntropyBound" in out
+    assert not (tmp_path / "demo.png").exists()
+    assert json.loads((tmp_path / "demo.json").read_text())["n"] == 1 and len(doc["results"]) == 6
+    assert f"wrote json {tmp_path / 'demo.json'}" in out
