@@ -6,9 +6,8 @@
     model = prr_testbed.load_model()                  # the shipped 4.8M-parameter model (fp32, CPU)
     policy = prr_ext.PRR(prr_testbed.load_controller(), tau=prr_testbed.tuned_tau())
     x, _ = make_canvas(model.tokenizer, ["4821+7395="], gen_length=24)   # prompt, then 24 mask tokens
-    out = prr_ext.generate(model, x[:, :-24], gen_length=24, block_length=12, steps=24, policy=policy,
-                           mask_id=model.config.mask_token_id)
-    decode_responses(model.tokenizer, out.tokens, x.shape[1] - 24)     # ['c:1110 s:12216'], out.nfe == [3]
+    out = prr_ext.generate(model, x[:, :-24], gen_length=24, block_length=12, steps=24, policy=policy)
+    decode_responses(model.tokenizer, out.tokens, x.shape[1] - 24)     # ['c:1110 s:12216'], out.nfe == [2]
 
 Modules: `model`, `tokenizer` and `tasks` need neither prr_ext nor its compiled op; `harness` evaluates commit policies
 through `prr_ext.generate`. Commands (each with --help): `python -m prr_testbed.demo`, `python -m prr_testbed.sweep`,
