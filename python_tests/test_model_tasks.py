@@ -313,6 +313,20 @@ def test_prr_ext_loop_equals_the_training_monitor(shipped):
 
 
 @needs_model
+def test_readme_example():
+    """The README's testbed example prints what the README says, with the token ids taken from the model."""
+    import prr_ext
+    import prr_testbed
+
+    model = prr_testbed.load_model()
+    policy = prr_ext.PRR(prr_testbed.load_controller(), tau=prr_testbed.tuned_tau())
+    x, _ = make_canvas(model.tokenizer, ["4821+7395="], gen_length=24)
+    out = prr_ext.generate(model, x[:, :-24], gen_length=24, block_length=12, steps=24, policy=policy)
+    assert decode_responses(model.tokenizer, out.tokens, x.shape[1] - 24) == ["c:1110 s:12216"]
+    assert out.nfe.tolist() == [2]
+
+
+@needs_model
 def test_shipped_model_solves_held_out_prompts(shipped):
     for family in ("arith", "sudoku"):
         r = evaluate(shipped, family, T.heldout_set(family, n=16), RunSpec("lowconf"), batch_size=16)
