@@ -89,18 +89,11 @@ __device__ __forceinline__ void tl_stamp(int k) {
 #define TL(k) ((void)0)
 #endif
 
-#define PRR_DUAL_CHAIN 1          // per-thread statistics in two independent chains (prr::tile_stats2)
-#ifndef PRR_TILE_VECS
-#define PRR_TILE_VECS 8
-#endif
-constexpr int kTileVecs = PRR_TILE_VECS;  // 16-byte vectors per thread per register tile
+constexpr int kTileVecs = 8;     // 16-byte vectors per thread per register tile
 constexpr int kMaxCluster = 8;   // portable cluster size
 constexpr int kSortCap = 1024;   // block_length up to this sorts in shared memory
 constexpr int kThreads = 256;   // CTA size (launch bound: the launcher reads the compiled limit back)
-#ifndef PRR_MIN_CTAS
-#define PRR_MIN_CTAS 2
-#endif
-constexpr int kMinCtas = PRR_MIN_CTAS;  // CTAs per SM the register budget is sized for (2: <= 128 registers per thread)
+constexpr int kMinCtas = 2;      // CTAs per SM the register budget is sized for (2: <= 128 registers per thread)
 constexpr int kMaxWarps = kThreads / 32;
 constexpr unsigned kFull = 0xffffffffu;
 
@@ -680,11 +673,7 @@ __device__ __forceinline__ void tile_into(const Tile<T>& t, const StepParams& p,
       ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
     }
   } else {
-#if PRR_DUAL_CHAIN
     ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
-#else
-    ts = prr::tile_stats<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
-#endif
   }
   if (first) {
     st = ts;
@@ -1122,35 +1111,38 @@ __device__ __noinline__ void select_and_commit(const KParams& kp, const Ws& ws, 
       }
     }
   }
-  if (n_commit >= 0) {
-    // selected without a sort
-  } else if (BL <= 32) {
-    keys_sorted = srt.key;
-    pos_smem = srt.pos;
-  } else if (in_smem) {
-    __syncthreads();
-    // bitonic sort into "ranks_before" order (key desc, position asc): a total order, so this is the stable sort
-    bitonic_sort_smem(srt, static_cast<int>(n2));
-    keys_sorted = srt.key;
-    pos_smem = srt.pos;
-  } else {
-    // large blocks: rank sort through the workspace (O(n^2 / threads); correct for any block_length)
-    for (int64_t i = tid; i < BL; i += nt) {
-      if (!(__ldcg(ws.flags + base + i) & kFlagUsable)) continue;
-      const double ki = __longlong_as_double(__ldcg(ws.key + base + i));
-      int64_t rank = 0;
-      for (int64_t jj = 0; jj < BL; ++jj) {
-        if (!(__ldcg(ws.flags + base + jj) & kFlagUsable)) continue;
-        rank += ranks_before(__longlong_as_double(__ldcg(ws.key + base + jj)), jj, ki, i) ? 1 : 0;
+  // Rank the candidates, unless the radix select has committed them already.
+  const auto sort_candidates = [&] {
+    if (n_commit >= 0) return;
+    if (BL <= 32) {
+      keys_sorted = srt.key;
+      pos_smem = srt.pos;
+    } else if (in_smem) {
+      __syncthreads();
+      // bitonic sort into "ranks_before" order (key desc, position asc): a total order, so this is the stable sort
+      bitonic_sort_smem(srt, static_cast<int>(n2));
+      keys_sorted = srt.key;
+      pos_smem = srt.pos;
+    } else {
+      // large blocks: rank sort through the workspace (O(n^2 / threads); correct for any block_length)
+      for (int64_t i = tid; i < BL; i += nt) {
+        if (!(__ldcg(ws.flags + base + i) & kFlagUsable)) continue;
+        const double ki = __longlong_as_double(__ldcg(ws.key + base + i));
+        int64_t rank = 0;
+        for (int64_t jj = 0; jj < BL; ++jj) {
+          if (!(__ldcg(ws.flags + base + jj) & kFlagUsable)) continue;
+          rank += ranks_before(__longlong_as_double(__ldcg(ws.key + base + jj)), jj, ki, i) ? 1 : 0;
+        }
+        ws.skey[base + rank] = __double_as_longlong(ki);
+        ws.spos[base + rank] = i;
       }
-      ws.skey[base + rank] = __double_as_longlong(ki);
-      ws.spos[base + rank] = i;
+      __threadfence_block();
+      __syncthreads();
+      keys_sorted = reinterpret_cast<const double*>(ws.skey + base);
+      pos_glob = ws.spos + base;
     }
-    __threadfence_block();
-    __syncthreads();
-    keys_sorted = reinterpret_cast<const double*>(ws.skey + base);
-    pos_glob = ws.spos + base;
-  }
+  };
+  sort_candidates();
 
   TL(17);
   if (n_commit < 0) {
@@ -1852,19 +1844,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cuda(
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
   const bool f64 = p.conf_dtype == prr::kConfF64;
   switch (logits.scalar_type()) {
-#if !defined(PRR_CUDA_DEV_BF16_ONLY)  // (register-report builds of one instantiation)
     case at::kFloat: f64 ? launch<float, double>(kp, clusters, stream) : launch<float, float>(kp, clusters, stream); break;
     case at::kDouble: f64 ? launch<double, double>(kp, clusters, stream) : launch<double, float>(kp, clusters, stream); break;
     case at::kHalf:
       f64 ? launch<c10::Half, double>(kp, clusters, stream) : launch<c10::Half, float>(kp, clusters, stream);
       break;
-#endif
     case at::kBFloat16:
-#if !defined(PRR_CUDA_DEV_BF16_ONLY)
       f64 ? launch<c10::BFloat16, double>(kp, clusters, stream) : launch<c10::BFloat16, float>(kp, clusters, stream);
-#else
-      launch<c10::BFloat16, float>(kp, clusters, stream);
-#endif
       break;
     default: TORCH_CHECK(false, "prr_ext::step (CUDA): unsupported logits dtype ", logits.scalar_type());
   }
