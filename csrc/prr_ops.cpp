@@ -7,6 +7,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#ifdef PRR_EXT_WITH_CUDA
+#include "cuda/launch_shape.h"
+#endif
+
 TORCH_LIBRARY(prr_ext, m) {
   m.def(
       "step(Tensor logits, Tensor(a!) x, Tensor(b!) row_state, Tensor(c!) traj, Tensor(d!) prev_p1, "
@@ -17,9 +21,24 @@ TORCH_LIBRARY(prr_ext, m) {
       "Tensor stats)");
 }
 
-// `import prr_ext._C` only has to load this library so that the static registrations above run; the ops are
-// reached through torch.ops.prr_ext (no pybind11, which keeps the build light).
+// prr_ext._C.reload_launch_overrides(): re-read the CUDA launcher's PRR_CUDA_* overrides from the environment
+// (docs/cuda.md), which the launcher otherwise reads once; a no-op in a build without the CUDA kernels.
+static PyObject* reload_launch_overrides(PyObject*, PyObject*) {
+#ifdef PRR_EXT_WITH_CUDA
+  prr::gpu::reload_launch_overrides();
+#endif
+  Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"reload_launch_overrides", reload_launch_overrides, METH_NOARGS,
+     "Re-read the PRR_CUDA_* launch overrides from the environment (a no-op without the CUDA kernels)."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+// `import prr_ext._C` loads this library so that the static registrations above run; the ops are reached through
+// torch.ops.prr_ext (no pybind11, which keeps the build light).
 extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
