@@ -63,7 +63,7 @@ inline int device_sms(int device) {
 // Launch step_kernel<T, C> on `device` (the current device) and `stream`: the launch shape from launch_shape.h,
 // then a persistent grid when fewer clusters than rows fit at once. `args` carries everything but the shape.
 template <typename T, typename C>
-cudaError_t launch_step(KParams args, int device, cudaStream_t stream, const LaunchOverrides& overrides) {
+cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const LaunchOverrides& overrides) {
   const auto kernel = step_kernel<T, C>;
   static OnceCache<int, int> max_threads_cache;  // per instantiation and device
   DeviceInfo dev{device_sms(device), 0};
@@ -77,15 +77,15 @@ cudaError_t launch_step(KParams args, int device, cudaStream_t stream, const Lau
 
   const StepParams& p = args.p;
   const LaunchShape shape = choose_launch_shape(p, static_cast<int>(16 / sizeof(T)), dev, overrides);
-  args.cs = shape.cluster_size;
-  args.vpc = shape.vectors_per_cta;
+  args.cluster_size = shape.cluster_size;
+  args.vectors_per_cta = shape.vectors_per_cta;
   args.tiles = shape.tiles;
   args.packed = overrides.packed ? 1 : 0;
   args.select_sort = overrides.select_sort ? 1 : 0;
 
   cudaLaunchConfig_t cfg{};
   cfg.blockDim = dim3(static_cast<unsigned>(shape.threads), 1, 1);
-  cfg.dynamicSmemBytes = static_cast<size_t>(args.ctrl_words) * sizeof(float);  // the controller's weights
+  cfg.dynamicSmemBytes = static_cast<size_t>(args.controller_words) * sizeof(float);  // the controller's weights
   if (cfg.dynamicSmemBytes > 0) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(cfg.dynamicSmemBytes));
@@ -116,7 +116,7 @@ cudaError_t launch_step(KParams args, int device, cudaStream_t stream, const Lau
   }
   const GridPlan grid = plan_grid(p.B * p.block_length, max_active_clusters, shape.cluster_size, overrides);
   args.prefetch = grid.prefetch ? 1 : 0;
-  args.dyn_rows = grid.claim_rows ? 1 : 0;
+  args.claim_rows = grid.claim_rows ? 1 : 0;
   cfg.gridDim = dim3(static_cast<unsigned>(grid.clusters * shape.cluster_size), 1, 1);
   return cudaLaunchKernelEx(&cfg, kernel, args);
 }

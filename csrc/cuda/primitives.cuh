@@ -15,7 +15,7 @@
 
 namespace prr::gpu {
 
-constexpr unsigned kFull = 0xffffffffu;
+constexpr unsigned kAllLanes = 0xffffffffu;  // the member mask of a whole warp's shuffles, ballots and votes
 
 template <typename C>
 using Stats = prr::RowStats<C, C>;
@@ -28,12 +28,19 @@ __device__ __forceinline__ unsigned long long arrive_acq_rel(unsigned long long*
   asm volatile("atom.acq_rel.gpu.global.add.u64 %0, [%1], %2;\n" : "=l"(old) : "l"(ctr), "l"(v) : "memory");
   return old;
 }
-__device__ __forceinline__ void cluster_arrive() { asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"); }
+// The two halves of a cluster barrier: arrive (releasing this CTA's writes, or relaxed: ordering nothing), then wait
+// (acquiring the other CTAs' writes).
+__device__ __forceinline__ void cluster_arrive() {
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
 __device__ __forceinline__ void cluster_arrive_relaxed() {
   asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 }
-__device__ __forceinline__ void cluster_wait() { asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void cluster_wait() {
+  asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
 
+// __shfl_down_sync of a trivially copyable struct, one 32-bit word at a time.
 template <typename S>
 __device__ __forceinline__ S shfl_down_struct(const S& s, int delta) {
   static_assert(sizeof(S) % sizeof(uint32_t) == 0, "struct size must be a multiple of 4");
@@ -41,7 +48,7 @@ __device__ __forceinline__ S shfl_down_struct(const S& s, int delta) {
   uint32_t w[W];
   memcpy(w, &s, sizeof(S));
 #pragma unroll
-  for (int i = 0; i < W; ++i) w[i] = __shfl_down_sync(kFull, w[i], delta);
+  for (int i = 0; i < W; ++i) w[i] = __shfl_down_sync(kAllLanes, w[i], delta);
   S o;
   memcpy(&o, w, sizeof(S));
   return o;
@@ -64,12 +71,12 @@ __device__ __forceinline__ Stats<C> warp_merge(Stats<C> s, int width = 32) {
 // the sample go up fixed shuffle trees. One exp per thread instead of one per tree level: the reduction's dependent
 // chain is a few dozen instructions, not several hundred. Deterministic (fixed trees, no atomics).
 template <typename C>
-struct Part {
+struct BlockPartial {
   C z, s, c1, c2;
   int64_t i1, gidx;
   float gbest;
   int bad;
-  __device__ __forceinline__ void combine(const Part& o) {  // o: the higher lanes / warps
+  __device__ __forceinline__ void combine(const BlockPartial& o) {  // o: the higher lanes / warps
     z = z + o.z;
     s = s + o.s;
     Stats<C> t;
@@ -88,30 +95,33 @@ struct Part {
   }
 };
 
+// Warp tree of BlockPartial::combine; lane 0 ends with the warp's partial.
 template <typename C>
-__device__ __forceinline__ Part<C> warp_combine(Part<C> v) {
+__device__ __forceinline__ BlockPartial<C> warp_combine(BlockPartial<C> v) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int delta = 16; delta > 0; delta >>= 1) {
-    const Part<C> o = shfl_down_struct(v, delta);
+    const BlockPartial<C> o = shfl_down_struct(v, delta);
     if (lane + delta < 32) v.combine(o);
   }
   return v;
 }
 
+// The statistics of the whole CTA from each thread's `st`, valid in thread 0. scratch: kMaxWarps partials,
+// max_scratch: kMaxWarps values, both free again on return.
 template <typename C>
-__device__ Stats<C> block_merge(const Stats<C>& st, Part<C>* scratch, C* mscratch) {
+__device__ Stats<C> block_merge(const Stats<C>& st, BlockPartial<C>* scratch, C* max_scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
   // 1. the block max (NaN-ignoring; a NaN row is "bad" anyway)
   C M = st.m;
 #pragma unroll
-  for (int delta = 16; delta > 0; delta >>= 1) M = prr::max_c(M, __shfl_xor_sync(kFull, M, delta));
-  if (lane == 0) mscratch[warp] = M;
+  for (int delta = 16; delta > 0; delta >>= 1) M = prr::max_c(M, __shfl_xor_sync(kAllLanes, M, delta));
+  if (lane == 0) max_scratch[warp] = M;
   __syncthreads();
-  M = mscratch[0];
-  for (int w = 1; w < nwarps; ++w) M = prr::max_c(M, mscratch[w]);
+  M = max_scratch[0];
+  for (int w = 1; w < nwarps; ++w) M = prr::max_c(M, max_scratch[w]);
   // 2. rebased sums, then one tree for everything
-  Part<C> v;
+  BlockPartial<C> v;
   st.rebased_sums(M, v.z, v.s);
   v.c1 = st.c1;
   v.i1 = st.i1;
@@ -151,12 +161,13 @@ __device__ Stats<C> block_merge(const Stats<C>& st, Part<C>* scratch, C* mscratc
   return r;
 }
 
+// A sum over the CTA in a fixed tree, valid in thread 0 (scratch: kMaxWarps values, free again on return).
 template <typename A>
 __device__ A block_sum(A v, A* scratch) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = (blockDim.x + 31) >> 5;
 #pragma unroll
   for (int delta = 16; delta > 0; delta >>= 1) {
-    const A o = __shfl_down_sync(kFull, v, delta);
+    const A o = __shfl_down_sync(kAllLanes, v, delta);
     if (lane + delta < 32) v += o;
   }
   if (lane == 0) scratch[warp] = v;
@@ -165,7 +176,7 @@ __device__ A block_sum(A v, A* scratch) {
     v = lane < nwarps ? scratch[lane] : A(0);
 #pragma unroll
     for (int delta = 16; delta > 0; delta >>= 1) {
-      const A o = __shfl_down_sync(kFull, v, delta);
+      const A o = __shfl_down_sync(kAllLanes, v, delta);
       if (lane + delta < 32) v += o;
     }
   }
@@ -182,7 +193,7 @@ __device__ void block_reduce_all(A (&v)[N], A (*scratch)[N], Op op) {
 #pragma unroll
   for (int delta = 16; delta > 0; delta >>= 1) {
 #pragma unroll
-    for (int e = 0; e < N; ++e) v[e] = op(e, v[e], __shfl_xor_sync(kFull, v[e], delta));
+    for (int e = 0; e < N; ++e) v[e] = op(e, v[e], __shfl_xor_sync(kAllLanes, v[e], delta));
   }
   if (lane == 0) {
 #pragma unroll
@@ -197,14 +208,14 @@ __device__ void block_reduce_all(A (&v)[N], A (*scratch)[N], Op op) {
 }
 
 // Integer reductions whose result every thread receives (scratch: kMaxWarps entries, free again on return).
-__device__ int64_t block_min_all(int64_t v, int64_t* scratch) {
+__device__ inline int64_t block_min_all(int64_t v, int64_t* scratch) {
   int64_t a[1] = {v};
   block_reduce_all(a, reinterpret_cast<int64_t(*)[1]>(scratch), [](int, int64_t x, int64_t y) { return min(x, y); });
   __syncthreads();
   return a[0];
 }
 
-__device__ int64_t block_count_all(int64_t v, int64_t* scratch) {
+__device__ inline int64_t block_count_all(int64_t v, int64_t* scratch) {
   int64_t a[1] = {v};
   block_reduce_all(a, reinterpret_cast<int64_t(*)[1]>(scratch), [](int, int64_t x, int64_t y) { return x + y; });
   __syncthreads();

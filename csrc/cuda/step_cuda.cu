@@ -1,9 +1,12 @@
-// step_cuda.cu — the CUDA backend of prr_ext::step: tensors in, one kernel launch out.
+// step_cuda.cu — the CUDA backend of prr_ext::step: tensors in, one kernel launch out (the torch binding).
 //
-// The op's arguments are checked and turned into prr::StepParams by make_step_params (step_args.h, shared with the
-// CPU op); this file adds the kernel's raw pointers (KParams), picks the launch shape, dispatches on the logits dtype
-// and the confidence dtype (fp64 confidence computes in double) and registers the implementation for the CUDA
-// dispatch key. The kernel itself is in csrc/cuda/step_kernel.cuh; docs/cuda.md explains the design.
+// make_step_params (step_args.h, shared with the CPU op) checks the op's arguments and builds prr::StepParams; this
+// file allocates the outputs, fills the kernel's raw pointers (KernelArgs), dispatches on the logits dtype and the
+// confidence dtype (fp64 confidence computes in double), launches through launch.cuh and registers the
+// implementation for the CUDA dispatch key. It also holds the launch overrides read from the environment
+// (launch_shape.h) and, in -DPRR_TIMELINE builds, the prr_dev::timeline op. The kernel is csrc/cuda/step_kernel.cuh;
+// docs/cuda.md explains the design. This is the one translation unit of the CUDA code: every header of csrc/cuda
+// is compiled here.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -31,7 +34,7 @@
 namespace prr::gpu {
 namespace {
 std::mutex overrides_mutex;
-std::optional<LaunchOverrides> overrides;  // read at the first launch
+std::optional<LaunchOverrides> overrides;  // read at the first launch, re-read by reload_launch_overrides()
 }  // namespace
 
 LaunchOverrides launch_overrides() {
@@ -51,12 +54,12 @@ namespace prr_ext {
 namespace {
 
 using prr::StepParams;
-using prr::gpu::KParams;
+using prr::gpu::KernelArgs;
 using prr::gpu::kMaxCluster;
 
-// One launch of step_kernel<T, C>; CUDA errors become exceptions.
+// One launch of step_kernel<T, C> on the current device and stream; CUDA errors become exceptions.
 template <typename T, typename C>
-void launch(const KParams& args, int device, cudaStream_t stream) {
+void launch(const KernelArgs& args, int device, cudaStream_t stream) {
   C10_CUDA_CHECK((prr::gpu::launch_step<T, C>(args, device, stream, prr::gpu::launch_overrides())));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -85,45 +88,54 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> step_cuda(
   if (B == 0) return {commit, tokens, stats};
   p.row_offset = 0;  // decided on the device
 
-  KParams kp{};
-  kp.p = p;
-  kp.logits = logits.data_ptr();
-  kp.x = x.data_ptr<int64_t>();
-  kp.rs = row_state.data_ptr<int64_t>();
-  kp.traj = traj.data_ptr<int64_t>();
-  kp.prev_p1 = prev_p1.data_ptr<float>();
-  kp.ws = workspace.data_ptr<int64_t>();
-  kp.seed = seed.data_ptr<int64_t>();
-  kp.plen = prompt_lens.data_ptr<int64_t>();
+  KernelArgs args{};
+  args.p = p;
+  args.logits = logits.data_ptr();
+  args.x = x.data_ptr<int64_t>();
+  args.row_state = row_state.data_ptr<int64_t>();
+  args.traj = traj.data_ptr<int64_t>();
+  args.prev_p1 = prev_p1.data_ptr<float>();
+  args.workspace = workspace.data_ptr<int64_t>();
+  args.seed = seed.data_ptr<int64_t>();
+  args.prompt_lens = prompt_lens.data_ptr<int64_t>();
   if (p.policy == prr::kPRR) {
     if (controller.has_value()) {
-      kp.ctrl = controller->data_ptr<float>();
-      kp.ctrl_words = static_cast<int>(controller->numel());
+      args.controller = controller->data_ptr<float>();
+      args.controller_words = static_cast<int>(controller->numel());
     }
-    if (scores.has_value()) kp.scores = scores->data_ptr<float>();
-    if (p.n_extra > 0) kp.extra = extra_features->data_ptr<float>();
+    if (scores.has_value()) args.scores = scores->data_ptr<float>();
+    if (p.n_extra > 0) args.extra_features = extra_features->data_ptr<float>();
   }
-  if (candidates.has_value()) kp.candidates = candidates->data_ptr<int64_t>();
-  if (random_conf.has_value()) kp.random_conf = random_conf->data_ptr<float>();
-  kp.commit = commit.data_ptr<bool>();
-  kp.tokens = tokens.data_ptr<int64_t>();
-  kp.stats = stats.data_ptr<float>();
-  kp.log_vocab = static_cast<float>(std::log(static_cast<double>(p.V)));
+  if (candidates.has_value()) args.candidates = candidates->data_ptr<int64_t>();
+  if (random_conf.has_value()) args.random_conf = random_conf->data_ptr<float>();
+  args.commit = commit.data_ptr<bool>();
+  args.tokens = tokens.data_ptr<int64_t>();
+  args.stats = stats.data_ptr<float>();
+  args.log_vocab = static_cast<float>(std::log(static_cast<double>(p.V)));
 
-  TORCH_CHECK(B * p.block_length * kMaxCluster < (int64_t(1) << 31), "prr_ext::step (CUDA): B * block_length too large");
+  // the grid has up to kMaxCluster CTAs per row, and its size is a 32-bit count
+  const int64_t rows = B * p.block_length, max_rows = ((int64_t(1) << 31) - 1) / kMaxCluster;
+  TORCH_CHECK(rows <= max_rows, "prr_ext::step (CUDA): B * block_length = ", rows, " rows is too many (at most ",
+              max_rows, "); step fewer sequences at once");
   const int device = x.device().index();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const bool f64 = p.conf_dtype == prr::kConfF64;
   switch (logits.scalar_type()) {
-    case at::kFloat: f64 ? launch<float, double>(kp, device, stream) : launch<float, float>(kp, device, stream); break;
-    case at::kDouble: f64 ? launch<double, double>(kp, device, stream) : launch<double, float>(kp, device, stream); break;
+    case at::kFloat:
+      f64 ? launch<float, double>(args, device, stream) : launch<float, float>(args, device, stream);
+      break;
+    case at::kDouble:
+      f64 ? launch<double, double>(args, device, stream) : launch<double, float>(args, device, stream);
+      break;
     case at::kHalf:
-      f64 ? launch<c10::Half, double>(kp, device, stream) : launch<c10::Half, float>(kp, device, stream);
+      f64 ? launch<c10::Half, double>(args, device, stream) : launch<c10::Half, float>(args, device, stream);
       break;
     case at::kBFloat16:
-      f64 ? launch<c10::BFloat16, double>(kp, device, stream) : launch<c10::BFloat16, float>(kp, device, stream);
+      f64 ? launch<c10::BFloat16, double>(args, device, stream) : launch<c10::BFloat16, float>(args, device, stream);
       break;
-    default: TORCH_CHECK(false, "prr_ext::step (CUDA): unsupported logits dtype ", logits.scalar_type());
+    default:
+      TORCH_CHECK(false, "prr_ext::step (CUDA): logits dtype ", logits.scalar_type(),
+                  " is not supported; pass float32, float64, float16 or bfloat16 logits");
   }
   return {commit, tokens, stats};
 }
