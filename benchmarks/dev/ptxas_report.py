@@ -5,9 +5,11 @@ kernel instantiation's registers, spills, stack frame and shared memory exactly 
 ptxas log into a sorted table, one line per kernel and one per out-of-line function it calls, so that two builds
 compare with `diff`:
 
-    nvcc <the flags setup.py passes; add -Xptxas -v> -c csrc/cuda/step_cuda.cu -o /dev/null 2> new.log
+    NVCC_APPEND_FLAGS='-Xptxas -v' python setup.py build_ext --inplace --force > new.log 2>&1
     python benchmarks/dev/ptxas_report.py new.log > new.txt
     python benchmarks/dev/ptxas_report.py old.log > old.txt && diff old.txt new.txt
+
+(or nvcc with the flags setup.py passes plus -Xptxas -v on csrc/cuda/step_cuda.cu alone).
 
 Names are demangled with c++filt when it is on the PATH. The table keeps a function's name and template arguments
 and drops its return type, its parameter list and the translation unit's internal prefixes (`_INTERNAL_<hash>::`,
