@@ -10,6 +10,10 @@
 
 #include "prr/params.h"
 
+#ifdef PRR_EXT_WITH_CUDA
+#include "cuda/launch_shape.h"
+#endif
+
 TORCH_LIBRARY(prr_ext, m) {
   m.def(
       "step(Tensor logits, Tensor(a!) x, Tensor(b!) row_state, Tensor(c!) traj, Tensor(d!) prev_p1, "
@@ -20,9 +24,10 @@ TORCH_LIBRARY(prr_ext, m) {
       "Tensor stats)");
 }
 
-// The ops are reached through torch.ops.prr_ext (importing the module runs the static registrations above); the
-// module itself only exposes the compiled values of the constants that prr_ext/constants.py mirrors, so that a test
-// can check the two against each other.
+// The ops are reached through torch.ops.prr_ext (importing the module runs the static registrations above; no
+// pybind11, which keeps the build light). The module itself exposes the compiled values of the constants that
+// prr_ext/constants.py mirrors, so that a test can check the two against each other, and the reload of the CUDA
+// launcher's overrides.
 namespace {
 
 bool put(PyObject* dict, const char* name, long long value) {
@@ -74,9 +79,20 @@ PyObject* workspace_words(PyObject*, PyObject* args) {
   return PyLong_FromLongLong(prr::workspace_words(B, block_length));
 }
 
+// reload_launch_overrides(): re-read the CUDA launcher's PRR_CUDA_* overrides from the environment (docs/cuda.md),
+// which the launcher otherwise reads once; a no-op in a build without the CUDA kernels.
+PyObject* reload_launch_overrides(PyObject*, PyObject*) {
+#ifdef PRR_EXT_WITH_CUDA
+  prr::gpu::reload_launch_overrides();
+#endif
+  Py_RETURN_NONE;
+}
+
 PyMethodDef kMethods[] = {
     {"constants", constants, METH_NOARGS, "The compiled values of the constants prr_ext/constants.py mirrors."},
     {"workspace_words", workspace_words, METH_VARARGS, "workspace_words(B, block_length): State.workspace size."},
+    {"reload_launch_overrides", reload_launch_overrides, METH_NOARGS,
+     "Re-read the PRR_CUDA_* launch overrides from the environment (a no-op without the CUDA kernels)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

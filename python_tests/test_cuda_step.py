@@ -21,6 +21,19 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not prr_ext.has
 CONF = {torch.float32: 0, torch.float64: 1, torch.bfloat16: 2, torch.float16: 3}
 
 
+@pytest.fixture
+def launch_override(monkeypatch):
+    """Sets PRR_CUDA_* launch overrides for one test. The launcher reads them once, so every change is followed by
+    prr_ext._C.reload_launch_overrides(), and so is their removal when the test ends."""
+    def set_override(name, value):
+        monkeypatch.setenv(name, value)
+        prr_ext._C.reload_launch_overrides()
+
+    yield set_override
+    monkeypatch.undo()
+    prr_ext._C.reload_launch_overrides()
+
+
 def policies():
     return {
         "lowconf": prr_ext.LowConfidence(),
@@ -160,21 +173,21 @@ def test_one_block_of_32_rows(name):
 
 @pytest.mark.parametrize("packed", ["0", "1"])
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
-def test_16bit_tile_paths(monkeypatch, packed, dt):
+def test_16bit_tile_paths(launch_override, packed, dt):
     """16-bit logits take the packed-pair tile statistics (PRR_CUDA_PACKED=1, the default) or prr::tile_stats2 (0):
     both give the CPU op's results, on random and tie-heavy rows, one CTA per row (several tiles per thread) and
     the small-row cluster split."""
-    monkeypatch.setenv("PRR_CUDA_PACKED", packed)  # the launcher reads its knobs at each launch
+    launch_override("PRR_CUDA_PACKED", packed)
     V = 126464
     for name in ("lowconf", "prr_temp", "eb"):
         decode_compare(policies()[name], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=11)
-    monkeypatch.setenv("PRR_CUDA_CS", "1")
+    launch_override("PRR_CUDA_CS", "1")
     decode_compare(policies()["lowconf"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=12)
     decode_compare(policies()["threshold"], V=V, B=1, P=3, G=32, BL=32, steps=2, dt=dt, T=1.0, loops=2)
     for name in ("lowconf", "eb"):
         decode_compare(policies()[name], logits_fn=tie_logits, dt=dt, V=5000, loops=6)
     # the many-rows launch shape (2-warp CTAs: 31 tiles per thread at V = 126464), forced on a small problem
-    monkeypatch.setenv("PRR_CUDA_NT", "64")
+    launch_override("PRR_CUDA_NT", "64")
     for name in ("lowconf", "prr_temp", "eb"):
         decode_compare(policies()[name], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=13)
 
@@ -194,14 +207,14 @@ def late_max_logits(B, L, V, dt, g):
 
 @pytest.mark.parametrize("shape", ["B1", "B2", "nt64"])
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16])
-def test_argmax_in_a_later_tile(monkeypatch, shape, dt):
-    """The packed path's argmax key (a vector key, resolved to the first index of the maximum; step_cuda.cu) on rows
+def test_argmax_in_a_later_tile(launch_override, shape, dt):
+    """The packed path's argmax key (a vector key, resolved to the first index of the maximum; csrc/cuda/tile.cuh) on rows
     of several tiles per thread whose maximum first appears in a later tile, tied inside its vector and with a later
     copy. Launch shapes: one 32-row block (8-CTA clusters, 2 tiles), 64 rows (2-CTA clusters, 4 tiles), one 2-warp
     CTA per row (31 tiles)."""
     if shape == "nt64":
-        monkeypatch.setenv("PRR_CUDA_CS", "1")
-        monkeypatch.setenv("PRR_CUDA_NT", "64")
+        launch_override("PRR_CUDA_CS", "1")
+        launch_override("PRR_CUDA_NT", "64")
     B = 1 if shape == "B1" else 2
     for name, T in (("lowconf", 0.0), ("eb", 0.0), ("prr_temp", 0.0), ("lowconf", 1.0)):
         decode_compare(policies()[name], logits_fn=late_max_logits, V=126464, B=B, P=3, G=32, BL=32, steps=2, dt=dt,
@@ -209,11 +222,11 @@ def test_argmax_in_a_later_tile(monkeypatch, shape, dt):
 
 
 @pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
-def test_prr_one_cta_per_row(monkeypatch, dt):
+def test_prr_one_cta_per_row(launch_override, dt):
     """PRR temperature shaping with one CTA per row (the many-rows launch shape): several register tiles per thread,
     the tempered second sweep re-reading all but the last; with more rows than SMs the CTAs walk several rows; a larger
     controller, odd V (the per-element load path) on tie-heavy rows, and sampling."""
-    monkeypatch.setenv("PRR_CUDA_CS", "1")
+    launch_override("PRR_CUDA_CS", "1")
     V = 126464
     decode_compare(policies()["prr_temp"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=21)
     if dt == torch.bfloat16:
@@ -226,15 +239,15 @@ def test_prr_one_cta_per_row(monkeypatch, dt):
 
 @pytest.mark.parametrize("dyn", ["0", "1"])
 @pytest.mark.parametrize("B", [1, 3])
-def test_persistent_rows(monkeypatch, dyn, B):
+def test_persistent_rows(launch_override, dyn, B):
     """More rows than co-resident CTAs (forced: one 8-warp CTA per row, 2 per SM), so each CTA walks several rows:
     statically (PRR_CUDA_DYNROWS=0) or claiming each next row from the workspace counter (1, the default). Rows of
     one register tile (the claim and the next row's prefetch in the same call) and of many (the claim one tile ahead);
     the counter is back at zero after every step (check_same), after a step on a finished sequence, and across CUDA
     graph replays."""
-    monkeypatch.setenv("PRR_CUDA_CS", "1")
-    monkeypatch.setenv("PRR_CUDA_NT", "256")
-    monkeypatch.setenv("PRR_CUDA_DYNROWS", dyn)
+    launch_override("PRR_CUDA_CS", "1")
+    launch_override("PRR_CUDA_NT", "256")
+    launch_override("PRR_CUDA_DYNROWS", dyn)
     BL = 600 // B  # 600 rows against at most 2 * 132 CTAs
     for name in ("lowconf", "eb", "prr_temp"):
         s = decode_compare(policies()[name], V=700, B=B, P=3, G=BL, BL=BL, steps=3, dt=torch.bfloat16, loops=4,
@@ -268,15 +281,15 @@ def test_tie_heavy(pol, cdt):
 @pytest.mark.parametrize("select", ["", "sort"])
 @pytest.mark.parametrize("BL", [33, 64, 100, 256, 1000, 1024])
 @pytest.mark.parametrize("nt", ["", "32", "64", "128"])
-def test_block_sort_paths(monkeypatch, BL, nt, select):
+def test_block_sort_paths(launch_override, BL, nt, select):
     """The selection for 32 < block_length <= 1024, on CTAs of 32 to 256 threads: the radix select (LowConfidence,
     Threshold, PRR; Factor and EntropyBound while their floor checks hold) and the shared-memory bitonic sort
     (non-powers of two padded) of the fallbacks, or of every rule with PRR_CUDA_SELECT_SORT=1. Tie-heavy keys
     (integer logits over 40 tokens) check the position tie-break at the boundary of the committed prefix."""
     if nt:
-        monkeypatch.setenv("PRR_CUDA_NT", nt)
+        launch_override("PRR_CUDA_NT", nt)
     if select:
-        monkeypatch.setenv("PRR_CUDA_SELECT_SORT", "1")
+        launch_override("PRR_CUDA_SELECT_SORT", "1")
     for pol in ["lowconf", "threshold", "factor", "eb", "prr_temp"]:
         decode_compare(policies()[pol], B=2, P=3, G=BL, BL=BL, steps=4, V=40, loops=5, logits_fn=tie_logits)
     decode_compare(policies()["lowconf"], B=1, P=3, G=BL, BL=BL, steps=3, V=300, loops=4, seed=3)
@@ -298,13 +311,13 @@ def peaked_tie_logits(B, L, V, dt, g):
 @pytest.mark.parametrize("select", ["", "sort"])
 @pytest.mark.parametrize("BL", [33, 64, 256, 1000])
 @pytest.mark.parametrize("rule", ["factor", "eb"])
-def test_floor_check(monkeypatch, rule, BL, select):
+def test_floor_check(launch_override, rule, BL, select):
     """Factor and EntropyBound on blocks of 33..1024: the radix select of their floor when their check shows that
     nothing past it commits (Factor: a count of keys passing the test at the floor's rank; EntropyBound: the sum of
     the floor's entropies, clear of gamma), and the sort they fall back to otherwise (peaked rows), against the CPU
     op; with PRR_CUDA_SELECT_SORT=1, the sort alone. The CPU op's commit counts show that both outcomes occurred."""
     if select:
-        monkeypatch.setenv("PRR_CUDA_SELECT_SORT", "1")
+        launch_override("PRR_CUDA_SELECT_SORT", "1")
     V, mask = 40, 39
     counts = {"beyond_floor": 0, "at_floor": 0}  # sequence-steps committing more than the floor / the floor, of more
 
@@ -380,7 +393,7 @@ def test_nan_and_inf_rows(pol, dt):
 def near_clamp_logits(B, L, V, dt, g):
     """Every other position: a row whose maximum is at or below the packed path's finite stand-in for -inf (bf16
     about -1e30, fp16 -65504, plus 200), with -inf entries mixed in, so the tile takes the exact per-logit clamp
-    (step_cuda.cu, tile_stats_packed). The other positions are ordinary rows."""
+    (csrc/cuda/tile.cuh, tile_stats_packed). The other positions are ordinary rows."""
     lg = torch.randn(B, L, V, generator=g) * 3
     lo, spread = (-1e31, 5e29) if dt == torch.bfloat16 else (-65450.0, 50.0)
     for j in range(0, L, 2):

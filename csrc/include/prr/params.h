@@ -71,7 +71,7 @@ PRR_HD bool temperature_shaped(const StepParams& p) { return p.policy == kPRR &&
 // being read (the rest) by every launch. The CPU op only checks its size. prr_ext/state.py allocates
 // workspace_words(B, block_length) words.
 //   [0]                      grid counter: low 32 bits the row arrivals (B > 1), high 32 bits the rows claimed by a
-//                            persistent one-CTA grid (step_cuda.cu, dyn_rows)
+//                            persistent one-CTA grid (csrc/cuda/step_kernel.cuh, claim_rows)
 //   [1, 1 + B)               per-sequence arrival counters
 //   [1 + B, 1 + 2B)          staged block index per sequence (B > 1)
 //   then five [B * block_length] arrays: candidate key (fp64 bits), candidate token, flags (1 masked | 2 usable),

@@ -154,7 +154,7 @@ struct RowStats {
 };
 
 // ---------------------------------------------------------------------------------------------------------------
-// Register-tile variant (the CUDA kernel's per-thread pass; csrc/cuda/step_cuda.cu).
+// Register-tile variant (the CUDA kernel's per-thread pass; csrc/cuda/tile.cuh).
 //
 // A GPU thread holds a small tile of logits in registers and visits it a 16-byte vector at a time: the top-2 of the
 // vector first (its running max is the shift m), then the exponential sums against m, rescaled only when m rises
