@@ -7,7 +7,7 @@
 //   log t_min
 // The weight matrices are stored transposed (input-major), so that a warp computing one hidden unit per lane reads
 // consecutive words at each step (unit-major rows of 32 or 64 floats would put every lane on the same
-// shared-memory bank: a 32-way conflict per load, ~4k cycles for a 32 x 32 layer in v11).
+// shared-memory bank: a 32-way conflict per load, ~4k cycles for a 32 x 32 layer).
 // The math is written per output unit (dense_unit) and per feature (token_feature) so the CPU loops over them and
 // the CUDA kernel spreads them over lanes; both call the same functions. The Python twin is
 // prr_ext/controller.py::Controller.scores.
