@@ -68,10 +68,10 @@ def frequency_case(rnd, V: int, dtype: torch.dtype):
     likeliest tokens one by one and the rest in one bin."""
     mask_id = rnd.int(0, V - 1)
     row = rnd.randn(V).float()
-    if V > 64:  # a peaked row: 12 tokens carry most of the mass
+    if V > 64:  # a peaked row: 12 tokens carry most of the mass, each far more than the rest together / 12
         row = row * 0.5
         top = rnd.randint(0, V, (12,))
-        row[top] += 3.0 + rnd.rand(12).float()
+        row[top] = math.log(V) + 1.0 + rnd.rand(12).float()
     row = row.to(dtype)
     bins = torch.full((V,), 0, dtype=torch.int64)
     if V <= 64:
