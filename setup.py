@@ -5,7 +5,7 @@
     pip install --no-build-isolation -e .     # editable / in-tree build for development
 
 What gets built:
-  * csrc/prr_ops.cpp + csrc/cpu/step_cpu.cpp        always (CppExtension)
+  * csrc/prr_ops.cpp + step_args.cpp + cpu/step_cpu.cpp   always (CppExtension)
   * + csrc/cuda/step_cuda.cu                         when the installed torch has CUDA (torch.version.cuda) AND an
                                                      nvcc is found -- no GPU needed (CUDAExtension, -DPRR_EXT_WITH_CUDA)
 
@@ -26,7 +26,7 @@ from setuptools import find_packages, setup
 ROOT = os.path.dirname(os.path.abspath(__file__))
 os.chdir(ROOT)
 # Paths relative to setup.py (pip runs it from the project root).
-CPU_SOURCES = ["csrc/prr_ops.cpp", "csrc/cpu/step_cpu.cpp"]
+CPU_SOURCES = ["csrc/prr_ops.cpp", "csrc/step_args.cpp", "csrc/cpu/step_cpu.cpp"]
 CUDA_SOURCES = ["csrc/cuda/step_cuda.cu"]
 
 

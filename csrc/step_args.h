@@ -14,7 +14,6 @@
 #include <initializer_list>
 #include <tuple>
 
-#include "prr/controller.h"
 #include "prr/params.h"
 
 namespace prr_ext {
@@ -59,118 +58,8 @@ StepOutputs step_entry(const at::Tensor& logits, at::Tensor& x, at::Tensor& row_
                       confidence_dtype, shaping, union_schedule, temperature, param, alpha, mlp_dims});
 }
 
-inline void check_rows_input(const c10::optional<at::Tensor>& t, const char* name, const at::Tensor& logits,
-                             at::ScalarType dtype, int64_t last_dim) {
-  if (!t.has_value()) return;
-  const auto& v = *t;
-  TORCH_CHECK(v.scalar_type() == dtype, name, " must be ", dtype, ", got ", v.scalar_type());
-  TORCH_CHECK(v.device() == logits.device(), name, " must be on ", logits.device());
-  TORCH_CHECK(v.is_contiguous(), name, " must be contiguous");
-  const bool shape_ok = last_dim < 0
-                            ? (v.dim() == 2 && v.size(0) == logits.size(0) && v.size(1) == logits.size(1))
-                            : (v.dim() == 3 && v.size(0) == logits.size(0) && v.size(1) == logits.size(1) &&
-                               v.size(2) == last_dim);
-  TORCH_CHECK(shape_ok, name, " has shape ", v.sizes(), ", which does not match logits ", logits.sizes());
-}
-
-// Checks the arguments (shapes, dtypes, devices, codes, the controller buffer's size) and fills StepParams.
-inline prr::StepParams make_step_params(const StepArgs& a) {
-  TORCH_CHECK(a.logits.dim() == 3, "logits must be [B, L, V], got ", a.logits.sizes());
-  TORCH_CHECK(a.x.dim() == 2 && a.x.scalar_type() == at::kLong && a.x.is_contiguous(),
-              "x must be a contiguous [B, L] int64");
-  const auto dev = a.x.device();
-  const std::initializer_list<const at::Tensor*> state_tensors = {&a.logits,   &a.row_state, &a.traj,       &a.prev_p1,
-                                                                    &a.workspace, &a.seed,      &a.prompt_lens};
-  for (const at::Tensor* t : state_tensors)
-    TORCH_CHECK(t->device() == dev, "all step tensors must be on ", dev, ", found one on ", t->device());
-  const int64_t B = a.x.size(0), L = a.x.size(1), Lr = a.logits.size(1), V = a.logits.size(2);
-  TORCH_CHECK(a.logits.size(0) == B, "logits batch ", a.logits.size(0), " != x batch ", B);
-  TORCH_CHECK(a.logits.stride(2) == 1 || V == 1, "logits must have unit stride in the vocabulary dimension");
-  TORCH_CHECK(a.block_length > 0 && a.gen_start >= 0 && a.gen_start < L, "invalid gen_start/block_length");
-  const int64_t G = L - a.gen_start;
-  TORCH_CHECK(G % a.block_length == 0, "block_length must divide the generation length");
-  const int64_t nb = G / a.block_length;
-  TORCH_CHECK(a.steps > 0 && a.steps % nb == 0, "steps must be a positive multiple of the number of blocks");
-  TORCH_CHECK(Lr == L || Lr == a.block_length, "logits must cover the canvas (", L, ") or one block (", a.block_length,
-              "), got ", Lr);
-  TORCH_CHECK(a.mask_id >= 0 && a.mask_id < V, "mask_id ", a.mask_id, " must be < vocabulary size ", V);
-  TORCH_CHECK(a.row_state.scalar_type() == at::kLong && a.row_state.is_contiguous() && a.row_state.dim() == 2 &&
-                  a.row_state.size(0) == B && a.row_state.size(1) == prr::kRsCols,
-              "row_state must be a contiguous [B, 4] int64");
-  TORCH_CHECK(a.traj.scalar_type() == at::kLong && a.traj.is_contiguous() && a.traj.dim() == 3 && a.traj.size(0) == B &&
-                  a.traj.size(1) == a.block_length && a.traj.size(2) == 2,
-              "traj must be a contiguous [B, block_length, 2] int64");
-  TORCH_CHECK(a.prev_p1.scalar_type() == at::kFloat && a.prev_p1.is_contiguous() && a.prev_p1.dim() == 2 &&
-                  a.prev_p1.size(0) == B && a.prev_p1.size(1) == a.block_length,
-              "prev_p1 must be a contiguous [B, block_length] float32");
-  TORCH_CHECK(a.workspace.scalar_type() == at::kLong && a.workspace.is_contiguous() &&
-                  a.workspace.numel() >= prr::workspace_words(B, a.block_length),
-              "workspace must be a contiguous int64 tensor with >= workspace_words(B, block_length) = ",
-              prr::workspace_words(B, a.block_length), " elements (prr_ext.State allocates it)");
-  TORCH_CHECK(a.seed.scalar_type() == at::kLong && a.seed.is_contiguous() && a.seed.numel() == B, "seed must be [B] int64");
-  TORCH_CHECK(a.prompt_lens.scalar_type() == at::kLong && a.prompt_lens.is_contiguous() && a.prompt_lens.numel() == B,
-              "prompt_lens must be [B] int64");
-  TORCH_CHECK(a.policy >= prr::kLowConfidence && a.policy <= prr::kPRR, "unknown policy code ", a.policy);
-  TORCH_CHECK(a.confidence_dtype >= prr::kConfF32 && a.confidence_dtype <= prr::kConfF16, "unknown confidence dtype");
-  TORCH_CHECK(a.temperature >= 0.0 && std::isfinite(a.temperature), "temperature must be finite and >= 0");
-  TORCH_CHECK(a.mlp_dims.size() == 3, "mlp_dims must be [in, h1, h2]");
-
-  prr::StepParams p{};
-  p.B = B;
-  p.L = L;
-  p.Lr = Lr;
-  p.V = V;
-  p.stride_b = a.logits.stride(0);
-  p.stride_r = a.logits.stride(1);
-  p.mask_id = a.mask_id;
-  p.gen_start = a.gen_start;
-  p.gen_length = G;
-  p.block_length = a.block_length;
-  p.num_blocks = nb;
-  p.steps = a.steps;
-  p.steps_per_block = a.steps / nb;
-  p.policy = static_cast<int>(a.policy);
-  p.conf_dtype = static_cast<int>(a.confidence_dtype);
-  p.shaping = static_cast<int>(a.shaping);
-  p.union_schedule = a.union_schedule;
-  p.adaptive = a.policy >= prr::kThreshold;
-  p.block_cap = (a.policy == prr::kPRR && !a.union_schedule) ? std::max(p.steps_per_block, a.block_length)
-                                                          : p.steps_per_block;
-  p.temperature = static_cast<float>(a.temperature);
-  p.param = a.param;
-  p.alpha = static_cast<float>(a.alpha);
-  p.mlp_in = static_cast<int>(a.mlp_dims[0]);
-  p.mlp_h1 = static_cast<int>(a.mlp_dims[1]);
-  p.mlp_h2 = static_cast<int>(a.mlp_dims[2]);
-  p.n_extra = 0;
-  if (a.policy == prr::kPRR) {
-    TORCH_CHECK(a.shaping >= prr::kShapeTemperature && a.shaping <= prr::kShapeWeighted, "unknown shaping code");
-    const bool runs_mlp = !a.scores.has_value();
-    TORCH_CHECK(!runs_mlp || a.controller.has_value(), "PRR needs a controller buffer or scores");
-    // Temperature shaping reads the controller's temperature map also when external scores replace its MLP.
-    TORCH_CHECK(a.controller.has_value() || a.shaping != prr::kShapeTemperature,
-                "PRR temperature shaping needs the controller buffer (its temperature map) also with scores: pass "
-                "controller, or use shaping power / weighted");
-    if (runs_mlp || a.shaping == prr::kShapeTemperature) {  // the kernels read the buffer through its layout
-      TORCH_CHECK(p.mlp_in >= prr::kNumBaseFeatures && p.mlp_in <= prr::kMaxFeatures && p.mlp_h1 >= 1 &&
-                      p.mlp_h1 <= prr::kMaxHidden && p.mlp_h2 >= 0 && p.mlp_h2 <= prr::kMaxHidden,
-                  "controller dims out of range: ", a.mlp_dims);
-      const auto& c = *a.controller;
-      TORCH_CHECK(c.scalar_type() == at::kFloat && c.is_contiguous() && c.device() == dev,
-                  "controller buffer must be contiguous float32 on ", dev);
-      const int64_t need = prr::MlpLayout::make(p.mlp_in, p.mlp_h1, p.mlp_h2).size();
-      TORCH_CHECK(c.numel() == need, "controller buffer has ", c.numel(), " values, expected ", need);
-    }
-    if (runs_mlp) {
-      p.n_extra = p.mlp_in - prr::kNumBaseFeatures;
-      if (p.n_extra > 0) TORCH_CHECK(a.extra_features.has_value(), "controller expects extra_features");
-    }
-  }
-  check_rows_input(a.scores, "scores", a.logits, at::kFloat, -1);
-  if (p.n_extra > 0) check_rows_input(a.extra_features, "extra_features", a.logits, at::kFloat, p.n_extra);
-  check_rows_input(a.candidates, "candidates", a.logits, at::kLong, -1);
-  check_rows_input(a.random_conf, "random_conf", a.logits, at::kFloat, -1);
-  return p;
-}
+// Checks the arguments (shapes, dtypes, devices, codes, the controller buffer's size) and fills StepParams; defined
+// in step_args.cpp, compiled once for both backends.
+prr::StepParams make_step_params(const StepArgs& a);
 
 }  // namespace prr_ext
