@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# scripts/device_prr_results.sh — every number of RESULTS.md's "Embedded model and PRR" section, on a GPU machine.
+# scripts/device_prr_results.sh — the testbed's policy and controller-training tables of benchmarks/RESULTS.md, on a GPU
+# machine.
 #   OUT=<dir> scripts/device_prr_results.sh
 # 1. the controller with progress labels (4 rounds), installed in prr_testbed/assets/controller;
 # 2. the ablation with Learn2PD's binary labels (same settings; runs concurrently with 1 on the same GPU);
 # 3. the policy sweep on the held-out test split: accuracy, NFE, AUP, Pareto plot. Threshold and PRR sweep the
 #    same taus, so neither policy's AUP gets a wider range of operating points.
-# Back under $OUT: rounds_progress.json, rounds_binary.json, controller/*, eval_results.json, pareto.png.
+# Back under $OUT: rounds_progress.json, rounds_binary.json, controller/*, eval_results.json, pareto.png; they go to
+# benchmarks/results/ as controller_rounds_{progress,binary}_<device>.json, policies_<device>.json and
+# pareto_<device>.png, which benchmarks/render_results.py --write renders.
 source "$(dirname "${BASH_SOURCE[0]}")/device_setup.sh"
 TAUS=0.5,0.7,0.8,0.9,0.95,0.98,0.99,0.995,0.999
 COMMON=(--device cuda --rounds 3 --train-prompts 512 --val-prompts 128 --test-prompts 500 --batch-size 512
