@@ -27,14 +27,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import MODEL_DIR
-from .tokenizer import CharTokenizer
+from .tokenizer import CharTokenizer, TokenIdNames
 
 FORMAT = "prr_ext.mdlm"  # the "format" key of config.json, as the shipped checkpoint carries it
 VERSION = 1
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(TokenIdNames):
     vocab_size: int
     d_model: int = 256
     n_layers: int = 6
@@ -59,19 +59,6 @@ class ModelConfig:
     def for_tokenizer(cls, tokenizer: CharTokenizer, **kw) -> "ModelConfig":
         return cls(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, eos_id=tokenizer.eos_id,
                    mask_id=tokenizer.mask_id, tokenizer=tokenizer.to_config(), **kw)
-
-    # The names prr_ext.generate (and HF-style code) looks up on `model.config`.
-    @property
-    def mask_token_id(self) -> int:
-        return self.mask_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.eos_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.pad_id
 
     def to_dict(self) -> Dict:
         return asdict(self)

@@ -16,7 +16,25 @@ DEFAULT_CHARS = ("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
                  " .,:;?!$#+-*/=()'|")
 
 
-class CharTokenizer:
+class TokenIdNames:
+    """The Hugging Face names of the special ids (`mask_token_id`, `eos_token_id`, `pad_token_id`), which
+    prr_ext.generate looks up on `model.config` and `model.tokenizer`, over this package's `mask_id` / `eos_id` /
+    `pad_id`."""
+
+    @property
+    def mask_token_id(self) -> int:
+        return self.mask_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.eos_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.pad_id
+
+
+class CharTokenizer(TokenIdNames):
     """Maps each character to one id; the three special tokens come first."""
 
     def __init__(self, chars: str = DEFAULT_CHARS, specials: Sequence[str] = SPECIALS):
@@ -37,18 +55,6 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.itos)
 
-    # The names prr_ext.generate (and HF-style code) looks up on `model.tokenizer`.
-    @property
-    def mask_token_id(self) -> int:
-        return self.mask_id
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.eos_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.pad_id
 
     def encode(self, text: str) -> List[int]:
         try:
