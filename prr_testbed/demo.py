@@ -24,7 +24,7 @@ import prr_ext
 from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
-from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device, plot_pareto, summarize
+from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize
 from .model import MaskedDiffusionLM, default_model_available, load_default, make_canvas
 
 PROG = "python -m prr_testbed.demo"
@@ -92,10 +92,7 @@ def parse_args(argv=None):
     if args.model is None and not default_model_available():
         ap.error(f"the shipped model is missing ({MODEL_DIR}): reinstall prr_ext, or train one with "
                  "`python -m prr_testbed.train_model` and pass --model")
-    try:
-        args.device, args.device_note = pick_device(args.device)
-    except ValueError as e:
-        ap.error(f"argument --device: {e}")
+    args.device, args.device_note = pick_device_arg(ap, args.device)
     return ap, args
 
 

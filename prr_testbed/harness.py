@@ -13,6 +13,7 @@ The commands built on it: `python -m prr_testbed.sweep`, `python -m prr_testbed.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -177,6 +178,14 @@ def pick_device(requested: str = "auto") -> Tuple[torch.device, Optional[str]]:
     raise ValueError(f"{requested} was asked for, but this build of prr_ext has no CUDA kernels (built without nvcc, "
                      "or with PRR_EXT_FORCE_CPU=1); rebuild it where nvcc is found "
                      "(pip install --no-build-isolation .), or use --device cpu")
+
+
+def pick_device_arg(ap: argparse.ArgumentParser, requested: str) -> Tuple[torch.device, Optional[str]]:
+    """pick_device for a command's --device value; a device it cannot use is a usage error naming --device."""
+    try:
+        return pick_device(requested)
+    except ValueError as e:
+        ap.error(f"argument --device: {e}")
 
 
 def device_label(device: torch.device) -> str:

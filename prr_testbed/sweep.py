@@ -27,7 +27,7 @@ import prr_ext
 from . import CONTROLLER_DIR, load_controller
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
-from .harness import (POLICY_LABELS, POLICY_NAMES, RunSpec, device_label, evaluate, have_matplotlib, pick_device,
+from .harness import (POLICY_LABELS, POLICY_NAMES, RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg,
                       plot_pareto, summarize)
 from .model import MaskedDiffusionLM, load_default
 
@@ -139,10 +139,7 @@ def parse_args(argv=None):
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     if "prr" in args.policies:
         check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
-    try:
-        args.device, args.device_note = pick_device(args.device)
-    except ValueError as e:
-        ap.error(f"argument --device: {e}")
+    args.device, args.device_note = pick_device_arg(ap, args.device)
     return ap, args
 
 

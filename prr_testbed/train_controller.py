@@ -310,10 +310,7 @@ def parse_args(argv=None):
     if problem:
         p.error(f"argument --out: {problem}; its finished rounds would be reused. Choose another --out, or delete "
                 f"{args.out} to start over")
-    try:
-        args.device, args.device_note = E.pick_device(args.device)
-    except ValueError as e:
-        p.error(f"argument --device: {e}")
+    args.device, args.device_note = E.pick_device_arg(p, args.device)
     return args
 
 

@@ -22,19 +22,11 @@ Exit status 0 when every function is the same, 1 otherwise; --show prints the di
 import argparse
 import difflib
 import re
-import shutil
-import subprocess
 import sys
 
+from ptxas_report import demangle  # (same folder: this tool runs by path)
+
 FUNC = re.compile(r"^(?:\.visible |\.weak )?\.(?:func|entry)\b[^\n]*?(@\{[^\n]*?\})\(\n.*?^}\n", re.M | re.S)
-
-
-def demangle(names):
-    names = sorted(set(names))
-    if not names or shutil.which("c++filt") is None:
-        return {n: n for n in names}
-    out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True, check=True).stdout
-    return dict(zip(names, out.splitlines()))
 
 
 def canonical(path, strip, renames, raw):
