@@ -37,3 +37,8 @@ def test_tables_follow_the_codes():
              prr_ext.EntropyBound.code, prr_ext.PRR.code]
     assert codes == [constants.POLICY_LOW_CONFIDENCE, constants.POLICY_RANDOM, constants.POLICY_THRESHOLD,
                      constants.POLICY_FACTOR, constants.POLICY_ENTROPY_BOUND, constants.POLICY_PRR]
+
+
+def test_reload_launch_overrides_exists_in_every_build():
+    """Benchmarks and tests call it after changing PRR_CUDA_*; a CPU-only build has it too (a no-op there)."""
+    assert _load._C.reload_launch_overrides() is None
