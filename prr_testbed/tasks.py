@@ -1,6 +1,6 @@
-"""Verifiable task families of the shipped model: generators, exact checkers and fixed held-out test sets.
+"""Verifiable task families: generators, exact checkers and fixed held-out test sets.
 
-Three families, each with dependencies between answer tokens (committing many tokens at once costs accuracy):
+The shipped model's three families (FAMILY_NAMES), each with dependencies between answer tokens:
 
   arith   multi-digit addition (2-8 digits) or multiplication by one digit (3-7 digits), with the written carry
           chain:                    "4821+7395="  ->  "c:1110 s:12216"      (carry out of each column, msb first)
@@ -16,6 +16,17 @@ Three families, each with dependencies between answer tokens (committing many to
 
 Every response is followed by <eos> up to the family's generation length (LLaDA style); response lengths differ
 between and within families (arith 11-22, words 20-35, sudoku 19 characters); prompt + canvas <= 128 tokens.
+
+Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 100 characters that
+are written out step by step, each step computed from the ones before it:
+
+  mul     2-6 digits times 1-4 digits, partial products then their sum:  "347*28="  ->  "p:2776+6940 s:9716"
+  cumsum  running sums of 2-24 numbers below 100:         "cumsum 3 8 1 9="  ->  "3 11 12 21"
+  sort    2-30 numbers below 1000, ascending:             "sort 53 7 21 7="  ->  "7 7 21 53"
+  trace   2-16 assignments over a, b, c, d, each value listed:  "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=7 a=4"
+
+each checked exactly against the answer recomputed from the prompt. They are the workload on which the commit rules
+separate: a rule that commits a step's tokens before the steps they depend on are settled loses accuracy.
 
 Splits: a prompt belongs to "test" / "valid" / "train" by a hash of (family, prompt) (5% / 5% / 90%). Training data
 is drawn from the train split only (rejection sampling), so the held-out sets are disjoint from training by
@@ -370,10 +381,164 @@ class Sudoku(TaskFamily):
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# long families: variable-length answers whose tokens depend on each other, under one 160-slot canvas
+# ---------------------------------------------------------------------------------------------------------------
+LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~125 characters, then <eos>
+LONG_BLOCK_LENGTH = 32
+
+
+def mul_response(a: int, b: int) -> str:
+    """The written long multiplication: the partial products a * d * 10^i of b's digits d, least significant first,
+    then their sum: 347*28 -> "p:2776+6940 s:9716"."""
+    partials = [a * int(d) * 10 ** i for i, d in enumerate(reversed(str(b)))]
+    return "p:" + "+".join(map(str, partials)) + f" s:{a * b}"
+
+
+class Mul(TaskFamily):
+    """Multi-digit multiplication (2-6 digits by 1-4 digits) with its written partial products: the sum must agree
+    with every partial product before it."""
+
+    name = "mul"
+    gen_length = LONG_GEN_LENGTH
+    block_length = LONG_BLOCK_LENGTH
+    _re = re.compile(r"^(\d+)\*(\d+)=$")
+
+    def sample(self, rng: random.Random) -> Example:
+        a, b = _rand_int_digits(rng, rng.randint(2, 6)), _rand_int_digits(rng, rng.randint(1, 4))
+        return Example(self.name, f"{a}*{b}=", mul_response(a, b), str(a * b))
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not a mul prompt: {example.prompt!r}")
+        return response.strip() == mul_response(int(m.group(1)), int(m.group(2)))
+
+
+def _number_list(rng: random.Random, n_lo: int, n_hi: int, v_hi: int) -> List[int]:
+    """n (uniform in [n_lo, n_hi]) numbers, each with a uniform digit count up to v_hi's, then a uniform value."""
+    digits = len(str(v_hi))
+    out = []
+    for _ in range(rng.randint(n_lo, n_hi)):
+        d = rng.randint(1, digits)
+        out.append(rng.randint(0 if d == 1 else 10 ** (d - 1), min(v_hi, 10 ** d - 1)))
+    return out
+
+
+class _ListFamily(TaskFamily):
+    """A prompt "<name> v1 v2 ...=" whose answer is a list of numbers computed from the input list."""
+
+    n_lo = n_hi = v_hi = 0
+
+    def __init__(self):
+        self._re = re.compile(rf"^{self.name} (\d+(?: \d+)*)=$")
+
+    def answer_of(self, values: List[int]) -> List[int]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def sample(self, rng: random.Random) -> Example:
+        values = _number_list(rng, self.n_lo, self.n_hi, self.v_hi)
+        ans = " ".join(map(str, self.answer_of(values)))
+        return Example(self.name, f"{self.name} " + " ".join(map(str, values)) + "=", ans, ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not a {self.name} prompt: {example.prompt!r}")
+        want = " ".join(map(str, self.answer_of([int(v) for v in m.group(1).split()])))
+        return response.strip() == want
+
+
+class CumSum(_ListFamily):
+    """Running sums of 2-24 numbers below 100: every value is the previous one plus an input."""
+
+    name, n_lo, n_hi, v_hi = "cumsum", 2, 24, 99
+    gen_length = LONG_GEN_LENGTH
+    block_length = LONG_BLOCK_LENGTH
+
+    def answer_of(self, values: List[int]) -> List[int]:
+        out, total = [], 0
+        for v in values:
+            total += v
+            out.append(total)
+        return out
+
+
+class Sort(_ListFamily):
+    """2-30 numbers below 1000, sorted ascending (repeats kept): the answer is a permutation of the input, so each
+    value placed constrains every other."""
+
+    name, n_lo, n_hi, v_hi = "sort", 2, 30, 999
+    gen_length = LONG_GEN_LENGTH
+    block_length = LONG_BLOCK_LENGTH
+
+    def answer_of(self, values: List[int]) -> List[int]:
+        return sorted(values)
+
+
+TRACE_VARS = "abcd"
+
+
+def trace_response(program: str) -> str:
+    """The value each statement of a straight-line program assigns, in order: "a=3;b=a+4;a=b-a" -> "a=3 b=7 a=4".
+    Statements: x=N (one digit), x=y+N, x=y+z, x=y-z."""
+    env: Dict[str, int] = {}
+    out = []
+    for stmt in program.split(";"):
+        target, expr = stmt.split("=")
+        m = re.fullmatch(r"([a-z])([+-])([a-z]|\d)", expr)
+        if expr.isdigit():
+            value = int(expr)
+        elif m:
+            lhs, rhs = env[m.group(1)], int(m.group(3)) if m.group(3).isdigit() else env[m.group(3)]
+            value = lhs + rhs if m.group(2) == "+" else lhs - rhs
+        else:
+            raise ValueError(f"not a trace statement: {stmt!r}")
+        env[target] = value
+        out.append(f"{target}={value}")
+    return " ".join(out)
+
+
+class Trace(TaskFamily):
+    """Program tracing: 2-16 assignments over four variables (constants, +constant, sums and differences of
+    variables); the answer lists each assigned value, each computed from values listed before it."""
+
+    name = "trace"
+    gen_length = LONG_GEN_LENGTH
+    block_length = LONG_BLOCK_LENGTH
+    _re = re.compile(r"^run ([a-z0-9=+;-]+)\?$")
+
+    def sample(self, rng: random.Random) -> Example:
+        assigned: List[str] = []
+        stmts = []
+        for _ in range(rng.randint(2, 16)):
+            target = rng.choice(TRACE_VARS)
+            kind = rng.random() if len(assigned) >= 1 else 0.0
+            if kind < 0.25:
+                expr = str(rng.randint(0, 9))
+            elif kind < 0.5:
+                expr = f"{rng.choice(assigned)}+{rng.randint(1, 9)}"
+            else:
+                expr = f"{rng.choice(assigned)}{rng.choice('+-')}{rng.choice(assigned)}"
+            stmts.append(f"{target}={expr}")
+            if target not in assigned:
+                assigned.append(target)
+        program = ";".join(stmts)
+        ans = trace_response(program)
+        return Example(self.name, f"run {program}?", ans, ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not a trace prompt: {example.prompt!r}")
+        return response.strip() == trace_response(m.group(1))
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # registry and held-out sets
 # ---------------------------------------------------------------------------------------------------------------
-FAMILIES: Dict[str, TaskFamily] = {f.name: f for f in (Arith(), Words(), Sudoku())}
-FAMILY_NAMES = tuple(FAMILIES)
+FAMILIES: Dict[str, TaskFamily] = {f.name: f for f in (Arith(), Words(), Sudoku(), Mul(), CumSum(), Sort(), Trace())}
+FAMILY_NAMES = ("arith", "words", "sudoku")                 # the shipped model's families (the commands' default)
+LONG_FAMILY_NAMES = ("mul", "cumsum", "sort", "trace")      # variable-length answers, one 160-slot canvas
 
 
 def get_family(name: str) -> TaskFamily:

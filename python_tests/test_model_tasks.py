@@ -174,7 +174,7 @@ def _corrupt(ex: T.Example, rng: random.Random) -> str:
     return r[:i] + new + r[i + 1:]
 
 
-@pytest.mark.parametrize("family", T.FAMILY_NAMES)
+@pytest.mark.parametrize("family", T.FAMILY_NAMES + T.LONG_FAMILY_NAMES)
 def test_generators_and_checkers(family):
     fam = T.get_family(family)
     tok = CharTokenizer()
@@ -198,7 +198,7 @@ def test_response_lengths_differ_between_families():
     assert len(lengths["arith"]) > 3 and len(lengths["words"]) > 3  # and they vary within a family
 
 
-@pytest.mark.parametrize("family", T.FAMILY_NAMES)
+@pytest.mark.parametrize("family", T.FAMILY_NAMES + T.LONG_FAMILY_NAMES)
 def test_heldout_sets_are_fixed_and_disjoint_from_training(family):
     test = T.heldout_set(family)
     assert len(test) == 500 == len({e.prompt for e in test})

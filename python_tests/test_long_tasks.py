@@ -1,0 +1,77 @@
+"""The long task families (prr_testbed.tasks: mul, cumsum, sort, trace): written-out answers whose tokens depend on
+each other, with lengths that vary many-fold under one 160-slot canvas, and a model trained on them at small scale.
+(Generators, checkers and held-out splits of every family are also covered by test_model_tasks.py.)"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from prr_testbed import tasks as T
+from prr_testbed import train_model as TM
+from prr_testbed.model import MaskedDiffusionLM
+from prr_testbed.tokenizer import CharTokenizer
+
+
+def test_hand_computed_answers():
+    assert T.mul_response(347, 28) == "p:2776+6940 s:9716"
+    assert T.mul_response(12, 305) == "p:60+0+3600 s:3660"
+    assert T.get_family("cumsum").answer_of([3, 8, 1, 9, 4]) == [3, 11, 12, 21, 25]
+    assert T.get_family("sort").answer_of([53, 7, 21, 7, 90]) == [7, 7, 21, 53, 90]
+    assert T.trace_response("a=3;b=a+4;a=b-a;c=a+b;d=c+9") == "a=3 b=7 a=4 c=11 d=20"
+
+
+@pytest.mark.parametrize("family,prompt,right,wrong", [
+    ("mul", "347*28=", "p:2776+6940 s:9716", "p:2776+6940 s:9706"),
+    ("cumsum", "cumsum 3 8 1=", "3 11 12", "3 11 13"),
+    ("sort", "sort 53 7 21 7=", "7 7 21 53", "7 21 53"),          # a dropped repeat is wrong
+    ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=7 a=4", "a=3 b=7 a=7"),
+])
+def test_checkers_recompute_from_the_prompt(family, prompt, right, wrong):
+    fam = T.get_family(family)
+    ex = T.Example(family, prompt, right, right)
+    assert fam.check(ex, right) and fam.check(ex, right + " ")
+    assert not fam.check(ex, wrong) and not fam.check(ex, right + " 1") and not fam.check(ex, right[:-1])
+
+
+def test_checkers_reject_foreign_prompts():
+    with pytest.raises(ValueError, match="not a sort prompt"):
+        T.get_family("sort").check(T.Example("sort", "cumsum 1 2=", "1 3", "1 3"), "1 3")
+    with pytest.raises(ValueError, match="not a trace prompt"):
+        T.get_family("trace").check(T.Example("trace", "a=1?", "a=1", "a=1"), "a=1")
+
+
+def test_lengths_vary_at_least_five_fold_under_one_canvas():
+    """Within every long family the held-out answers span >= 5x in length, and together they span from under 10 to
+    over 80 characters; every answer and its <eos> fit the one 160-slot canvas, and every character is in the
+    tokenizer's vocabulary."""
+    tok = CharTokenizer()
+    spans = []
+    for family in T.LONG_FAMILY_NAMES:
+        fam = T.get_family(family)
+        assert (fam.gen_length, fam.block_length) == (T.LONG_GEN_LENGTH, T.LONG_BLOCK_LENGTH)
+        lengths = [len(e.response) for e in T.heldout_set(family, n=500)]
+        assert max(lengths) >= 5 * min(lengths), (family, min(lengths), max(lengths))
+        assert max(lengths) < fam.gen_length
+        spans += lengths
+        for e in T.heldout_set(family, n=50):
+            assert tok.decode(tok.encode(e.prompt + e.response)) == e.prompt + e.response
+    assert min(spans) < 10 and max(spans) > 80
+
+
+def test_trace_programs_read_only_assigned_variables():
+    rng = random.Random(3)
+    for _ in range(500):
+        ex = T.get_family("trace").sample(rng)
+        T.trace_response(ex.prompt[len("run "):-1])  # raises KeyError on a read before assignment
+
+
+def test_train_model_runs_on_the_long_families(tmp_path):
+    out = tmp_path / "long"
+    meta = TM.main(["--tiny", "--steps", "2", "--batch-size", "4", "--workers", "0", "--eval-every", "0",
+                    "--final-eval-n", "1", "--families", ",".join(T.LONG_FAMILY_NAMES), "--mix", "1,1,1,1",
+                    "--out", str(out), "--device", "cpu", "--no-progress"])
+    assert meta["steps_done"] == 2 and set(meta["final_valid_acc"]) == set(T.LONG_FAMILY_NAMES)
+    m = MaskedDiffusionLM.from_pretrained(str(out))
+    longest = max(len(e.prompt) for f in T.LONG_FAMILY_NAMES for e in T.heldout_set(f, "valid", 200))
+    assert m.config.max_seq_len >= longest + T.LONG_GEN_LENGTH
