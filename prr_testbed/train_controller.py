@@ -267,8 +267,8 @@ def _ints(s: str) -> List[int]:
 
 def _families(s: str) -> List[str]:
     names = [v.strip() for v in s.split(",") if v.strip()]
-    if not names or any(v not in T.FAMILY_NAMES for v in names):
-        raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated subset of {','.join(T.FAMILY_NAMES)}")
+    if not names or any(v not in T.FAMILIES for v in names):
+        raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated subset of {','.join(T.FAMILIES)}")
     return names
 
 
