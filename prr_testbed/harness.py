@@ -3,8 +3,13 @@
 For one (family, policy, hyper-parameters) point, `evaluate` gives accuracy (the exact checkers of prr_testbed.tasks,
 on the fixed-seed *test* sets, which nothing is trained on), mean NFE (forwards per prompt), tokens per forward
 (TPF = generation length / mean NFE; the <eos> slots count, as every slot of the canvas is decoded) and tokens/s
-(generated slots per second of wall time, no KV cache). `summarize` adds, per family and policy, AUP over that
-policy's points (y_max = the best accuracy of any point on the family); `plot_pareto` draws accuracy against NFE.
+(generated slots per second of wall time, no KV cache), and per prompt whether it was solved (`correct`) and its
+forwards (`nfe_per_prompt`). `summarize` adds, per family and policy, AUP over that policy's points (y_max = the best
+accuracy of any point on the family); `plot_pareto` draws accuracy against NFE.
+
+Noise (prr_testbed.stats): `add_accuracy_intervals` and `summarize_noise` add each point's 95% bootstrap interval,
+each policy's AUP interval and paired comparisons of the rules on the same prompts, so that a difference between
+rules is claimed only beyond the noise of the prompt sample.
 
 Decoding goes through `prr_ext.generate` (LLaDA style: semi-autoregressive blocks, every commit by `prr_ext.step`)
 on left-padded batches (the model masks the pads), greedy (temperature 0), fp32 confidences.
@@ -14,7 +19,6 @@ The commands built on it: `python -m prr_testbed.sweep`, `python -m prr_testbed.
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -25,39 +29,11 @@ import prr_ext
 from . import tasks as T
 from .cli import resolve_device
 from .model import MaskedDiffusionLM, decode_responses, make_canvas
+from .stats import BOOTSTRAP_RESAMPLES, aup, aup_interval, bootstrap_interval, paired_comparison
 
 POLICY_NAMES = ("lowconf", "threshold", "factor", "eb", "prr")
 POLICY_LABELS = {"lowconf": "LowConfidence", "threshold": "Threshold", "factor": "Factor", "eb": "EntropyBound",
                  "prr": "PRR"}
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# AUP: the area under the accuracy-parallelism curve, as d3LLM defines it
-# ---------------------------------------------------------------------------------------------------------------
-def aup_weight(y: float, y_max: float) -> float:
-    """W(y) = min(exp(-3 (1 - y / y_max)), 1)."""
-    return min(math.exp(-3.0 * (1.0 - y / y_max)), 1.0)
-
-
-def aup(rho: Sequence[float], y: Sequence[float], y_max: float) -> float:
-    """Area under the accuracy-parallelism curve of one method on one task.
-
-    rho: tokens per forward of each point; y: accuracy in percent; y_max: best accuracy of any method on the task.
-    Points are sorted by rho; only those with y >= y_1 - 5 are kept (y_1: the accuracy of the lowest-rho point), so
-    y_1 - y_last <= 5; then AUP = rho_1 y_1 + sum_{i>=2} (rho_i - rho_{i-1}) (y_i W(y_i) + y_{i-1} W(y_{i-1})) / 2.
-    """
-    if len(rho) != len(y) or not rho:
-        raise ValueError("rho and y must be non-empty and of equal length")
-    if not y_max > 0:
-        raise ValueError("y_max must be > 0")
-    pts = sorted(zip(map(float, rho), map(float, y)), key=lambda p: p[0])
-    y1 = pts[0][1]
-    pts = [p for p in pts if p[1] >= y1 - 5.0]
-    assert pts[0][1] - pts[-1][1] <= 5.0
-    total = pts[0][0] * pts[0][1]
-    for (r0, a0), (r1, a1) in zip(pts, pts[1:]):
-        total += 0.5 * (r1 - r0) * (a1 * aup_weight(a1, y_max) + a0 * aup_weight(a0, y_max))
-    return total
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -121,7 +97,13 @@ def evaluate(model: MaskedDiffusionLM, family: str, examples: Sequence[T.Example
              batch_size: int = 64, device="cpu", controller=None, gen_length: Optional[int] = None,
              block_length: Optional[int] = None, on_batch: Optional[Callable[[], None]] = None,
              keep_responses: bool = False) -> Dict:
-    """Decode `examples` of `family` with one sweep point; accuracy, NFE, TPF, tokens/s."""
+    """Decode `examples` of `family` with one sweep point; accuracy, NFE, TPF, tokens/s.
+
+    The result also keeps, in the order of `examples`, `correct` (1 when the checker accepts the response, else 0)
+    and `nfe_per_prompt` (the forwards that prompt's row took): the bootstrap intervals and paired comparisons
+    below resample prompts, so they need the per-prompt values, not only the means. `responses` only with
+    `keep_responses`.
+    """
     fam = T.get_family(family)
     G = gen_length or fam.gen_length
     BL = block_length or (fam.block_length if G == fam.gen_length else G)
@@ -139,8 +121,8 @@ def evaluate(model: MaskedDiffusionLM, family: str, examples: Sequence[T.Example
         seconds += secs
         gs = final.shape[1] - G
         resp = decode_responses(tok, final, gs)
-        correct += [bool(fam.check(e, r)) for e, r in zip(chunk, resp)]
-        nfe += row_nfe.tolist()
+        correct += [int(bool(fam.check(e, r))) for e, r in zip(chunk, resp)]
+        nfe += [int(v) for v in row_nfe.tolist()]
         answer_tokens += int((final[:, gs:] != tok.eos_id).sum())
         if keep_responses:
             responses += resp
@@ -152,10 +134,9 @@ def evaluate(model: MaskedDiffusionLM, family: str, examples: Sequence[T.Example
            "steps_frac": spec.steps_frac, "steps": steps, "gen_length": G, "block_length": BL, "n": n,
            "accuracy": 100.0 * sum(correct) / n, "mean_nfe": mean_nfe, "tokens_per_forward": G / mean_nfe,
            "answer_tokens_per_forward": answer_tokens / sum(nfe), "tokens_per_s": n * G / seconds,
-           "seconds": seconds, "batch_size": batch_size}
+           "seconds": seconds, "batch_size": batch_size, "correct": correct, "nfe_per_prompt": nfe}
     if keep_responses:
         out["responses"] = responses
-        out["correct"] = correct
     return out
 
 
@@ -207,6 +188,89 @@ def summarize(results: List[Dict]) -> Dict:
             pr = [r for r in rows if r["policy"] == pol]
             out["aup"][task][pol] = (aup([r["tokens_per_forward"] for r in pr], [r["accuracy"] for r in pr], y_max)
                                      if y_max > 0 else 0.0)
+    return out
+
+
+ADAPTIVE_POLICIES = ("threshold", "factor", "eb", "prr")
+
+
+def _per_prompt(r: Dict, key: str) -> List:
+    if key not in r:
+        raise ValueError(f"result {r.get('task')!r} {r.get('label')!r} has no per-prompt {key!r}: intervals need "
+                         "results of evaluate() that keep them")
+    return r[key]
+
+
+def add_accuracy_intervals(results: List[Dict], *, n_boot: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                           seed: int = 0) -> None:
+    """Give every result (of `evaluate`) an `accuracy_interval`: [low, high] in percent, a bootstrap over its
+    prompts (`bootstrap_interval` of 100 * correct).
+
+    At 0 % or 100 % accuracy every resample gives the same value and the interval has no width: the bootstrap
+    cannot see failures the prompts never showed, so such an interval says "n prompts, none failed", not "exact".
+    """
+    for r in results:
+        r["accuracy_interval"] = list(bootstrap_interval([100.0 * c for c in _per_prompt(r, "correct")], n_boot,
+                                                         level, seed))
+
+
+def best_point(rows: Sequence[Dict]) -> Dict:
+    """A policy's best point: the highest accuracy, ties broken by the fewest mean NFE."""
+    return max(rows, key=lambda r: (r["accuracy"], -r["mean_nfe"]))
+
+
+def summarize_noise(results: List[Dict], *, n_boot: int = BOOTSTRAP_RESAMPLES, level: float = 0.95,
+                    seed: int = 0) -> Dict:
+    """What summarize() reports, with its noise: per task and policy the AUP interval, per task the paired
+    comparisons.
+
+    Parameters
+    ----------
+    results : list of dict
+        Results of `evaluate`, each task's points measured on the same prompts.
+    n_boot : int
+        Bootstrap resamples; 0: no intervals (the paired comparisons keep their exact tests).
+    level, seed
+        As in `bootstrap_interval`; one seed for everything, so that every statistic on a task's prompts is
+        computed on the same resamples.
+
+    Returns
+    -------
+    dict
+        "aup_interval": {task: {policy: [low, high]}} (only with n_boot > 0; [0, 0] where every point of the task
+        has accuracy 0, as summarize() gives AUP 0 there);
+        "paired": {task: [comparison, ...]}: each adaptive policy's best point (`best_point`) against vanilla
+        (LowConfidence with steps = gen_length, one token per forward) and against every other adaptive policy's
+        best point, each a `paired_comparison` (A = the first named) with a, b (labels), policy_a, policy_b,
+        mean_nfe_a, mean_nfe_b. The best points are chosen on the same prompts they are compared on, which favours
+        a policy with more points a little; the comparison is meant to tell noise from a difference, not to tune.
+    """
+    summ = summarize(results)
+    out: Dict = {"paired": {}}
+    if n_boot:
+        out["aup_interval"] = {}
+    for task in dict.fromkeys(r["task"] for r in results):
+        rows = [r for r in results if r["task"] == task]
+        if n_boot:
+            out["aup_interval"][task] = {}
+            for pol in dict.fromkeys(r["policy"] for r in rows):
+                pr = [r for r in rows if r["policy"] == pol]
+                y_max = summ["y_max"][task]
+                out["aup_interval"][task][pol] = [0.0, 0.0] if not y_max > 0 else list(aup_interval(
+                    [_per_prompt(r, "correct") for r in pr], [_per_prompt(r, "nfe_per_prompt") for r in pr],
+                    [r["gen_length"] for r in pr], y_max, n_boot=n_boot, level=level, seed=seed))
+        vanilla = [r for r in rows if r["policy"] == "lowconf" and r["steps_frac"] == 1.0]
+        best = [best_point([r for r in rows if r["policy"] == p]) for p in ADAPTIVE_POLICIES
+                if any(r["policy"] == p for r in rows)]
+        pairs = [(x, vanilla[0]) for x in best] if vanilla else []
+        pairs += [(x, y) for i, x in enumerate(best) for y in best[i + 1:]]
+        out["paired"][task] = []
+        for x, y in pairs:
+            c = paired_comparison(_per_prompt(x, "correct"), _per_prompt(y, "correct"), n_boot=n_boot, level=level,
+                                  seed=seed, names=(x["label"], y["label"]))
+            out["paired"][task].append({"a": x["label"], "b": y["label"], "policy_a": x["policy"],
+                                        "policy_b": y["policy"], "mean_nfe_a": x["mean_nfe"],
+                                        "mean_nfe_b": y["mean_nfe"], **c})
     return out
 
 

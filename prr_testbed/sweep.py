@@ -5,8 +5,13 @@
     python -m prr_testbed.sweep --policies lowconf,threshold --taus 0.5 --n 500    # the model's quality bar
 
 Every point decodes the first --n prompts of each family's test set with one policy and prints accuracy, mean NFE,
-tokens per forward and tokens/s; then AUP per family and policy. Writes --out (JSON: every point, the AUP table and
-the run's settings) and the accuracy-vs-NFE plot (--plot; skipped with a note when matplotlib is not installed).
+tokens per forward and tokens/s; then AUP per family and policy, and the noise of those numbers: 95% bootstrap
+intervals over the prompts (--bootstrap resamples, --seed) of every accuracy and AUP, and paired comparisons on the
+same prompts (difference, its interval, exact McNemar p) of each adaptive policy's best point against vanilla
+(LowConfidence, one token per forward) and against each other, with a verdict that names a better policy only
+beyond noise. Writes --out (JSON: every point with its per-prompt correctness and NFE, the AUP table, the intervals,
+the paired comparisons and the run's settings) and the accuracy-vs-NFE plot (--plot; skipped with a note when
+matplotlib is not installed).
 Cost: (points) x (families) x ceil(n / batch size) batches: the default sweep has 23 points (--quick: 12), each
 decoding 3 x 500 prompts, which wants a GPU.
 """
@@ -17,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from typing import Callable, Dict, List, Sequence
 
@@ -27,9 +33,10 @@ import prr_ext
 from . import CONTROLLER_DIR, load_controller
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
-from .harness import (POLICY_LABELS, POLICY_NAMES, RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg,
-                      plot_pareto, summarize)
+from .harness import (POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label, evaluate,
+                      have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_default
+from .stats import BOOTSTRAP_RESAMPLES
 
 PROG = "python -m prr_testbed.sweep"
 # Default sweeps (--quick uses the second list of each pair).
@@ -58,6 +65,48 @@ def build_specs(policies: Sequence[str], *, taus=TAUS, factors=FACTORS, gammas=G
                 raise ValueError(f"unknown policy {p!r}; known: {POLICY_NAMES}")
             specs += [RunSpec(p, float(v), f) for f in adaptive_steps_fracs for v in vals]
     return specs
+
+
+LEVEL = 0.95    # coverage of every interval; the paired verdict's test threshold is 1 - LEVEL
+
+
+def noise_lines(results: Sequence[Dict], noise: Dict, n_boot: int, seed: int) -> List[str]:
+    """The printed summary of the intervals (when n_boot > 0) and of the paired comparisons."""
+    lines = []
+    if n_boot:
+        lines.append(f"\n[sweep] accuracy with its {LEVEL:.0%} bootstrap interval over the prompts "
+                     f"({n_boot} resamples, seed {seed}):")
+        lines += [f"  {r['task']:7s} {r['label']:34s} acc {r['accuracy']:6.2f}%  [{r['accuracy_interval'][0]:6.2f}, "
+                  f"{r['accuracy_interval'][1]:6.2f}]" for r in results]
+        lines.append(f"[sweep] AUP {LEVEL:.0%} intervals (every point of a policy resampled on the same prompts, "
+                     "y_max fixed):")
+        for task, d in noise["aup_interval"].items():
+            lines.append(f"  {task:7s} " + "  ".join(f"{POLICY_LABELS.get(p, p)} [{lo:.1f}, {hi:.1f}]"
+                                                      for p, (lo, hi) in d.items()))
+    lines.append("[sweep] paired comparisons on the same prompts: A - B (points)"
+                 + (f" [{LEVEL:.0%} paired-bootstrap interval]" if n_boot else "")
+                 + ", exact McNemar p (prompts only A / only B solves), mean NFE A / B:")
+    for task, comps in noise["paired"].items():
+        if not comps:
+            lines.append(f"  {task:7s} (no adaptive policy to compare)")
+        for c in comps:
+            iv = f" [{c['interval'][0]:+6.2f}, {c['interval'][1]:+6.2f}]" if c["interval"] is not None else ""
+            lines.append(f"  {task:7s} {c['a']} vs {c['b']}: {c['difference']:+6.2f}{iv}  p {c['p_value']:.3g} "
+                         f"({c['a_only']} / {c['b_only']})  NFE {c['mean_nfe_a']:.2f} / {c['mean_nfe_b']:.2f}: "
+                         f"{c['verdict']}")
+    return lines
+
+
+# A run of numbers that json.dumps(indent=...) spread over lines: "[" and a line break, then digits, signs, points,
+# exponents, commas and whitespace only. JSON strings never hold a raw line break, so no string can match.
+_NUMBER_LIST = re.compile(r"\[\n[-+0-9.eE,\s]*\]")
+
+
+def dumps_compact(doc: Dict) -> str:
+    """json.dumps(doc, indent=1), with every list of numbers on one line: the per-prompt lists (n values per point)
+    would otherwise take a line per value."""
+    text = json.dumps(doc, indent=1)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(v.strip() for v in m.group(0)[1:-1].split(",")) + "]", text)
 
 
 def run_sweep(model: MaskedDiffusionLM, tasks: Sequence[str], specs: Sequence[RunSpec], *, n: int,
@@ -127,10 +176,15 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=os.path.join("runs", "sweep", "results.json"),
                     help="the results JSON (its folder must exist, except for the default's)")
     ap.add_argument("--plot", default=None, help="the plot PNG (default: --out with .png)")
+    ap.add_argument("--bootstrap", type=int, default=BOOTSTRAP_RESAMPLES,
+                    help="bootstrap resamples of the prompts for the 95%% intervals; 0: no intervals")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
         ap.error("argument --n/--batch-size: must be >= 1")
+    if args.bootstrap < 0:
+        ap.error("argument --bootstrap: must be >= 0 (0: no intervals)")
     if args.plot is None:
         args.plot = os.path.splitext(args.out)[0] + ".png"
     check_outputs(ap, args, files=("out",))
@@ -183,16 +237,25 @@ def main(argv=None) -> Dict:
     results = run_sweep(model, tasks, specs, n=args.n, batch_size=args.batch_size, device=device,
                         controller=controller, show_progress=not args.no_progress)
     summ = summarize(results)
+    if args.bootstrap:
+        add_accuracy_intervals(results, n_boot=args.bootstrap, level=LEVEL, seed=args.seed)
+    noise = summarize_noise(results, n_boot=args.bootstrap, level=LEVEL, seed=args.seed)
     dev_txt = device_label(device) + ("" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)")
     meta = {"device": dev_txt, "torch": torch.__version__, "python": platform.python_version(),
             "prr_ext": prr_ext.__version__, "model": args.model or "prr_testbed/assets/model", "n": args.n,
             "batch_size": args.batch_size, "split": "test", "temperature": 0.0,
             "wall_seconds": round(time.time() - t0, 1),
-            "tpf": "gen_length / mean NFE (<eos> slots included)", "tokens_per_s": "gen_length * n / decode seconds"}
-    doc = {"meta": meta, "results": results, **summ}
+            "tpf": "gen_length / mean NFE (<eos> slots included)", "tokens_per_s": "gen_length * n / decode seconds",
+            "bootstrap": args.bootstrap, "seed": args.seed, "level": LEVEL,
+            "intervals": "percentile bootstrap over the n prompts; AUP: the same resample for every point of a "
+                         "policy, y_max fixed",
+            "paired": "best point (highest accuracy, then fewest NFE) of each adaptive policy vs vanilla "
+                      "(lowconf, steps = gen_length) and vs each other; difference = a - b in points; p: exact "
+                      "McNemar; verdict: interval excludes 0 and p < 1 - level"}
+    doc = {"meta": meta, "results": results, **summ, **noise}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
+        f.write(dumps_compact(doc))
     written = [args.out]
     if plot:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
@@ -202,6 +265,8 @@ def main(argv=None) -> Dict:
     for task, d in summ["aup"].items():
         print(f"  {task:7s} y_max {summ['y_max'][task]:6.2f}  " + "  ".join(
             f"{POLICY_LABELS.get(p, p)} {v:7.1f}" for p, v in d.items()))
+    for line in noise_lines(results, noise, args.bootstrap, args.seed):
+        print(line)
     print(f"[sweep] wrote {' and '.join(os.path.abspath(p) for p in written)} ({meta['wall_seconds']} s)")
     return doc
 

@@ -41,6 +41,7 @@ from prr_ext.prr_training import Rollout, convergence_labels, fit_controller, ro
 
 from . import CONTROLLER_DIR, MODEL_DIR
 from . import harness as E
+from .stats import aup
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
 from .model import MaskedDiffusionLM, make_canvas
@@ -199,7 +200,7 @@ def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T
         y_max = {f: max([vanilla[f]] + [g[3][f]["accuracy"] for g in grid]) for f in families}
         for m in maps:
             pts = [g[3] for g in grid if (g[0], g[1]) == m]
-            map_aup[m] = sum(E.aup([r[f]["tokens_per_forward"] for r in pts], [r[f]["accuracy"] for r in pts],
+            map_aup[m] = sum(aup([r[f]["tokens_per_forward"] for r in pts], [r[f]["accuracy"] for r in pts],
                                    y_max[f]) / pts[0][f]["gen_length"]
                              for f in families if y_max[f] > 0) / len(families)  # all-zero accuracy: no area
         maps = [max(maps, key=lambda m: map_aup[m])]

@@ -12,7 +12,8 @@ import torch
 
 from prr_testbed import tasks as T
 from prr_testbed import train_model as TM
-from prr_testbed.harness import RunSpec, aup, aup_weight, evaluate, steps_for, summarize
+from prr_testbed.harness import RunSpec, evaluate, steps_for, summarize
+from prr_testbed.stats import aup, aup_weight
 from prr_testbed.sweep import main as eval_main
 from prr_testbed.model import (MaskedDiffusionLM, ModelConfig, decode_responses, default_model_available,
                                load_default, make_canvas)
