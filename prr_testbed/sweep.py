@@ -148,8 +148,9 @@ def _names(known: Sequence[str]):
 
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
-    ap.add_argument("--tasks", type=_names(T.FAMILY_NAMES), default=",".join(T.FAMILY_NAMES),
-                    help="task families (comma-separated)")
+    ap.add_argument("--tasks", type=_names(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
+                    help="task families (comma-separated; the long families mul, cumsum, sort and trace need a model "
+                         "trained on them, --model)")
     ap.add_argument("--policies", type=_names(POLICY_NAMES), default=",".join(POLICY_NAMES),
                     help="policies (comma-separated); prr uses --controller")
     ap.add_argument("--n", type=int, default=T.DEFAULT_HELDOUT_SIZE, help="test prompts per task (the first n of 500)")
