@@ -27,6 +27,7 @@ count only.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
@@ -47,6 +48,11 @@ from .tokenizer import CharTokenizer
 
 PROG = "python -m prr_testbed.train_model"
 EPS = 1e-3
+CHECKPOINT_DIR = "checkpoint"  # under --out: the state a resumed run continues from
+# The settings a resumed run must share with the run that wrote the checkpoint (they fix the model, the data stream
+# and the schedule).
+RESUME_SETTINGS = ("families", "mix", "seed", "batch_size", "lr", "warmup", "weight_decay", "d_model", "n_layers",
+                   "n_heads", "d_ff", "steps", "budget_minutes", "init_from")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -201,6 +207,9 @@ def parse_args(argv=None):
                     help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
     ap.add_argument("--workers", type=int, default=None, help="data worker processes (default: min(12, cores - 1))")
     ap.add_argument("--eval-every", type=int, default=1000, help="steps between held-out (valid split) evaluations")
+    ap.add_argument("--checkpoint-every", type=int, default=500,
+                    help="steps between resumable checkpoints in <out>/checkpoint (0: none); running the same command "
+                         "again continues from the last one")
     ap.add_argument("--eval-n", type=int, default=128, help="valid prompts per family at each evaluation")
     ap.add_argument("--final-eval-n", type=int, default=500, help="valid prompts per family at the end")
     ap.add_argument("--weights-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
@@ -219,7 +228,72 @@ def parse_args(argv=None):
     if args.tiny:
         args.d_model, args.n_layers, args.n_heads, args.d_ff = 64, 2, 4, 176
         args.batch_size = min(args.batch_size, 32)
+    if args.checkpoint_every < 0:
+        ap.error("argument --checkpoint-every: must be >= 0")
+    problem = checkpoint_settings_problem(args.out, args)
+    if problem:
+        ap.error(f"argument --out: {problem}. Use the same settings to continue it, or another --out")
     return args
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# resumable runs: model, optimizer and masking-RNG state in safetensors, counters and settings in JSON
+# ---------------------------------------------------------------------------------------------------------------
+def _optimizer_params(opt: torch.optim.Optimizer) -> List[torch.Tensor]:
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def save_checkpoint(out: str, model, opt, gen: torch.Generator, step: int, total: int, log: List[Dict],
+                    ema: Optional[float], args) -> None:
+    """Write <out>/checkpoint/{state.safetensors, state.json}; each file is replaced whole (write, then rename), so
+    an interrupted save leaves the previous checkpoint readable."""
+    from safetensors.torch import save_file
+
+    folder = os.path.join(out, CHECKPOINT_DIR)
+    os.makedirs(folder, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().to("cpu", torch.float32).clone().contiguous()
+               for k, v in model.state_dict().items()}
+    for i, p in enumerate(_optimizer_params(opt)):
+        for k, v in opt.state.get(p, {}).items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v).detach().to("cpu").clone().contiguous()
+    tensors["masking_rng"] = gen.get_state().cpu()
+    save_file(tensors, os.path.join(folder, "state.safetensors.tmp"))
+    os.replace(os.path.join(folder, "state.safetensors.tmp"), os.path.join(folder, "state.safetensors"))
+    doc = {"step": step, "total": total, "log": log, "ema": ema,
+           "settings": {k: getattr(args, k) for k in RESUME_SETTINGS}}
+    with open(os.path.join(folder, "state.json.tmp"), "w") as f:
+        json.dump(doc, f, indent=1)
+    os.replace(os.path.join(folder, "state.json.tmp"), os.path.join(folder, "state.json"))
+
+
+def checkpoint_settings_problem(out: str, args) -> Optional[str]:
+    """Why <out>'s checkpoint cannot be resumed with these settings (None: there is none, or it can)."""
+    path = os.path.join(out, CHECKPOINT_DIR, "state.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        stored = json.load(f)["settings"]
+    diff = [f"{k} {stored.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_SETTINGS if stored.get(k) != getattr(args, k)]
+    return ("it holds a checkpoint of a run with other settings (" + "; ".join(diff) + ")") if diff else None
+
+
+def load_checkpoint(out: str, model, opt, gen: torch.Generator, device: torch.device) -> Optional[Dict]:
+    """Restore a run from <out>/checkpoint (model, optimizer, masking RNG); returns its counters, or None."""
+    path = os.path.join(out, CHECKPOINT_DIR, "state.json")
+    if not os.path.exists(path):
+        return None
+    from safetensors.torch import load_file
+
+    with open(path) as f:
+        doc = json.load(f)
+    tensors = load_file(os.path.join(out, CHECKPOINT_DIR, "state.safetensors"))
+    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    for i, p in enumerate(_optimizer_params(opt)):
+        state = {k.split(".", 2)[2]: v for k, v in tensors.items() if k.startswith(f"opt.{i}.")}
+        if state:
+            opt.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
+    gen.set_state(tensors["masking_rng"])
+    return doc
 
 
 def main(argv=None) -> Dict:
@@ -258,9 +332,14 @@ def main(argv=None) -> Dict:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.98), eps=1e-8)
     gen = torch.Generator(device=dev).manual_seed(args.seed + 1)
+    resumed = load_checkpoint(args.out, model, opt, gen, dev)
+    step, total, log, ema = 0, args.steps, [], None
+    if resumed is not None:
+        step, total, log, ema = resumed["step"], resumed["total"], resumed["log"], resumed["ema"]
+        print(f"[train_model] resuming {os.path.join(args.out, CHECKPOINT_DIR)} at step {step}/{total}", flush=True)
 
     workers = args.workers if args.workers is not None else max(0, min(12, (os.cpu_count() or 1) - 1))
-    ds = BatchStream(args.seed, 0, args.batch_size, families, weights, tok)
+    ds = BatchStream(args.seed, step, args.batch_size, families, weights, tok)  # batch i is index i of the stream
     ctx = None
     if workers > 0 and sys.platform.startswith("linux"):
         import multiprocessing as mp
@@ -273,17 +352,16 @@ def main(argv=None) -> Dict:
     print(f"[train_model] families={families} mix={weights} batch={args.batch_size} lr={args.lr} workers={workers} "
           f"seed={args.seed}", flush=True)
 
-    total = args.steps
-    budget_s = None if args.budget_minutes is None else args.budget_minutes * 60
+    # a resumed run keeps the step count its budget was turned into
+    budget_s = None if args.budget_minutes is None or resumed is not None else args.budget_minutes * 60
     calib_from, calib_at = 150, 300  # after the data workers and the GPU have warmed up
-    log: List[Dict] = []
     it = iter(loader)
     try:
         from tqdm import tqdm
-        bar = tqdm(total=total, disable=args.no_progress, dynamic_ncols=True, mininterval=2.0)
+        bar = tqdm(total=total, initial=step, disable=args.no_progress, dynamic_ncols=True, mininterval=2.0)
     except ImportError:  # pragma: no cover
         bar = None
-    step, ema, t_calib = 0, None, None
+    t_calib = None
     while step < total:
         batch = {k: v.to(dev, non_blocking=True) for k, v in next(it).items()}
         lr = lr_at(step, total, args.lr, args.warmup)
@@ -326,6 +404,8 @@ def main(argv=None) -> Dict:
                 f"{k}={v:.3f}" for k, v in acc.items())
             (bar.write(msg) if bar is not None else print(msg, flush=True))
             _save(model, args, total, step, log, t_start, dev, None)
+        if args.checkpoint_every and (step % args.checkpoint_every == 0 or step == total):
+            save_checkpoint(args.out, model, opt, gen, step, total, log, ema, args)
     if bar is not None:
         bar.close()
     train_s = time.time() - t_start

@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 
 import pytest
+import torch
 
 from prr_testbed import tasks as T
 from prr_testbed import train_model as TM
@@ -75,3 +76,41 @@ def test_train_model_runs_on_the_long_families(tmp_path):
     m = MaskedDiffusionLM.from_pretrained(str(out))
     longest = max(len(e.prompt) for f in T.LONG_FAMILY_NAMES for e in T.heldout_set(f, "valid", 200))
     assert m.config.max_seq_len >= longest + T.LONG_GEN_LENGTH
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def test_train_model_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
+    """A run that dies after its step-2 checkpoint, run again with the same command, ends with the same weights as
+    a run that was never interrupted (model, optimizer, masking RNG and data stream all restored); other settings
+    into the same --out are refused before any work."""
+    from safetensors.torch import load_file
+
+    args = ["--tiny", "--steps", "4", "--batch-size", "4", "--workers", "0", "--eval-every", "0", "--final-eval-n",
+            "1", "--checkpoint-every", "2", "--device", "cpu", "--no-progress", "--weights-dtype", "float32",
+            "--families", "cumsum,trace", "--mix", "1,1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    TM.main(args + ["--out", str(straight)])
+
+    real, calls = TM.diffusion_loss, []
+
+    def dies_at_step_3(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise _Interrupted
+        return real(*a, **k)
+
+    monkeypatch.setattr(TM, "diffusion_loss", dies_at_step_3)
+    with pytest.raises(_Interrupted):
+        TM.main(args + ["--out", str(resumed)])
+    monkeypatch.setattr(TM, "diffusion_loss", real)
+    meta = TM.main(args + ["--out", str(resumed)])
+    assert "resuming" in capsys.readouterr().out and meta["steps_done"] == 4
+    a, b = load_file(str(straight / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(SystemExit):
+        TM.main(args + ["--steps", "6", "--out", str(resumed)])  # the last --steps wins: other settings
+    assert "other settings (steps 4 -> 6" in capsys.readouterr().err
