@@ -3,6 +3,7 @@ each other, with lengths that vary many-fold under one 160-slot canvas, and a mo
 (Generators, checkers and held-out splits of every family are also covered by test_model_tasks.py.)"""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -114,3 +115,36 @@ def test_train_model_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         TM.main(args + ["--steps", "6", "--out", str(resumed)])  # the last --steps wins: other settings
     assert "other settings (steps 4 -> 6" in capsys.readouterr().err
+
+
+def _point(task, policy, accuracy, nfe, param=None, steps_frac=1.0):
+    label = {"lowconf": "LowConfidence", "threshold": "Threshold", "factor": "Factor", "eb": "EntropyBound"}[policy]
+    return {"task": task, "policy": policy, "param": param, "steps_frac": steps_frac, "accuracy": accuracy,
+            "mean_nfe": nfe, "n": 500, "label": f"{label}({param})"}
+
+
+def test_quality_bar_criteria(tmp_path, capsys):
+    from prr_testbed import quality_bar as Q
+
+    passing = []
+    for task, th07 in (("mul", 90.0), ("sort", 88.0), ("trace", 95.0)):
+        passing += [_point(task, "lowconf", 96.0, 160.0),
+                    _point(task, "threshold", 95.5, 40.0, 0.9),          # within 1 point at 1/4 of the NFE
+                    _point(task, "threshold", th07, 20.0, 0.7),
+                    _point(task, "factor", 96.0, 100.0, 1.0)]
+    assert all(h for _, h, _ in Q.check(passing))
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps({"results": passing}))
+    assert Q.main([str(path)]) == 0 and "every criterion holds" in capsys.readouterr().out
+
+    too_cheap = [dict(r, mean_nfe=10.0) if r["param"] == 0.9 else r for r in passing]   # 1/16: blocks in one go
+    assert [n for n, h, _ in Q.check(too_cheap) if not h] == [
+        f"{t}: best training-free rule within 1 point at 1/8..1/2 of vanilla NFE" for t in ("mul", "sort", "trace")]
+    weak = [dict(r, accuracy=85.0) if r["policy"] == "lowconf" and r["task"] == "sort" else r for r in passing]
+    assert not dict((n, h) for n, h, _ in Q.check(weak))["sort: vanilla >= 90%"]
+    no_separation = [dict(r, accuracy=95.8) if r["param"] == 0.7 else r for r in passing]
+    assert not Q.check(no_separation)[-1][1]
+    path.write_text(json.dumps({"results": no_separation}))
+    assert Q.main([str(path)]) == 1 and "FAIL" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no vanilla point"):
+        Q.check([r for r in passing if r["policy"] != "lowconf"])
