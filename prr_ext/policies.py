@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import Controller
 
-from .constants import (POLICY_ENTROPY_BOUND, POLICY_FACTOR, POLICY_LOW_CONFIDENCE, POLICY_PRR, POLICY_RANDOM,  # noqa: F401
-                        POLICY_THRESHOLD, SHAPING_POWER, SHAPING_TEMPERATURE, SHAPING_WEIGHTED, SHAPINGS)
+from .constants import (POLICY_ENTROPY_BOUND, POLICY_FACTOR,  # noqa: F401  (the codes, re-exported)
+                        POLICY_LOW_CONFIDENCE, POLICY_PRR, POLICY_RANDOM, POLICY_THRESHOLD, SHAPING_POWER,
+                        SHAPING_TEMPERATURE, SHAPING_WEIGHTED, SHAPINGS)
 
 
 def _check_unit_interval(name: str, value: float) -> float:

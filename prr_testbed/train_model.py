@@ -273,7 +273,8 @@ def checkpoint_settings_problem(out: str, args) -> Optional[str]:
         return None
     with open(path) as f:
         stored = json.load(f)["settings"]
-    diff = [f"{k} {stored.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_SETTINGS if stored.get(k) != getattr(args, k)]
+    diff = [f"{k} {stored.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_SETTINGS
+            if stored.get(k) != getattr(args, k)]
     return ("it holds a checkpoint of a run with other settings (" + "; ".join(diff) + ")") if diff else None
 
 

@@ -91,8 +91,7 @@ def check_frequencies(rnd, V, dtype, T, device, backend, steps=4):
     tokens = draw(row, mask_id, T, steps, rnd.generator(), device, backend)
     assert not bool((tokens == mask_id).any()), "the mask token was drawn"
     assert bool(((tokens >= 0) & (tokens < V)).all())
-    counts = torch.zeros(int(bins.max()) + 1, dtype=torch.float64).index_add_(0, bins[tokens],
-                                                                             torch.ones(tokens.numel(), dtype=torch.float64))
+    counts = torch.bincount(bins[tokens], minlength=int(bins.max()) + 1).to(torch.float64)
     right = target(row.float(), mask_id, T, bins)  # the logits as the op reads them (bf16 values widened exactly)
     wrong = target(row.float(), mask_id, 1.3 * T, bins)
     keep = right > 0
