@@ -15,11 +15,12 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import reference  # noqa: F401
 from .controller import Controller, ControllerFormatError
 from .generate import GenerateResult, generate
+from .length import LengthPredictor
 from .ops import has_cuda_kernels, step
 from .policies import PRR, EntropyBound, Factor, LowConfidence, Policy, RandomRemask, Threshold
 from .state import State
 
 __all__ = ["step", "State", "Policy", "LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR",
            "Controller", "ControllerFormatError", "reference", "has_cuda_kernels", "generate",
-           "GenerateResult"]
+           "GenerateResult", "LengthPredictor"]
 __version__ = "0.1.0"
