@@ -105,10 +105,9 @@ class LengthPredictor:
         bias = float(t.mean())
         gram = z.T @ z + ridge * torch.eye(z.shape[1], dtype=torch.float64)
         weight = torch.linalg.solve(gram, z.T @ (t - bias))
-        lp = cls(weight, bias, mean, std, torch.zeros(1), fingerprint=fingerprint, meta=meta)
-        lp.residuals = (y[cal].log() - lp.predict_log(x[cal])).sort().values
-        lp.meta.update(pairs=n, calibration_pairs=n_cal, ridge=ridge, seed=seed)
-        return lp
+        residuals = y[cal].log() - (bias + ((x[cal] - mean) / std) @ weight)
+        return cls(weight, bias, mean, std, residuals, fingerprint=fingerprint,
+                   meta=dict(meta or {}, pairs=n, calibration_pairs=n_cal, ridge=ridge, seed=seed))
 
     # ------------------------------------------------------------------ prediction
     def predict_log(self, features) -> torch.Tensor:
