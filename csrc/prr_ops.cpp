@@ -17,11 +17,11 @@
 TORCH_LIBRARY(prr_ext, m) {
   m.def(
       "step(Tensor logits, Tensor(a!) x, Tensor(b!) row_state, Tensor(c!) traj, Tensor(d!) prev_p1, "
-      "Tensor(e!) workspace, Tensor seed, Tensor prompt_lens, Tensor? controller, Tensor? scores, "
-      "Tensor? extra_features, Tensor? candidates, Tensor? random_conf, int mask_id, int gen_start, "
-      "int block_length, int steps, int policy, int confidence_dtype, int shaping, bool union_schedule, "
-      "float temperature, float param, float alpha, int[] mlp_dims) -> (Tensor commit_mask, Tensor tokens, "
-      "Tensor stats)");
+      "Tensor(e!) workspace, Tensor(f!) rule_state, Tensor(g!) prev_logp, Tensor seed, Tensor prompt_lens, "
+      "Tensor? controller, Tensor? scores, Tensor? extra_features, Tensor? candidates, Tensor? random_conf, "
+      "int mask_id, int gen_start, int block_length, int steps, int policy, int confidence_dtype, int shaping, "
+      "bool union_schedule, float temperature, float param, float alpha, int[] mlp_dims, float[] rule_params) -> "
+      "(Tensor commit_mask, Tensor tokens, Tensor stats)");
 }
 
 // The ops are reached through torch.ops.prr_ext (importing the module runs the static registrations above; no
@@ -59,7 +59,28 @@ PyObject* constants(PyObject*, PyObject*) {
       {"RS_STEP", prr::kRsStep},                      {"RS_SCHED_N", prr::kRsSchedN},
       {"RS_NFE", prr::kRsNfe},                        {"RS_COLS", prr::kRsCols},
       {"NUM_BASE_FEATURES", prr::kNumBaseFeatures},   {"MAX_HIDDEN", prr::kMaxHidden},
-      {"MAX_FEATURES", prr::kMaxFeatures},
+      {"MAX_FEATURES", prr::kMaxFeatures},           {"POLICY_LOCAL_LEAP", prr::kLocalLeap},
+      {"POLICY_SLOW_FAST", prr::kSlowFast},           {"POLICY_KLASS", prr::kKLASS},
+      {"FACTOR_PAPER", prr::kFactorPaper},            {"FACTOR_FAST_DLLM", prr::kFactorFastDllm},
+      {"CLUSTER_OFF", prr::kClusterOff},              {"CLUSTER_CONFIDENCE", prr::kClusterConfidence},
+      {"CLUSTER_MID", prr::kClusterMid},              {"CLUSTER_RANDOM", prr::kClusterRandom},
+      {"TEMPORAL_LAST", prr::kTemporalLast},          {"TEMPORAL_AVE", prr::kTemporalAve},
+      {"TEMPORAL_MAX", prr::kTemporalMax},            {"RP_FACTOR_VARIANT", prr::kRpFactorVariant},
+      {"RP_RELAXED_TAU", prr::kRpRelaxedTau},         {"RP_RADIUS", prr::kRpRadius},
+      {"RP_EXPLORE_STEPS", prr::kRpExploreSteps},     {"RP_SPAN_THRESHOLD", prr::kRpSpanThreshold},
+      {"RP_STABILITY_WINDOW", prr::kRpStabilityWindow}, {"RP_STABILITY_STD", prr::kRpStabilityStd},
+      {"RP_KL_THRESHOLD", prr::kRpKlThreshold},       {"RP_KL_HISTORY", prr::kRpKlHistory},
+      {"RP_R2_WINDOW", prr::kRpR2Window},             {"RP_R2_WINDOW_UNMASKED", prr::kRpR2WindowUnmasked},
+      {"RP_R2_SPATIAL_THRESHOLD", prr::kRpR2SpatialThreshold}, {"RP_R2_CLUSTER", prr::kRpR2Cluster},
+      {"RP_R2_CLUSTER_SIZE", prr::kRpR2ClusterSize},  {"RP_R2_TEMPORAL_STEPS", prr::kRpR2TemporalSteps},
+      {"RP_R2_TEMPORAL_THRESHOLD", prr::kRpR2TemporalThreshold}, {"RP_R2_TEMPORAL_EVAL", prr::kRpR2TemporalEval},
+      {"NUM_RULE_PARAMS", prr::kNumRuleParams},       {"MAX_STABILITY_WINDOW", prr::kMaxStabilityWindow},
+      {"RULE_STREAK_TOKEN", prr::kRsStreakToken},     {"RULE_STREAK_COUNT", prr::kRsStreakCount},
+      {"RULE_STREAK_SUM", prr::kRsStreakSum},         {"RULE_STREAK_MAX", prr::kRsStreakMax},
+      {"RULE_KL_COUNT", prr::kRsKlCount},             {"RULE_STATE_COLS", prr::kRuleStateCols},
+      {"RS_SPAN_START", prr::kRsSpanStart},           {"RS_SPAN_END", prr::kRsSpanEnd},
+      {"RS_EXPLORED", prr::kRsExplored},              {"RS_DETERMINED", prr::kRsDetermined},
+      {"RS_NUM_ESTIMATES", prr::kRsNumEstimates},     {"RS_ESTIMATES", prr::kRsEstimates},
   };
   PyObject* d = PyDict_New();
   if (d == nullptr) return nullptr;

@@ -23,6 +23,72 @@ void check_rows_input(const c10::optional<at::Tensor>& t, const char* name, cons
   TORCH_CHECK(shape_ok, name, " has shape ", v.sizes(), ", which does not match logits ", logits.sizes());
 }
 
+// rule_params into named fields, each checked as the Python policies check it (a direct caller gets a clear error).
+prr::RuleParams read_rule_params(const StepArgs& a) {
+  TORCH_CHECK(a.rule_params.size() == prr::kNumRuleParams, "rule_params must hold ", prr::kNumRuleParams,
+              " values (prr_ext.Policy.rule_params()), got ", a.rule_params.size());
+  const auto& rp = a.rule_params;
+  const auto unit = [](double v) { return v >= 0.0 && v <= 1.0; };
+  const auto whole = [](double v, double lo) { return std::isfinite(v) && v >= lo && v == std::floor(v); };
+  prr::RuleParams r{};
+  r.factor_variant = prr::kFactorPaper;
+  r.r2_window_unmasked = -1;
+  r.r2_cluster_size = 2;
+  switch (a.policy) {
+    case prr::kFactor:
+      TORCH_CHECK(rp[prr::kRpFactorVariant] == prr::kFactorPaper || rp[prr::kRpFactorVariant] == prr::kFactorFastDllm,
+                  "rule_params: unknown Factor variant ", rp[prr::kRpFactorVariant]);
+      r.factor_variant = static_cast<int>(rp[prr::kRpFactorVariant]);
+      break;
+    case prr::kLocalLeap:
+      TORCH_CHECK(unit(rp[prr::kRpRelaxedTau]) && rp[prr::kRpRelaxedTau] <= a.param,
+                  "rule_params: LocalLeap relaxed_tau must lie in [0, tau], got ", rp[prr::kRpRelaxedTau]);
+      TORCH_CHECK(whole(rp[prr::kRpRadius], 0), "rule_params: LocalLeap radius must be an int >= 0");
+      r.relaxed_tau = rp[prr::kRpRelaxedTau];
+      r.radius = static_cast<int64_t>(rp[prr::kRpRadius]);
+      break;
+    case prr::kSlowFast:
+      TORCH_CHECK(whole(rp[prr::kRpExploreSteps], 1), "rule_params: SlowFast explore_steps must be an int >= 1");
+      TORCH_CHECK(unit(rp[prr::kRpSpanThreshold]), "rule_params: SlowFast span_threshold must lie in [0, 1]");
+      TORCH_CHECK(whole(rp[prr::kRpStabilityWindow], 1) && rp[prr::kRpStabilityWindow] <= prr::kMaxStabilityWindow,
+                  "rule_params: SlowFast stability_window must be an int in [1, ", prr::kMaxStabilityWindow, "]");
+      TORCH_CHECK(std::isfinite(rp[prr::kRpStabilityStd]) && rp[prr::kRpStabilityStd] >= 0.0,
+                  "rule_params: SlowFast stability_std must be finite and >= 0");
+      r.explore_steps = static_cast<int64_t>(rp[prr::kRpExploreSteps]);
+      r.span_threshold = rp[prr::kRpSpanThreshold];
+      r.stability_window = static_cast<int64_t>(rp[prr::kRpStabilityWindow]);
+      r.stability_std = rp[prr::kRpStabilityStd];
+      break;
+    case prr::kKLASS:
+      TORCH_CHECK(std::isfinite(rp[prr::kRpKlThreshold]) && rp[prr::kRpKlThreshold] >= 0.0,
+                  "rule_params: KLASS kl_threshold must be finite and >= 0");
+      TORCH_CHECK(whole(rp[prr::kRpKlHistory], 1), "rule_params: KLASS history must be an int >= 1");
+      r.kl_threshold = rp[prr::kRpKlThreshold];
+      r.kl_history = static_cast<int64_t>(rp[prr::kRpKlHistory]);
+      break;
+    default: break;
+  }
+  TORCH_CHECK(whole(rp[prr::kRpR2Window], 0), "rule_params: R2 window must be an int >= 0 (0: off)");
+  TORCH_CHECK(whole(rp[prr::kRpR2WindowUnmasked], -1), "rule_params: R2 window_unmasked must be an int >= -1");
+  TORCH_CHECK(unit(rp[prr::kRpR2SpatialThreshold]), "rule_params: R2 spatial_threshold must lie in [0, 1]");
+  TORCH_CHECK(whole(rp[prr::kRpR2Cluster], 0) && rp[prr::kRpR2Cluster] <= prr::kClusterRandom,
+              "rule_params: unknown R2 token_cluster code ", rp[prr::kRpR2Cluster]);
+  TORCH_CHECK(whole(rp[prr::kRpR2ClusterSize], 2), "rule_params: R2 token_cluster_size must be an int >= 2");
+  TORCH_CHECK(whole(rp[prr::kRpR2TemporalSteps], 0), "rule_params: R2 temporal_steps must be an int >= 0 (0: off)");
+  TORCH_CHECK(unit(rp[prr::kRpR2TemporalThreshold]), "rule_params: R2 temporal_threshold must lie in [0, 1]");
+  TORCH_CHECK(whole(rp[prr::kRpR2TemporalEval], 0) && rp[prr::kRpR2TemporalEval] <= prr::kTemporalMax,
+              "rule_params: unknown R2 temporal_eval code ", rp[prr::kRpR2TemporalEval]);
+  r.r2_window = static_cast<int64_t>(rp[prr::kRpR2Window]);
+  r.r2_window_unmasked = static_cast<int64_t>(rp[prr::kRpR2WindowUnmasked]);
+  r.r2_spatial_threshold = rp[prr::kRpR2SpatialThreshold];
+  r.r2_cluster = static_cast<int>(rp[prr::kRpR2Cluster]);
+  r.r2_cluster_size = static_cast<int64_t>(rp[prr::kRpR2ClusterSize]);
+  r.r2_temporal_steps = static_cast<int64_t>(rp[prr::kRpR2TemporalSteps]);
+  r.r2_temporal_threshold = rp[prr::kRpR2TemporalThreshold];
+  r.r2_temporal_eval = static_cast<int>(rp[prr::kRpR2TemporalEval]);
+  return r;
+}
+
 }  // namespace
 
 prr::StepParams make_step_params(const StepArgs& a) {
@@ -30,8 +96,8 @@ prr::StepParams make_step_params(const StepArgs& a) {
   TORCH_CHECK(a.x.dim() == 2 && a.x.scalar_type() == at::kLong && a.x.is_contiguous(),
               "x must be a contiguous [B, L] int64");
   const auto dev = a.x.device();
-  const std::initializer_list<const at::Tensor*> state_tensors = {&a.logits,   &a.row_state, &a.traj,       &a.prev_p1,
-                                                                    &a.workspace, &a.seed,      &a.prompt_lens};
+  const std::initializer_list<const at::Tensor*> state_tensors = {
+      &a.logits, &a.row_state, &a.traj, &a.prev_p1, &a.workspace, &a.rule_state, &a.prev_logp, &a.seed, &a.prompt_lens};
   for (const at::Tensor* t : state_tensors)
     TORCH_CHECK(t->device() == dev, "all step tensors must be on ", dev, ", found one on ", t->device());
   const int64_t B = a.x.size(0), L = a.x.size(1), Lr = a.logits.size(1), V = a.logits.size(2);
@@ -47,7 +113,7 @@ prr::StepParams make_step_params(const StepArgs& a) {
   TORCH_CHECK(a.mask_id >= 0 && a.mask_id < V, "mask_id ", a.mask_id, " must be < vocabulary size ", V);
   TORCH_CHECK(a.row_state.scalar_type() == at::kLong && a.row_state.is_contiguous() && a.row_state.dim() == 2 &&
                   a.row_state.size(0) == B && a.row_state.size(1) == prr::kRsCols,
-              "row_state must be a contiguous [B, 4] int64");
+              "row_state must be a contiguous [B, ", prr::kRsCols, "] int64 (prr_ext.State allocates it)");
   TORCH_CHECK(a.traj.scalar_type() == at::kLong && a.traj.is_contiguous() && a.traj.dim() == 3 && a.traj.size(0) == B &&
                   a.traj.size(1) == a.block_length && a.traj.size(2) == 2,
               "traj must be a contiguous [B, block_length, 2] int64");
@@ -61,7 +127,16 @@ prr::StepParams make_step_params(const StepArgs& a) {
   TORCH_CHECK(a.seed.scalar_type() == at::kLong && a.seed.is_contiguous() && a.seed.numel() == B, "seed must be [B] int64");
   TORCH_CHECK(a.prompt_lens.scalar_type() == at::kLong && a.prompt_lens.is_contiguous() && a.prompt_lens.numel() == B,
               "prompt_lens must be [B] int64");
-  TORCH_CHECK(a.policy >= prr::kLowConfidence && a.policy <= prr::kPRR, "unknown policy code ", a.policy);
+  TORCH_CHECK(a.rule_state.scalar_type() == at::kDouble && a.rule_state.is_contiguous() && a.rule_state.dim() == 3 &&
+                  a.rule_state.size(0) == B && a.rule_state.size(1) == a.block_length &&
+                  a.rule_state.size(2) == prr::kRuleStateCols,
+              "rule_state must be a contiguous [B, block_length, ", prr::kRuleStateCols,
+              "] float64 (prr_ext.State allocates it)");
+  TORCH_CHECK(a.policy >= prr::kLowConfidence && a.policy <= prr::kKLASS, "unknown policy code ", a.policy);
+  if (a.policy == prr::kKLASS)
+    TORCH_CHECK(a.prev_logp.scalar_type() == at::kFloat && a.prev_logp.is_contiguous() && a.prev_logp.dim() == 3 &&
+                    a.prev_logp.size(0) == B && a.prev_logp.size(1) == a.block_length && a.prev_logp.size(2) == V,
+                "KLASS needs prev_logp, a contiguous [B, block_length, V] float32 (prr_ext.step allocates it)");
   TORCH_CHECK(a.confidence_dtype >= prr::kConfF32 && a.confidence_dtype <= prr::kConfF16, "unknown confidence dtype");
   TORCH_CHECK(a.temperature >= 0.0 && std::isfinite(a.temperature), "temperature must be finite and >= 0");
   TORCH_CHECK(a.mlp_dims.size() == 3, "mlp_dims must be [in, h1, h2]");
@@ -84,9 +159,14 @@ prr::StepParams make_step_params(const StepArgs& a) {
   p.conf_dtype = static_cast<int>(a.confidence_dtype);
   p.shaping = static_cast<int>(a.shaping);
   p.union_schedule = a.union_schedule;
-  p.adaptive = a.policy >= prr::kThreshold;
-  p.block_cap = (a.policy == prr::kPRR && !a.union_schedule) ? std::max(p.steps_per_block, a.block_length)
-                                                          : p.steps_per_block;
+  p.rule = read_rule_params(a);
+  p.r2 = p.rule.r2_window > 0 || p.rule.r2_cluster != prr::kClusterOff || p.rule.r2_temporal_steps > 0;
+  p.needs_rules = p.r2 || a.policy >= prr::kLocalLeap;
+  p.adaptive = a.policy >= prr::kThreshold || p.r2;
+  // the rules that may commit fewer than the schedule's k_i take up to one step per position
+  const bool below_schedule = (a.policy == prr::kPRR && !a.union_schedule) || a.policy == prr::kSlowFast ||
+                              a.policy == prr::kKLASS;
+  p.block_cap = below_schedule ? std::max(p.steps_per_block, a.block_length) : p.steps_per_block;
   p.temperature = static_cast<float>(a.temperature);
   p.param = a.param;
   p.alpha = static_cast<float>(a.alpha);

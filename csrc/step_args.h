@@ -27,6 +27,8 @@ struct StepArgs {
   at::Tensor& traj;
   at::Tensor& prev_p1;
   at::Tensor& workspace;
+  at::Tensor& rule_state;
+  at::Tensor& prev_logp;
   const at::Tensor& seed;
   const at::Tensor& prompt_lens;
   const c10::optional<at::Tensor>& controller;
@@ -38,6 +40,7 @@ struct StepArgs {
   bool union_schedule;
   double temperature, param, alpha;
   at::IntArrayRef mlp_dims;
+  at::ArrayRef<double> rule_params;
 };
 
 // (commit_mask [B, L] bool, tokens [B, Lr] int64, stats [B, Lr, kNumStats] float32)
@@ -46,16 +49,18 @@ using StepOutputs = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // The kernel function a backend registers: TORCH_LIBRARY_IMPL(prr_ext, CPU, m) { m.impl("step", &step_entry<step_cpu>); }
 template <StepOutputs (*Run)(const StepArgs&)>
 StepOutputs step_entry(const at::Tensor& logits, at::Tensor& x, at::Tensor& row_state, at::Tensor& traj,
-                       at::Tensor& prev_p1, at::Tensor& workspace, const at::Tensor& seed,
+                       at::Tensor& prev_p1, at::Tensor& workspace, at::Tensor& rule_state, at::Tensor& prev_logp,
+                       const at::Tensor& seed,
                        const at::Tensor& prompt_lens, const c10::optional<at::Tensor>& controller,
                        const c10::optional<at::Tensor>& scores, const c10::optional<at::Tensor>& extra_features,
                        const c10::optional<at::Tensor>& candidates, const c10::optional<at::Tensor>& random_conf,
                        int64_t mask_id, int64_t gen_start, int64_t block_length, int64_t steps, int64_t policy,
                        int64_t confidence_dtype, int64_t shaping, bool union_schedule, double temperature,
-                       double param, double alpha, at::IntArrayRef mlp_dims) {
-  return Run(StepArgs{logits, x, row_state, traj, prev_p1, workspace, seed, prompt_lens, controller, scores,
-                      extra_features, candidates, random_conf, mask_id, gen_start, block_length, steps, policy,
-                      confidence_dtype, shaping, union_schedule, temperature, param, alpha, mlp_dims});
+                       double param, double alpha, at::IntArrayRef mlp_dims, at::ArrayRef<double> rule_params) {
+  return Run(StepArgs{logits, x, row_state, traj, prev_p1, workspace, rule_state, prev_logp, seed, prompt_lens,
+                      controller, scores, extra_features, candidates, random_conf, mask_id, gen_start, block_length,
+                      steps, policy, confidence_dtype, shaping, union_schedule, temperature, param, alpha, mlp_dims,
+                      rule_params});
 }
 
 // Checks the arguments (shapes, dtypes, devices, codes, the controller buffer's size) and fills StepParams; defined

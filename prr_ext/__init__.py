@@ -17,10 +17,12 @@ from .controller import Controller, ControllerFormatError
 from .generate import GenerateResult, generate
 from .length import LengthPredictor
 from .ops import has_cuda_kernels, step
-from .policies import PRR, EntropyBound, Factor, LowConfidence, Policy, RandomRemask, Threshold
+from .policies import (KLASS, PRR, R2, EntropyBound, Factor, LocalLeap, LowConfidence, Policy, RandomRemask, SlowFast,
+                       Threshold)
 from .state import State
 
 __all__ = ["step", "State", "Policy", "LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR",
+           "LocalLeap", "SlowFast", "KLASS", "R2",
            "Controller", "ControllerFormatError", "reference", "has_cuda_kernels", "generate",
            "GenerateResult", "LengthPredictor"]
 __version__ = "0.1.0"

@@ -120,7 +120,7 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
         raise ValueError(f"logits vocabulary size V={V} must be larger than mask_id={state.mask_id}")
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
-    pol = state.policy
+    pol = state.policy.base_rule
     is_prr = isinstance(pol, PRR)
     if (scores is not None or extra_features is not None) and not is_prr:
         raise ValueError("scores / extra_features are only used by the PRR policy")
@@ -141,6 +141,10 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
     random_conf = _check_rows_tensor("random_conf", random_conf, B, Lr, x.device)
     if state.rng == "torch" and candidates is None and random_conf is None:
         candidates, random_conf = llada_draws(logits, state)
+    if state.needs_prev_logp and tuple(state.prev_logp.shape) != (B, state.block_length, V):
+        # KLASS: the previous step's log-probabilities of the block, allocated once V is known (a decode loop that
+        # is captured in a CUDA graph runs one step before the capture)
+        state.prev_logp = torch.zeros(B, state.block_length, V, dtype=torch.float32, device=x.device)
 
     commit, tokens, stats = torch.ops.prr_ext.step(**op_arguments(logits, state, scores=scores,
                                                                   extra_features=extra_features,
@@ -155,14 +159,14 @@ def op_arguments(logits: torch.Tensor, state: State, *, scores: Optional[torch.T
     """The arguments of `torch.ops.prr_ext.step` for one step of `state`, by name in the schema's order
     (csrc/prr_ops.cpp): `torch.ops.prr_ext.step(**args)` or `(*args.values())`. No checks: `step` validates first;
     tests call the op directly with one argument replaced."""
-    pol = state.policy
+    pol = state.policy.base_rule
     is_prr = isinstance(pol, PRR)
     return dict(
         logits=logits, x=state.x, row_state=state.row_state, traj=state.traj, prev_p1=state.prev_p1,
-        workspace=state.workspace, seed=state.seed, prompt_lens=state.prompt_lens, controller=state.controller_buf,
+        workspace=state.workspace, rule_state=state.rule_state, prev_logp=state.prev_logp, seed=state.seed, prompt_lens=state.prompt_lens, controller=state.controller_buf,
         scores=scores, extra_features=extra_features, candidates=candidates, random_conf=random_conf,
         mask_id=state.mask_id, gen_start=state.gen_start, block_length=state.block_length, steps=state.steps,
         policy=pol.code, confidence_dtype=CONFIDENCE_DTYPES[state.confidence_dtype],
         shaping=pol.shaping_code if is_prr else 0, union_schedule=bool(getattr(pol, "union_schedule", True)),
         temperature=state.temperature, param=pol.param, alpha=float(getattr(pol, "alpha", 1.0)),
-        mlp_dims=pol.controller.dims() if is_prr else [0, 0, 0])
+        mlp_dims=pol.controller.dims() if is_prr else [0, 0, 0], rule_params=state.policy.rule_params())

@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from . import constants as K
 from . import policies as P
 # Columns of the per-token statistics (stats[b, r, :]) and of state.row_state[b, :]: prr_ext.constants.
 from .constants import (NUM_BASE_FEATURES, NUM_STATS, RS_BLOCK, RS_NFE, RS_SCHED_N, RS_STEP, STAT_CONF,  # noqa: F401
@@ -31,7 +32,7 @@ from .constants import (NUM_BASE_FEATURES, NUM_STATS, RS_BLOCK, RS_NFE, RS_SCHED
 # Key = the row's 64-bit seed; counter = (vocab index // 4, column, the row's step count, stream).
 # ---------------------------------------------------------------------------------------------------------------
 _M0, _M1, _W0, _W1, _MASK32 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85, 0xFFFFFFFF
-STREAM_GUMBEL, STREAM_RANDOM_CONF = 0, 1
+STREAM_GUMBEL, STREAM_RANDOM_CONF, STREAM_CLUSTER = 0, 1, 2
 
 
 def philox4x32(c0, c1, c2, c3, seed):
@@ -66,6 +67,13 @@ def philox_random_conf(seed: torch.Tensor, col: torch.Tensor, step: torch.Tensor
     """RandomRemask's ranking key: one fp32 uniform per (row, column, step)."""
     zero = torch.zeros_like(col)
     return uniform_from_bits(philox4x32(zero, col, step, zero + STREAM_RANDOM_CONF, seed)[0])
+
+
+def philox_cluster_pick(seed: int, col: int, step: int, n: int) -> int:
+    """R²'s random token-cluster choice: an index in [0, n) for the run starting at canvas column `col`."""
+    t = lambda v: torch.tensor([v], dtype=torch.int64)  # noqa: E731
+    w = int(philox4x32(t(0), t(col), t(step), t(STREAM_CLUSTER), t(seed))[0])
+    return (w * n) >> 32
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -154,7 +162,8 @@ def schedule_k(n: int, steps_per_block: int, i: int) -> int:
     return n // steps_per_block + (1 if i < n % steps_per_block else 0)
 
 
-def commit_count(policy_code: int, keys_sorted: torch.Tensor, k: int, param: float, union_schedule: bool) -> int:
+def commit_count(policy_code: int, keys_sorted: torch.Tensor, k: int, param: float, union_schedule: bool,
+                 factor_variant: int = K.FACTOR_PAPER) -> int:
     """How many of the candidates, sorted by descending key, to commit. `keys_sorted` [n] (any float dtype) is
     compared in fp64. For EntropyBound the key is -entropy, so the order is ascending entropy."""
     n = keys_sorted.numel()
@@ -166,6 +175,14 @@ def commit_count(policy_code: int, keys_sorted: torch.Tensor, k: int, param: flo
     floor = 1 if (policy_code == P.POLICY_PRR and not union_schedule) else max(k, 1)
     if policy_code in (P.POLICY_THRESHOLD, P.POLICY_PRR):
         extra = int((keys >= param).sum())  # keys descending: the passing set is a prefix
+    elif policy_code == P.POLICY_FACTOR and factor_variant == K.FACTOR_FAST_DLLM:
+        # get_transfer_index_dynamic: thresholds -1, 1 - f/3, 1 - f/4, ... (0-based rank m: 1 - f/(m + 2)); the
+        # first rank that fails ends the prefix; a failure at the last rank still commits everything
+        m = torch.arange(n, dtype=torch.float64)
+        ok = (m == 0) | (keys >= 1.0 - param / (m + 2.0))
+        extra = int(torch.cumprod(ok.to(torch.int64), 0).sum())
+        if extra == n - 1:
+            extra = n
     elif policy_code == P.POLICY_FACTOR:
         m = torch.arange(1, n + 1, dtype=torch.float64)
         ok = (m + 1.0) * (1.0 - keys) < param
@@ -188,6 +205,187 @@ def rank_key(keys: torch.Tensor) -> torch.Tensor:
 def sort_candidates(keys: torch.Tensor) -> torch.Tensor:
     """Indices of `keys` by descending key, lowest index first among equal keys."""
     return torch.sort(keys.double(), descending=True, stable=True).indices
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The newer rules: LocalLeap, SlowFast, KLASS and R²-dLLM's passes       (C++: rules.h)
+# They act on one sequence's active block, indexed by block position j in [0, block_length):
+#   masked[j]  the position was masked at the start of the step      usable[j]  its logits row is usable
+#   conf[j]    fp64 confidence of its candidate (confidence dtype)   cand[j]    candidate token
+#   argmax[j]  top-1 token                                           p1[j]      fp32 p(top-1)
+#   order      the usable positions by descending key (= conf for these rules), lowest position first on ties
+# A rule returns {j: token} of the positions it commits.
+# ---------------------------------------------------------------------------------------------------------------
+def local_leap_commit(order, conf, k, tau, relaxed_tau, radius):
+    """LocalLeap: the first max(k, 1) in rank order, and every usable p with conf >= (relaxed_tau if p lies within
+    `radius` of an anchor (conf >= tau) else tau)."""
+    anchors = [j for j in order if conf[j] >= tau]
+    chosen = set(order[:max(k, 1)])
+    for j in order:
+        near = any(abs(j - a) <= radius for a in anchors)
+        if conf[j] >= (relaxed_tau if near else tau):
+            chosen.add(j)
+    return chosen
+
+
+def klass_commit(order, conf, kl_count, k, conf_threshold, history):
+    """KLASS: the ready positions (conf > c and kl_count >= H), else the first max(k, 1) in rank order."""
+    ready = {j for j in order if conf[j] > conf_threshold and kl_count[j] >= history}
+    return ready if ready else set(order[:max(k, 1)])
+
+
+def slow_fast_fill(order, conf, lo, hi, fill_threshold):
+    """SlowFast's commit within block positions [lo, hi): every usable masked position with conf >= the fill
+    threshold if more than one qualifies, else the most confident one."""
+    inside = [j for j in order if lo <= j < hi]
+    high = [j for j in inside if conf[j] >= fill_threshold]
+    return set(high) if len(high) > 1 else set(inside[:1])
+
+
+def slow_fast_commit(rs_row, order, conf, block_length, pol):
+    """SlowFast's step for one sequence: updates its sub-cycle columns of row_state (rs_row, a list of ints, in
+    place) and returns the positions to commit. The sub-cycle's end-of-span check runs after the commit
+    (slow_fast_after_commit)."""
+    start, explored = rs_row[K.RS_SPAN_START], rs_row[K.RS_EXPLORED]
+    if explored < pol.explore_steps:  # slow phase
+        if not rs_row[K.RS_DETERMINED]:
+            far = [j for j in order if j >= start and conf[j] >= pol.span_threshold]
+            inc = (max(far) - start + 1 if far else 1) if start < block_length else 0
+            est = min(max(start + inc, 1), block_length)
+            n = rs_row[K.RS_NUM_ESTIMATES]
+            hist = rs_row[K.RS_ESTIMATES:K.RS_ESTIMATES + n] + [est]
+            hist = hist[-pol.stability_window:]
+            rs_row[K.RS_ESTIMATES:K.RS_ESTIMATES + len(hist)] = hist
+            rs_row[K.RS_NUM_ESTIMATES] = len(hist)
+            if len(hist) >= pol.stability_window:
+                mean = sum(hist) / len(hist)
+                std = math.sqrt(sum((h - mean) ** 2 for h in hist) / len(hist))
+                if std < pol.stability_std:
+                    rs_row[K.RS_SPAN_END], rs_row[K.RS_DETERMINED] = hist[-1], 1
+                else:
+                    rs_row[K.RS_SPAN_END] = min(max(int(mean), 1), block_length)
+                    rs_row[K.RS_DETERMINED] = int(explored == pol.explore_steps - 1)
+        chosen = slow_fast_fill(order, conf, start, block_length, pol.fill_threshold)
+        rs_row[K.RS_EXPLORED] = explored + 1
+        if rs_row[K.RS_EXPLORED] == pol.explore_steps and not rs_row[K.RS_DETERMINED]:
+            # the window never filled: the mean of what was gathered
+            n = rs_row[K.RS_NUM_ESTIMATES]
+            hist = rs_row[K.RS_ESTIMATES:K.RS_ESTIMATES + n]
+            rs_row[K.RS_SPAN_END] = min(max(int(sum(hist) / n), 1), block_length) if n else block_length // 2
+            rs_row[K.RS_DETERMINED] = 1
+        return chosen
+    return slow_fast_fill(order, conf, start, rs_row[K.RS_SPAN_END], pol.fill_threshold)  # fast phase
+
+
+def slow_fast_after_commit(rs_row, masked_now, pol):
+    """After the commit: once the slow phase is over and the span holds no mask, the next sub-cycle starts at its end.
+    masked_now[j]: block position j is masked after this step's commits."""
+    if rs_row[K.RS_EXPLORED] < pol.explore_steps:
+        return
+    start, end = rs_row[K.RS_SPAN_START], rs_row[K.RS_SPAN_END]
+    if not any(masked_now[start:end]):
+        rs_row[K.RS_SPAN_START] = end
+        rs_row[K.RS_EXPLORED] = rs_row[K.RS_DETERMINED] = rs_row[K.RS_NUM_ESTIMATES] = 0
+
+
+def r2_passes(pol, still_masked, usable, conf, cand, argmax, p1, seed, lo, nfe):
+    """R²-dLLM's spatial passes (1. window, 2. token cluster) after the base commit. still_masked[j] is updated in
+    place (True: masked after the commits so far); lo: the block's first canvas column; nfe: the row's step count
+    (the random cluster choice's counter). Returns {j: token}."""
+    BL = len(still_masked)
+    out = {}
+    if pol.window:  # 1. spatial window, judged on the canvas after the base commit, then unioned
+        W, U = pol.window, pol.window_unmasked
+        hits = set()
+        for s0 in range(BL - W + 1):
+            win = range(s0, s0 + W)
+            masked = [j for j in win if still_masked[j]]
+            if (U is not None and W - len(masked) > U) or not masked:
+                continue
+            if not all(usable[j] for j in masked):
+                continue
+            total = 0.0
+            for j in masked:
+                total += float(conf[j])
+            if total / len(masked) >= pol.spatial_threshold:
+                hits.update(masked)
+        for j in sorted(hits):
+            out[j] = int(cand[j])
+            still_masked[j] = False
+    if pol.token_cluster is not None:  # 2. token clusters on the canvas after pass 1
+        j = 0
+        while j < BL:
+            if not (still_masked[j] and usable[j]):
+                j += 1
+                continue
+            start = j
+            while j + 1 < BL and still_masked[j + 1] and usable[j + 1] and int(argmax[j + 1]) == int(argmax[start]):
+                j += 1
+            end = j + 1
+            j = end
+            run = list(range(start, end))
+            if len(run) < pol.token_cluster_size:
+                continue
+            best = max(run, key=lambda q: (float(p1[q]), -q))  # first position of the largest p1
+            if not float(p1[best]) > pol.spatial_threshold:
+                continue
+            if pol.token_cluster == "confidence":
+                pick = best
+            elif pol.token_cluster == "mid":
+                pick = start + len(run) // 2
+            else:
+                pick = start + philox_cluster_pick(seed, lo + start, nfe, len(run))
+            out[pick] = int(argmax[pick])
+            still_masked[pick] = False
+    return out
+
+
+def r2_temporal(pol, masked_at_start, still_masked, usable, argmax, p1, streak):
+    """R²'s temporal pass (3.), after passes 1-2: tracks the top-1 streak of every position masked at the start of
+    the step; positions committed by any earlier pass reset theirs. Returns {j: token}."""
+    out = {}
+    thr32 = float(torch.tensor(pol.temporal_threshold, dtype=torch.float32))
+    for j in range(len(still_masked)):
+        if not masked_at_start[j]:
+            continue
+        row = streak[j]
+        if not still_masked[j] or not usable[j]:
+            row[K.RULE_STREAK_TOKEN], row[K.RULE_STREAK_COUNT] = -1.0, 0.0
+            row[K.RULE_STREAK_SUM] = row[K.RULE_STREAK_MAX] = 0.0
+            continue
+        p = float(p1[j])
+        if int(row[K.RULE_STREAK_TOKEN]) == int(argmax[j]):
+            row[K.RULE_STREAK_COUNT] += 1
+            row[K.RULE_STREAK_SUM] = float(torch.tensor(float(row[K.RULE_STREAK_SUM]), dtype=torch.float32)
+                                           + torch.tensor(p, dtype=torch.float32))
+            row[K.RULE_STREAK_MAX] = max(float(row[K.RULE_STREAK_MAX]), p)
+        else:
+            row[K.RULE_STREAK_TOKEN], row[K.RULE_STREAK_COUNT] = float(argmax[j]), 1.0
+            row[K.RULE_STREAK_SUM] = row[K.RULE_STREAK_MAX] = p
+        count = int(row[K.RULE_STREAK_COUNT])
+        if count < pol.temporal_steps:
+            continue
+        if pol.temporal_eval == "last":
+            value = p
+        elif pol.temporal_eval == "ave":
+            value = float(torch.tensor(float(row[K.RULE_STREAK_SUM]), dtype=torch.float32)
+                          / torch.tensor(float(count), dtype=torch.float32))
+        else:
+            value = float(row[K.RULE_STREAK_MAX])
+        if value >= thr32:
+            out[j] = int(argmax[j])
+            row[K.RULE_STREAK_TOKEN], row[K.RULE_STREAK_COUNT] = -1.0, 0.0
+            row[K.RULE_STREAK_SUM] = row[K.RULE_STREAK_MAX] = 0.0
+    return out
+
+
+def kl_divergence(rows: torch.Tensor, prev_logp: torch.Tensor):
+    """KLASS's KL(p_t || p_{t-1}) per row (fp64) from the previous step's fp32 log-probabilities, and this step's
+    fp32 log-probabilities to keep. p_t = softmax of the rows in fp64; terms with p_t == 0 add nothing."""
+    lp = torch.log_softmax(rows.double(), -1)
+    p = lp.exp()
+    kl = torch.where(p > 0, p * (lp - prev_logp.double()), torch.zeros_like(p)).sum(-1)
+    return kl, lp.float()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,11 +429,20 @@ def controller_features(*, row_len, masks_in_row, nfe, steps, block_start_true, 
 # The step
 # ---------------------------------------------------------------------------------------------------------------
 def block_cap(state) -> int:
-    """Most steps a sequence may spend in one block."""
-    pol = state.policy
-    if pol.code == P.POLICY_PRR and not pol.union_schedule:
+    """Most steps a sequence may spend in one block: the schedule's, or for the rules that may commit fewer than
+    the schedule's k_i in a step (PRR without the union, SlowFast, KLASS) at least one step per position."""
+    pol = state.policy.base_rule
+    if (pol.code == P.POLICY_PRR and not pol.union_schedule) or pol.code in (P.POLICY_SLOW_FAST, P.POLICY_KLASS):
         return max(state.steps_per_block, state.block_length)
     return state.steps_per_block
+
+
+def _reset_rule_state(state, b: int) -> None:
+    """Entering a block: no streak, no kept distribution (KL count -1), a fresh SlowFast sub-cycle."""
+    state.rule_state[b] = 0.0
+    state.rule_state[b, :, K.RULE_STREAK_TOKEN] = -1.0
+    state.rule_state[b, :, K.RULE_KL_COUNT] = -1.0
+    state.row_state[b, K.RS_SPAN_START:] = 0
 
 
 def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
@@ -246,7 +453,9 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
     Returns (commit_mask [B, L] bool, tokens [B, Lr] int64, stats [B, Lr, NUM_STATS] fp32), Lr = logits.shape[1].
     `candidates` / `random_conf` [B, Lr] override the sampled token / RandomRemask key (rng="torch" mode).
     """
-    x, pol = state.x, state.policy
+    x, outer = state.x, state.policy
+    pol = outer.base_rule  # the rule that ranks; an R2 wrapper adds its passes after it
+    r2 = outer if isinstance(outer, P.R2) else None
     B, L = x.shape
     Lr, V = logits.shape[1], logits.shape[2]
     BL, S = state.block_length, state.steps_per_block
@@ -256,6 +465,8 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
     stats = torch.full((B, Lr, NUM_STATS), math.nan, dtype=torch.float32, device=dev)
     if B == 0:
         return commit, tokens, stats
+    if state.needs_prev_logp and tuple(state.prev_logp.shape) != (B, BL, V):  # KLASS (as prr_ext.step does)
+        state.prev_logp = torch.zeros(B, BL, V, dtype=torch.float32, device=dev)
     rs = state.row_state
     active = int(rs[:, RS_BLOCK].min())
     if active >= state.num_blocks:
@@ -274,6 +485,7 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
             state.traj[b, :, 0] = -1
             state.traj[b, :, 1] = 0
             state.prev_p1[b] = 0.0
+            _reset_rule_state(state, b)
         t_row = int(rs[b, RS_NFE])
         masked_cols = (x[b, lo:hi] == state.mask_id).nonzero().squeeze(-1) + lo
         masks_in_block = masked_cols.numel()
@@ -298,6 +510,14 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
         state.traj[b, j, 0] = am
         prev_p1 = state.prev_p1[b, j].clone()
         state.prev_p1[b, j] = st["p1"][ok]
+        if pol.code == P.POLICY_KLASS:  # KL to the previous step's distribution (if kept: count >= 0); keep this one
+            count = state.rule_state[b, :, K.RULE_KL_COUNT].clone()
+            state.rule_state[b, masked_cols - lo, K.RULE_KL_COUNT] = -1.0  # unusable rows: no distribution kept
+            kl, lp = kl_divergence(rows[ok], state.prev_logp[b, j])
+            kl = torch.where(count[j] >= 0, kl, torch.full_like(kl, math.inf))
+            state.prev_logp[b, j] = lp
+            state.rule_state[b, j, K.RULE_KL_COUNT] = torch.where(kl < pol.kl_threshold, count[j].clamp_min(0) + 1,
+                                                                  torch.zeros_like(kl))
 
         conf = st["conf"][ok]
         s = temp = torch.full_like(conf, math.nan, dtype=torch.float32)
@@ -328,10 +548,11 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
         key = rank_key(key)
         order = sort_candidates(key)
         k = schedule_k(int(rs[b, RS_SCHED_N]), S, i)
-        c = commit_count(pol.code, key[order], k, pol.param, getattr(pol, "union_schedule", True))
-        chosen = order[:c]
-        x[b, cols[chosen]] = cand[chosen]
-        commit[b, cols[chosen]] = True
+        picks = select_block(state, b, pol, r2, i, t_row, lo, masked_cols - lo, j, key, order, k, conf, cand, am,
+                             st["p1"][ok])
+        for q, token in sorted(picks.items()):
+            x[b, lo + q] = token
+            commit[b, lo + q] = True
 
         tokens[b, r] = cand
         stats[b, r, STAT_CONF] = conf.float()
@@ -345,10 +566,58 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
         # bookkeeping: the step is consumed; leave the block after `cap` steps, or once it is empty (adaptive)
         rs[b, RS_STEP] = i + 1
         rs[b, RS_NFE] = t_row + 1
+        if pol.code == P.POLICY_SLOW_FAST:
+            rs_row = rs[b].tolist()
+            slow_fast_after_commit(rs_row, (x[b, lo:hi] == state.mask_id).tolist(), pol)
+            rs[b] = torch.tensor(rs_row, dtype=rs.dtype)
         empty = not bool((x[b, lo:hi] == state.mask_id).any())
-        if i + 1 >= cap or (pol.adaptive and empty):
+        if i + 1 >= cap or (outer.adaptive and empty):
             advance_block(state, b)
     return commit, tokens, stats
+
+
+def select_block(state, b, pol, r2, i, nfe, lo, masked_pos, j, key, order, k, conf, cand, argmax, p1) -> dict:
+    """The commits of sequence b at this step, {block position: token}: the base rule's (a prefix of the candidates
+    in rank order, or the newer rules' sets), then R²'s passes. masked_pos: block positions masked at the start of
+    the step; j, key, conf, cand, argmax, p1: the usable ones' positions and values; order: ranks of `key`."""
+    BL = state.block_length
+    if pol.code in (P.POLICY_LOCAL_LEAP, P.POLICY_SLOW_FAST, P.POLICY_KLASS):
+        conf_at = {int(q): float(c) for q, c in zip(j, conf.double())}
+        ranked = [int(j[o]) for o in order]
+        if pol.code == P.POLICY_LOCAL_LEAP:
+            chosen = local_leap_commit(ranked, conf_at, k, pol.tau, pol.relaxed_tau, pol.radius)
+        elif pol.code == P.POLICY_KLASS:
+            counts = state.rule_state[b, :, K.RULE_KL_COUNT].tolist()
+            chosen = klass_commit(ranked, conf_at, counts, k, pol.conf_threshold, pol.history)
+        else:
+            rs_row = state.row_state[b].tolist()
+            chosen = slow_fast_commit(rs_row, ranked, conf_at, BL, pol)
+            state.row_state[b] = torch.tensor(rs_row, dtype=state.row_state.dtype)
+        cand_at = {int(q): int(t) for q, t in zip(j, cand)}
+        picks = {q: cand_at[q] for q in chosen}
+    else:
+        c = commit_count(pol.code, key[order], k, pol.param, getattr(pol, "union_schedule", True),
+                         K.FACTOR_VARIANTS[pol.variant] if pol.code == P.POLICY_FACTOR else K.FACTOR_PAPER)
+        picks = {int(j[o]): int(cand[o]) for o in order[:c]}
+    if r2 is None:
+        return picks
+    masked_at_start = [False] * BL
+    for q in masked_pos.tolist():
+        masked_at_start[q] = True
+    usable = [False] * BL
+    conf_b, cand_b, argmax_b = [math.nan] * BL, [-1] * BL, [-1] * BL
+    p1_b = [math.nan] * BL
+    for n_, q in enumerate(j.tolist()):
+        usable[q] = True
+        conf_b[q], cand_b[q], argmax_b[q], p1_b[q] = float(conf[n_].double()), int(cand[n_]), int(argmax[n_]), \
+            float(p1[n_])
+    still_masked = [masked_at_start[q] and q not in picks for q in range(BL)]
+    picks.update(r2_passes(r2, still_masked, usable, conf_b, cand_b, argmax_b, p1_b, int(state.seed[b]), lo, nfe))
+    if r2.temporal_steps:
+        streak = state.rule_state[b].tolist()
+        picks.update(r2_temporal(r2, masked_at_start, still_masked, usable, argmax_b, p1_b, streak))
+        state.rule_state[b] = torch.tensor(streak, dtype=state.rule_state.dtype)
+    return picks
 
 
 def advance_block(state, b: int) -> None:
@@ -356,7 +625,7 @@ def advance_block(state, b: int) -> None:
     rs = state.row_state
     rs[b, RS_STEP] = 0
     nxt = int(rs[b, RS_BLOCK]) + 1
-    if state.policy.adaptive:
+    if state.policy.adaptive:  # (an R2 wrapper is adaptive whatever its base)
         while nxt < state.num_blocks:
             lo = state.gen_start + nxt * state.block_length
             if bool((state.x[b, lo:lo + state.block_length] == state.mask_id).any()):

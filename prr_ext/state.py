@@ -11,8 +11,8 @@ from typing import Optional, Union
 
 import torch
 
-from .constants import CONFIDENCE_DTYPES, RS_BLOCK, RS_COLS, RS_NFE, workspace_words
-from .policies import PRR, Policy
+from .constants import CONFIDENCE_DTYPES, RS_BLOCK, RS_COLS, RS_NFE, RULE_STATE_COLS, workspace_words
+from .policies import KLASS, PRR, Policy
 from .reference import advance_block
 
 RNGS = ("philox", "torch")
@@ -34,7 +34,8 @@ class State:
                        per-row lengths only enter PRR's length-normalised features (pads do not count).
       block_length:    generation runs in G // block_length blocks, left to right.
       steps:           total step budget; steps // num_blocks per block (LLaDA's schedule).
-      policy:          a prr_ext policy (LowConfidence, RandomRemask, Threshold, Factor, EntropyBound, PRR).
+      policy:          a prr_ext policy (LowConfidence, RandomRemask, Threshold, Factor, EntropyBound, PRR, LocalLeap,
+                       SlowFast, KLASS, or R2 wrapping one of them).
       temperature:     0 = greedy; > 0 samples the candidate by Gumbel-max on logits / temperature.
       generator:       torch.Generator for the random draws (rng="torch"), or for deriving per-row seeds.
       confidence_dtype: dtype of the softmax behind the confidence (fp32 default; bf16 = LLaDA >= 2025-06 with bf16
@@ -132,10 +133,17 @@ class State:
         # Per block position: (argmax at the previous step, step in block at which the argmax last changed).
         self.traj = torch.zeros(B, block_length, 2, dtype=torch.int64, device=dev)
         self.prev_p1 = torch.zeros(B, block_length, dtype=torch.float32, device=dev)
+        # Per block position, the newer rules' memory (prr_ext.constants RULE_*): R²'s temporal streak, KLASS's count.
+        self.rule_state = torch.zeros(B, block_length, RULE_STATE_COLS, dtype=torch.float64, device=dev)
+        # KLASS only: the previous step's log-probabilities of the active block's positions (fp32, [B, block_length,
+        # V], allocated at the first step, when V is known); an empty tensor otherwise.
+        self.prev_logp = torch.empty(0, dtype=torch.float32, device=dev)
         # Scratch of the CUDA kernel (arrival counters, per-token keys; layout: csrc/include/prr/params.h
         # workspace_words); every launch leaves its counters zeroed, so one State can be replayed in a CUDA graph.
         self.workspace = torch.zeros(workspace_words(B, block_length), dtype=torch.int64, device=dev)
-        self.controller_buf = policy.controller.packed(dev) if isinstance(policy, PRR) else None
+        base = policy.base_rule
+        self.controller_buf = base.controller.packed(dev) if isinstance(base, PRR) else None
+        self.needs_prev_logp = isinstance(base, KLASS)
         self.last_tokens: Optional[torch.Tensor] = None
         self.last_stats: Optional[torch.Tensor] = None
         if B > 0 and not bool((x[:, gen_start:] == mask_id).any()):
@@ -174,7 +182,8 @@ class State:
         """A deep copy (canvas and counters), e.g. to run the reference and the op side by side."""
         new = object.__new__(State)
         new.__dict__.update(self.__dict__)
-        for name in ("x", "prompt_lens", "seed", "row_state", "traj", "prev_p1", "workspace"):
+        for name in ("x", "prompt_lens", "seed", "row_state", "traj", "prev_p1", "workspace", "rule_state",
+                     "prev_logp"):
             setattr(new, name, getattr(self, name).clone())
         return new
 

@@ -165,9 +165,21 @@ def block_cap(state) -> int:
 # ---------------------------------------------------------------------------------------------------------------
 # Policies
 # ---------------------------------------------------------------------------------------------------------------
-POLICY_NAMES = ("low_confidence", "random", "threshold", "factor", "entropy_bound",
+POLICY_NAMES = ("low_confidence", "random", "threshold", "factor", "factor_paper", "entropy_bound",
                 "prr_temperature", "prr_temperature_nounion", "prr_power", "prr_power_nounion",
-                "prr_weighted", "prr_weighted_nounion", "prr_scores", "prr_extra")
+                "prr_weighted", "prr_weighted_nounion", "prr_scores", "prr_extra",
+                "local_leap", "slow_fast", "klass", "r2_threshold", "r2_factor", "r2_prr", "r2_slow_fast")
+# The rules whose commits are not a prefix of the candidates ranked by key (prr/rules.h).
+SET_RULE_NAMES = ("local_leap", "slow_fast", "klass", "r2_threshold", "r2_factor", "r2_prr", "r2_slow_fast")
+
+
+def random_r2(rnd: "Rand", base) -> "prr_ext.R2":
+    """R²'s passes with random settings (each pass on or off) on top of `base`."""
+    return prr_ext.R2(base=base, window=rnd.choice([None, 1, 2, 3, 5]), window_unmasked=rnd.choice([None, 0, 1, 2]),
+                      spatial_threshold=rnd.uniform(0.05, 0.9),
+                      token_cluster=rnd.choice([None, "confidence", "mid", "random"]),
+                      token_cluster_size=rnd.int(2, 3), temporal_steps=rnd.choice([None, 1, 2, 3]),
+                      temporal_threshold=rnd.uniform(0.05, 0.9), temporal_eval=rnd.choice(["last", "ave", "max"]))
 
 
 def random_controller(rnd: Rand, extra_features: int = 0, *, position_blind: bool = False) -> prr_ext.Controller:
@@ -204,6 +216,26 @@ def make_policy(name: str, rnd: Rand, *, tie_heavy: bool = False):
         return prr_ext.Threshold(tau=rnd.uniform(0.05, 0.95)), None
     if name == "factor":
         return prr_ext.Factor(f=rnd.uniform(0.2, 3.0)), None
+    if name == "factor_paper":
+        return prr_ext.Factor(f=rnd.uniform(0.2, 3.0), variant="paper"), None
+    if name == "local_leap":
+        tau = rnd.uniform(0.1, 0.95)
+        return prr_ext.LocalLeap(tau=tau, relaxed_tau=tau * rnd.uniform(0.2, 1.0), radius=rnd.int(0, 5)), None
+    if name in ("slow_fast", "r2_slow_fast"):
+        pol = prr_ext.SlowFast(explore_steps=rnd.int(1, 4), span_threshold=rnd.uniform(0.05, 0.6),
+                               stability_window=rnd.int(1, 3), stability_std=rnd.uniform(0.0, 2.0),
+                               fill_threshold=rnd.uniform(0.1, 0.95))
+        return (pol if name == "slow_fast" else random_r2(rnd, pol)), None
+    if name == "klass":
+        return prr_ext.KLASS(conf_threshold=rnd.uniform(0.05, 0.9), kl_threshold=rnd.uniform(0.0, 3.0),
+                             history=rnd.int(1, 3)), None
+    if name == "r2_threshold":
+        return random_r2(rnd, prr_ext.Threshold(tau=rnd.uniform(0.3, 0.99))), None
+    if name == "r2_factor":
+        return random_r2(rnd, prr_ext.Factor(f=rnd.uniform(0.2, 3.0))), None
+    if name == "r2_prr":
+        return random_r2(rnd, prr_ext.PRR(random_controller(rnd, position_blind=tie_heavy),
+                                          tau=rnd.uniform(0.2, 0.9))), None
     if name == "entropy_bound":
         return prr_ext.EntropyBound(gamma=rnd.uniform(0.0, 2.5)), None
     assert name.startswith("prr_"), name
@@ -399,6 +431,12 @@ def assert_states_equal(a, b, when: str = "") -> None:
     assert torch.equal(a.row_state, b.row_state), f"row_state differs {when}:\n{a.row_state}\n{b.row_state}"
     assert torch.equal(a.traj, b.traj), f"trajectory state differs {when}"
     torch.testing.assert_close(a.prev_p1, b.prev_p1, rtol=STATS_RTOL, atol=STATS_ATOL, msg=f"prev_p1 differs {when}")
+    # the rules' memory: streak tokens and counts exactly, the fp32 sums of probabilities within tolerance
+    torch.testing.assert_close(a.rule_state, b.rule_state, rtol=STATS_RTOL, atol=STATS_ATOL,
+                               msg=f"rule_state differs {when}")
+    assert a.prev_logp.shape == b.prev_logp.shape, f"prev_logp shapes differ {when}"
+    torch.testing.assert_close(a.prev_logp, b.prev_logp, rtol=STATS_RTOL, atol=STATS_ATOL,
+                               msg=f"prev_logp differs {when}")
 
 
 def active_block_bounds(state):

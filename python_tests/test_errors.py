@@ -521,7 +521,7 @@ DIRECT_ERRORS = [
     ("block_length-not-dividing", {}, dict(block_length=3), r"block_length must divide the generation length"),
     ("steps", {}, dict(steps=3), r"steps must be a positive multiple of the number of blocks"),
     ("steps-zero", {}, dict(steps=0), r"steps must be a positive multiple"),
-    ("row_state", {}, dict(row_state=torch.zeros(B, 3, dtype=torch.int64)), r"row_state must be a contiguous \[B, 4\]"),
+    ("row_state", {}, dict(row_state=torch.zeros(B, 3, dtype=torch.int64)), r"row_state must be a contiguous \[B, 17\]"),
     ("row_state-dtype", {}, dict(row_state=torch.zeros(B, 4, dtype=torch.int32)), r"row_state must be"),
     ("traj", {}, dict(traj=torch.zeros(B, BL + 1, 2, dtype=torch.int64)), r"traj must be a contiguous"),
     ("prev_p1", {}, dict(prev_p1=torch.zeros(B, BL, dtype=torch.float64)), r"prev_p1 must be"),

@@ -21,7 +21,8 @@ import torch
 import prr_ext
 from prr_ext import reference as R
 
-from helpers import (CONF_DTYPES, DTYPE_NAMES, LOGITS_DTYPES, POLICY_NAMES, LogitsMaker, Shape, ToyModel,
+from helpers import (CONF_DTYPES, DTYPE_NAMES, LOGITS_DTYPES, POLICY_NAMES, SET_RULE_NAMES, LogitsMaker, Shape,
+                     ToyModel,
                      canonical_topk, check_commit_invariants, clone_for_reference, first_argmax,
                      make_canvas, make_policy, random_controller,
                      make_state, non_mask_tokens, normal_logits, random_shape, run_decode_loop)
@@ -60,7 +61,7 @@ def test_decode_loop_matches_reference(rnd, policy_name, dtype):
         assert n == s.steps and bool((nfe == s.steps).all()), (n, nfe)
     else:
         assert bool((nfe <= R.block_cap(op_state) * s.num_blocks).all()), nfe
-        if not (isinstance(policy, prr_ext.PRR) and not policy.union_schedule):
+        if R.block_cap(op_state) == op_state.steps_per_block:  # (not PRR without the union, SlowFast, KLASS)
             assert bool((nfe <= s.steps).all()), f"an adaptive policy used more NFE than the schedule: {nfe}"
 
 
@@ -96,7 +97,7 @@ def test_tie_heavy_bf16_logits(rnd, policy_name, conf_temp):
             ties_seen["argmax"] += int(((lgd == lgd.amax(-1, keepdim=True)).sum(-1) > 1)[rows].sum())
         keys = torch.where(rows, stats[..., R.STAT_KEY].double(), torch.tensor(-math.inf, dtype=torch.float64))
         off = lo if block_only else 0  # canvas column of logits row 0
-        for b in range(s.B):
+        for b in range(s.B if policy_name not in SET_RULE_NAMES else 0):  # (those rules commit sets, not prefixes)
             if not rows[b].any():
                 continue
             chosen = commit[b, off:off + keys.shape[1]]
@@ -389,6 +390,10 @@ def _expected_count(policy, keys, k):
     if isinstance(policy, (prr_ext.Threshold, prr_ext.PRR)):
         while extra < n and keys[extra] >= policy.param:
             extra += 1
+    elif isinstance(policy, prr_ext.Factor) and policy.variant == "fast-dllm":
+        while extra < n and (extra == 0 or keys[extra] >= 1.0 - policy.f / (extra + 2)):
+            extra += 1
+        extra = n if extra == n - 1 else extra  # upstream's scan stops on its last index
     elif isinstance(policy, prr_ext.Factor):
         while extra < n and (extra + 2) * (1.0 - keys[extra]) < policy.f:
             extra += 1
@@ -400,13 +405,13 @@ def _expected_count(policy, keys, k):
     return min(max(floor, extra), n)
 
 
-@pytest.mark.parametrize("rule", ["threshold", "factor", "entropy_bound", "prr"])
+@pytest.mark.parametrize("rule", ["threshold", "factor", "factor_fast_dllm", "entropy_bound", "prr"])
 def test_rule_boundaries(rnd, rule):
     """tau / f / gamma set exactly to a value the rule compares against: Threshold and PRR commit keys equal to
     tau, EntropyBound commits the position whose preceding entropy sum equals gamma, Factor does not commit the
     position whose (m + 1)(1 - c_m) equals f. Checked on the op's own keys (stats column STAT_KEY)."""
     s = Shape(B=3, P=2, G=16, BL=16, steps=16, V=33, mask_id=rnd.int(0, 32))  # S = BL: k = 1 at the first step
-    placeholder = {"threshold": prr_ext.Threshold(0.5), "factor": prr_ext.Factor(1.0),
+    placeholder = {"threshold": prr_ext.Threshold(0.5), "factor": prr_ext.Factor(1.0), "factor_fast_dllm": prr_ext.Factor(1.0),
                    "entropy_bound": prr_ext.EntropyBound(0.5),
                    "prr": prr_ext.PRR(random_controller(rnd), tau=0.5, shaping="power")}[rule]
     x, plen = make_canvas(rnd, s, prefill=0.0)
@@ -427,7 +432,9 @@ def test_rule_boundaries(rnd, rule):
             policy = (prr_ext.Threshold(tau=param) if rule == "threshold"
                       else dataclasses.replace(placeholder, tau=param))
         elif rule == "factor":
-            policy = prr_ext.Factor(f=(m + 2) * (1.0 - keys[m]))  # position m + 1 (1-indexed) must fail
+            policy = prr_ext.Factor(f=(m + 2) * (1.0 - keys[m]), variant="paper")  # rank m + 1 must fail
+        elif rule == "factor_fast_dllm":
+            policy = prr_ext.Factor(f=(m + 2) * (1.0 - keys[m]))  # rank m passes at (near) equality
         else:
             before = 0.0
             for j in range(m):

@@ -26,6 +26,7 @@
 #include "prr/params.h"
 #include "prr/philox.h"
 #include "prr/row_stats.h"
+#include "prr/rules.h"
 #include "prr/select.h"
 #include "step_args.h"
 
@@ -46,8 +47,9 @@ struct SeqInfo {
 struct Token {
   int64_t b = 0, col = 0, r = 0, pos = 0;  // sequence, canvas column, logits row, position in the block
   bool usable = false;                     // no NaN/+Inf in the row, a finite non-mask logit, a valid candidate
-  int64_t cand = -1;
-  double key = 0.0;  // the policy's ranking key
+  int64_t cand = -1, argmax = -1;
+  double conf = 0.0;  // p(candidate) in the confidence dtype
+  double key = 0.0;   // the policy's ranking key
   float stats[prr::kNumStats];
 };
 
@@ -59,7 +61,27 @@ struct Inputs {
   const float* extra = nullptr;         // [B, Lr, n_extra]
   const float* ctrl = nullptr;          // packed controller
   const int64_t* seed = nullptr;        // [B]
+  double* rule_state = nullptr;         // [B, block_length, kRuleStateCols]
+  float* prev_logp = nullptr;           // [B, block_length, V] (KLASS)
 };
+
+// KLASS: KL(p || p_prev) of a row against its kept log-probabilities (fp64, terms with p == 0 add nothing), which
+// are then replaced by this row's (fp32). Twin: prr_ext/reference.py::kl_divergence.
+template <typename scalar_t>
+double kl_and_keep(const scalar_t* row, int64_t V, float* keep) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (int64_t v = 0; v < V; ++v) m = std::max(m, static_cast<double>(row[v]));
+  double z = 0.0;
+  for (int64_t v = 0; v < V; ++v) z += std::exp(static_cast<double>(row[v]) - m);
+  const double log_z = std::log(z);
+  double kl = 0.0;
+  for (int64_t v = 0; v < V; ++v) {
+    const double lp = (static_cast<double>(row[v]) - m) - log_z, p = std::exp(lp);
+    if (p > 0.0) kl += p * (lp - static_cast<double>(keep[v]));
+    keep[v] = static_cast<float>(lp);
+  }
+  return kl;
+}
 
 // Round a probability to the confidence dtype (bf16/fp16 round an fp32 value, as torch's reduced softmax does).
 inline double round_conf(double p, int conf_dtype) {
@@ -104,12 +126,18 @@ void process_token(const StepParams& p, const scalar_t* row, Token& t, const Seq
     if (cand < 0 || cand >= V || cand == mask) cand = -1;  // never commit an invalid token
   }
   t.usable = st.usable() && cand >= 0 && cand < V;
-  if (!t.usable) return;
+  if (!t.usable) {
+    if (p.policy == prr::kKLASS)  // no distribution kept for this position
+      in.rule_state[(t.b * p.block_length + t.pos) * prr::kRuleStateCols + prr::kRsKlCount] = -1.0;
+    return;
+  }
   t.cand = cand;
 
   const double conf = round_conf(static_cast<double>(st.prob(static_cast<C>(row[cand]))), p.conf_dtype);
   const float p1 = static_cast<float>(st.prob(st.c1)), p2 = static_cast<float>(st.prob(st.c2));
   const float entropy = static_cast<float>(st.entropy());
+  t.conf = conf;
+  t.argmax = st.i1;
   t.stats[prr::kStatConf] = static_cast<float>(conf);
   t.stats[prr::kStatP1] = p1;
   t.stats[prr::kStatP2] = p2;
@@ -120,6 +148,14 @@ void process_token(const StepParams& p, const scalar_t* row, Token& t, const Seq
   traj[0] = st.i1;
   const float prev = *prev_p1;
   *prev_p1 = p1;
+
+  // ---- KLASS: the KL to the previous step's distribution (kept when the count is >= 0), and this step's kept
+  if (p.policy == prr::kKLASS) {
+    double* count = in.rule_state + (t.b * p.block_length + t.pos) * prr::kRuleStateCols + prr::kRsKlCount;
+    double kl = kl_and_keep(row, V, in.prev_logp + (t.b * p.block_length + t.pos) * V);
+    if (*count < 0.0) kl = std::numeric_limits<double>::infinity();
+    *count = kl < p.rule.kl_threshold ? std::max(*count, 0.0) + 1.0 : 0.0;
+  }
 
   // ---- the policy's key
   switch (p.policy) {
@@ -168,6 +204,37 @@ void process_token(const StepParams& p, const scalar_t* row, Token& t, const Seq
   t.stats[prr::kStatKey] = static_cast<float>(t.key);
 }
 
+// One sequence's active block as prr/rules.h reads it (the Blk interface documented there).
+struct BlockOnCpu {
+  std::vector<const Token*> at;  // block position -> its token (nullptr: not masked at the start of the step)
+  const std::vector<int64_t>& ranked;  // token indices in rank order (usable ones)
+  const std::vector<Token>& toks;
+  int64_t lo;
+  int64_t* xb;       // the sequence's canvas row
+  bool* commit_row;  // the sequence's commit mask row
+  double* rule_row;  // rule_state[b]
+
+  BlockOnCpu(const std::vector<Token>& toks_, const SeqInfo& s, const std::vector<int64_t>& ranked_, int64_t BL,
+             int64_t lo_, int64_t* xb_, bool* commit_row_, double* rule_row_)
+      : at(BL, nullptr), ranked(ranked_), toks(toks_), lo(lo_), xb(xb_), commit_row(commit_row_), rule_row(rule_row_) {
+    for (int64_t i = s.first_token; i < s.first_token + s.num_tokens; ++i) at[toks[i].pos] = &toks[i];
+  }
+  bool masked(int64_t j) const { return at[j] != nullptr; }
+  bool usable(int64_t j) const { return at[j] != nullptr && at[j]->usable; }
+  double conf(int64_t j) const { return at[j]->conf; }
+  int64_t cand(int64_t j) const { return at[j]->cand; }
+  int64_t argmax(int64_t j) const { return at[j]->argmax; }
+  float p1(int64_t j) const { return at[j]->stats[prr::kStatP1]; }
+  int64_t order(int64_t i) const { return toks[ranked[i]].pos; }
+  bool committed(int64_t j) const { return commit_row[lo + j]; }
+  void commit(int64_t j, int64_t token) {
+    xb[lo + j] = token;
+    commit_row[lo + j] = true;
+  }
+  double rule(int64_t j, int c) const { return rule_row[j * prr::kRuleStateCols + c]; }
+  void set_rule(int64_t j, int c, double v) { rule_row[j * prr::kRuleStateCols + c] = v; }
+};
+
 // Move sequence b to its next block; adaptive policies also skip blocks that hold no masks.
 void advance_block(const StepParams& p, const int64_t* xb, int64_t* rs) {
   rs[prr::kRsStep] = 0;
@@ -197,6 +264,7 @@ StepOutputs step_cpu(const StepArgs& a) {
   int64_t* tr = a.traj.data_ptr<int64_t>();
   float* pp = a.prev_p1.data_ptr<float>();
   const int64_t* plen = a.prompt_lens.data_ptr<int64_t>();
+  double* rst = a.rule_state.data_ptr<double>();
   int64_t active = std::numeric_limits<int64_t>::max();
   for (int64_t b = 0; b < B; ++b) {
     // row_state is State-managed; a corrupt one must not turn into out-of-bounds reads or writes
@@ -232,7 +300,12 @@ StepOutputs step_cpu(const StepArgs& a) {
         tr[(b * BL + j) * 2] = -1;
         tr[(b * BL + j) * 2 + 1] = 0;
         pp[b * BL + j] = 0.0f;
+        double* rule = rst + (b * BL + j) * prr::kRuleStateCols;  // no streak, no kept distribution
+        std::fill(rule, rule + prr::kRuleStateCols, 0.0);
+        rule[prr::kRsStreakToken] = -1.0;
+        rule[prr::kRsKlCount] = -1.0;
       }
+      std::fill(r + prr::kRsSpanStart, r + prr::kRsCols, int64_t(0));  // a fresh SlowFast sub-cycle
     }
     const float row_len = static_cast<float>(plen[b] + p.gen_length);
     s.feat = prr::FeatureInputs{row_len,
@@ -261,6 +334,8 @@ StepOutputs step_cpu(const StepArgs& a) {
   // ---- per token: statistics, candidate, controller, key (parallel)
   Inputs in;
   in.seed = a.seed.data_ptr<int64_t>();
+  in.rule_state = rst;
+  if (p.policy == prr::kKLASS) in.prev_logp = a.prev_logp.data_ptr<float>();
   if (a.candidates) in.candidates = a.candidates->data_ptr<int64_t>();
   if (a.random_conf) in.random_conf = a.random_conf->data_ptr<float>();
   if (p.policy == prr::kPRR) {
@@ -308,12 +383,24 @@ StepOutputs step_cpu(const StepArgs& a) {
       keys.resize(order.size());
       for (size_t i = 0; i < order.size(); ++i) keys[i] = toks[order[i]].key;
       const int64_t k = prr::schedule_k(r[prr::kRsSchedN], p.steps_per_block, s.step);
-      const int64_t n_commit = prr::commit_count(p.policy, keys.data(), static_cast<int64_t>(keys.size()), k, p.param,
-                                                 p.union_schedule);
-      for (int64_t i = 0; i < n_commit; ++i) {
-        const Token& t = toks[order[i]];
-        xb[t.col] = t.cand;
-        cm[b * L + t.col] = true;
+      const int64_t n_usable = static_cast<int64_t>(keys.size());
+      if (p.policy < prr::kLocalLeap) {  // a prefix of the candidates in rank order (prr/select.h)
+        const int64_t n_commit = prr::commit_count(p.policy, keys.data(), n_usable, k, p.param, p.union_schedule,
+                                                   p.rule.factor_variant);
+        for (int64_t i = 0; i < n_commit; ++i) {
+          const Token& t = toks[order[i]];
+          xb[t.col] = t.cand;
+          cm[b * L + t.col] = true;
+        }
+      }
+      if (p.policy >= prr::kLocalLeap || p.r2) {  // the rules of prr/rules.h, on this sequence's block
+        BlockOnCpu blk(toks, s, order, BL, lo, xb, cm + b * L, rst + b * BL * prr::kRuleStateCols);
+        const prr::RuleParams& rp = p.rule;
+        if (p.policy == prr::kLocalLeap) prr::local_leap_select(blk, BL, n_usable, k, p.param, rp.relaxed_tau, rp.radius);
+        if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k, p.param, rp.kl_history);
+        if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, r);
+        if (p.r2) prr::r2_select(blk, BL, rp, static_cast<uint64_t>(in.seed[b]), lo, s.nfe);
+        if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, r);
       }
       // bookkeeping: the step is consumed; leave the block after block_cap steps, or once it is empty (adaptive)
       r[prr::kRsStep] = s.step + 1;

@@ -317,7 +317,9 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
   const bool in_smem = BL <= kSortCap;
   // blocks of 33 .. kSortCap positions select by radix, not a sort (Factor, EntropyBound: unless more than their
   // floor may commit)
-  const bool by_radix = BL > 32 && in_smem && args.select_sort == 0;
+  // (Fast-dLLM's Factor variant has no radix veto test: it sorts)
+  const bool by_radix = BL > 32 && in_smem && args.select_sort == 0 &&
+                        !(p.policy == prr::kFactor && p.rule.factor_variant == prr::kFactorFastDllm);
   int64_t n_pow2 = 1;
   while (n_pow2 < BL) n_pow2 <<= 1;
   __shared__ int64_t s_cand[32];  // block_length <= 32: the candidates in rank order
@@ -487,7 +489,9 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
   if (n_commit < 0) {
     // how many to commit (serial fp64 rule, prr/select.h), then the first n_commit of the sorted candidates
     __shared__ int64_t s_commit;
-    if (tid == 0) s_commit = prr::commit_count(p.policy, keys_sorted, n_usable, k_sched, p.param, p.union_schedule);
+    if (tid == 0)
+      s_commit = prr::commit_count(p.policy, keys_sorted, n_usable, k_sched, p.param, p.union_schedule,
+                                   p.rule.factor_variant);
     __syncthreads();
     n_commit = s_commit;
     TL(kTlSelCounted);

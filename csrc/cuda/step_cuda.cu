@@ -69,6 +69,8 @@ StepOutputs step_cuda(const StepArgs& a) {
   const at::Tensor& logits = a.logits;
   at::Tensor& x = a.x;
   TORCH_CHECK(logits.is_cuda(), "prr_ext::step (CUDA): logits must be a CUDA tensor");
+  TORCH_CHECK(!p.needs_rules, "prr_ext::step (CUDA): LocalLeap, SlowFast, KLASS and R2 are not in the CUDA "
+              "kernel yet; run the step on CPU tensors, or use another rule on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = p.B, L = p.L, Lr = p.Lr;
   // every element of the outputs is written by the kernel: no fill launches

@@ -13,7 +13,7 @@
 
 namespace prr {
 
-enum RngStream : uint32_t { kStreamGumbel = 0, kStreamRandomConf = 1 };
+enum RngStream : uint32_t { kStreamGumbel = 0, kStreamRandomConf = 1, kStreamCluster = 2 };
 
 struct Philox4 {
   uint32_t w[4];
@@ -61,6 +61,14 @@ PRR_HD Philox4 gumbel_block(uint64_t seed, int64_t col, int64_t step, int64_t gr
 PRR_HD float random_conf(uint64_t seed, int64_t col, int64_t step) {
   return uniform_from_bits(
       philox4x32(0u, static_cast<uint32_t>(col), static_cast<uint32_t>(step), kStreamRandomConf, seed).w[0]);
+}
+
+// R²'s random token-cluster choice: an index in [0, n) for the run starting at canvas column `col` (exact integer
+// arithmetic: the high word of w0 * n).
+PRR_HD int64_t cluster_pick(uint64_t seed, int64_t col, int64_t step, int64_t n) {
+  const uint32_t w =
+      philox4x32(0u, static_cast<uint32_t>(col), static_cast<uint32_t>(step), kStreamCluster, seed).w[0];
+  return static_cast<int64_t>((static_cast<uint64_t>(w) * static_cast<uint64_t>(n)) >> 32);
 }
 
 }  // namespace prr

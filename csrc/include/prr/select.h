@@ -6,7 +6,10 @@
 // prr_ext/reference.py::commit_count.
 //   LowConfidence, RandomRemask: min(k_i, n)
 //   Threshold, PRR:  max(floor, #{key >= tau})
-//   Factor:          max(floor, longest prefix with (m + 1) * (1 - c_m) < f for every m <= prefix, 1-indexed)
+//   Factor:          max(floor, longest prefix with (m + 1) * (1 - c_m) < f for every m <= prefix, 1-indexed);
+//                    Fast-dLLM's variant: the prefix before the first m >= 2 with c_m < 1 - f / (m + 1), all n when
+//                    that is the last
+//   LocalLeap, SlowFast, KLASS and R²'s passes: prr/rules.h
 //   EntropyBound:    key = -H (ascending entropy); max(floor, longest prefix with sum(H before m) <= gamma)
 //   floor = max(k_i, 1), or 1 for PRR without the schedule union; the result is capped at n.
 #pragma once
@@ -43,11 +46,19 @@ PRR_HD int64_t commit_count_from(int policy, int64_t n, int64_t k, int64_t extra
 // least floor keys pass the rank floor - 1 test (a count, no sort: the CUDA kernel's radix path).
 PRR_HD bool factor_passes(int64_t m, double key, double f) { return double(m + 2) * (1.0 - key) < f; }
 
+// Fast-dLLM's get_transfer_index_dynamic at 0-based rank m: threshold -1 at rank 0, else 1 - f / (m + 2), passed at
+// equality. Its scan commits the ranks before the first failure, and all of them when the last rank is the first
+// to fail (commit_count).
+PRR_HD bool factor_passes_fast_dllm(int64_t m, double key, double f) { return m == 0 || key >= 1.0 - f / double(m + 2); }
+
 PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
-                            bool union_schedule) {
+                            bool union_schedule, int factor_variant = kFactorPaper) {
   int64_t extra = 0;
   if (policy == kThreshold || policy == kPRR) {
     while (extra < n && keys_sorted[extra] >= param) ++extra;
+  } else if (policy == kFactor && factor_variant == kFactorFastDllm) {
+    while (extra < n && factor_passes_fast_dllm(extra, keys_sorted[extra], param)) ++extra;
+    if (extra == n - 1) extra = n;
   } else if (policy == kFactor) {
     while (extra < n && factor_passes(extra, keys_sorted[extra], param)) ++extra;
   } else if (policy == kEntropyBound) {
