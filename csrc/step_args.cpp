@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "prr/controller.h"
+#include "prr/rules.h"
 
 namespace prr_ext {
 namespace {
@@ -68,7 +69,8 @@ prr::RuleParams read_rule_params(const StepArgs& a) {
       break;
     default: break;
   }
-  TORCH_CHECK(whole(rp[prr::kRpR2Window], 0), "rule_params: R2 window must be an int >= 0 (0: off)");
+  TORCH_CHECK(whole(rp[prr::kRpR2Window], 0) && rp[prr::kRpR2Window] <= prr::kMaxR2Window,
+              "rule_params: R2 window must be an int in [0, ", prr::kMaxR2Window, "] (0: off)");
   TORCH_CHECK(whole(rp[prr::kRpR2WindowUnmasked], -1), "rule_params: R2 window_unmasked must be an int >= -1");
   TORCH_CHECK(unit(rp[prr::kRpR2SpatialThreshold]), "rule_params: R2 spatial_threshold must lie in [0, 1]");
   TORCH_CHECK(whole(rp[prr::kRpR2Cluster], 0) && rp[prr::kRpR2Cluster] <= prr::kClusterRandom,

@@ -53,13 +53,14 @@ RP_R2_TEMPORAL_THRESHOLD = 10
 RP_R2_TEMPORAL_EVAL = 11
 NUM_RULE_PARAMS = 12
 MAX_STABILITY_WINDOW = 8
+MAX_R2_WINDOW = 64
 
 # Columns of State.rule_state[b, j, :] (float64, per block position; reset on entering a block).
 RULE_STREAK_TOKEN = 0   # R² temporal: top-1 of the running streak (-1: none)
 RULE_STREAK_COUNT = 1
 RULE_STREAK_SUM = 2     # fp32 sum of the streak's top-1 probabilities
 RULE_STREAK_MAX = 3     # fp32 max of them
-RULE_KL_COUNT = 4       # KLASS: consecutive steps with KL < kappa
+RULE_KL_COUNT = 4       # KLASS: consecutive steps with KL < kappa (-1: no distribution kept for the position)
 RULE_STATE_COLS = 5
 
 # PRR's confidence shaping (the op's `shaping` argument).

@@ -328,7 +328,7 @@ class R2(Policy):
     """R²-dLLM's redundancy-removing passes (arXiv 2604.18995) on top of a base rule, in upstream's order, on the same
     logits and in the same step:
 
-    1. spatial window (window=W, None: off): every window of W block positions holding at most `window_unmasked`
+    1. spatial window (window=W in [1, 64], None: off): every window of W block positions holding at most `window_unmasked`
        unmasked tokens after the base commit (None: no limit) whose still-masked positions have mean confidence
        >= spatial_threshold commits all of them (windows judged on the same canvas, then unioned);
     2. token cluster (token_cluster, None: off): a maximal run of >= token_cluster_size adjacent still-masked positions
@@ -356,7 +356,7 @@ class R2(Policy):
             raise TypeError(f"base must be a prr_ext policy, got {type(self.base).__name__}")
         if isinstance(self.base, R2):
             raise TypeError("base must not itself be an R2 policy (its passes would run twice)")
-        _check_int("window", self.window, 1, allow_none=True)
+        _check_int("window", self.window, 1, K.MAX_R2_WINDOW, allow_none=True)
         _check_int("window_unmasked", self.window_unmasked, 0, allow_none=True)
         object.__setattr__(self, "spatial_threshold", _check_unit_interval("spatial_threshold",
                                                                            self.spatial_threshold))

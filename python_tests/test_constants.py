@@ -34,9 +34,16 @@ def test_tables_follow_the_codes():
     assert sorted(constants.CONFIDENCE_DTYPES.values()) == [0, 1, 2, 3]
     assert len(BASE_FEATURES) == constants.NUM_BASE_FEATURES
     codes = [prr_ext.LowConfidence.code, prr_ext.RandomRemask.code, prr_ext.Threshold.code, prr_ext.Factor.code,
-             prr_ext.EntropyBound.code, prr_ext.PRR.code]
+             prr_ext.EntropyBound.code, prr_ext.PRR.code, prr_ext.LocalLeap.code, prr_ext.SlowFast.code,
+             prr_ext.KLASS.code]
     assert codes == [constants.POLICY_LOW_CONFIDENCE, constants.POLICY_RANDOM, constants.POLICY_THRESHOLD,
-                     constants.POLICY_FACTOR, constants.POLICY_ENTROPY_BOUND, constants.POLICY_PRR]
+                     constants.POLICY_FACTOR, constants.POLICY_ENTROPY_BOUND, constants.POLICY_PRR,
+                     constants.POLICY_LOCAL_LEAP, constants.POLICY_SLOW_FAST, constants.POLICY_KLASS]
+    assert prr_ext.R2(base=prr_ext.KLASS()).code == constants.POLICY_KLASS  # R2 runs its base rule's code
+    assert sorted(constants.FACTOR_VARIANTS.values()) == [0, 1]
+    assert sorted(constants.CLUSTER_CHOICES.values()) == [0, 1, 2, 3]
+    assert sorted(constants.TEMPORAL_EVALS.values()) == [0, 1, 2]
+    assert len(prr_ext.Threshold().rule_params()) == constants.NUM_RULE_PARAMS
 
 
 def test_reload_launch_overrides_exists_in_every_build():

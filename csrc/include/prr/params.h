@@ -67,7 +67,7 @@ enum RuleStateColumn : int {
   kRsStreakCount = 1,  // R² temporal: its length in steps
   kRsStreakSum = 2,    // R² temporal: fp32 sum of its top-1 probabilities
   kRsStreakMax = 3,    // R² temporal: fp32 max of them
-  kRsKlCount = 4,      // KLASS: consecutive steps with KL < kappa
+  kRsKlCount = 4,      // KLASS: consecutive steps with KL < kappa (-1: no distribution kept for the position)
   kRuleStateCols = 5,
 };
 
