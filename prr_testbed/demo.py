@@ -29,7 +29,8 @@ from .model import MaskedDiffusionLM, default_model_available, load_default, mak
 
 PROG = "python -m prr_testbed.demo"
 DEMO_SPECS = (RunSpec("lowconf", None, 1.0), RunSpec("threshold", 0.9), RunSpec("threshold", 0.5),
-              RunSpec("factor", 1.0), RunSpec("eb", 0.1), RunSpec("prr", 0.9))
+              RunSpec("factor", 1.0), RunSpec("eb", 0.1), RunSpec("prr", 0.9), RunSpec("localleap", 0.9),
+              RunSpec("slowfast", 0.9), RunSpec("klass", 0.9), RunSpec("r2", 0.9))
 CPU_N = 64  # test prompts per task on the CPU
 GPU_N = T.DEFAULT_HELDOUT_SIZE
 

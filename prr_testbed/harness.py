@@ -31,9 +31,16 @@ from .cli import resolve_device
 from .model import MaskedDiffusionLM, decode_responses, make_canvas
 from .stats import BOOTSTRAP_RESAMPLES, aup, aup_interval, bootstrap_interval, paired_comparison
 
-POLICY_NAMES = ("lowconf", "threshold", "factor", "eb", "prr")
+POLICY_NAMES = ("lowconf", "threshold", "factor", "eb", "prr", "localleap", "slowfast", "klass", "r2", "r2prr")
 POLICY_LABELS = {"lowconf": "LowConfidence", "threshold": "Threshold", "factor": "Factor", "eb": "EntropyBound",
-                 "prr": "PRR"}
+                 "prr": "PRR", "localleap": "LocalLeap", "slowfast": "SlowFast", "klass": "KLASS",
+                 "r2": "R2+Threshold", "r2prr": "R2+PRR"}
+# The swept hyper-parameter of each rule (RunSpec.param); the others keep their upstream defaults: LocalLeap's
+# relaxed threshold is tau - 0.15 (upstream's demo: 0.9 / 0.75) with radius 4, SlowFast sweeps its fill threshold,
+# KLASS its confidence threshold (kappa 0.01, history 2), R2 (every pass at the pinned defaults) its base's tau.
+PARAM_NAMES = {"threshold": "tau", "factor": "f", "eb": "gamma", "prr": "tau", "localleap": "tau", "slowfast": "fill",
+               "klass": "c", "r2": "tau", "r2prr": "tau"}
+NEEDS_CONTROLLER = ("prr", "r2prr")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -52,7 +59,7 @@ class RunSpec:
         name = POLICY_LABELS[self.policy]
         if self.policy == "lowconf":
             return f"{name}(steps={self.steps_frac:g}G)"
-        key = {"threshold": "tau", "factor": "f", "eb": "gamma", "prr": "tau"}[self.policy]
+        key = PARAM_NAMES[self.policy]
         s = f"{name}({key}={self.param:g})"
         return s if self.steps_frac == 1.0 else s[:-1] + f", steps={self.steps_frac:g}G)"
 
@@ -65,10 +72,20 @@ class RunSpec:
             return prr_ext.Factor(f=self.param)
         if self.policy == "eb":
             return prr_ext.EntropyBound(gamma=self.param)
+        if self.policy in NEEDS_CONTROLLER and controller is None:
+            raise ValueError(f"the {POLICY_LABELS[self.policy]} policy needs a controller")
         if self.policy == "prr":
-            if controller is None:
-                raise ValueError("the PRR policy needs a controller")
             return prr_ext.PRR(controller, tau=self.param)
+        if self.policy == "localleap":
+            return prr_ext.LocalLeap(tau=self.param, relaxed_tau=max(0.0, self.param - 0.15), radius=4)
+        if self.policy == "slowfast":
+            return prr_ext.SlowFast(fill_threshold=self.param)
+        if self.policy == "klass":
+            return prr_ext.KLASS(conf_threshold=self.param)
+        if self.policy == "r2":
+            return prr_ext.R2(base=prr_ext.Threshold(tau=self.param))
+        if self.policy == "r2prr":
+            return prr_ext.R2(base=prr_ext.PRR(controller, tau=self.param))
         raise ValueError(f"unknown policy {self.policy!r}; known: {POLICY_NAMES}")
 
 
@@ -191,7 +208,7 @@ def summarize(results: List[Dict]) -> Dict:
     return out
 
 
-ADAPTIVE_POLICIES = ("threshold", "factor", "eb", "prr")
+ADAPTIVE_POLICIES = ("threshold", "factor", "eb", "prr", "localleap", "slowfast", "klass", "r2", "r2prr")
 
 
 def _per_prompt(r: Dict, key: str) -> List:
@@ -282,7 +299,9 @@ def summarize_noise(results: List[Dict], *, n_boot: int = BOOTSTRAP_RESAMPLES, l
 # rules often are -- stay visible side by side instead of hiding each other.
 POLICY_STYLE = {"lowconf": ("tab:gray", "o", 8, (0, 0)), "threshold": ("tab:blue", "s", 9, (-4, 0)),
                 "factor": ("tab:green", "D", 8, (4, 0)), "eb": ("tab:orange", "^", 9, (0, -4)),
-                "prr": ("tab:red", "*", 13, (0, 4))}
+                "prr": ("tab:red", "*", 13, (0, 4)), "localleap": ("tab:purple", "v", 9, (-3, 3)),
+                "slowfast": ("tab:brown", "P", 9, (3, 3)), "klass": ("tab:pink", "X", 9, (-3, -3)),
+                "r2": ("tab:cyan", "h", 9, (3, -3)), "r2prr": ("tab:olive", "p", 10, (0, 6))}
 
 
 def have_matplotlib() -> bool:

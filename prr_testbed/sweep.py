@@ -12,7 +12,7 @@ same prompts (difference, its interval, exact McNemar p) of each adaptive policy
 beyond noise. Writes --out (JSON: every point with its per-prompt correctness and NFE, the AUP table, the intervals,
 the paired comparisons and the run's settings) and the accuracy-vs-NFE plot (--plot; skipped with a note when
 matplotlib is not installed).
-Cost: (points) x (families) x ceil(n / batch size) batches: the default sweep has 23 points (--quick: 12), each
+Cost: (points) x (families) x ceil(n / batch size) batches: the default sweep has 41 points (--quick: 20), each
 decoding 3 x 500 prompts, which wants a GPU.
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ import prr_ext
 from . import CONTROLLER_DIR, load_controller
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
-from .harness import (POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label, evaluate,
+from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label, evaluate,
                       have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_default
 from .stats import BOOTSTRAP_RESAMPLES
@@ -48,19 +48,29 @@ GAMMAS = (0.001, 0.01, 0.1, 0.5, 1.0)
 GAMMAS_QUICK = (0.01, 0.1, 1.0)
 PRR_TAUS = (0.5, 0.7, 0.9, 0.95)
 PRR_TAUS_QUICK = (0.7, 0.9)
+LOCALLEAP_TAUS = (0.7, 0.8, 0.9, 0.95)
+LOCALLEAP_TAUS_QUICK = (0.8, 0.9)
+SLOWFAST_FILLS = (0.7, 0.8, 0.9, 0.95)
+SLOWFAST_FILLS_QUICK = (0.8, 0.9)
+KLASS_CONFS = (0.6, 0.7, 0.8, 0.9)
+KLASS_CONFS_QUICK = (0.7, 0.9)
+R2_TAUS = (0.7, 0.9, 0.95)          # R2 over Threshold and over PRR: the base's tau
+R2_TAUS_QUICK = (0.9,)
 STEPS_FRACS = (1.0, 0.5, 0.25)      # LowConfidence steps = frac * gen_length
 STEPS_FRACS_QUICK = (1.0, 0.5)
 
 
 def build_specs(policies: Sequence[str], *, taus=TAUS, factors=FACTORS, gammas=GAMMAS, prr_taus=PRR_TAUS,
-                steps_fracs=STEPS_FRACS, adaptive_steps_fracs=(1.0,)) -> List[RunSpec]:
+                steps_fracs=STEPS_FRACS, adaptive_steps_fracs=(1.0,), localleap_taus=LOCALLEAP_TAUS,
+                slowfast_fills=SLOWFAST_FILLS, klass_confs=KLASS_CONFS, r2_taus=R2_TAUS) -> List[RunSpec]:
     """The sweep's points: LowConfidence at each step budget, every other policy at each of its values."""
     specs: List[RunSpec] = []
     for p in policies:
         if p == "lowconf":
             specs += [RunSpec("lowconf", None, f) for f in steps_fracs]
         else:
-            vals = {"threshold": taus, "factor": factors, "eb": gammas, "prr": prr_taus}.get(p)
+            vals = {"threshold": taus, "factor": factors, "eb": gammas, "prr": prr_taus, "localleap": localleap_taus,
+                    "slowfast": slowfast_fills, "klass": klass_confs, "r2": r2_taus, "r2prr": r2_taus}.get(p)
             if vals is None:
                 raise ValueError(f"unknown policy {p!r}; known: {POLICY_NAMES}")
             specs += [RunSpec(p, float(v), f) for f in adaptive_steps_fracs for v in vals]
@@ -154,7 +164,7 @@ def parse_args(argv=None):
     ap.add_argument("--policies", type=_names(POLICY_NAMES), default=",".join(POLICY_NAMES),
                     help="policies (comma-separated); prr uses --controller")
     ap.add_argument("--n", type=int, default=T.DEFAULT_HELDOUT_SIZE, help="test prompts per task (the first n of 500)")
-    ap.add_argument("--quick", action="store_true", help="the smaller default grids (12 points instead of 23)")
+    ap.add_argument("--quick", action="store_true", help="the smaller default grids (20 points instead of 41)")
     ap.add_argument("--taus", type=_floats, default=None,
                     help=f"Threshold taus (default: {TAUS}, --quick {TAUS_QUICK})")
     ap.add_argument("--factors", type=_floats, default=None,
@@ -163,6 +173,15 @@ def parse_args(argv=None):
                     help=f"EntropyBound gammas (default: {GAMMAS}, --quick {GAMMAS_QUICK})")
     ap.add_argument("--prr-taus", type=_floats, default=None,
                     help=f"PRR taus (default: {PRR_TAUS}, --quick {PRR_TAUS_QUICK})")
+    ap.add_argument("--localleap-taus", type=_floats, default=None,
+                    help=f"LocalLeap taus (relaxed tau = tau - 0.15; default: {LOCALLEAP_TAUS}, --quick "
+                         f"{LOCALLEAP_TAUS_QUICK})")
+    ap.add_argument("--slowfast-fills", type=_floats, default=None,
+                    help=f"SlowFast fill thresholds (default: {SLOWFAST_FILLS}, --quick {SLOWFAST_FILLS_QUICK})")
+    ap.add_argument("--klass-confs", type=_floats, default=None,
+                    help=f"KLASS confidence thresholds (default: {KLASS_CONFS}, --quick {KLASS_CONFS_QUICK})")
+    ap.add_argument("--r2-taus", type=_floats, default=None,
+                    help=f"R2's base taus, over Threshold and PRR (default: {R2_TAUS}, --quick {R2_TAUS_QUICK})")
     ap.add_argument("--steps-fracs", type=_floats, default=None, help="LowConfidence step budgets as fractions of "
                     f"gen_length (default: {STEPS_FRACS}, --quick {STEPS_FRACS_QUICK})")
     ap.add_argument("--adaptive-steps-fracs", type=_floats, default="1", help="step budgets (fractions of "
@@ -192,7 +211,7 @@ def parse_args(argv=None):
     if args.plot != os.path.splitext(args.out)[0] + ".png":
         check_outputs(ap, args, files=("plot",))
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
-    if "prr" in args.policies:
+    if any(p in args.policies for p in NEEDS_CONTROLLER):
         check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
     args.device, args.device_note = pick_device_arg(ap, args.device)
     return ap, args
@@ -211,11 +230,11 @@ def main(argv=None) -> Dict:
     q = args.quick
     tasks, policies = list(args.tasks), list(args.policies)
     controller = None
-    if "prr" in policies:
+    if any(p in policies for p in NEEDS_CONTROLLER):
         where = args.controller or CONTROLLER_DIR
         if args.controller is None and not os.path.isfile(os.path.join(where, "config.json")):
             print(f"[sweep] NOTE: no PRR controller is shipped ({where}): PRR skipped")
-            policies.remove("prr")
+            policies = [p for p in policies if p not in NEEDS_CONTROLLER]
         else:
             controller = load_controller(where)
             if controller.extra_features:
@@ -223,14 +242,18 @@ def main(argv=None) -> Dict:
                 if args.controller is not None:
                     ap.error(f"argument --controller: {msg}")
                 print(f"[sweep] NOTE: {msg}: PRR skipped")
-                policies.remove("prr")
+                policies = [p for p in policies if p not in NEEDS_CONTROLLER]
                 controller = None
     specs = build_specs(policies, taus=args.taus or (TAUS_QUICK if q else TAUS),
                         factors=args.factors or (FACTORS_QUICK if q else FACTORS),
                         gammas=args.gammas or (GAMMAS_QUICK if q else GAMMAS),
                         prr_taus=args.prr_taus or (PRR_TAUS_QUICK if q else PRR_TAUS),
                         steps_fracs=args.steps_fracs or (STEPS_FRACS_QUICK if q else STEPS_FRACS),
-                        adaptive_steps_fracs=args.adaptive_steps_fracs)
+                        adaptive_steps_fracs=args.adaptive_steps_fracs,
+                        localleap_taus=args.localleap_taus or (LOCALLEAP_TAUS_QUICK if q else LOCALLEAP_TAUS),
+                        slowfast_fills=args.slowfast_fills or (SLOWFAST_FILLS_QUICK if q else SLOWFAST_FILLS),
+                        klass_confs=args.klass_confs or (KLASS_CONFS_QUICK if q else KLASS_CONFS),
+                        r2_taus=args.r2_taus or (R2_TAUS_QUICK if q else R2_TAUS))
     print(f"[sweep] {len(specs)} points x {len(tasks)} tasks, n={args.n} test prompts each, batch {args.batch_size}, "
           f"on {device_label(device)}", flush=True)
     model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
