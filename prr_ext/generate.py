@@ -39,12 +39,13 @@ from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 
+from . import constants as K
 from . import ops
 from . import reference as R
 from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, logits_of, make_result,
                             resolve_mask_id, resolve_token_id, sync_device)
 from .dream import dream_generate
-from .policies import LowConfidence, Policy
+from .policies import LowConfidence, Policy, SlowFast
 from .state import State
 
 __all__ = ["generate", "GenerateResult", "LLADA_MASK_ID", "LLADA_EOS_ID", "LLADA_EOT_ID"]
@@ -69,7 +70,8 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
              alg: str = "entropy", eps: float = 1e-3, top_p: Optional[float] = None, top_k: Optional[int] = None,
              alg_temp: Optional[float] = None, eos_fill: bool = False, cuda_graph: bool = False,
              block_info: bool = False, backend: str = "op", seed: Optional[torch.Tensor] = None,
-             logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None) -> GenerateResult:
+             slow_fast_prefix: bool = False, logits_hook: Optional[Callable] = None,
+             tokens_hook: Optional[Callable] = None) -> GenerateResult:
     """Generate `gen_length` tokens after `prompt_ids` [B, P] with a masked-diffusion LM.
 
     Common:
@@ -122,6 +124,13 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
       backend:        "op" (prr_ext.step, default) or "reference" (prr_ext.reference.step, pure PyTorch: the
                       specification, slow; for tests).
       seed:           [B] int64 Philox seeds passed to State (default drawn from `generator`).
+      slow_fast_prefix: with a SlowFast policy (or R2 over one), SlowFast's forward saving: in the fast phase the
+                      first forward of a sub-cycle runs on the whole canvas and the logits of the columns past the
+                      span's end are kept; the later forwards of that sub-cycle run on the canvas up to the span's
+                      end only (`model(x[:, :end])`, the suffix dropped from attention) and reuse the kept suffix
+                      logits. `end` is the largest span end of the active rows. Changes the model's inputs, so the
+                      tokens may differ from the full forward's; the model must accept a shorter canvas. One host
+                      synchronisation per step (reading the spans); not with cuda_graph or block_info.
 
     style="dream" (Dream _sample, prr_ext/dream.py): alg in "origin", "maskgit_plus", "topk_margin", "entropy";
       eps, top_p, top_k, alg_temp as in Dream; logits_hook(i, x, logits) / tokens_hook(i, x, logits) are Dream's
@@ -137,8 +146,10 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
             raise ValueError("style='dream' has no blocks: block_length must be None or gen_length")
         if policy is not None:
             raise ValueError("style='dream' selects tokens with `alg`, not a prr_ext policy")
-        if cfg_scale or logits_eos_inf or confidence_eos_eot_inf or eos_fill or cuda_graph or block_info:
-            raise ValueError("cfg_scale, the EOS flags, eos_fill, cuda_graph and block_info apply to style='llada'")
+        if cfg_scale or logits_eos_inf or confidence_eos_eot_inf or eos_fill or cuda_graph or block_info \
+                or slow_fast_prefix:
+            raise ValueError("cfg_scale, the EOS flags, eos_fill, cuda_graph, block_info and slow_fast_prefix apply to "
+                             "style='llada'")
         return dream_generate(model, prompt_ids, gen_length=gen_length, steps=steps, alg=alg, temperature=temperature,
                               top_p=top_p, top_k=top_k, alg_temp=alg_temp, eps=eps, mask_id=mask_id,
                               attention_mask=attention_mask, generator=generator, logits_hook=logits_hook,
@@ -153,12 +164,19 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
                            steps=steps, policy=policy if policy is not None else LowConfidence(),
                            temperature=temperature, cfg_scale=cfg_scale, attention_mask=attention_mask, rules=rules,
                            confidence_dtype=confidence_dtype, generator=generator, rng=rng, cuda_graph=cuda_graph,
-                           block_info=block_info, backend=backend, seed=seed)
+                           block_info=block_info, backend=backend, seed=seed, slow_fast_prefix=slow_fast_prefix)
 
 
 def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, policy, temperature, cfg_scale,
-                    attention_mask, rules, confidence_dtype, generator, rng, cuda_graph, block_info, backend, seed):
+                    attention_mask, rules, confidence_dtype, generator, rng, cuda_graph, block_info, backend, seed,
+                    slow_fast_prefix=False):
     cfg_scale = _check_llada_options(prompt_ids.device, backend, cfg_scale, cuda_graph, rng, block_info)
+    if slow_fast_prefix:
+        if not isinstance(policy.base_rule, SlowFast):
+            raise ValueError(f"slow_fast_prefix=True needs a SlowFast policy (or R2 over one), got {policy}")
+        if cuda_graph or block_info:
+            raise ValueError("slow_fast_prefix=True cannot run with cuda_graph or block_info (it changes the forward's "
+                             "length from step to step)")
     x, attention, prompt_length = build_canvas(prompt_ids, attention_mask, gen_length, rules.mask_id)  # x [B, P+G]
     P = prompt_ids.shape[1]
     forward = Forward(model, x, attention, mask_id=rules.mask_id, cfg_scale=cfg_scale, block_length=block_length,
@@ -174,6 +192,10 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
     del logits
     if cuda_graph:
         graph_loop(forward, state, backend, rules, GRAPH_IMPL)
+    elif slow_fast_prefix:
+        prefix_forward = SlowFastPrefix(forward, P)
+        while not state.done:
+            decode_step(prefix_forward(state), state, backend, rules)
     else:
         while not state.done:
             decode_step(forward(state.block_start if block_info else P), state, backend, rules)
@@ -270,26 +292,55 @@ class Forward:
                 self.attention = torch.cat([attention, attention], 0)  # [2B, P+G]
         self.calls = 0
 
-    def __call__(self, block_start: int) -> torch.Tensor:
+    def __call__(self, block_start: int, length: Optional[int] = None) -> torch.Tensor:
+        """The logits of the canvas, or of its first `length` columns (the model sees only those)."""
         self.calls += 1
-        x = self.x
+        x = self.x if length is None else self.x[:, :length]
         if self.cfg_scale > 0:
-            uncond = torch.where(self.prompt_columns, torch.full_like(x, self.mask_id), x)
-            cond_logits, uncond_logits = torch.chunk(self._logits(torch.cat([x, uncond], 0), block_start), 2, dim=0)
+            columns = self.prompt_columns if length is None else self.prompt_columns[:, :length]
+            uncond = torch.where(columns, torch.full_like(x, self.mask_id), x)
+            cond_logits, uncond_logits = torch.chunk(self._logits(torch.cat([x, uncond], 0), block_start, length), 2,
+                                                     dim=0)
             logits = uncond_logits + (self.cfg_scale + 1) * (cond_logits - uncond_logits)
         else:
-            logits = self._logits(x, block_start)
+            logits = self._logits(x, block_start, length)
         if logits.dim() != 3 or logits.shape[0] != x.shape[0]:
             raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}; expected [{x.shape[0]}, L, V]")
         return logits
 
-    def _logits(self, inp: torch.Tensor, block_start: int) -> torch.Tensor:
+    def _logits(self, inp: torch.Tensor, block_start: int, length: Optional[int] = None) -> torch.Tensor:
         kw = {}
         if self.attention is not None:
-            kw["attention_mask"] = self.attention
+            kw["attention_mask"] = self.attention if length is None else self.attention[:, :length]
         if self.block_info:
             kw["block_start"], kw["block_end"] = block_start, block_start + self.block_length
         return logits_of(self.model(inp, **kw))
+
+
+class SlowFastPrefix:
+    """SlowFast's forward saving (generate(slow_fast_prefix=True)): in a sub-cycle's fast phase, the first forward
+    covers the whole canvas and keeps the logits past the span's end; the later ones cover the canvas up to the span's
+    end and reuse them. A new sub-cycle, block or span (the key) takes a whole forward again."""
+
+    def __init__(self, forward: Forward, prompt_width: int):
+        self.forward, self.P = forward, prompt_width
+        self.key, self.suffix = None, None
+
+    def __call__(self, state: State) -> torch.Tensor:
+        rs = state.row_state.cpu()
+        blk = int(rs[:, R.RS_BLOCK].min())
+        active = rs[:, R.RS_BLOCK] == blk
+        explore = state.policy.base_rule.explore_steps
+        if blk >= state.num_blocks or bool((rs[active, K.RS_EXPLORED] < explore).any()):
+            self.key = self.suffix = None  # some row explores: whole forwards
+            return self.forward(self.P)
+        end = state.gen_start + blk * state.block_length + int(rs[active, K.RS_SPAN_END].max())
+        key = (blk, end, tuple(rs[active][:, [K.RS_SPAN_START, K.RS_SPAN_END]].flatten().tolist()))
+        if key != self.key or end >= state.x.shape[1]:
+            logits = self.forward(self.P)  # [B, L, V]
+            self.key, self.suffix = key, logits[:, end:].clone()
+            return logits
+        return torch.cat([self.forward(self.P, length=end), self.suffix], 1)  # [B, end, V] + [B, L - end, V]
 
 
 def apply_logit_flags(logits: torch.Tensor, rules: TokenRules) -> None:

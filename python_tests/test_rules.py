@@ -234,3 +234,50 @@ def test_r2_with_every_pass_off_is_its_base_rule():
         lg = torch.randn(2, 19, V, generator=g) * 3
         assert torch.equal(prr_ext.step(lg, a), prr_ext.step(lg, b))
     assert b.done and torch.equal(a.x, b.x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# generate(slow_fast_prefix=True): SlowFast's forward saving
+# ---------------------------------------------------------------------------------------------------------------
+class _LengthRecorder:
+    """A deterministic toy LM (logits from token and position embeddings and a context mean) that records the
+    canvas length of every call."""
+
+    def __init__(self, L: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.emb, self.pos = torch.randn(V, 8, generator=g), torch.randn(L, 8, generator=g)
+        self.out = torch.randn(8, V, generator=g) * 2.0
+        self.lengths = []
+
+    def __call__(self, x, attention_mask=None):
+        self.lengths.append(x.shape[1])
+        h = self.emb[x] + self.pos[:x.shape[1]]
+        lg = torch.tanh(h + h.mean(1, keepdim=True)) @ self.out
+        lg[..., MASK] = -30.0
+        return lg
+
+
+def test_slow_fast_prefix_forwards_only_up_to_the_span_in_the_fast_phase():
+    prompt = torch.tensor([[3, 4, 5], [6, 7, 8]])
+    pol = prr_ext.SlowFast(explore_steps=2, span_threshold=0.1, fill_threshold=0.9)
+    full_model, prefix_model = _LengthRecorder(3 + 32), _LengthRecorder(3 + 32)
+    full = prr_ext.generate(full_model, prompt, gen_length=32, block_length=16, steps=32, policy=pol, mask_id=MASK)
+    short = prr_ext.generate(prefix_model, prompt, gen_length=32, block_length=16, steps=32, policy=pol,
+                             mask_id=MASK, slow_fast_prefix=True)
+    assert set(full_model.lengths) == {35}
+    assert min(prefix_model.lengths) < 35, prefix_model.lengths  # some fast-phase forward covered a prefix only
+    assert not (short.generated == MASK).any() and not (full.generated == MASK).any()
+    assert int(short.nfe.max()) == len(prefix_model.lengths) and int(full.nfe.max()) == len(full_model.lengths)
+    # the first explore_steps forwards of a block always see the whole canvas
+    assert prefix_model.lengths[:2] == [35, 35]
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(policy=prr_ext.Threshold(0.9), slow_fast_prefix=True), "SlowFast"),
+    (dict(policy=prr_ext.SlowFast(), slow_fast_prefix=True, block_info=True), "block_info"),
+    (dict(style="dream", slow_fast_prefix=True), "slow_fast_prefix"),
+])
+def test_slow_fast_prefix_bad_combinations(kw, match):
+    with pytest.raises(ValueError, match=match):
+        prr_ext.generate(_LengthRecorder(3 + 16), torch.tensor([[3, 4, 5]]), gen_length=16, steps=16, mask_id=MASK,
+                         **kw)
