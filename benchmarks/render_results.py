@@ -33,9 +33,11 @@ BEGIN = "<!-- BEGIN rendered by benchmarks/render_results.py: edit the JSON and 
 END = "<!-- END rendered by benchmarks/render_results.py -->"
 QUALITY_BAR = 90.0  # vanilla accuracy (%) the shipped model must reach on every task family
 WITHIN = 1.0  # "best setting": the fewest NFE within this many accuracy points of vanilla
-PARAM_NAMES = {"threshold": "τ", "prr": "τ", "factor": "f", "eb": "γ"}
+PARAM_NAMES = {"threshold": "τ", "prr": "τ", "factor": "f", "eb": "γ", "localleap": "τ", "slowfast": "fill",
+               "klass": "c", "r2": "τ", "r2prr": "τ"}
 POLICY_TITLES = {"lowconf": "LowConfidence", "threshold": "Threshold", "factor": "Factor", "eb": "EntropyBound",
-                 "prr": "PRR"}
+                 "prr": "PRR", "localleap": "LocalLeap", "slowfast": "SlowFast", "klass": "KLASS",
+                 "r2": "R2 + Threshold", "r2prr": "R2 + PRR"}
 
 
 def device_slug(name: str) -> str:
@@ -239,22 +241,31 @@ def render_policies(run: dict, installed_tau) -> list:
     bt = by_task(d["results"])
     tasks = list(bt)
     policies = list(next(iter(d["aup"].values())))
-    lines = ["### Decoding policies on the shipped model and controller (test split)", "",
+    model = meta.get("model", "prr_testbed/assets/model")
+    on = ("the shipped model and controller" if model == "prr_testbed/assets/model"
+          else f"the model `{model}` and the shipped controller")
+    iv = "accuracy_interval" in d["results"][0]  # runs with bootstrap intervals (sweep --bootstrap > 0)
+    lines = [f"### Decoding policies on {on} (test split)", "",
              f"Commit {meta['commit']}, {meta['date']}; {run['device']}, torch {meta['torch']}; {meta['n']} prompts "
              f"per task family, temperature {meta['temperature']:g}; {meta.get('controller', 'PRR: the shipped controller')}.",
              f"Command: `{meta['command']}`. Data: `{rel(run['path'])}`.", "",
              f"Each policy at its best setting: the fewest forward passes (NFE) within {WITHIN:g} point of vanilla's "
-             "accuracy; accuracy % / mean NFE (setting; NFE reduction against vanilla).", ""]
+             "accuracy; accuracy %" + (f" [{meta.get('level', 0.95):.0%} bootstrap interval over the prompts]"
+                                       if iv else "") + " / mean NFE (setting; NFE reduction against vanilla).", ""]
+
+    def acc(r: dict) -> str:
+        a = f"{r['accuracy']:.1f}"
+        return a + (f" [{r['accuracy_interval'][0]:.1f}, {r['accuracy_interval'][1]:.1f}]" if iv else "")
     rows = []
     for pol in policies:
         cells = []
         for t in tasks:
             van = vanilla(bt[t])
             if pol == "lowconf":
-                cells.append(f"{van['accuracy']:.1f} / {van['mean_nfe']:.2f}")
+                cells.append(f"{acc(van)} / {van['mean_nfe']:.2f}")
                 continue
             b = best_within([r for r in bt[t] if r["policy"] == pol], van)
-            cells.append("–" if b is None else f"{b['accuracy']:.1f} / {b['mean_nfe']:.2f} ({setting(b)}; "
+            cells.append("–" if b is None else f"{acc(b)} / {b['mean_nfe']:.2f} ({setting(b)}; "
                                                 f"{van['mean_nfe'] / b['mean_nfe']:.1f}×)")
         title = POLICY_TITLES.get(pol, pol) + (" (vanilla)" if pol == "lowconf" else "")
         rows.append([title] + cells)
@@ -268,11 +279,16 @@ def render_policies(run: dict, installed_tau) -> list:
                           "gives " + ", ".join(parts) + "."]
     lines += ["", "AUP (area under the accuracy-parallelism curve; y_max = the best accuracy on the task: "
                   + ", ".join(f"{t} {d['y_max'][t]:g}" for t in tasks) + "):", ""]
+    aup_iv = d.get("aup_interval")
+    if aup_iv:
+        lines[-2] = lines[-2][:-1] + f"; in brackets its {meta.get('level', 0.95):.0%} bootstrap interval (the " \
+            "same resample for every point of a policy, y_max fixed):"
     rows = []
     for t in tasks:
         best = max(d["aup"][t].values())
-        rows.append([t] + [(f"**{v:.1f}**" if v == best else f"{v:.1f}") for v in
-                           (d["aup"][t][p] for p in policies)])
+        rows.append([t] + [(f"**{v:.1f}**" if v == best else f"{v:.1f}")
+                           + (f" [{aup_iv[t][p][0]:.1f}, {aup_iv[t][p][1]:.1f}]" if aup_iv else "")
+                           for p, v in ((p, d["aup"][t][p]) for p in policies)])
     lines += table(["task"] + [POLICY_TITLES.get(p, p) for p in policies], rows, ["l"] + ["r"] * len(policies))
     m = re.search(r"--plot (\S+)", meta["command"])
     if m and os.path.exists(os.path.join(os.path.dirname(HERE), m.group(1))):

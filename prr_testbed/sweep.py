@@ -23,6 +23,8 @@ import math
 import os
 import platform
 import re
+import subprocess
+import sys
 import time
 from typing import Callable, Dict, List, Sequence
 
@@ -140,6 +142,16 @@ def run_sweep(model: MaskedDiffusionLM, tasks: Sequence[str], specs: Sequence[Ru
                 else:
                     log(msg)
     return results
+
+
+def git_commit() -> str:
+    """The short commit of the source tree this command runs from ("unknown" outside a git checkout)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
 def _floats(s):
@@ -265,7 +277,9 @@ def main(argv=None) -> Dict:
         add_accuracy_intervals(results, n_boot=args.bootstrap, level=LEVEL, seed=args.seed)
     noise = summarize_noise(results, n_boot=args.bootstrap, level=LEVEL, seed=args.seed)
     dev_txt = device_label(device) + ("" if device.type == "cuda" else f" ({torch.get_num_threads()} threads)")
-    meta = {"device": dev_txt, "torch": torch.__version__, "python": platform.python_version(),
+    meta = {"command": " ".join([PROG] + list(sys.argv[1:] if argv is None else argv)),
+            "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
+            "device": dev_txt, "torch": torch.__version__, "python": platform.python_version(),
             "prr_ext": prr_ext.__version__, "model": args.model or "prr_testbed/assets/model", "n": args.n,
             "batch_size": args.batch_size, "split": "test", "temperature": 0.0,
             "wall_seconds": round(time.time() - t0, 1),
