@@ -376,6 +376,7 @@ static __device__ __noinline__ int64_t run_block_rules(const KernelArgs& args, c
   const StepParams& p = args.p;
   const int64_t BL = p.block_length, base = b * BL;
   __shared__ int64_t s_added;
+  __threadfence_block();
   __syncthreads();  // the base rule's commits and the block-entry resets are visible to thread 0
   if (threadIdx.x == 0) {
     BlockOnGpu blk{ws.flags + base, ws.cand + base, ws.conf + base, ws.argmax + base, ws.p1 + base, order_smem,
