@@ -2,18 +2,23 @@
 
 Skips cleanly where there is no GPU or the build has no CUDA kernel (CI). On a GPU machine:
     python -m pytest python_tests/test_cuda_step.py -q
-Discrete outputs (committed tokens, commit mask, canvas, counters, trajectory argmax) must be identical; the
-per-token statistics agree within fp32 tolerance (the CUDA kernel accumulates in fp32 over a fixed tree with the
+Discrete outputs (committed tokens, commit mask, canvas, counters, trajectory argmax, the rules' streak tokens and
+counts) must be identical; the per-token statistics, the streaks' probability sums and KLASS's kept
+log-probabilities agree within fp32 tolerance (the CUDA kernel accumulates in fp32 over a fixed tree with the
 hardware exp, the CPU in fp64).
 """
 import math
+import zlib
 
 import pytest
 import torch
 
 import prr_ext
+from prr_ext import constants as K
 from prr_ext import reference as R
 from prr_ext.ops import op_arguments
+
+from helpers import SET_RULE_NAMES, Rand, make_policy
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not prr_ext.has_cuda_kernels(),
                                 reason="needs a GPU and a build with the CUDA kernels")
@@ -68,6 +73,20 @@ def stats_close(a, b, cdt=torch.float32):
     torch.testing.assert_close(a[..., 1:], b[..., 1:], rtol=3e-5, atol=3e-6, equal_nan=True)
 
 
+def rule_state_close(s_cpu, s_gpu):
+    """The rules' state (prr/rules.h): streak tokens and counts and KLASS's counts exactly, the streaks' fp32 sums and
+    maxima of p(argmax) within fp32 tolerance; KLASS's kept log-probabilities (fp32, from an fp64 normaliser on the
+    CPU and an fp32 one on the GPU) within a few fp32 units."""
+    a, b = s_cpu.rule_state, s_gpu.rule_state.cpu()
+    exact = [K.RULE_STREAK_TOKEN, K.RULE_STREAK_COUNT, K.RULE_KL_COUNT]
+    assert torch.equal(a[..., exact], b[..., exact]), "rule_state (tokens / counts) differs"
+    prob = [K.RULE_STREAK_SUM, K.RULE_STREAK_MAX]
+    torch.testing.assert_close(a[..., prob], b[..., prob], rtol=3e-5, atol=3e-6)
+    assert s_cpu.prev_logp.shape == s_gpu.prev_logp.shape
+    if s_cpu.prev_logp.numel():
+        torch.testing.assert_close(s_cpu.prev_logp, s_gpu.prev_logp.cpu(), rtol=1e-5, atol=2e-5)
+
+
 def check_same(s_cpu, s_gpu, c_cpu, c_gpu, cdt=torch.float32, gpu_rows=None):
     """gpu_rows: the slice of the CUDA op's logits rows that the CPU op's (block-only) logits cover."""
     assert torch.equal(c_cpu, c_gpu.cpu()), "commit mask differs"
@@ -75,6 +94,7 @@ def check_same(s_cpu, s_gpu, c_cpu, c_gpu, cdt=torch.float32, gpu_rows=None):
     assert torch.equal(s_cpu.row_state, s_gpu.row_state.cpu()), (s_cpu.row_state, s_gpu.row_state.cpu())
     assert torch.equal(s_cpu.traj, s_gpu.traj.cpu()), "trajectory differs"
     torch.testing.assert_close(s_cpu.prev_p1, s_gpu.prev_p1.cpu(), rtol=3e-5, atol=3e-6)
+    rule_state_close(s_cpu, s_gpu)
     tok, st = s_gpu.last_tokens, s_gpu.last_stats
     if gpu_rows is not None:
         assert bool((tok[:, : gpu_rows.start] == -1).all()) and bool((tok[:, gpu_rows.stop:] == -1).all())
@@ -556,6 +576,8 @@ def _fresh(state, x0, rs0):
     state.row_state.copy_(rs0)
     state.traj.zero_()
     state.prev_p1.zero_()
+    state.rule_state.zero_()
+    state.prev_logp.zero_()  # KLASS: allocated by the eager warm-up (same shape, same address)
 
 
 @pytest.mark.parametrize("pol", ["lowconf", "threshold", "prr_temp"])
@@ -604,14 +626,18 @@ def graph_replay_compare(policy, *, B, P, G, BL, steps, V, N, trials, dt=torch.f
             c_cpu = prr_ext.step(lg[i], s_cpu)
             assert torch.equal(c_cpu, commits[i].cpu()), (trial, i)
         assert torch.equal(s_cpu.x, s.x.cpu()) and torch.equal(s_cpu.row_state, s.row_state.cpu())
+        rule_state_close(s_cpu, s)
         assert [c.data_ptr() for c in commits] == ptrs
         assert int(s.workspace[: 1 + B].abs().sum()) == 0
 
 
-def _op_fn(mask, gen_start, BL, steps, code):
-    def fn(logits, x, rs, traj, prev, ws, seed, plen):
-        return torch.ops.prr_ext.step(logits, x, rs, traj, prev, ws, seed, plen, None, None, None, None, None, mask,
-                                      gen_start, BL, steps, code, 0, 0, True, 0.0, 0.3, 1.0, [0, 0, 0])
+def _op_fn(mask, gen_start, BL, steps, pol):
+    code, rule_params = pol.code, pol.rule_params()
+
+    def fn(logits, x, rs, traj, prev, ws, rule_state, prev_logp, seed, plen):
+        return torch.ops.prr_ext.step(logits, x, rs, traj, prev, ws, rule_state, prev_logp, seed, plen, None, None,
+                                      None, None, None, mask, gen_start, BL, steps, code, 0, 0, True, 0.0, pol.param,
+                                      1.0, [0, 0, 0], rule_params)
     return fn
 
 
@@ -620,14 +646,15 @@ def test_torch_compile(mode):
     V, B, P, G, BL, steps = 300, 2, 4, 16, 8, 8
     mask = V - 1
     pol = prr_ext.Threshold(0.3)
-    fn = _op_fn(mask, P, BL, steps, pol.code)
+    fn = _op_fn(mask, P, BL, steps, pol)
     cfn = torch.compile(fn, fullgraph=True, mode=mode)
     _, s1 = make_states(pol, B, P, G, BL, steps, mask, V)
     _, s2 = make_states(pol, B, P, G, BL, steps, mask, V)
     g = torch.Generator().manual_seed(5)
     for _ in range(6):
         lg = gen_logits(B, P + G, V, torch.float32, g).cuda()
-        args = lambda s: (lg, s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.seed, s.prompt_lens)  # noqa
+        args = lambda s: (lg, s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.rule_state, s.prev_logp,  # noqa
+                          s.seed, s.prompt_lens)
         c1, t1, st1 = cfn(*args(s1))
         c2, t2, st2 = fn(*args(s2))
         assert torch.equal(c1, c2) and torch.equal(t1, t2)
@@ -644,9 +671,120 @@ def test_opcheck_cuda():
         _, s = make_states(pol, B, P, G, BL, steps, mask, V)
         is_prr = isinstance(pol, prr_ext.PRR)
         lg = torch.randn(B, BL if is_prr else P + G, V, device="cuda")
-        args = (lg, s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.seed, s.prompt_lens, s.controller_buf, None,
-                None, None, None, mask, s.gen_start, BL, steps, pol.code, 0, 0, True, 0.0, pol.param, 1.0,
-                pol.controller.dims() if is_prr else [0, 0, 0])
+        args = (lg, s.x, s.row_state, s.traj, s.prev_p1, s.workspace, s.rule_state, s.prev_logp, s.seed,
+                s.prompt_lens, s.controller_buf, None, None, None, None, mask, s.gen_start, BL, steps, pol.code, 0, 0,
+                True, 0.0, pol.param, 1.0, pol.controller.dims() if is_prr else [0, 0, 0], pol.rule_params())
         utils = ("test_schema", "test_autograd_registration", "test_faketensor") + (
             ("test_aot_dispatch_dynamic",) if is_prr else ())
         torch.library.opcheck(torch.ops.prr_ext.step.default, args, test_utils=utils)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The rules of prr/rules.h (LocalLeap, SlowFast, KLASS, R2's passes over any base rule): the selecting CTA runs them
+# serially after the base rule's prefix; KLASS's KL is a second sweep over every row.
+# ---------------------------------------------------------------------------------------------------------------
+def rule_policy(name, salt=0):
+    """helpers.make_policy's random settings for one of SET_RULE_NAMES, seeded by the name (and salt)."""
+    pol, step_inputs = make_policy(name, Rand(zlib.crc32(name.encode()) + 7919 * salt))
+    assert step_inputs is None
+    return pol
+
+
+@pytest.mark.parametrize("name", SET_RULE_NAMES)
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [0.0, 0.7])
+@pytest.mark.parametrize("full", [True, False])
+def test_rules_match_cpu(name, dt, T, full):
+    """Every new rule, full and block-only logits, greedy and sampled, B > 1, an odd vocabulary; several random
+    settings per rule (R2's passes each on or off)."""
+    for salt in range(3):
+        decode_compare(rule_policy(name, salt), B=3, P=5, G=24, BL=8, steps=12, V=301, dt=dt, T=T, full=full,
+                       loops=40, seed=salt)
+
+
+@pytest.mark.parametrize("name", ["local_leap", "klass", "r2_threshold", "r2_slow_fast"])
+def test_rules_match_reference(name):
+    decode_compare(rule_policy(name), with_reference=True, V=257, dt=torch.bfloat16, loops=30)
+    decode_compare(rule_policy(name, 1), with_reference=True, V=257, T=0.9, full=False, loops=30)
+
+
+@pytest.mark.parametrize("name", SET_RULE_NAMES)
+@pytest.mark.parametrize("BL", [32, 33, 100, 1100])
+def test_rules_block_lengths(launch_override, name, BL):
+    """Blocks of one warp's sort (32), of the shared-memory bitonic sort (33, 100: the radix select is off for these
+    rules) and beyond kSortCap (1100: the workspace rank sort, order() read from the workspace); tie-heavy rows
+    (duplicated rows: equal confidences, runs of one argmax for R2's token clusters) and random ones."""
+    steps = 4
+    for salt in range(2):
+        decode_compare(rule_policy(name, salt), B=2, P=3, G=BL, BL=BL, steps=steps, V=40, loops=6,
+                       logits_fn=tie_logits, seed=salt)
+    decode_compare(rule_policy(name, 2), B=1, P=3, G=2 * BL, BL=BL, steps=2 * steps, V=300, loops=6, seed=3)
+    if BL == 100:  # CTAs of one warp select too
+        launch_override("PRR_CUDA_NT", "32")
+        decode_compare(rule_policy(name, 3), B=2, P=3, G=BL, BL=BL, steps=steps, V=40, loops=5, logits_fn=tie_logits)
+
+
+@pytest.mark.parametrize("name", ["klass", "local_leap", "r2_threshold", "r2_slow_fast"])
+@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float32])
+def test_rules_big_vocab(launch_override, name, dt):
+    """The benchmark vocabulary: a 32-row block split over clusters of CTAs (KLASS: the KL summed over the cluster
+    in the leader), then one CTA per row with many register tiles per thread (KLASS's sweep reads every tile
+    again), and an odd V (the per-element loads; KLASS's prev_logp rows not 16-byte aligned)."""
+    V = 126464
+    pol = rule_policy(name)
+    decode_compare(pol, V=V, B=1, P=3, G=32, BL=32, steps=2, dt=dt, loops=3, seed=51)
+    decode_compare(pol, V=V, B=2, P=3, G=64, BL=32, steps=4, dt=dt, T=1.0, loops=3, seed=52)
+    decode_compare(pol, V=V + 1, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=3, seed=53)
+    launch_override("PRR_CUDA_CS", "1")
+    launch_override("PRR_CUDA_NT", "64")
+    decode_compare(pol, V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=3, seed=54)
+
+
+@pytest.mark.parametrize("name", ["klass", "local_leap", "r2_factor"])
+@pytest.mark.parametrize("cdt", [torch.bfloat16, torch.float64])
+def test_rules_confidence_dtypes(name, cdt):
+    decode_compare(rule_policy(name), cdt=cdt, dt=torch.bfloat16, V=301, loops=30)
+    decode_compare(rule_policy(name, 1), cdt=cdt, dt=torch.float32, T=0.5, V=301, loops=30)
+    decode_compare(rule_policy(name, 2), cdt=cdt, dt=torch.float64, V=301, loops=30, full=False)
+
+
+@pytest.mark.parametrize("name", ["klass", "local_leap", "r2_threshold", "slow_fast"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+def test_rules_nan_and_inf_rows(name, dt):
+    """Unusable rows (NaN, +inf, no finite non-mask logit: KLASS keeps no distribution, count -1) and -inf entries
+    (kept as -inf log-probabilities)."""
+    decode_compare(rule_policy(name), logits_fn=nan_logits, dt=dt, V=100, loops=30)
+    decode_compare(rule_policy(name, 1), logits_fn=nan_logits, dt=dt, V=100, T=0.8, full=False, loops=30)
+
+
+def test_klass_commits_through_the_kl_test():
+    """KLASS on logits that change little between steps (half the rows peaked): the counts of steps with KL < kappa
+    grow past the history, so steps commit more than the schedule's floor of one through the KL test, identically on
+    both backends."""
+    V, B, P, G, BL, steps = 500, 2, 3, 16, 16, 16
+    pol = prr_ext.KLASS(conf_threshold=0.3, kl_threshold=0.05, history=2)
+    g = torch.Generator().manual_seed(61)
+    base = torch.randn(B, P + G, V, generator=g) * 2
+    peaked = torch.rand(B, P + G, generator=g) < 0.5
+    base.scatter_add_(2, torch.randint(0, V - 1, (B, P + G, 1), generator=g), 9.0 * peaked[..., None].float())
+    most = []
+
+    def logits_fn(B_, L, V_, dt, g_):
+        return (base + 0.01 * torch.randn(B_, L, V_, generator=g_)).to(dt)
+
+    def on_step(before, commit):
+        most.append(int(commit.sum(1).max()))
+
+    decode_compare(pol, B=B, P=P, G=G, BL=BL, steps=steps, V=V, loops=20, logits_fn=logits_fn, on_step=on_step)
+    assert max(most) > 1, most
+
+
+@pytest.mark.parametrize("name", ["klass", "r2_threshold", "r2_slow_fast", "local_leap"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_rules_cuda_graph_replay(name, B):
+    """A decode loop of the new rules captured in one CUDA graph (KLASS's prev_logp is allocated by the eager warm-up
+    before the capture), replayed on fresh canvases and logits: the CPU op's commits, canvas, row_state, rule_state
+    and prev_logp every time."""
+    graph_replay_compare(rule_policy(name), B=B, P=4, G=16, BL=8, steps=8, V=500, N=6, trials=3)
+    graph_replay_compare(rule_policy(name, 1), B=B, P=3, G=64, BL=64, steps=4, V=300, N=4, trials=2,
+                         dt=torch.bfloat16)

@@ -24,6 +24,8 @@ struct KernelArgs {
   int64_t* traj;       // [B, block_length, 2]
   float* prev_p1;      // [B, block_length]
   int64_t* workspace;  // State.workspace (Workspace below)
+  double* rule_state;  // [B, block_length, prr::kRuleStateCols]: the newer rules' per-position state (prr/rules.h)
+  float* prev_logp;    // [B, block_length, V]: KLASS's previous log-probabilities (nullptr for other policies)
   const int64_t* seed;
   const int64_t* prompt_lens;
   const float* controller;  // the packed controller MLP (prr/controller.h MlpLayout)
@@ -53,6 +55,9 @@ struct KernelArgs {
 //   key / cand / flags [b * block_length + j]: the record of block position j (its selection key as fp64 bits, its
 //   candidate token, RowFlag bits), written by the row's leader CTA and read by the selection.
 //   sorted_key / sorted_pos: the rank sort's output for blocks longer than kSortCap.
+//   conf / argmax / p1 [b * block_length + j]: what prr/rules.h reads of a masked position besides its key and
+//   candidate (the candidate's confidence as fp64 bits, the row's argmax, p(argmax) as fp32 bits), written with the
+//   record by the row's leader CTA when StepParams::needs_rules.
 struct Workspace {
   unsigned long long* grid_counter;
   unsigned long long* seq_counter;
@@ -62,6 +67,9 @@ struct Workspace {
   int64_t* flags;
   int64_t* sorted_key;
   int64_t* sorted_pos;
+  int64_t* conf;
+  int64_t* argmax;
+  int64_t* p1;
   __device__ Workspace(int64_t* words, int64_t B, int64_t BL) {
     grid_counter = reinterpret_cast<unsigned long long*>(words);
     seq_counter = reinterpret_cast<unsigned long long*>(words + 1);
@@ -72,6 +80,9 @@ struct Workspace {
     flags = cand + n;
     sorted_key = flags + n;
     sorted_pos = sorted_key + n;
+    conf = sorted_pos + n;
+    argmax = conf + n;
+    p1 = argmax + n;
   }
 };
 

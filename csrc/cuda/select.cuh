@@ -9,6 +9,10 @@
 //     order (radix_cut + commit_cut; Factor and EntropyBound check that nothing past their floor commits), else a
 //     bitonic sort in shared memory whose stages inside a 64-element chunk run in registers;
 //   * longer blocks: a rank sort through the workspace.
+// LocalLeap, SlowFast, KLASS and R2's passes (prr/rules.h) decide per block position, not by a prefix: when
+// StepParams::needs_rules the selection always sorts, commits the base rule's prefix (the rules before LocalLeap;
+// the newer base rules commit none there), and then one thread of the CTA runs the rules serially over the block
+// (run_block_rules), as the CPU op runs them per sequence.
 #pragma once
 
 #include <cstdint>
@@ -18,6 +22,7 @@
 #include "kernel_args.cuh"
 #include "primitives.cuh"
 #include "prr/params.h"
+#include "prr/rules.h"
 #include "prr/select.h"
 #include "timeline.cuh"
 
@@ -296,6 +301,101 @@ __device__ inline bool cut_entropy_exceeds(SortSmem& sort, int n, const RadixCut
   return sum - 4.0 * (c + 2) * 0x1p-53 * abs_sum > gamma;
 }
 
+// One sequence's active block as prr/rules.h reads it (the Blk interface documented there), for the one thread that
+// runs the rules: the records come from the workspace and the commit mask from this launch's output, which other
+// CTAs wrote (the record, the commit mask's defaults) or other threads of this CTA (the base rule's commits, before a
+// barrier), so they are read with __ldcg (L1 is not coherent across CTAs). order(i) reads the rank sort's positions:
+// shared memory for blocks of up to kSortCap positions, else the workspace.
+struct BlockOnGpu {
+  const int64_t* flag_words;  // the workspace records of the sequence's block (from its first position)
+  const int64_t* cand_tokens;
+  const int64_t* conf_bits;
+  const int64_t* argmax_tokens;
+  const int64_t* p1_bits;
+  const int32_t* order_smem;  // the usable positions in rank order (nullptr: order_glob)
+  const int64_t* order_glob;
+  int64_t* x_block;      // the canvas row from the block's first column
+  bool* commit_block;    // the commit mask row from the block's first column
+  double* rule_row;      // rule_state[b]
+  int64_t added;         // commits made here on positions not committed before
+
+  __device__ __forceinline__ bool masked(int64_t j) const { return (__ldcg(flag_words + j) & kFlagMasked) != 0; }
+  __device__ __forceinline__ bool usable(int64_t j) const { return (__ldcg(flag_words + j) & kFlagUsable) != 0; }
+  __device__ __forceinline__ double conf(int64_t j) const { return __longlong_as_double(__ldcg(conf_bits + j)); }
+  __device__ __forceinline__ int64_t cand(int64_t j) const { return __ldcg(cand_tokens + j); }
+  __device__ __forceinline__ int64_t argmax(int64_t j) const { return __ldcg(argmax_tokens + j); }
+  __device__ __forceinline__ float p1(int64_t j) const {
+    return __uint_as_float(static_cast<unsigned>(__ldcg(p1_bits + j)));
+  }
+  __device__ __forceinline__ int64_t order(int64_t i) const {
+    return order_smem != nullptr ? static_cast<int64_t>(order_smem[i]) : __ldcg(order_glob + i);
+  }
+  __device__ __forceinline__ bool committed(int64_t j) const {
+    return __ldcg(reinterpret_cast<const unsigned char*>(commit_block + j)) != 0;
+  }
+  __device__ __forceinline__ void commit(int64_t j, int64_t token) {
+    added += committed(j) ? 0 : 1;
+    x_block[j] = token;
+    commit_block[j] = true;
+  }
+  __device__ __forceinline__ double rule(int64_t j, int c) const {
+    return __ldcg(rule_row + j * prr::kRuleStateCols + c);
+  }
+  __device__ __forceinline__ void set_rule(int64_t j, int c, double v) { rule_row[j * prr::kRuleStateCols + c] = v; }
+};
+
+// Entering a block (step 0) resets the sequence's rule state as the CPU op does, for every policy: no streak at any
+// position, no kept distribution (KLASS count -1) except at the masked positions under KLASS, whose rows have just
+// counted (step_kernel.cuh, phase 3), and a fresh SlowFast sub-cycle in row_state. By the selecting CTA, before the
+// rules run; nothing else reads these words in the launch (the rows' phase reads no streak state).
+__device__ inline void reset_rules_on_block_entry(const KernelArgs& args, const Workspace& ws, int64_t b) {
+  const StepParams& p = args.p;
+  const int64_t BL = p.block_length;
+  double* rule_row = args.rule_state + b * BL * prr::kRuleStateCols;
+  const bool klass = p.policy == prr::kKLASS;
+  for (int64_t i = threadIdx.x; i < BL * prr::kRuleStateCols; i += blockDim.x) {
+    const int64_t j = i / prr::kRuleStateCols;
+    const int c = static_cast<int>(i % prr::kRuleStateCols);
+    if (c == prr::kRsKlCount) {
+      if (!(klass && (__ldcg(ws.flags + b * BL + j) & kFlagMasked))) rule_row[i] = -1.0;
+    } else {
+      rule_row[i] = c == prr::kRsStreakToken ? -1.0 : 0.0;
+    }
+  }
+  int64_t* seq_state = args.row_state + b * prr::kRsCols;
+  for (int c = prr::kRsSpanStart + static_cast<int>(threadIdx.x); c < prr::kRsCols; c += blockDim.x) seq_state[c] = 0;
+}
+
+// The rules of prr/rules.h on sequence b's block, after the base rule's commits, in the CPU op's order; run by the
+// whole CTA (barriers), the rules themselves by thread 0. Returns how many positions the step commits in all:
+// n_base (the base rule's) plus the rules' new ones. Out of line: once per sequence and step, off the old rules' path.
+static __device__ __noinline__ int64_t run_block_rules(const KernelArgs& args, const Workspace& ws, int64_t b,
+                                                      int64_t lo, int64_t nfe, int64_t n_usable, int64_t k_sched,
+                                                      int64_t n_base, const int32_t* order_smem,
+                                                      const int64_t* order_glob) {
+  const StepParams& p = args.p;
+  const int64_t BL = p.block_length, base = b * BL;
+  __shared__ int64_t s_added;
+  __threadfence_block();
+  __syncthreads();  // the base rule's commits and the block-entry resets are visible to thread 0
+  if (threadIdx.x == 0) {
+    BlockOnGpu blk{ws.flags + base, ws.cand + base, ws.conf + base, ws.argmax + base, ws.p1 + base, order_smem,
+                   order_glob, args.x + b * p.L + lo, args.commit + b * p.L + lo,
+                   args.rule_state + base * prr::kRuleStateCols, 0};
+    int64_t* seq_state = args.row_state + b * prr::kRsCols;  // SlowFast's sub-cycle
+    const prr::RuleParams& rp = p.rule;
+    if (p.policy == prr::kLocalLeap)
+      prr::local_leap_select(blk, BL, n_usable, k_sched, p.param, rp.relaxed_tau, rp.radius);
+    if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k_sched, p.param, rp.kl_history);
+    if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, seq_state);
+    if (p.r2) prr::r2_select(blk, BL, rp, static_cast<uint64_t>(__ldg(args.seed + b)), lo, nfe);
+    if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, seq_state);
+    s_added = blk.added;
+  }
+  __syncthreads();
+  return n_base + s_added;
+}
+
 // Select and commit the tokens of sequence b, whose active block is `active`, then do its bookkeeping: advance its
 // step, NFE count and (when the block is done) block index, and zero its arrival counter for the next launch. Run by
 // the whole CTA that arrived last on the sequence's counter; int_scratch: kMaxWarps words. Out of line: it runs once
@@ -318,7 +418,8 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
   // blocks of 33 .. kSortCap positions select by radix, not a sort (Factor, EntropyBound: unless more than their
   // floor may commit)
   // (Fast-dLLM's Factor variant has no radix veto test: it sorts)
-  const bool by_radix = BL > 32 && in_smem && args.select_sort == 0 &&
+  // (nor do the rules of prr/rules.h: they read the rank order)
+  const bool by_radix = BL > 32 && in_smem && args.select_sort == 0 && !p.needs_rules &&
                         !(p.policy == prr::kFactor && p.rule.factor_variant == prr::kFactorFastDllm);
   int64_t n_pow2 = 1;
   while (n_pow2 < BL) n_pow2 <<= 1;
@@ -487,11 +588,13 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
 
   TL(kTlSelSorted);
   if (n_commit < 0) {
-    // how many to commit (serial fp64 rule, prr/select.h), then the first n_commit of the sorted candidates
+    // how many to commit (serial fp64 rule, prr/select.h), then the first n_commit of the sorted candidates; the
+    // base rules of prr/rules.h (LocalLeap and later) commit no prefix
     __shared__ int64_t s_commit;
     if (tid == 0)
-      s_commit = prr::commit_count(p.policy, keys_sorted, n_usable, k_sched, p.param, p.union_schedule,
-                                   p.rule.factor_variant);
+      s_commit = p.policy >= prr::kLocalLeap ? 0
+                                             : prr::commit_count(p.policy, keys_sorted, n_usable, k_sched, p.param,
+                                                                 p.union_schedule, p.rule.factor_variant);
     __syncthreads();
     n_commit = s_commit;
     TL(kTlSelCounted);
@@ -504,6 +607,11 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
       }
     }
   }
+
+  if (step == 0) reset_rules_on_block_entry(args, ws, b);
+  if (p.needs_rules)
+    n_commit = run_block_rules(args, ws, b, lo, nfe, n_usable, k_sched, n_commit, in_smem ? pos_smem : nullptr,
+                               pos_glob);
 
   TL(kTlSelCommitted);
   // bookkeeping: the step is consumed; leave the block after block_cap steps, or once it is empty (adaptive)

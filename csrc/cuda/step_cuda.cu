@@ -69,8 +69,6 @@ StepOutputs step_cuda(const StepArgs& a) {
   const at::Tensor& logits = a.logits;
   at::Tensor& x = a.x;
   TORCH_CHECK(logits.is_cuda(), "prr_ext::step (CUDA): logits must be a CUDA tensor");
-  TORCH_CHECK(!p.needs_rules, "prr_ext::step (CUDA): LocalLeap, SlowFast, KLASS and R2 are not in the CUDA "
-              "kernel yet; run the step on CPU tensors, or use another rule on CUDA");
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = p.B, L = p.L, Lr = p.Lr;
   // every element of the outputs is written by the kernel: no fill launches
@@ -88,6 +86,11 @@ StepOutputs step_cuda(const StepArgs& a) {
   args.traj = a.traj.data_ptr<int64_t>();
   args.prev_p1 = a.prev_p1.data_ptr<float>();
   args.workspace = a.workspace.data_ptr<int64_t>();
+  args.rule_state = a.rule_state.data_ptr<double>();
+  if (p.policy == prr::kKLASS) {  // make_step_params has checked its shape [B, block_length, V]
+    TORCH_CHECK(a.prev_logp.numel() == B * p.block_length * p.V, "prr_ext::step (CUDA): KLASS needs prev_logp");
+    args.prev_logp = a.prev_logp.data_ptr<float>();
+  }
   args.seed = a.seed.data_ptr<int64_t>();
   args.prompt_lens = a.prompt_lens.data_ptr<int64_t>();
   if (p.policy == prr::kPRR) {

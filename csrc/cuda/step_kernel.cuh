@@ -16,10 +16,14 @@
 //           controller (warp-parallel prr::dense_unit) and the policy's key. PRR's temperature shaping needs
 //           sum exp((l - m) / T) over the row: every CTA of the cluster runs the same merge + controller
 //           (bit-identical), sums its slice from the registers it still holds, and the leader adds the partial sums,
-//           so the row is read from HBM once.
+//           so the row is read from HBM once. KLASS's KL to the previous step's distribution is a second sweep of
+//           the same shape: every CTA finalises, sums p (log p - log p_prev) over its slice (tiles read again,
+//           from L2) while it replaces the kept log-probabilities (prev_logp, read and written once per entry), and
+//           the leader adds the sums.
 //   phase 3 last-block-done per sequence: every CTA arrives once per row on its sequence's counter (a finished row's
 //           leader arrives for its whole cluster); the last arrival selects and commits (select.cuh), does the
-//           bookkeeping and resets the counter. With B > 1 the block index of row_state is staged and copied by the
+//           bookkeeping and resets the counter; LocalLeap, SlowFast, KLASS and R2's passes (prr/rules.h) run there
+//           in one thread, from the records. With B > 1 the block index of row_state is staged and copied by the
 //           last CTA of the grid (a second counter), because every CTA of the grid reads row_state[:, 0].
 //   Nothing is written that another CTA may still need to read: the counters order every read before the writes.
 //
@@ -32,6 +36,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "config.h"
 #include "kernel_args.cuh"
@@ -66,6 +71,13 @@ struct RowResult {
   float new_prev_p1;
   float row_max, inv_shaping_temp;  // PRR temperature shaping: the row max (fp32) and 1 / T(score)
   float cand_logit;                 // the candidate's logit (fp32), so that the shaping does not read it again
+  // prr/rules.h's inputs (the Workspace's conf / argmax / p1): the candidate's confidence in the confidence dtype,
+  // the argmax and p(argmax)
+  double conf;
+  int64_t argmax;
+  float p1;
+  double row_shift, log_z;  // KLASS: the row max and log of the softmax normaliser (log p = l - row_shift - log_z)
+  double kl;                // KLASS: KL(p || p_prev) of the row, summed over the cluster (leader)
 };
 
 // What this CTA's arrival completed (RowContext::arrival bits).
@@ -147,6 +159,93 @@ static __device__ __noinline__ void arrive_and_finish(const KernelArgs& args, Ro
   }
 }
 
+// The logit as fp64 (16-bit and fp32 logits through their fp32 value, as the CPU op's static_cast<double>).
+template <typename T>
+__device__ __forceinline__ double logit_f64(T v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return static_cast<double>(static_cast<float>(v));
+  }
+}
+
+// KLASS: one 16-byte vector's share of KL(p || p_prev), and the kept log-probabilities replaced by this step's: the
+// CPU op's kl_and_keep (step_cpu.cpp) entry by entry, log p = (l - row_shift) - log_z and p = exp(log p) in fp64,
+// terms with p == 0 adding nothing, keep[v] = fp32 log p. first: the vocabulary index of the vector's first entry
+// (entries at or past V are not part of the row); aligned: keep is aligned for whole-vector access (16 bytes, or 8
+// for vectors of two entries). keep is read and written once per step, with streaming hints.
+template <typename T>
+__device__ __forceinline__ double kl_and_keep_vec(Pack<T> cur, int32_t first, int32_t V, bool aligned, double row_shift,
+                                                double log_z, float* keep) {
+  constexpr int VEC = Pack<T>::VEC;
+  static_assert(VEC == 2 || VEC % 4 == 0, "16-byte vectors of 2, 4 or 8 entries");
+  float prev[VEC], kept[VEC];
+  const bool whole = aligned && first + VEC <= V;
+  if (whole) {
+    if constexpr (VEC >= 4) {
+#pragma unroll
+      for (int q = 0; q < VEC / 4; ++q) {
+        const float4 w = __ldcs(reinterpret_cast<const float4*>(keep + first) + q);
+        prev[4 * q] = w.x;
+        prev[4 * q + 1] = w.y;
+        prev[4 * q + 2] = w.z;
+        prev[4 * q + 3] = w.w;
+      }
+    } else {
+      const float2 w = __ldcs(reinterpret_cast<const float2*>(keep + first));
+      prev[0] = w.x;
+      prev[1] = w.y;
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e) prev[e] = first + e < V ? __ldcs(keep + first + e) : 0.0f;
+  }
+  double kl = 0.0;
+#pragma unroll
+  for (int e = 0; e < VEC; ++e) {
+    const double lp = (logit_f64(cur.v[e]) - row_shift) - log_z, pe = exp(lp);
+    if (pe > 0.0 && first + e < V) kl += pe * (lp - static_cast<double>(prev[e]));
+    kept[e] = static_cast<float>(lp);
+  }
+  if (whole) {
+    if constexpr (VEC >= 4) {
+#pragma unroll
+      for (int q = 0; q < VEC / 4; ++q)
+        __stcs(reinterpret_cast<float4*>(keep + first) + q,
+               make_float4(kept[4 * q], kept[4 * q + 1], kept[4 * q + 2], kept[4 * q + 3]));
+    } else {
+      __stcs(reinterpret_cast<float2*>(keep + first), make_float2(kept[0], kept[1]));
+    }
+  } else {
+#pragma unroll
+    for (int e = 0; e < VEC; ++e)
+      if (first + e < V) __stcs(keep + first + e, kept[e]);
+  }
+  return kl;
+}
+
+// KLASS's sweep over this thread's share of a row (the tiles of its CTA's slice, as phase 1 loaded them): the sum of
+// kl_and_keep_vec over its vectors. Out of line, and reading every tile again (the last one from L2) rather than
+// from the registers that still hold it as the tempered sweep does: inlined, the fp64 sweep moved the other rules'
+// spills into the tile statistics of the fp16 kernel (ptxas); out of line, their hot loop compiles as before.
+template <typename T>
+__device__ __noinline__ double kl_sweep(const T* row, int32_t V, int32_t first_vec, int32_t vec_stride,
+                                        int32_t tile_stride, int32_t slice_end, int tiles, bool vec_ok, float* keep,
+                                        bool keep_aligned, double row_shift, double log_z) {
+  constexpr int VEC = Tile<T>::VEC;
+  Tile<T> tile;
+  double sum = 0.0;
+  for (int u = 0; u < tiles; ++u) {
+    tile.load(row, V, first_vec + u * tile_stride, vec_stride, slice_end, vec_ok);
+#pragma unroll
+    for (int i = 0; i < kTileVecs; ++i) {
+      const int32_t v = tile.first_vec + i * tile.vec_stride;
+      if (v < slice_end) sum += kl_and_keep_vec<T>(tile.packs[i], v * VEC, V, keep_aligned, row_shift, log_z, keep);
+    }
+  }
+  return sum;
+}
+
 // Merge the cluster's partials (in rank order) and derive everything the row contributes: candidate, confidence,
 // p1/p2/entropy, trajectory, controller score and the policy's key. Run by warp 0: the scalar work in lane 0, the
 // controller's features and hidden units over the lanes. Every CTA that runs it on the same partials gets the same
@@ -196,6 +295,9 @@ __device__ __noinline__ void finalize_row(const KernelArgs& args, const RowConte
     for (int c = 0; c < prr::kNumStats; ++c) res.stats[c] = nan;
     res.key = 0.0;
     res.row_max = res.inv_shaping_temp = res.cand_logit = 0.0f;
+    res.conf = res.row_shift = res.log_z = res.kl = 0.0;
+    res.argmax = -1;
+    res.p1 = 0.0f;
     int64_t cand = sample ? merged.gidx : merged.i1;
     if (args.candidates != nullptr) cand = (cand_in < 0 || cand_in >= V || cand_in == p.mask_id) ? -1 : cand_in;
     usable = merged.usable() && cand >= 0 && cand < V;
@@ -216,6 +318,13 @@ __device__ __noinline__ void finalize_row(const KernelArgs& args, const RowConte
       res.stats[prr::kStatP1] = p1;
       res.stats[prr::kStatP2] = p2;
       res.stats[prr::kStatEntropy] = ent;
+      res.conf = conf;
+      res.argmax = merged.i1;
+      res.p1 = p1;
+      if (policy == prr::kKLASS) {  // the shift of the row's log-probabilities, for the KL sweep of every CTA
+        res.row_shift = static_cast<double>(merged.m);
+        res.log_z = log(static_cast<double>(merged.z()));
+      }
       // trajectory of the argmax at this block position
       if (res.traj0 != merged.i1) res.traj1 = step;
       res.traj0 = merged.i1;
@@ -309,16 +418,21 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
   const bool leader = rank == 0;
   const int64_t BL = p.block_length, total = p.B * BL, grid_clusters = gridDim.x / args.cluster_size;
   const bool temperature_shaping = prr::temperature_shaped(p);
+  const bool klass = p.policy == prr::kKLASS;
+  // the rules whose row needs a second sweep in every CTA of its cluster (from the merged statistics)
+  const bool second_sweep = temperature_shaping || klass;
 
   __shared__ union {  // used one after another
     BlockPartial<C> part[kMaxWarps];  // block_merge
     C sum[kMaxWarps];                 // block_sum
+    double dsum[kMaxWarps];           // block_sum (fp64: KLASS's KL)
     SortSmem sort;                    // select_and_commit
   } smem;
   __shared__ C max_scratch[kMaxWarps];
   __shared__ int64_t int_scratch[kMaxWarps];
   __shared__ Stats<C> partials[2][kMaxCluster];  // the cluster's row partials (leader; double-buffered by row parity)
   __shared__ float tempered[2][kMaxCluster];     // the cluster's tempered partial sums (leader)
+  __shared__ double kl_part[2][kMaxCluster];     // the cluster's partial KLASS KL sums (leader)
   __shared__ RowInfo info;                       // controller inputs (leader)
   __shared__ RowResult out;
   __shared__ RowContext ctx;
@@ -534,7 +648,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
     cluster_arrive();
     cluster_wait();
     TL(kTlClusterMerged);
-    if (leader || temperature_shaping) {
+    if (leader || second_sweep) {
       const Stats<C>* leader_partials = cluster.map_shared_rank(partials[parity], 0);
       const RowInfo* leader_info = cluster.map_shared_rank(&info, 0);
       if (warp == 0)
@@ -569,6 +683,26 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
         out.stats[prr::kStatKey] = static_cast<float>(out.key);
       }
     }
+    if (klass) {
+      // ---- KLASS: KL(p || p_prev) of the row, and the kept log-probabilities replaced, in a second sweep as the
+      // tempered one (its tiles read again, from L2 if still there); the CTAs' sums meet in the leader
+      double kl = 0.0;
+      if (out.usable) {
+        float* keep = args.prev_logp + (b * BL + j) * p.V;
+        const bool keep_aligned = reinterpret_cast<uintptr_t>(keep) % (VEC >= 4 ? 16 : 8) == 0;
+        kl = kl_sweep<T>(row, V32, slice_begin + tid, threads, tile_stride, slice_end, args.tiles, vec_ok, keep,
+                         keep_aligned, out.row_shift, out.log_z);
+      }
+      kl = block_sum(kl, smem.dsum);
+      if (tid == 0) *cluster.map_shared_rank(&kl_part[parity][rank], 0) = kl;
+      cluster_arrive();
+      cluster_wait();
+      if (leader && tid == 0 && out.usable) {
+        double sum = 0.0;
+        for (int k = 0; k < args.cluster_size; ++k) sum += kl_part[parity][k];
+        out.kl = sum;
+      }
+    }
     TL(kTlTempered);
     parity ^= 1;
     if (!leader) continue;  // the leader arrives on the counters for the whole cluster
@@ -587,6 +721,23 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
         args.traj[pos * 2] = out.traj0;
         args.traj[pos * 2 + 1] = out.traj1;
         args.prev_p1[pos] = out.new_prev_p1;
+      }
+      if (p.needs_rules) {  // what prr/rules.h reads besides the key and candidate
+        ws.conf[pos] = __double_as_longlong(out.conf);
+        ws.argmax[pos] = out.argmax;
+        ws.p1[pos] = static_cast<int64_t>(__float_as_uint(out.p1));
+      }
+      if (klass) {
+        // the steps in a row with KL < kappa, as the CPU op counts them: the block's first step keeps no previous
+        // distribution (the CPU resets the count to -1 first), nor does a position whose last row was unusable
+        double* count = args.rule_state + pos * prr::kRuleStateCols + prr::kRsKlCount;
+        if (out.usable) {
+          const double before = __ldcg(count);
+          const double kl = (step == 0 || before < 0.0) ? std::numeric_limits<double>::infinity() : out.kl;
+          *count = kl < p.rule.kl_threshold ? fmax(before, 0.0) + 1.0 : 0.0;
+        } else {
+          *count = -1.0;
+        }
       }
     }
     arrive_and_finish(args, ctx, b, static_cast<unsigned long long>(args.cluster_size), smem.sort, int_scratch);
