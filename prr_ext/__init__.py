@@ -15,6 +15,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import reference  # noqa: F401
 from .controller import Controller, ControllerFormatError
 from .generate import GenerateResult, generate
+from .auto_length import model_fingerprint, query_features
 from .length import LengthPredictor
 from .ops import has_cuda_kernels, step
 from .policies import (KLASS, PRR, R2, EntropyBound, Factor, LocalLeap, LowConfidence, Policy, RandomRemask, SlowFast,
@@ -24,5 +25,5 @@ from .state import State
 __all__ = ["step", "State", "Policy", "LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR",
            "LocalLeap", "SlowFast", "KLASS", "R2",
            "Controller", "ControllerFormatError", "reference", "has_cuda_kernels", "generate",
-           "GenerateResult", "LengthPredictor"]
+           "GenerateResult", "LengthPredictor", "model_fingerprint", "query_features"]
 __version__ = "0.1.0"

@@ -32,7 +32,11 @@ class GenerateResult:
     forwards:           model calls the loop made for the batch (>= max(nfe) with adaptive policies, whose rows
                         finish blocks at different steps; a CFG call with 2B rows counts once; with cuda_graph,
                         every captured step of every replay counts).
-    state:              the final prr_ext.State (style="llada"), or None (style="dream").
+    state:              the final prr_ext.State (style="llada"), or None (style="dream", gen_length="auto").
+    token_forwards:     [B] float64, the compute of each row as token-forwards: the sum over its forwards of the
+                        canvas length each covered (a fixed-length loop: (P + G) * nfe).
+    gen_lengths:        [B] int64, each row's final canvas length (gen_length="auto"; None otherwise).
+    truncated:          [B] bool, rows whose first canvas ended without EOS (gen_length="auto"; None otherwise).
     """
 
     tokens: torch.Tensor
@@ -42,6 +46,9 @@ class GenerateResult:
     seconds: float
     forwards: int = 0
     state: Optional["State"] = None
+    token_forwards: Optional[torch.Tensor] = None
+    gen_lengths: Optional[torch.Tensor] = None
+    truncated: Optional[torch.Tensor] = None
 
     @property
     def generated(self) -> torch.Tensor:
@@ -90,7 +97,8 @@ def make_result(x: torch.Tensor, prompt_length: int, nfe: torch.Tensor, mask_id:
     committed = (x[:, prompt_length:] != mask_id).sum(1).to(torch.float64)
     tpf = committed / nfe.to(torch.float64).clamp_min(1.0)
     return GenerateResult(tokens=x, prompt_length=prompt_length, nfe=nfe.clone(), tokens_per_forward=tpf,
-                          seconds=seconds, forwards=forwards, state=state)
+                          seconds=seconds, forwards=forwards, state=state,
+                          token_forwards=nfe.to(torch.float64) * x.shape[1])
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -61,7 +61,8 @@ BACKENDS = ("op", "reference")
 # the API
 # ---------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, block_length: Optional[int] = None,
+def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int, str],
+             block_length: Optional[int] = None,
              steps: int, policy: Optional[Policy] = None, temperature: float = 0.0, cfg_scale: float = 0.0,
              attention_mask: Optional[torch.Tensor] = None, eos_id: Optional[int] = None,
              logits_eos_inf: bool = False, confidence_eos_eot_inf: bool = False, eot_id: Optional[int] = None,
@@ -70,14 +71,24 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
              alg: str = "entropy", eps: float = 1e-3, top_p: Optional[float] = None, top_k: Optional[int] = None,
              alg_temp: Optional[float] = None, eos_fill: bool = False, cuda_graph: bool = False,
              block_info: bool = False, backend: str = "op", seed: Optional[torch.Tensor] = None,
-             slow_fast_prefix: bool = False, logits_hook: Optional[Callable] = None,
-             tokens_hook: Optional[Callable] = None) -> GenerateResult:
+             slow_fast_prefix: bool = False, length_predictor=None, target_truncation: float = 0.02,
+             max_gen_length: Optional[int] = None, truncation: Optional[str] = "extend",
+             logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None) -> GenerateResult:
     """Generate `gen_length` tokens after `prompt_ids` [B, P] with a masked-diffusion LM.
 
     Common:
       model:          callable (see the module docstring for the calling convention); returns logits or `.logits`.
       prompt_ids:     [B, P] int64 on the device to decode on; left-padded batches come with `attention_mask`.
-      gen_length:     G, generated tokens per row.
+      gen_length:     G, generated tokens per row; or "auto": each row's own length from `length_predictor`
+                      (style="llada"; prr_ext/auto_length.py):
+        length_predictor:  a prr_ext.LengthPredictor fitted for this model (its features: the model's pooled
+                      hidden states of the prompt, one extra forward; a predictor fitted for another model is a
+                      LengthPredictorFormatError);
+        target_truncation: the truncation rate the margin is calibrated for (default 0.02);
+        max_gen_length: the longest canvas (default: the predictor's `max_length`); `steps` is the budget at this
+                      length and scales with each row's length; block_length is required;
+        truncation:   what a canvas without EOS gets: "extend" (default; continue after its committed tokens with
+                      the length doubled), "rerun" (decode again from scratch at double the length) or None.
       steps:          denoising steps (LLaDA: total over all blocks, steps % num_blocks == 0; Dream: NFE).
       temperature:    0 = greedy.
       mask_id:        the mask token. None (default) takes the model's: `model.config.mask_token_id`, else
@@ -141,6 +152,8 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if gen_length == "auto" and style != "llada":
+        raise ValueError("gen_length='auto' applies to style='llada'")
     if style == "dream":
         if block_length not in (None, gen_length):
             raise ValueError("style='dream' has no blocks: block_length must be None or gen_length")
@@ -157,6 +170,21 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
     if logits_hook is not None or tokens_hook is not None or alg_temp is not None or top_p is not None \
             or top_k is not None:
         raise ValueError("logits_hook, tokens_hook, alg_temp, top_p and top_k apply to style='dream'")
+    if isinstance(gen_length, str):
+        if gen_length != "auto":
+            raise ValueError(f"gen_length must be a positive int or 'auto', got {gen_length!r}")
+        return _auto_generate(model, prompt_ids, length_predictor=length_predictor,
+                              target_truncation=target_truncation, max_gen_length=max_gen_length,
+                              truncation=truncation, block_length=block_length, steps=steps,
+                              attention_mask=attention_mask, eos_id=eos_id, mask_id=mask_id,
+                              fixed=dict(policy=policy, temperature=temperature, cfg_scale=cfg_scale,
+                                         logits_eos_inf=logits_eos_inf, confidence_eos_eot_inf=confidence_eos_eot_inf,
+                                         eot_id=eot_id, confidence_dtype=confidence_dtype, generator=generator,
+                                         rng=rng, eos_fill=eos_fill, backend=backend, seed=seed,
+                                         slow_fast_prefix=slow_fast_prefix, cuda_graph=cuda_graph,
+                                         block_info=block_info))
+    if length_predictor is not None:
+        raise ValueError("length_predictor applies to gen_length='auto'")
     check_inputs(prompt_ids, attention_mask, gen_length)
     rules = TokenRules.resolve(model, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, logits_eos_inf=logits_eos_inf,
                                confidence_eos_eot_inf=confidence_eos_eot_inf, eos_fill=eos_fill)
@@ -165,6 +193,29 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int, bloc
                            temperature=temperature, cfg_scale=cfg_scale, attention_mask=attention_mask, rules=rules,
                            confidence_dtype=confidence_dtype, generator=generator, rng=rng, cuda_graph=cuda_graph,
                            block_info=block_info, backend=backend, seed=seed, slow_fast_prefix=slow_fast_prefix)
+
+
+def _auto_generate(model, prompt_ids, *, length_predictor, target_truncation, max_gen_length, truncation,
+                   block_length, steps, attention_mask, eos_id, mask_id, fixed) -> GenerateResult:
+    """gen_length="auto" (prr_ext/auto_length.py): the ids resolved once, then generate() per bucket of rows."""
+    from .auto_length import generate_auto
+    from .length import LengthPredictor
+
+    if not isinstance(length_predictor, LengthPredictor):
+        raise TypeError("gen_length='auto' needs length_predictor=prr_ext.LengthPredictor.load(path), got "
+                        f"{type(length_predictor).__name__}")
+    check_inputs(prompt_ids, attention_mask, 1)
+    rules = TokenRules.resolve(model, mask_id=mask_id, eos_id=eos_id, eot_id=fixed["eot_id"],
+                               logits_eos_inf=False, confidence_eos_eot_inf=False, eos_fill=False)
+    if max_gen_length is None:
+        max_gen_length = length_predictor.meta.get("max_length")
+        if max_gen_length is None:
+            raise ValueError("gen_length='auto' needs max_gen_length= (the longest canvas): the predictor records "
+                             "none")
+    return generate_auto(generate, model, prompt_ids, length_predictor=length_predictor,
+                         target_truncation=target_truncation, block_length=block_length, steps=steps,
+                         max_gen_length=max_gen_length, eos_id=rules.eos_id, mask_id=rules.mask_id,
+                         attention_mask=attention_mask, truncation=truncation, **fixed)
 
 
 def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, policy, temperature, cfg_scale,
