@@ -85,11 +85,14 @@ def _has_eos(gen: torch.Tensor, eos_id: int) -> torch.Tensor:
 
 
 def generate_auto(generate: Callable, model: Callable, prompt_ids: torch.Tensor, *,
-                  length_predictor: LengthPredictor, target_truncation: float, block_length: int, steps: int,
+                  length_predictor: Optional[LengthPredictor], target_truncation: float, block_length: int, steps: int,
                   max_gen_length: int, eos_id: int, attention_mask: Optional[torch.Tensor] = None,
-                  truncation: Optional[str] = "extend", check_fingerprint: bool = True, **kw) -> GenerateResult:
-    """The loop of the module docstring; `generate` is prr_ext.generate (called per bucket with a fixed length)."""
-    if not isinstance(length_predictor, LengthPredictor):
+                  truncation: Optional[str] = "extend", check_fingerprint: bool = True,
+                  budgets: Optional[torch.Tensor] = None, **kw) -> GenerateResult:
+    """The loop of the module docstring; `generate` is prr_ext.generate (called per bucket with a fixed length).
+    `budgets` [B] (block multiples <= max_gen_length) replace the predictor's, e.g. oracle lengths in a benchmark;
+    then no feature forward runs."""
+    if budgets is None and not isinstance(length_predictor, LengthPredictor):
         raise TypeError("gen_length='auto' needs length_predictor=prr_ext.LengthPredictor.load(path), got "
                         f"{type(length_predictor).__name__}")
     if truncation not in TRUNCATION_MODES:
@@ -99,7 +102,7 @@ def generate_auto(generate: Callable, model: Callable, prompt_ids: torch.Tensor,
             raise ValueError(f"gen_length='auto' needs {name} as a positive int, got {v!r}")
     if max_gen_length % block_length:
         raise ValueError(f"max_gen_length={max_gen_length} must be a multiple of block_length={block_length}")
-    if check_fingerprint and isinstance(model, torch.nn.Module) and length_predictor.fingerprint:
+    if budgets is None and check_fingerprint and isinstance(model, torch.nn.Module) and length_predictor.fingerprint:
         fp = model_fingerprint(model)
         if fp != length_predictor.fingerprint:
             raise LengthPredictorFormatError(f"the length predictor was fitted for {length_predictor.fingerprint!r}, "
@@ -107,13 +110,22 @@ def generate_auto(generate: Callable, model: Callable, prompt_ids: torch.Tensor,
     B, P = prompt_ids.shape
     dev = prompt_ids.device
     am = attention_mask
-    feats = query_features(model, prompt_ids, am)
-    budgets = length_predictor.budget(feats, target_truncation, multiple=block_length, maximum=max_gen_length).to(dev)
     plens = am.sum(1) if am is not None else torch.full((B,), P, dtype=torch.int64, device=dev)
-    token_forwards = plens.to(torch.float64).clone()  # the feature forward
+    if budgets is None:
+        feats = query_features(model, prompt_ids, am)
+        budgets = length_predictor.budget(feats, target_truncation, multiple=block_length,
+                                          maximum=max_gen_length).to(dev)
+        token_forwards = plens.to(torch.float64).clone()  # the feature forward
+    else:
+        budgets = budgets.to(dev, torch.int64)
+        if bool((budgets % block_length != 0).any()) or bool((budgets < 1).any()) or \
+                bool((budgets > max_gen_length).any()):
+            raise ValueError(f"budgets must be positive multiples of block_length={block_length} <= "
+                             f"max_gen_length={max_gen_length}")
+        token_forwards = torch.zeros(B, dtype=torch.float64, device=dev)
     nfe = torch.zeros(B, dtype=torch.int64, device=dev)
     rows = {}  # row -> its current canvas (prompt columns then generated) [P + G] and its attention row
-    seconds, forwards = 0.0, 1
+    seconds, forwards = 0.0, int(length_predictor is not None and token_forwards.any())
 
     def decode(idx: torch.Tensor, prompt: torch.Tensor, pmask: Optional[torch.Tensor], G: int):
         nonlocal seconds, forwards

@@ -3,6 +3,7 @@ rerun) and its cost, and the errors. A toy model whose answer length is written 
 length known exactly."""
 from __future__ import annotations
 
+import json
 import math
 import types
 
@@ -180,3 +181,18 @@ def test_every_policy_and_eos_fill(make, eos_fill):
     for b, k in enumerate(ks):
         assert out.generated[b, :k + 1].tolist() == [FILL] * k + [EOS]
     assert not out.truncated.any() and bool((out.nfe >= 1).all())
+
+
+def test_length_bench_measures_every_strategy(tmp_path, capsys):
+    from prr_testbed import length_bench, train_length
+
+    train_length.main(["--families", "sudoku", "--train", "8", "--test", "2", "--device", "cpu", "--no-progress",
+                       "--out", str(tmp_path / "lp")])
+    doc = length_bench.main(["--predictor", str(tmp_path / "lp"), "--families", "sudoku", "--n", "2", "--device",
+                             "cpu", "--out", str(tmp_path / "b.json")])
+    assert [r["strategy"] for r in doc["strategies"]] == list(length_bench.STRATEGIES)
+    fixed = doc["strategies"][0]
+    assert fixed["compute_vs_fixed"] == 1.0 and fixed["token_forwards_per_query"] > 0
+    assert all(len(r["correct"]) == 2 and 0 <= r["truncation_rate"] <= 100 for r in doc["strategies"])
+    assert json.loads((tmp_path / "b.json").read_text())["meta"]["max_length"] == 20
+    assert f"wrote {tmp_path / 'b.json'}" in capsys.readouterr().out

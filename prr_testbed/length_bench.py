@@ -1,0 +1,147 @@
+"""Measure Predict-then-Diffuse on a mixed-length workload: compute, time, accuracy and truncations per strategy.
+
+    python -m prr_testbed.length_bench --predictor runs/length --out runs/length_bench.json
+    python -m prr_testbed.length_bench --model runs/long --families mul,cumsum,sort,trace --predictor runs/lp_long \
+        --out benchmarks/results/length_<device>.json
+
+Every strategy decodes the same test-split prompts of --families (mixed in one batch stream, greedy):
+  fixed        every canvas at --max-length, the base rule (--tau: Threshold)
+  eos_exit     fixed, with prr_ext.generate(eos_fill=True): rows stop once their EOS is settled
+  oracle       each canvas at the model's own length (first EOS + 1 under full refinement, as train_length labels),
+               rounded up to a block
+  predictor    gen_length="auto" with the predictor (--target-truncation, --truncation recovery)
+  predictor+prr       the same with the shipped PRR controller (tau: its tuned value)
+  predictor+prr+r2    the same with R2 over PRR
+Per strategy: mean token-forwards per query (sum over a query's forwards of the canvas length covered; the feature
+forward counts), wall seconds, accuracy (the task checkers), the truncation rate (canvases without EOS at the first
+try) and the forwards. Writes --out (JSON) and prints a table.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, List
+
+import torch
+
+import prr_ext
+from prr_ext.auto_length import generate_auto
+
+from . import CONTROLLER_DIR, load_controller, tuned_tau
+from . import tasks as T
+from .cli import check_input_dir, check_outputs, device_arg, parser
+from .harness import pick_device_arg
+from .model import MaskedDiffusionLM, decode_responses, load_default, make_canvas
+from .train_length import _families, label_and_features
+
+PROG = "python -m prr_testbed.length_bench"
+STRATEGIES = ("fixed", "eos_exit", "oracle", "predictor", "predictor+prr", "predictor+prr+r2")
+
+
+def parse_args(argv=None):
+    ap = parser(PROG, __doc__)
+    ap.add_argument("--predictor", required=True, help="a length-predictor folder (python -m prr_testbed.train_length)")
+    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--n", type=int, default=200, help="test prompts per family")
+    ap.add_argument("--max-length", type=int, default=None, help="the fixed canvas (default: the predictor's)")
+    ap.add_argument("--block-length", type=int, default=None, help="(default: the predictor's)")
+    ap.add_argument("--tau", type=float, default=0.9, help="Threshold's tau (fixed, eos_exit, oracle, predictor)")
+    ap.add_argument("--target-truncation", type=float, default=0.02)
+    ap.add_argument("--truncation", choices=["extend", "rerun", "none"], default="extend")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", type=device_arg, default="auto")
+    ap.add_argument("--out", default=os.path.join("runs", "length_bench.json"))
+    args = ap.parse_args(argv)
+    if args.n < 1 or args.batch_size < 1:
+        ap.error("argument --n/--batch-size: must be >= 1")
+    check_input_dir(ap, "--predictor", args.predictor, ("config.json", "model.safetensors"), "length predictor")
+    check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    check_outputs(ap, args, files=("out",))
+    args.device, args.device_note = pick_device_arg(ap, args.device)
+    return ap, args
+
+
+def main(argv=None) -> Dict:
+    ap, args = parse_args(argv)
+    device = args.device
+    model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
+    try:
+        lp = prr_ext.LengthPredictor.load(args.predictor, fingerprint=prr_ext.model_fingerprint(model))
+    except prr_ext.length.LengthPredictorFormatError as e:
+        ap.error(f"argument --predictor: {e}")
+    G = args.max_length or lp.meta.get("max_length")
+    BL = args.block_length or lp.meta.get("block_length")
+    if not (isinstance(G, int) and isinstance(BL, int) and G % BL == 0):
+        ap.error("argument --max-length/--block-length: give both (a multiple of the block) when the predictor "
+                 "records none")
+    controller = load_controller(CONTROLLER_DIR)
+    prr_tau = tuned_tau(CONTROLLER_DIR) or 0.9
+    tok = model.tokenizer
+    examples = [(f, e) for f in args.families for e in T.heldout_set(f, "test", args.n)]
+    print(f"[length_bench] {len(examples)} test prompts of {','.join(args.families)}; canvas {G}, block {BL}; "
+          "labelling the oracle lengths ...", flush=True)
+    _, oracle_len = label_and_features(model, examples, max_length=G, block_length=BL, batch_size=args.batch_size,
+                                       device=device, show_progress=False)
+    trunc = None if args.truncation == "none" else args.truncation
+    policies = {"fixed": prr_ext.Threshold(args.tau), "eos_exit": prr_ext.Threshold(args.tau),
+                "oracle": prr_ext.Threshold(args.tau), "predictor": prr_ext.Threshold(args.tau),
+                "predictor+prr": prr_ext.PRR(controller, tau=prr_tau),
+                "predictor+prr+r2": prr_ext.R2(base=prr_ext.PRR(controller, tau=prr_tau))}
+    rows: List[Dict] = []
+    for name in STRATEGIES:
+        tf, correct, truncated, forwards, secs = [], [], [], 0, 0.0
+        for i in range(0, len(examples), args.batch_size):
+            chunk = examples[i:i + args.batch_size]
+            x, _ = make_canvas(tok, [e.prompt for _, e in chunk], 0, device)
+            am = (x != tok.pad_id).to(torch.int64)
+            common = dict(block_length=BL, steps=G, policy=policies[name], mask_id=tok.mask_id, eos_id=tok.eos_id,
+                          attention_mask=am, confidence_dtype=torch.float32)
+            t0 = time.perf_counter()
+            if name in ("fixed", "eos_exit"):
+                out = prr_ext.generate(model, x, gen_length=G, eos_fill=name == "eos_exit", **common)
+                trunc_rows = ~(out.generated == tok.eos_id).any(1)
+            elif name == "oracle":
+                budgets = (torch.ceil(oracle_len[i:i + len(chunk)].double() / BL) * BL).to(torch.int64)
+                out = generate_auto(prr_ext.generate, model, x, length_predictor=None, target_truncation=0.02,
+                                    max_gen_length=G, truncation=None, budgets=budgets.clamp(BL, G), **common)
+                trunc_rows = out.truncated
+            else:
+                out = prr_ext.generate(model, x, gen_length="auto", length_predictor=lp,
+                                       target_truncation=args.target_truncation, max_gen_length=G, truncation=trunc,
+                                       **common)
+                trunc_rows = out.truncated
+            secs += time.perf_counter() - t0
+            forwards += out.forwards
+            tf += out.token_forwards.tolist()
+            truncated += trunc_rows.tolist()
+            resp = decode_responses(tok, out.tokens, out.prompt_length)
+            correct += [int(T.get_family(f).check(e, r)) for (f, e), r in zip(chunk, resp)]
+        n = len(examples)
+        rows.append({"strategy": name, "policy": repr(policies[name]).split("(")[0],
+                     "token_forwards_per_query": sum(tf) / n, "seconds": round(secs, 3),
+                     "accuracy": 100.0 * sum(correct) / n, "truncation_rate": 100.0 * sum(truncated) / n,
+                     "forwards": forwards, "correct": correct, "token_forwards": tf})
+        r = rows[-1]
+        print(f"  {name:18s} token-forwards/query {r['token_forwards_per_query']:9.1f}  acc {r['accuracy']:6.2f}%  "
+              f"truncated {r['truncation_rate']:5.2f}%  {r['seconds']:7.2f} s", flush=True)
+    base = rows[0]["token_forwards_per_query"]
+    for r in rows:
+        r["compute_vs_fixed"] = base / r["token_forwards_per_query"]
+    doc = {"meta": {"command": " ".join([PROG] + list(argv if argv is not None else __import__("sys").argv[1:])),
+                    "device": str(device), "torch": torch.__version__, "families": args.families, "n": args.n,
+                    "max_length": G, "block_length": BL, "target_truncation": args.target_truncation,
+                    "truncation": args.truncation, "predictor": args.predictor,
+                    "model": args.model or "prr_testbed/assets/model",
+                    "oracle_mean_length": float(oracle_len.double().mean())},
+           "strategies": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"[length_bench] wrote {args.out}")
+    return doc
+
+
+if __name__ == "__main__":
+    main()
