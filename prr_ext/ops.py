@@ -163,7 +163,8 @@ def op_arguments(logits: torch.Tensor, state: State, *, scores: Optional[torch.T
     is_prr = isinstance(pol, PRR)
     return dict(
         logits=logits, x=state.x, row_state=state.row_state, traj=state.traj, prev_p1=state.prev_p1,
-        workspace=state.workspace, rule_state=state.rule_state, prev_logp=state.prev_logp, seed=state.seed, prompt_lens=state.prompt_lens, controller=state.controller_buf,
+        workspace=state.workspace, rule_state=state.rule_state, prev_logp=state.prev_logp, seed=state.seed,
+        prompt_lens=state.prompt_lens, controller=state.controller_buf,
         scores=scores, extra_features=extra_features, candidates=candidates, random_conf=random_conf,
         mask_id=state.mask_id, gen_start=state.gen_start, block_length=state.block_length, steps=state.steps,
         policy=pol.code, confidence_dtype=CONFIDENCE_DTYPES[state.confidence_dtype],

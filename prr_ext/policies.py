@@ -328,9 +328,9 @@ class R2(Policy):
     """R²-dLLM's redundancy-removing passes (arXiv 2604.18995) on top of a base rule, in upstream's order, on the same
     logits and in the same step:
 
-    1. spatial window (window=W in [1, 64], None: off): every window of W block positions holding at most `window_unmasked`
-       unmasked tokens after the base commit (None: no limit) whose still-masked positions have mean confidence
-       >= spatial_threshold commits all of them (windows judged on the same canvas, then unioned);
+    1. spatial window (window=W in [1, 64], None: off): every window of W block positions holding at most
+       `window_unmasked` unmasked tokens after the base commit (None: no limit) whose still-masked positions have
+       mean confidence >= spatial_threshold commits all of them (windows judged on the same canvas, then unioned);
     2. token cluster (token_cluster, None: off): a maximal run of >= token_cluster_size adjacent still-masked positions
        with the same top-1 token whose largest p(top-1) > spatial_threshold commits one of them: the most confident
        ("confidence"), the middle ("mid") or a random one ("random", Philox-drawn);

@@ -35,8 +35,8 @@ import prr_ext
 from . import CONTROLLER_DIR, load_controller
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
-from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label, evaluate,
-                      have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
+from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
+                      evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_default
 from .stats import BOOTSTRAP_RESAMPLES
 

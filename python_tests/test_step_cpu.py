@@ -411,7 +411,8 @@ def test_rule_boundaries(rnd, rule):
     tau, EntropyBound commits the position whose preceding entropy sum equals gamma, Factor does not commit the
     position whose (m + 1)(1 - c_m) equals f. Checked on the op's own keys (stats column STAT_KEY)."""
     s = Shape(B=3, P=2, G=16, BL=16, steps=16, V=33, mask_id=rnd.int(0, 32))  # S = BL: k = 1 at the first step
-    placeholder = {"threshold": prr_ext.Threshold(0.5), "factor": prr_ext.Factor(1.0), "factor_fast_dllm": prr_ext.Factor(1.0),
+    placeholder = {"threshold": prr_ext.Threshold(0.5), "factor": prr_ext.Factor(1.0),
+                   "factor_fast_dllm": prr_ext.Factor(1.0),
                    "entropy_bound": prr_ext.EntropyBound(0.5),
                    "prr": prr_ext.PRR(random_controller(rnd), tau=0.5, shaping="power")}[rule]
     x, plen = make_canvas(rnd, s, prefill=0.0)

@@ -49,7 +49,9 @@ PRR_HD bool factor_passes(int64_t m, double key, double f) { return double(m + 2
 // Fast-dLLM's get_transfer_index_dynamic at 0-based rank m: threshold -1 at rank 0, else 1 - f / (m + 2), passed at
 // equality. Its scan commits the ranks before the first failure, and all of them when the last rank is the first
 // to fail (commit_count).
-PRR_HD bool factor_passes_fast_dllm(int64_t m, double key, double f) { return m == 0 || key >= 1.0 - f / double(m + 2); }
+PRR_HD bool factor_passes_fast_dllm(int64_t m, double key, double f) {
+  return m == 0 || key >= 1.0 - f / double(m + 2);
+}
 
 PRR_HD int64_t commit_count(int policy, const double* keys_sorted, int64_t n, int64_t k, double param,
                             bool union_schedule, int factor_variant = kFactorPaper) {
