@@ -37,7 +37,8 @@ prr::RuleParams read_rule_params(const StepArgs& a) {
   r.r2_cluster_size = 2;
   switch (a.policy) {
     case prr::kFactor:
-      TORCH_CHECK(rp[prr::kRpFactorVariant] == prr::kFactorPaper || rp[prr::kRpFactorVariant] == prr::kFactorFastDllm,
+      TORCH_CHECK(rp[prr::kRpFactorVariant] == double(prr::kFactorPaper) ||
+                      rp[prr::kRpFactorVariant] == double(prr::kFactorFastDllm),
                   "rule_params: unknown Factor variant ", rp[prr::kRpFactorVariant]);
       r.factor_variant = static_cast<int>(rp[prr::kRpFactorVariant]);
       break;
@@ -73,12 +74,12 @@ prr::RuleParams read_rule_params(const StepArgs& a) {
               "rule_params: R2 window must be an int in [0, ", prr::kMaxR2Window, "] (0: off)");
   TORCH_CHECK(whole(rp[prr::kRpR2WindowUnmasked], -1), "rule_params: R2 window_unmasked must be an int >= -1");
   TORCH_CHECK(unit(rp[prr::kRpR2SpatialThreshold]), "rule_params: R2 spatial_threshold must lie in [0, 1]");
-  TORCH_CHECK(whole(rp[prr::kRpR2Cluster], 0) && rp[prr::kRpR2Cluster] <= prr::kClusterRandom,
+  TORCH_CHECK(whole(rp[prr::kRpR2Cluster], 0) && rp[prr::kRpR2Cluster] <= double(prr::kClusterRandom),
               "rule_params: unknown R2 token_cluster code ", rp[prr::kRpR2Cluster]);
   TORCH_CHECK(whole(rp[prr::kRpR2ClusterSize], 2), "rule_params: R2 token_cluster_size must be an int >= 2");
   TORCH_CHECK(whole(rp[prr::kRpR2TemporalSteps], 0), "rule_params: R2 temporal_steps must be an int >= 0 (0: off)");
   TORCH_CHECK(unit(rp[prr::kRpR2TemporalThreshold]), "rule_params: R2 temporal_threshold must lie in [0, 1]");
-  TORCH_CHECK(whole(rp[prr::kRpR2TemporalEval], 0) && rp[prr::kRpR2TemporalEval] <= prr::kTemporalMax,
+  TORCH_CHECK(whole(rp[prr::kRpR2TemporalEval], 0) && rp[prr::kRpR2TemporalEval] <= double(prr::kTemporalMax),
               "rule_params: unknown R2 temporal_eval code ", rp[prr::kRpR2TemporalEval]);
   r.r2_window = static_cast<int64_t>(rp[prr::kRpR2Window]);
   r.r2_window_unmasked = static_cast<int64_t>(rp[prr::kRpR2WindowUnmasked]);
