@@ -73,8 +73,8 @@ def compare(a: Dict, b: Dict, *, n_boot: int = BOOTSTRAP_RESAMPLES, seed: int = 
                 "task": task, "label": k[1], "policy": ra["policy"], "n": n,
                 "accuracy_a": ra["accuracy"], "accuracy_b": rb["accuracy"],
                 "accuracy_interval_a": ra.get("accuracy_interval"), "accuracy_interval_b": rb.get("accuracy_interval"),
-                "accuracy_change": -c["difference"],
-                "accuracy_change_interval": [-c["interval"][1], -c["interval"][0]],
+                "accuracy_change": 0.0 - c["difference"],  # 0.0 - x: no "-0.0" for no change
+                "accuracy_change_interval": [0.0 - c["interval"][1], 0.0 - c["interval"][0]],
                 "a_only": c["a_only"], "b_only": c["b_only"], "p_value": c["p_value"],
                 "verdict": c["verdict"], "mean_nfe_a": ra["mean_nfe"], "mean_nfe_b": rb["mean_nfe"],
                 "nfe_change": float(d_nfe.mean()),
@@ -114,7 +114,8 @@ def markdown(doc: Dict) -> List[str]:
                      f"{p['accuracy_change']:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}], p {p['p_value']:.2g} | "
                      f"{p['mean_nfe_a']:.2f} | {p['mean_nfe_b']:.2f} | {p['nfe_change']:+.2f} "
                      f"[{ni[0]:+.2f}, {ni[1]:+.2f}] |")
-    lines += ["", "| task | policy | AUP before [95% CI] | AUP after [95% CI] | change [95% CI] |", "|---|---|---|---|---|"]
+    lines += ["", "| task | policy | AUP before [95% CI] | AUP after [95% CI] | change [95% CI] |",
+              "|---|---|---|---|---|"]
     for task, d in doc["aup"].items():
         for pol, v in d.items():
             if pol == "y_max":

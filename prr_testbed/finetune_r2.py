@@ -244,7 +244,9 @@ def parse_args(argv=None):
     ap.add_argument("--failed-prefixes", action=argparse.BooleanOptionalAction, default=True,
                     help="also train on rejected trajectories' canvases up to their first wrong commit, "
                          "reference targets")
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=3e-5,
+                    help="peak learning rate (2e-4 at these batch sizes damaged the shipped model: "
+                         "docs/r2_finetune.md)")
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--decode-batch-size", type=int, default=128, help="prompts decoded together when collecting")
