@@ -164,7 +164,10 @@ class MaskedDiffusionLM(nn.Module):
     def _rope_for(self, length: int, device, dtype):
         key = (device, dtype)
         cached = self._rope.get(key)
-        if cached is None or cached[0].shape[0] < length:
+        # tables made under torch.inference_mode (an evaluation) cannot enter autograd: a training forward after
+        # one rebuilds them
+        stale = cached is not None and cached[0].is_inference() and not torch.is_inference_mode_enabled()
+        if cached is None or stale or cached[0].shape[0] < length:
             n = max(length, self.config.max_seq_len)
             cached = _rope_tables(n, self.config.d_model // self.config.n_heads, self.config.rope_theta, device, dtype)
             self._rope[key] = cached
