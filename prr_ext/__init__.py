@@ -26,5 +26,6 @@ from .state import State
 __all__ = ["step", "State", "Policy", "LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR",
            "LocalLeap", "SlowFast", "KLASS", "R2",
            "Controller", "ControllerFormatError", "reference", "has_cuda_kernels", "generate",
-           "GenerateResult", "LengthPredictor", "model_fingerprint", "query_features", "load", "Decoder", "DecodeResult"]
+           "GenerateResult", "LengthPredictor", "model_fingerprint", "query_features",
+           "load", "Decoder", "DecodeResult"]
 __version__ = "0.1.0"

@@ -293,6 +293,10 @@ class Decoder:
         prompts = list(prompts)
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if steps is None:
+            if not isinstance(gen_length, int):
+                raise ValueError(f"steps= is required with gen_length={gen_length!r}")
+            steps = gen_length
         style = kw.pop("style", "llada")
         if style == "dream":
             if self.kind != "dream":
@@ -319,7 +323,7 @@ class Decoder:
         for lo in range(0, len(encoded), batch_size):
             chunk = encoded[lo:lo + batch_size]
             prompt_ids, attention_mask = self._left_pad(chunk)
-            out = _generate(call, prompt_ids, gen_length=gen_length, steps=gen_length if steps is None else steps,
+            out = _generate(call, prompt_ids, gen_length=gen_length, steps=steps,
                             temperature=temperature, attention_mask=attention_mask, style=style, **options)
             results.extend(self._results(out, chunk))
         return results
@@ -353,8 +357,8 @@ class Decoder:
 # ---------------------------------------------------------------------------------------------------------------
 # loading
 # ---------------------------------------------------------------------------------------------------------------
-def load(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "cpu", dtype: Optional[torch.dtype] = None,
-         trust_remote_code: bool = False, kind: Optional[str] = None) -> Decoder:
+def load(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "cpu",
+         dtype: Optional[torch.dtype] = None, trust_remote_code: bool = False, kind: Optional[str] = None) -> Decoder:
     """Load a masked-diffusion LM and its tokenizer from a local directory, ready for `Decoder.generate`.
 
     Parameters
