@@ -274,6 +274,8 @@ def write_remote_code_model(directory, *, style, mask_in_config=True):
 
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
+    if "transformers" not in sys.modules:  # remote code is copied here, not into ~/.cache/huggingface/modules
+        os.environ.setdefault("HF_MODULES_CACHE", str(tmp_path_factory.mktemp("hf_modules")))
     pytest.importorskip("transformers")
     pytest.importorskip("tokenizers")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
