@@ -16,6 +16,7 @@ from . import reference  # noqa: F401
 from .controller import Controller, ControllerFormatError
 from .generate import GenerateResult, generate
 from .auto_length import model_fingerprint, query_features
+from .hub import DecodeResult, Decoder, load
 from .length import LengthPredictor
 from .ops import has_cuda_kernels, step
 from .policies import (KLASS, PRR, R2, EntropyBound, Factor, LocalLeap, LowConfidence, Policy, RandomRemask, SlowFast,
@@ -25,5 +26,6 @@ from .state import State
 __all__ = ["step", "State", "Policy", "LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR",
            "LocalLeap", "SlowFast", "KLASS", "R2",
            "Controller", "ControllerFormatError", "reference", "has_cuda_kernels", "generate",
-           "GenerateResult", "LengthPredictor", "model_fingerprint", "query_features"]
+           "GenerateResult", "LengthPredictor", "model_fingerprint", "query_features",
+           "load", "Decoder", "DecodeResult"]
 __version__ = "0.1.0"
