@@ -11,7 +11,8 @@ One step, for every sequence b whose block index equals the active block (the lo
      temperature > 0), its T=1 probability in `confidence_dtype`, top-1/top-2 probabilities and entropy in fp32.
   3. PRR only: features -> controller -> stability score s -> shaped confidence.
   4. selection: sort candidates by the policy's key (descending, lowest column first on ties), take a prefix whose
-     length the policy decides, write those candidate tokens into x.
+     length the policy decides, write those candidate tokens into x. LocalLeap, SlowFast and KLASS choose sets of
+     block positions instead, and an R2 policy adds its passes after its base rule (select_block).
   5. bookkeeping: step/NFE counters, end of block, trajectory features for the next step.
 """
 from __future__ import annotations
