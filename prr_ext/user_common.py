@@ -159,6 +159,11 @@ def model_record(dec) -> Dict[str, Any]:
             "kind": dec.kind, "in_features": NUM_BASE_FEATURES}
 
 
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
 def write_json(path: str, doc: Dict) -> None:
     with open(path + ".tmp", "w") as f:
         json.dump(doc, f, indent=2)
