@@ -197,3 +197,23 @@ def test_module_entry_point_runs_the_user_command(files, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     with open(out) as f:
         assert json.load(f)["points"][0]["label"] == "threshold:0.9"
+
+
+def test_train_and_eval_on_a_transformers_masked_lm(tmp_path):
+    """A tiny random BertForMaskedLM (test_load's): prompts of different lengths, so batches are left-padded and
+    the rollouts call the model with the batch's attention mask."""
+    pytest.importorskip("transformers")
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_load import PROMPTS, write_bert
+
+    model = str(tmp_path / "bert")
+    write_bert(model)
+    rows = [{"prompt": p, "answer": "yes"} for p in PROMPTS * 2]
+    data = _write(tmp_path / "d.jsonl", rows)
+    canvas = ["--gen-length", "8", "--block-length", "4", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+    report = user_train.main(["--model", model, "--data", data, "--val", data, "--out", str(tmp_path / "run"),
+                              "--rounds", "1", "--epochs", "1", "--t-max-grid", "1.0", "--tau-grid", "0.9"] + canvas)
+    assert [r["round"] for r in report["rounds"]] == [0, 1] and report["rounds"][1]["records"] > 0
+    doc = user_eval.main(["--model", model, "--data", data, "--checker", "exact", "--policies", "lowconf,prr",
+                          "--controller", str(tmp_path / "run" / "controller")] + canvas)
+    assert doc["kind"] == "masked_lm" and doc["points"][0]["mean_nfe"] == 8 and doc["points"][1]["accuracy"] is not None
