@@ -1,0 +1,283 @@
+"""What `python -m prr_ext.eval` and `python -m prr_ext.train` share when they run on a user's model (--model,
+--data): loading the model, prompts, checker and controller with usage errors that name the argument, decoding a
+set of records with one policy and grading it, the controller's model sidecar (model.json) and the forwarding of
+the old testbed commands.
+
+A controller trained by `python -m prr_ext.train` is saved as a prr_ext.Controller folder (config.json,
+model.safetensors; the file format is unchanged) with two sidecars: policy.json (the tuned tau) and model.json
+(the fingerprint of the model it was trained for, `prr_ext.model_fingerprint`, its path and kind, and the feature
+count). `--controller` refuses a controller whose model.json names another model, or whose feature count is not the
+13 base features that these commands compute.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from .auto_length import model_fingerprint
+from .constants import NUM_BASE_FEATURES
+from .controller import Controller, ControllerFormatError
+from .data import Record, load_jsonl, make_checker
+from .policies import PRR, EntropyBound, Factor, LowConfidence, Policy, Threshold
+
+MODEL_SIDECAR = "model.json"
+POLICY_SIDECAR = "policy.json"
+DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+USER_FLAGS = ("--model", "--data")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the old testbed commands: `python -m prr_ext.eval` without --model / --data
+# ---------------------------------------------------------------------------------------------------------------
+def wants_user_command(argv: Sequence[str]) -> bool:
+    """True when argv names --model or --data (as `--model X` or `--model=X`): the user-model command."""
+    return any(a == f or a.startswith(f + "=") for a in argv for f in USER_FLAGS)
+
+
+def dispatch(argv: Optional[Sequence[str]], user_parser: Callable[[], argparse.ArgumentParser],
+             user_main: Callable, testbed_main: Callable, testbed_prog: str):
+    """Run the user-model command when argv has --model or --data, else the testbed command (same arguments).
+    A bare --help prints this command's help, then the testbed command's."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if wants_user_command(argv):
+        return user_main(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(user_parser().format_help())
+        print(f"Without --model and --data this command runs `{testbed_prog}` (same arguments); its help "
+              "follows.\n", flush=True)
+    return testbed_main(argv)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# argument helpers
+# ---------------------------------------------------------------------------------------------------------------
+def floats(s: str) -> List[float]:
+    try:
+        out = [float(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of numbers") from None
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return out
+
+
+def ints(s: str) -> List[int]:
+    try:
+        out = [int(v) for v in s.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from None
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one value")
+    return out
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """--model, --trust-remote-code, --dtype, --device, decoding canvas options, --chat, --batch-size."""
+    from prr_testbed.cli import device_arg
+
+    p.add_argument("--model", required=True, help="a local model directory (prr_ext.load: LLaDA- / Dream-style, "
+                   "transformers masked LMs, prr_testbed checkpoints)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run the modeling code shipped in the model directory (LLaDA, Dream)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="auto", help="the weights' dtype")
+    p.add_argument("--device", type=device_arg, default="auto",
+                   help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
+    p.add_argument("--gen-length", type=int, default=256, help="generated tokens per prompt")
+    p.add_argument("--block-length", type=int, default=32, help="semi-autoregressive block length")
+    p.add_argument("--steps", type=int, default=None,
+                   help="the step budget (default: --gen-length, one token per step for lowconf)")
+    p.add_argument("--chat", action="store_true", help="apply the tokenizer's chat template to string prompts")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts decoded together")
+    p.add_argument("--checker", default=None,
+                   help="how responses are graded: exact, gsm8k, regex:PATTERN or MODULE:FUNCTION (prr_ext.data)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_canvas(p: argparse.ArgumentParser, args) -> None:
+    for name in ("gen_length", "block_length", "batch_size") + (("steps",) if args.steps is not None else ()):
+        if getattr(args, name) < 1:
+            p.error(f"argument --{name.replace('_', '-')}: must be >= 1")
+    if args.gen_length % args.block_length:
+        p.error(f"argument --block-length: {args.block_length} does not divide --gen-length {args.gen_length}")
+    args.steps = args.gen_length if args.steps is None else args.steps
+    blocks = args.gen_length // args.block_length
+    if args.steps % blocks:
+        p.error(f"argument --steps: {args.steps} is not a multiple of the block count {blocks} "
+                f"(--gen-length / --block-length)")
+
+
+def load_records(p: argparse.ArgumentParser, option: str, path: str, require_answer: bool,
+                 n: Optional[int] = None) -> List[Record]:
+    """The records of a JSONL file, or a usage error naming `option` (and the file's line)."""
+    try:
+        records = load_jsonl(path, require_answer=require_answer)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(f"argument {option}: {e}")
+    return records[:n] if n else records
+
+
+def checker_arg(p: argparse.ArgumentParser, spec: Optional[str]):
+    if spec is None:
+        return None
+    try:
+        return make_checker(spec)
+    except ValueError as e:
+        p.error(f"argument --checker: {e}")
+
+
+def resolve_device_arg(p: argparse.ArgumentParser, requested: str) -> torch.device:
+    from prr_testbed.cli import resolve_device
+
+    try:
+        return resolve_device(requested)
+    except ValueError as e:
+        p.error(f"argument --device: {e}")
+
+
+def load_decoder(p: argparse.ArgumentParser, args, device: torch.device):
+    """prr_ext.load(--model) or a usage error naming --model."""
+    from .hub import load
+
+    try:
+        return load(args.model, device=device, dtype=DTYPES[args.dtype], trust_remote_code=args.trust_remote_code)
+    except (FileNotFoundError, ValueError, ImportError, OSError) as e:
+        p.error(f"argument --model: {e}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# controllers and their model sidecar
+# ---------------------------------------------------------------------------------------------------------------
+def model_record(dec) -> Dict[str, Any]:
+    """What model.json records about the model a controller is trained for."""
+    return {"fingerprint": model_fingerprint(dec.model), "model": os.path.abspath(dec.path) if dec.path else None,
+            "kind": dec.kind, "in_features": NUM_BASE_FEATURES}
+
+
+def read_json(path: str) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+def write_json(path: str, doc: Dict) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(doc, f, indent=2)
+    os.replace(path + ".tmp", path)  # atomic: never half a file
+
+
+def save_controller(ctrl: Controller, path: str, dec, tau: float, extra: Optional[Dict] = None) -> None:
+    """The controller folder (prr_ext.Controller.save) plus policy.json (tau) and model.json (fingerprint)."""
+    ctrl.save(path)
+    write_json(os.path.join(path, POLICY_SIDECAR), {"tau": float(tau), "trained_by": "python -m prr_ext.train",
+                                                    **(extra or {})})
+    write_json(os.path.join(path, MODEL_SIDECAR), model_record(dec))
+
+
+def controller_problem(path: str, ctrl: Controller, dec) -> Optional[str]:
+    """None when the controller at `path` may drive `dec`'s model; else why not."""
+    if ctrl.in_features != NUM_BASE_FEATURES:
+        return (f"the controller at {path} takes {ctrl.in_features} features, but these commands compute the "
+                f"{NUM_BASE_FEATURES} base features: it was trained for another setup")
+    side = os.path.join(path, MODEL_SIDECAR)
+    if not os.path.isfile(side):
+        return None  # a controller from elsewhere (e.g. the testbed's): nothing recorded to compare
+    try:
+        with open(side) as f:
+            rec = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        return f"{side} is not valid JSON ({e})"
+    if not isinstance(rec, dict):
+        return f"{side} does not hold a JSON object"
+    if rec.get("in_features", ctrl.in_features) != ctrl.in_features:
+        return (f"{side} records {rec.get('in_features')} features but the controller's weights take "
+                f"{ctrl.in_features}")
+    want, have = rec.get("fingerprint"), model_fingerprint(dec.model)
+    if want is not None and want != have:
+        return (f"the controller at {path} was trained for another model ({rec.get('model')}, fingerprint {want}); "
+                f"{dec.path} has fingerprint {have}. Train one for this model with `python -m prr_ext.train`")
+    return None
+
+
+def load_controller_arg(p: argparse.ArgumentParser, path: str, dec) -> tuple:
+    """(Controller, its tuned tau or None) from --controller, checked against the model; else a usage error."""
+    try:
+        ctrl = Controller.load(path)
+    except ControllerFormatError as e:
+        p.error(f"argument --controller: {e}")
+    problem = controller_problem(path, ctrl, dec)
+    if problem:
+        p.error(f"argument --controller: {problem}")
+    tau = None
+    pol = os.path.join(path, POLICY_SIDECAR)
+    if os.path.isfile(pol):
+        try:
+            with open(pol) as f:
+                tau = float(json.load(f)["tau"])
+        except (OSError, ValueError, KeyError, TypeError):
+            tau = None
+    return ctrl, tau
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# decoding and grading one policy point
+# ---------------------------------------------------------------------------------------------------------------
+POLICY_NAMES = ("lowconf", "threshold", "factor", "entropy", "prr")
+
+
+def make_policy(name: str, param: Optional[float], controller: Optional[Controller]) -> Policy:
+    if name == "lowconf":
+        return LowConfidence()
+    if name == "threshold":
+        return Threshold(tau=0.9 if param is None else param)
+    if name == "factor":
+        return Factor(f=1.0 if param is None else param)
+    if name == "entropy":
+        return EntropyBound(gamma=0.1 if param is None else param)
+    if name == "prr":
+        return PRR(controller, tau=0.9 if param is None else param)
+    raise ValueError(f"unknown policy {name!r}; choose from {', '.join(POLICY_NAMES)}")
+
+
+def evaluate(dec, records: Sequence[Record], policy: Policy, *, checker=None, gen_length: int, block_length: int,
+             steps: int, chat: bool, batch_size: int, on_batch: Optional[Callable[[], None]] = None,
+             keep_responses: bool = False) -> Dict[str, Any]:
+    """Decode every record's prompt with `policy`; accuracy (percent; None without a checker), mean NFE, tokens per
+    forward (generated tokens / forwards), tokens/s (generated tokens / decode seconds), finished rate."""
+    correct, nfe, finished, responses, seconds = [], [], 0, [], 0.0
+    for lo in range(0, len(records), batch_size):
+        chunk = records[lo:lo + batch_size]
+        t0 = time.perf_counter()
+        res = dec.generate([r.prompt for r in chunk], policy=policy, gen_length=gen_length,
+                           block_length=block_length, steps=steps, chat=chat, batch_size=len(chunk))
+        seconds += time.perf_counter() - t0
+        for rec, r in zip(chunk, res):
+            nfe.append(r.nfe)
+            finished += int(r.finished)
+            if checker is not None:
+                correct.append(int(bool(checker(r.text, rec))))
+            if keep_responses:
+                responses.append(r.text)
+        if on_batch is not None:
+            on_batch()
+    n = len(records)
+    mean_nfe = sum(nfe) / n
+    out = {"n": n, "accuracy": 100.0 * sum(correct) / n if checker is not None else None,
+           "mean_nfe": mean_nfe, "tokens_per_forward": gen_length / mean_nfe,
+           "tokens_per_s": n * gen_length / seconds if seconds > 0 else None, "seconds": seconds,
+           "finished_rate": finished / n, "nfe_per_prompt": nfe}
+    if checker is not None:
+        out["correct"] = correct
+    if keep_responses:
+        out["responses"] = responses
+    return out
+
+
+def progress(total: int, desc: str, disable: bool):
+    from prr_testbed.cli import progress as bar
+
+    return bar(total, desc, disable=disable)
