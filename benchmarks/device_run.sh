@@ -2,7 +2,7 @@
 # benchmarks/device_run.sh — build + CUDA tests + compute-sanitizer + benchmarks on the GPU machine, in one go.
 #
 #   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,sanitizeall,bench,benchjson,sweep,
-#                                          ncu,ncusrc
+#                                          ncu,ncusrc,policies
 #                                          (default: build,test,sanitize,bench)
 #
 # Logs go to $OUT (or ./device_logs). The benchmark JSON (bench: run_bench.py's step_<device>.json, or a stamped
@@ -85,6 +85,16 @@ fi
 if has sweep; then
   stamp "launch-shape sweep"
   timeout ${SWEEP_TIMEOUT:-240} $PY benchmarks/dev/profile_step.py sweep 2>&1 | tee "$OUT/sweep.log"
+fi
+
+if has policies; then  # every commit rule on the shipped testbed model: benchmarks/results/policies_all_<gpu>.json
+  gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | grep -oE "[A-Z][0-9]{2,3}" | head -1 | tr 'A-Z' 'a-z')
+  stamp "testbed sweep of every rule (500 test prompts per family)"
+  mkdir -p "$OUT/results"
+  timeout ${POLICIES_TIMEOUT:-400} $PY -m prr_testbed.sweep --device cuda --n 500 --batch-size 500 --no-progress \
+    --out "benchmarks/results/policies_all_${gpu:-gpu}.json" --plot "benchmarks/results/pareto_all_${gpu:-gpu}.png" \
+    > "$OUT/policies.log" 2>&1; tail -3 "$OUT/policies.log"
+  cp benchmarks/results/policies_all_${gpu:-gpu}.* "$OUT/results/" 2>/dev/null
 fi
 
 if has ncu; then
