@@ -113,9 +113,11 @@ def decode(model, family, n, policy, block_info):
     return out, acc
 
 
-@pytest.mark.parametrize("policy", [prr_ext.Threshold(tau=0.9), prr_ext.LowConfidence()],
-                         ids=["threshold", "lowconf"])
-@pytest.mark.parametrize("family", ["words", "arith"])
+@pytest.mark.parametrize("family, policy", [("words", prr_ext.Threshold(tau=0.9)),
+                                            ("arith", prr_ext.Threshold(tau=0.9)),
+                                            ("arith", prr_ext.LowConfidence()),  # one token per step: many
+                                            ("sudoku", prr_ext.LowConfidence())],  # block-only forwards
+                         ids=["words-threshold", "arith-threshold", "arith-lowconf", "sudoku-lowconf"])
 def test_generate_with_caches_agrees_with_no_cache(shipped, policy, family):
     base, base_acc = decode(shipped, family, 16, policy, False)
     V = shipped.config.vocab_size
