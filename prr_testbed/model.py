@@ -10,6 +10,9 @@ Padding: <pad> tokens (id `config.pad_id`) are never attended to. With RoPE (rel
 therefore gets exactly the logits it would get unpadded, which is how batches of prompts of different lengths are
 decoded (`make_canvas`, `prr_ext.State(prompt_length=<[B] tensor>)`).
 
+KV cache: `CachedLM(model, "prefix" | "dual")` (Fast-dLLM's prefix / dual cache, approximate by design) for
+`prr_ext.generate(..., block_info=True)`, built on `forward_with_kv` / `forward_block`; docs/kv_cache.md.
+
 Files: a directory with `config.json` (architecture, tokenizer vocabulary, training metadata) and
 `model.safetensors` (never pickle). `load_default()` (= `prr_testbed.load_model()`) loads the shipped checkpoint.
 This module imports nothing from prr_ext: it works without the compiled op.
