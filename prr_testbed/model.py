@@ -10,6 +10,9 @@ Padding: <pad> tokens (id `config.pad_id`) are never attended to. With RoPE (rel
 therefore gets exactly the logits it would get unpadded, which is how batches of prompts of different lengths are
 decoded (`make_canvas`, `prr_ext.State(prompt_length=<[B] tensor>)`).
 
+KV cache: `CachedLM(model, "prefix" | "dual")` (Fast-dLLM's prefix / dual cache, approximate by design) for
+`prr_ext.generate(..., block_info=True)`, built on `forward_with_kv` / `forward_block`; docs/kv_cache.md.
+
 Files: a directory with `config.json` (architecture, tokenizer vocabulary, training metadata) and
 `model.safetensors` (never pickle). `load_default()` (= `prr_testbed.load_model()`) loads the shipped checkpoint.
 This module imports nothing from prr_ext: it works without the compiled op.
@@ -113,15 +116,31 @@ class Block(nn.Module):
 
     def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 attn_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        return self.forward_kv(h, cos, sin, attn_mask)[0]
+
+    def forward_kv(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, attn_mask: Optional[torch.Tensor],
+                   past: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+                   insert_at: int = 0) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """The block on h [B, Lq, D] (cos / sin: the RoPE tables of h's canvas positions, [Lq, hd]) -> (new h,
+        (k, v) of h's columns, [B, H, Lq, hd], RoPE applied).
+
+        past: cached (k, v) [B, H, Lp, hd] of other canvas columns; h's own keys are inserted at key index
+        `insert_at` (keys stay in canvas order), and attn_mask [B, 1, 1, Lp + Lq] covers those keys. Without past
+        this is the plain bidirectional block (the same ops as always)."""
         B, L, D = h.shape
         q, k, v = self.qkv(self.attn_norm(h)).view(B, L, 3, self.n_heads, D // self.n_heads).unbind(2)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, H, L, hd]
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
+        kv = (k, v)
+        if past is not None:
+            pk, pv = past
+            k = torch.cat([pk[:, :, :insert_at], k, pk[:, :, insert_at:]], 2)
+            v = torch.cat([pv[:, :, :insert_at], v, pv[:, :, insert_at:]], 2)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # bidirectional: no causal mask
         h = h + self.attn_out(a.transpose(1, 2).reshape(B, L, D))
         gate, up = self.gate_up(self.mlp_norm(h)).chunk(2, -1)
-        return h + self.down(F.silu(gate) * up)
+        return h + self.down(F.silu(gate) * up), kv
 
 
 class MaskedDiffusionLM(nn.Module):
@@ -191,6 +210,46 @@ class MaskedDiffusionLM(nn.Module):
         logits = self.lm_head(h)
         return ModelOutput(logits=logits, hidden_states=h if output_hidden_states else None)
 
+    # ------------------------------------------------------------------ KV cache (prr_testbed.model.CachedLM)
+    def forward_with_kv(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None
+                        ) -> Tuple[ModelOutput, List[Tuple[torch.Tensor, torch.Tensor]]]:
+        """`forward(input_ids, attention_mask)` (the same logits) and every layer's (k, v) [B, H, L, hd] of the
+        canvas (RoPE applied): what a KV cache keeps."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        B, L = input_ids.shape
+        h = self.embed(input_ids)
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        cos, sin = self._rope_for(L, h.device, dtype)
+        keep = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
+        attn_mask = keep[:, None, None, :]
+        kvs = []
+        for blk in self.blocks:
+            h, kv = blk.forward_kv(h, cos, sin, attn_mask)
+            kvs.append(kv)
+        h = self.norm(h)
+        return ModelOutput(logits=self.lm_head(h)), kvs
+
+    def forward_block(self, block_ids: torch.Tensor, start: int, past_kv: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+                      key_mask: torch.Tensor, logits_rows: Optional[int] = None) -> torch.Tensor:
+        """Forward the canvas columns [start, start + n) only (block_ids [B, n]), against cached K/V.
+
+        past_kv: per layer (k, v) [B, H, Lp, hd] of the other columns the queries attend to, in canvas order, with
+        the columns before `start` first (prefix cache: exactly [0, start); dual cache: [0, start) then the suffix);
+        the block's own K/V are inserted at key index `start` (Fast-dLLM's `replace_position`). key_mask [B, Lp + n]
+        (1 = attend) in that key order. Returns the logits [B, logits_rows or n, V] of the first rows."""
+        B, n = block_ids.shape
+        h = self.embed(block_ids)
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        cos, sin = self._rope_for(start + n, h.device, dtype)
+        cos, sin = cos[start:start + n], sin[start:start + n]  # the columns' own positions
+        attn_mask = key_mask.bool()[:, None, None, :]
+        for blk, past in zip(self.blocks, past_kv):
+            h = blk.forward_kv(h, cos, sin, attn_mask, past=past, insert_at=start)[0]
+        if logits_rows is not None:
+            h = h[:, :logits_rows]
+        return self.lm_head(self.norm(h))
+
     # ------------------------------------------------------------------ files
     def save_pretrained(self, path: str, dtype: torch.dtype = torch.float16, metadata: Optional[Dict] = None) -> None:
         """Write `path/config.json` and `path/model.safetensors` (weights cast to `dtype`, fp16 by default)."""
@@ -237,6 +296,85 @@ def load_default(device: Union[str, torch.device] = "cpu", dtype: torch.dtype = 
 def default_model_available() -> bool:
     """Whether the shipped model's two files are present."""
     return all(os.path.isfile(os.path.join(MODEL_DIR, f)) for f in ("config.json", "model.safetensors"))
+
+
+class CachedLM:
+    """A prefix or dual KV cache around a MaskedDiffusionLM (Fast-dLLM's PrefixCache / DualCache), for
+    `prr_ext.generate(CachedLM(model, mode), ..., block_info=True)`. See docs/kv_cache.md.
+
+    `__call__(x, attention_mask=None, block_start=lo, block_end=hi)`:
+      * prefill, at the first call of a block (lo / hi / the canvas shape changed, or a cached column's token or
+        attention mask differs from the prefill's, e.g. a new batch): one full forward that also returns every
+        layer's K/V (RoPE applied); keeps the K/V of the columns [0, lo) ("prefix") or of every column outside
+        [lo, hi) ("dual"); returns the full logits [B, L, V] (exactly the plain forward's).
+      * later calls of the same block: "dual" forwards the block's columns [lo, hi) only, attending to the cached
+        prefix and suffix K/V plus the block's own; "prefix" forwards the columns [lo, L) (the block and the
+        masked suffix are recomputed) against the cached prefix K/V. Both return block-only logits [B, hi - lo, V].
+    Keys stay in canvas order and pads (attention_mask 0, or <pad> tokens without a mask) are never attended to.
+
+    Approximate by design: the cached K/V are those of the block's first call and are not updated as tokens get
+    committed inside the block (dual: nor as the suffix would change), so later steps' logits differ from a full
+    forward's. Without block_start (a plain call) it is the model's own forward. `prefills` and `block_calls` count
+    the two kinds of calls; `reset()` drops the cache."""
+
+    MODES = ("prefix", "dual")
+
+    def __init__(self, model: MaskedDiffusionLM, mode: str = "dual"):
+        if mode not in self.MODES:
+            raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        self.model, self.mode = model, mode
+        self.prefills = self.block_calls = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._kv: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        self._key = None
+        self._cached_ids = self._cached_keep = None
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    @property
+    def tokenizer(self) -> CharTokenizer:
+        return self.model.tokenizer
+
+    @property
+    def mask_id(self) -> int:
+        return self.model.mask_id
+
+    def _outside(self, t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """The cached columns of t [B, L]: [0, lo) (prefix) or every column outside [lo, hi) (dual)."""
+        return t[:, :lo] if self.mode == "prefix" else torch.cat([t[:, :lo], t[:, hi:]], 1)
+
+    def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 block_start: Optional[int] = None, block_end: Optional[int] = None) -> ModelOutput:
+        if block_start is None:
+            return self.model(x, attention_mask=attention_mask)
+        B, L = x.shape
+        lo = int(block_start)
+        hi = L if block_end is None else min(int(block_end), L)
+        if not 0 <= lo < hi <= L:
+            raise ValueError(f"block [{block_start}, {block_end}) does not lie in a canvas of {L} columns")
+        keep = (x != self.config.pad_id) if attention_mask is None else attention_mask.bool()
+        ids, kp = self._outside(x, lo, hi), self._outside(keep, lo, hi)
+        if (self._kv is None or self._key != (lo, hi, B, L, x.device) or not torch.equal(ids, self._cached_ids)
+                or not torch.equal(kp, self._cached_keep)):
+            out, kvs = self.model.forward_with_kv(x, attention_mask=keep)
+            if self.mode == "prefix":
+                self._kv = [(k[:, :, :lo].contiguous(), v[:, :, :lo].contiguous()) for k, v in kvs]
+            else:
+                self._kv = [(torch.cat([k[:, :, :lo], k[:, :, hi:]], 2), torch.cat([v[:, :, :lo], v[:, :, hi:]], 2))
+                            for k, v in kvs]
+            self._key, self._cached_ids, self._cached_keep = (lo, hi, B, L, x.device), ids.clone(), kp.clone()
+            self.prefills += 1
+            return out
+        self.block_calls += 1
+        if self.mode == "prefix":
+            logits = self.model.forward_block(x[:, lo:], lo, self._kv, keep, logits_rows=hi - lo)
+        else:
+            logits = self.model.forward_block(x[:, lo:hi], lo, self._kv, keep)
+        return ModelOutput(logits=logits)
 
 
 def make_canvas(tokenizer: CharTokenizer, prompts: Sequence[str], gen_length: int,
