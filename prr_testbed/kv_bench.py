@@ -1,6 +1,6 @@
 """Measure the KV caches (prr_testbed.model.CachedLM): exactness and speed against the plain model.
 
-    python -m prr_testbed.kv_bench --n 64 --device cpu --out benchmarks/results/kv_cache_cpu.json
+    python -m prr_testbed.kv_bench --n 64 --device cpu --out benchmarks/results/kv_cache/cpu.json
 
 Every family's first --n test prompts are decoded three ways with the same policy (greedy, prr_ext.generate in
 batches of --batch-size, steps = gen_length, the family's block length): without a cache (the model's full forward
