@@ -15,7 +15,6 @@ from prr_ext import user_common as U
 from prr_ext import user_eval, user_train
 from prr_testbed import tasks as T
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = prr_testbed.MODEL_DIR
 CANVAS = ["--gen-length", "24", "--block-length", "12", "--device", "cpu", "--no-progress"]
 
@@ -190,7 +189,9 @@ def test_help_says_when_the_testbed_command_runs(capsys):
 
 def test_module_entry_point_runs_the_user_command(files, tmp_path):
     out = str(tmp_path / "r.json")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the prr_ext this session imports (the installed package in CI, never a source tree without its _C)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(prr_ext.__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run([sys.executable, "-m", "prr_ext.eval", "--model", MODEL, "--data", files["val"], "--n", "2",
                           "--policies", "threshold:0.9", "--out", out] + CANVAS, capture_output=True, text=True,
                          env=env, cwd=str(tmp_path), timeout=120)
