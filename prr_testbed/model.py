@@ -192,18 +192,22 @@ class MaskedDiffusionLM(nn.Module):
             self._rope[key] = cached
         return cached[0][:length], cached[1][:length]
 
+    def _prologue(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]):
+        """(embeddings [B, L, D], RoPE cos / sin, key mask [B, 1, 1, L]) of a canvas: every query sees every real
+        key; the default mask is `input_ids != pad_id`."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
+        h = self.embed(input_ids)
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        cos, sin = self._rope_for(input_ids.shape[1], h.device, dtype)
+        keep = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
+        return h, cos, sin, keep[:, None, None, :]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 output_hidden_states: bool = False) -> ModelOutput:
         """input_ids [B, L] int64 (mask_id marks masked slots). attention_mask [B, L] (1 = real token): default
         `input_ids != pad_id`; masked-out keys are never attended to (queries at pads give unused logits)."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        B, L = input_ids.shape
-        h = self.embed(input_ids)
-        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-        cos, sin = self._rope_for(L, h.device, dtype)
-        keep = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
-        attn_mask = keep[:, None, None, :]  # [B, 1, 1, L]: every query sees every real key
+        h, cos, sin, attn_mask = self._prologue(input_ids, attention_mask)
         for blk in self.blocks:
             h = blk(h, cos, sin, attn_mask)
         h = self.norm(h)
@@ -215,14 +219,7 @@ class MaskedDiffusionLM(nn.Module):
                         ) -> Tuple[ModelOutput, List[Tuple[torch.Tensor, torch.Tensor]]]:
         """`forward(input_ids, attention_mask)` (the same logits) and every layer's (k, v) [B, H, L, hd] of the
         canvas (RoPE applied): what a KV cache keeps."""
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [B, L], got {tuple(input_ids.shape)}")
-        B, L = input_ids.shape
-        h = self.embed(input_ids)
-        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
-        cos, sin = self._rope_for(L, h.device, dtype)
-        keep = (input_ids != self.config.pad_id) if attention_mask is None else attention_mask.bool()
-        attn_mask = keep[:, None, None, :]
+        h, cos, sin, attn_mask = self._prologue(input_ids, attention_mask)
         kvs = []
         for blk in self.blocks:
             h, kv = blk.forward_kv(h, cos, sin, attn_mask)
