@@ -32,6 +32,15 @@ def _check_unit_interval(name: str, value: float) -> float:
     return value
 
 
+def _check_finite_nonnegative(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    value = float(value)
+    if not (value >= 0.0) or math.isinf(value):  # also rejects NaN
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
 def _check_int(name: str, value, lo: int, hi: Optional[int] = None, allow_none: bool = False) -> Optional[int]:
     if value is None and allow_none:
         return None
@@ -266,12 +275,7 @@ class SlowFast(Policy):
         _check_int("explore_steps", self.explore_steps, 1)
         object.__setattr__(self, "span_threshold", _check_unit_interval("span_threshold", self.span_threshold))
         _check_int("stability_window", self.stability_window, 1, K.MAX_STABILITY_WINDOW)
-        if isinstance(self.stability_std, bool) or not isinstance(self.stability_std, (int, float)):
-            raise TypeError(f"stability_std must be a number, got {type(self.stability_std).__name__}")
-        std = float(self.stability_std)
-        if not (std >= 0.0) or math.isinf(std):
-            raise ValueError(f"stability_std must be a finite number >= 0, got {self.stability_std}")
-        object.__setattr__(self, "stability_std", std)
+        object.__setattr__(self, "stability_std", _check_finite_nonnegative("stability_std", self.stability_std))
         object.__setattr__(self, "fill_threshold", _check_unit_interval("fill_threshold", self.fill_threshold))
 
     @property
@@ -304,12 +308,7 @@ class KLASS(Policy):
 
     def __post_init__(self):
         object.__setattr__(self, "conf_threshold", _check_unit_interval("conf_threshold", self.conf_threshold))
-        if isinstance(self.kl_threshold, bool) or not isinstance(self.kl_threshold, (int, float)):
-            raise TypeError(f"kl_threshold must be a number, got {type(self.kl_threshold).__name__}")
-        kl = float(self.kl_threshold)
-        if not (kl >= 0.0) or math.isinf(kl):
-            raise ValueError(f"kl_threshold must be a finite number >= 0, got {self.kl_threshold}")
-        object.__setattr__(self, "kl_threshold", kl)
+        object.__setattr__(self, "kl_threshold", _check_finite_nonnegative("kl_threshold", self.kl_threshold))
         _check_int("history", self.history, 1)
 
     @property
