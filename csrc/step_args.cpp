@@ -113,7 +113,8 @@ prr::StepParams make_step_params(const StepArgs& a) {
   TORCH_CHECK(a.steps > 0 && a.steps % nb == 0, "steps must be a positive multiple of the number of blocks");
   TORCH_CHECK(Lr == L || Lr == a.block_length, "logits must cover the canvas (", L, ") or one block (", a.block_length,
               "), got ", Lr);
-  TORCH_CHECK(a.mask_id >= 0 && a.mask_id < V, "mask_id ", a.mask_id, " must be < vocabulary size ", V);
+  TORCH_CHECK(a.mask_id >= -1 && a.mask_id < V, "mask_id ", a.mask_id,
+              " must be < vocabulary size ", V, " (or -1: a uniform canvas)");
   TORCH_CHECK(a.row_state.scalar_type() == at::kLong && a.row_state.is_contiguous() && a.row_state.dim() == 2 &&
                   a.row_state.size(0) == B && a.row_state.size(1) == prr::kRsCols,
               "row_state must be a contiguous [B, ", prr::kRsCols, "] int64 (prr_ext.State allocates it)");
@@ -165,11 +166,18 @@ prr::StepParams make_step_params(const StepArgs& a) {
   p.rule = read_rule_params(a);
   p.r2 = p.rule.r2_window > 0 || p.rule.r2_cluster != prr::kClusterOff || p.rule.r2_temporal_steps > 0;
   p.needs_rules = p.r2 || a.policy >= prr::kLocalLeap;
-  p.adaptive = a.policy >= prr::kThreshold || p.r2;
+  p.uniform = a.mask_id < 0;
+  if (p.uniform)
+    TORCH_CHECK(!p.r2 && (a.policy == prr::kThreshold || a.policy == prr::kFactor || a.policy == prr::kEntropyBound ||
+                          a.policy == prr::kPRR || a.policy == prr::kLocalLeap),
+                "a uniform canvas (mask_id -1) takes Threshold, Factor, EntropyBound, PRR or LocalLeap, got policy ",
+                a.policy);
+  // a uniform canvas never empties: its blocks last exactly their steps
+  p.adaptive = !p.uniform && (a.policy >= prr::kThreshold || p.r2);
   // the rules that may commit fewer than the schedule's k_i take up to one step per position
   const bool below_schedule = (a.policy == prr::kPRR && !a.union_schedule) || a.policy == prr::kSlowFast ||
                               a.policy == prr::kKLASS;
-  p.block_cap = below_schedule ? std::max(p.steps_per_block, a.block_length) : p.steps_per_block;
+  p.block_cap = below_schedule && !p.uniform ? std::max(p.steps_per_block, a.block_length) : p.steps_per_block;
   p.temperature = static_cast<float>(a.temperature);
   p.param = a.param;
   p.alpha = static_cast<float>(a.alpha);

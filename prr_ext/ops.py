@@ -49,6 +49,8 @@ def _check_rows_tensor(name: str, t: Optional[torch.Tensor], B: int, Lr: int, de
 
 def _argmax_nonmask(logits: torch.Tensor, mask_id: int) -> torch.Tensor:
     """First index of the largest non-mask logit (the op's argmax), without copying the logits."""
+    if mask_id < 0:  # a uniform canvas: no mask token
+        return logits.argmax(-1)
     saved = logits[..., mask_id].clone()
     logits[..., mask_id] = -math.inf
     am = logits.argmax(-1)
@@ -65,7 +67,8 @@ def llada_draws(logits: torch.Tensor, state: State, want_candidates: bool = Fals
     if state.temperature > 0:
         u = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=state.generator)
         g = logits.to(torch.float64).exp() / (-torch.log(u)) ** state.temperature
-        g[..., state.mask_id] = -1.0  # scores are >= 0: the mask token is never a candidate
+        if state.mask_id >= 0:
+            g[..., state.mask_id] = -1.0  # scores are >= 0: the mask token is never a candidate
         cand = g.argmax(-1)
     elif want_candidates:
         cand = _argmax_nonmask(logits, state.mask_id)

@@ -99,7 +99,8 @@ def token_statistics(rows: torch.Tensor, mask_id: int, confidence_dtype: torch.d
     lf = rows.float()
     bad = torch.isnan(lf).any(-1) | torch.isposinf(lf).any(-1)
     nonmask = lf.clone()
-    nonmask[:, mask_id] = -math.inf
+    if mask_id >= 0:  # (a uniform canvas has no mask token)
+        nonmask[:, mask_id] = -math.inf
     argmax = nonmask.argmax(-1)
     top1 = nonmask.gather(-1, argmax[:, None]).squeeze(-1)
     usable = ~bad & (top1 > -math.inf)
@@ -117,7 +118,8 @@ def token_statistics(rows: torch.Tensor, mask_id: int, confidence_dtype: torch.d
     elif temperature > 0:
         inv_t = torch.tensor(1.0 / temperature, dtype=torch.float32)
         score = lf * inv_t + gumbel
-        score[:, mask_id] = -math.inf
+        if mask_id >= 0:
+            score[:, mask_id] = -math.inf
         cand = score.argmax(-1)
     else:
         cand = argmax.clone()
@@ -433,9 +435,23 @@ def block_cap(state) -> int:
     """Most steps a sequence may spend in one block: the schedule's, or for the rules that may commit fewer than
     the schedule's k_i in a step (PRR without the union, SlowFast, KLASS) at least one step per position."""
     pol = state.policy.base_rule
+    if state.uniform:  # nothing empties a uniform canvas: its blocks last exactly their steps
+        return state.steps_per_block
     if (pol.code == P.POLICY_PRR and not pol.union_schedule) or pol.code in (P.POLICY_SLOW_FAST, P.POLICY_KLASS):
         return max(state.steps_per_block, state.block_length)
     return state.steps_per_block
+
+
+def is_open(state, tokens: torch.Tensor) -> torch.Tensor:
+    """Which canvas tokens are open (candidates of the step): the masked ones; on a uniform canvas (no mask
+    token, mask_id < 0) all of them."""
+    return torch.ones_like(tokens, dtype=torch.bool) if state.uniform else tokens == state.mask_id
+
+
+def step_k(state, n: int, i: int) -> int:
+    """The k_i the rules commit at least (LowConfidence: exactly) at step i of a block with n open positions; on a
+    uniform canvas nothing stays committed, so the floor is the one best-ranked token."""
+    return 1 if state.uniform else schedule_k(n, state.steps_per_block, i)
 
 
 def _reset_rule_state(state, b: int) -> None:
@@ -482,15 +498,15 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
             continue  # finished this block ahead of the others (or finished everything): idle
         i = int(rs[b, RS_STEP])
         if i == 0:  # entering the block: fix the schedule's n, reset the trajectory features
-            rs[b, RS_SCHED_N] = int((x[b, lo:hi] == state.mask_id).sum())
+            rs[b, RS_SCHED_N] = int(is_open(state, x[b, lo:hi]).sum())
             state.traj[b, :, 0] = -1
             state.traj[b, :, 1] = 0
             state.prev_p1[b] = 0.0
             _reset_rule_state(state, b)
         t_row = int(rs[b, RS_NFE])
-        masked_cols = (x[b, lo:hi] == state.mask_id).nonzero().squeeze(-1) + lo
+        masked_cols = is_open(state, x[b, lo:hi]).nonzero().squeeze(-1) + lo
         masks_in_block = masked_cols.numel()
-        masks_in_row = int((x[b, state.gen_start:] == state.mask_id).sum())
+        masks_in_row = int(is_open(state, x[b, state.gen_start:]).sum())
         r = masked_cols - row_offset
         rows = logits[b, r]
         gumbel = None
@@ -548,7 +564,7 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
 
         key = rank_key(key)
         order = sort_candidates(key)
-        k = schedule_k(int(rs[b, RS_SCHED_N]), S, i)
+        k = step_k(state, int(rs[b, RS_SCHED_N]), i)
         picks = select_block(state, b, pol, r2, i, t_row, lo, masked_cols - lo, j, key, order, k, conf, cand, am,
                              st["p1"][ok])
         for q, token in sorted(picks.items()):
@@ -571,7 +587,7 @@ def step(logits: torch.Tensor, state, *, scores: Optional[torch.Tensor] = None,
             rs_row = rs[b].tolist()
             slow_fast_after_commit(rs_row, (x[b, lo:hi] == state.mask_id).tolist(), pol)
             rs[b] = torch.tensor(rs_row, dtype=rs.dtype)
-        empty = not bool((x[b, lo:hi] == state.mask_id).any())
+        empty = not bool(is_open(state, x[b, lo:hi]).any())
         if i + 1 >= cap or (outer.adaptive and empty):
             advance_block(state, b)
     return commit, tokens, stats
@@ -626,7 +642,7 @@ def advance_block(state, b: int) -> None:
     rs = state.row_state
     rs[b, RS_STEP] = 0
     nxt = int(rs[b, RS_BLOCK]) + 1
-    if state.policy.adaptive:  # (an R2 wrapper is adaptive whatever its base)
+    if state.policy.adaptive and not state.uniform:  # (an R2 wrapper is adaptive whatever its base)
         while nxt < state.num_blocks:
             lo = state.gen_start + nxt * state.block_length
             if bool((state.x[b, lo:lo + state.block_length] == state.mask_id).any()):

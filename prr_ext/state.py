@@ -12,10 +12,13 @@ from typing import Optional, Union
 import torch
 
 from .constants import CONFIDENCE_DTYPES, RS_BLOCK, RS_COLS, RS_NFE, RULE_STATE_COLS, workspace_words
-from .policies import KLASS, PRR, Policy
+from .policies import KLASS, PRR, EntropyBound, Factor, LocalLeap, Policy, Threshold
 from .reference import advance_block
 
 RNGS = ("philox", "torch")
+# The rules that decide a step from that step's candidates alone (and PRR's per-position trajectory), and so also
+# accept on a uniform canvas.
+UNIFORM_POLICIES = (Threshold, Factor, EntropyBound, PRR, LocalLeap)
 
 
 def _is_int(v) -> bool:
@@ -28,7 +31,11 @@ class State:
     Args:
       x:               [B, P+G] int64 canvas, prompt then G generation slots (mask_id where still masked). It is
                        updated in place by every step.
-      mask_id:         the mask token id (LLaDA: 126336).
+      mask_id:         the mask token id (LLaDA: 126336), or None for a uniform canvas (DiffusionGemma), which has no
+                       mask token: every position of the active block is a candidate at every step, a step writes
+                       the tokens it accepts and returns them as its mask, and the caller renoises the others. Each
+                       block then lasts exactly steps_per_block steps, every rule's floor is one token per step, and
+                       the policy is Threshold, Factor, EntropyBound, PRR or LocalLeap.
       prompt_length:   int P, or a [B] int64 tensor of per-row prompt lengths for a left-padded batch: the
                        generation region is then the last G = L - max(prompt_length) columns of every row, and the
                        per-row lengths only enter PRR's length-normalised features (pads do not count).
@@ -52,7 +59,7 @@ class State:
                        prompt_length, so that pads do not count in PRR's features. Must be >= max(prompt_length).
     """
 
-    def __init__(self, x: torch.Tensor, mask_id: int, prompt_length: Union[int, torch.Tensor], block_length: int,
+    def __init__(self, x: torch.Tensor, mask_id: Optional[int], prompt_length: Union[int, torch.Tensor], block_length: int,
                  steps: int, policy: Policy, temperature: float = 0.0, generator: Optional[torch.Generator] = None,
                  confidence_dtype: torch.dtype = torch.float32, rng: str = "philox",
                  seed: Optional[torch.Tensor] = None, gen_start: Optional[int] = None):
@@ -65,8 +72,9 @@ class State:
         if not x.is_contiguous():
             raise ValueError("x must be contiguous (it is updated in place)")
         B, L = x.shape
-        if not _is_int(mask_id) or mask_id < 0:
-            raise ValueError(f"mask_id must be a non-negative int, got {mask_id!r}")
+        uniform = mask_id is None
+        if not uniform and (not _is_int(mask_id) or mask_id < 0):
+            raise ValueError(f"mask_id must be a non-negative int (or None for a uniform canvas), got {mask_id!r}")
         if _is_int(prompt_length):
             prompt_lens = torch.full((B,), prompt_length, dtype=torch.int64)
         elif isinstance(prompt_length, torch.Tensor):
@@ -100,6 +108,10 @@ class State:
                              f"(G={G} / block_length={block_length})")
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a prr_ext policy, got {type(policy).__name__}")
+        if uniform and not isinstance(policy, UNIFORM_POLICIES):
+            raise ValueError(f"a uniform canvas (mask_id=None) takes one of "
+                             f"{', '.join(c.__name__ for c in UNIFORM_POLICIES)} as policy, got {policy}: the others "
+                             "follow positions that stay masked across steps, which a uniform canvas does not have")
         temperature = float(temperature)
         if not (temperature >= 0.0) or math.isinf(temperature):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
@@ -112,7 +124,8 @@ class State:
 
         dev = x.device
         self.x = x
-        self.mask_id = mask_id
+        self.uniform = uniform
+        self.mask_id = -1 if uniform else mask_id  # the op's code for "no mask token"
         self.prompt_lens = prompt_lens.to(dev)
         self.gen_start, self.gen_length = gen_start, G
         self.block_length, self.num_blocks = block_length, num_blocks
@@ -146,11 +159,11 @@ class State:
         self.needs_prev_logp = isinstance(base, KLASS)
         self.last_tokens: Optional[torch.Tensor] = None
         self.last_stats: Optional[torch.Tensor] = None
-        if B > 0 and not bool((x[:, gen_start:] == mask_id).any()):
+        if B > 0 and not uniform and not bool((x[:, gen_start:] == mask_id).any()):
             warnings.warn(f"the canvas holds no mask token (mask_id={mask_id}) after column gen_start={gen_start}: "
                           "the step has nothing to decode. Fill the generation slots with mask_id (check that "
                           "mask_id is your model's mask token).", stacklevel=2)
-        if policy.adaptive:  # start each row at its first block that holds a mask
+        if policy.adaptive and not uniform:  # start each row at its first block that holds a mask
             for b in range(B):
                 lo = gen_start
                 if not bool((x[b, lo:lo + block_length] == mask_id).any()):

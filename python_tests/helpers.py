@@ -453,7 +453,7 @@ def check_commit_invariants(state, x_before: torch.Tensor, commit: torch.Tensor,
     commit, a committed token is a real token (in [0, V), never mask_id), nothing else in x changes."""
     B, L = x_before.shape
     assert commit.dtype == torch.bool and tuple(commit.shape) == (B, L)
-    was_masked = x_before == state.mask_id
+    was_masked = torch.ones_like(commit) if state.uniform else x_before == state.mask_id  # uniform: all open
     assert not (commit & ~was_masked).any(), "committed a position that was not masked"
     cols = torch.arange(L)
     in_block = (cols >= lo) & (cols < hi)

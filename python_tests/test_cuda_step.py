@@ -57,7 +57,8 @@ def make_states(policy, B, P, G, BL, steps, mask, V, *, T=0.0, cdt=torch.float32
     g = torch.Generator().manual_seed(seed)
     if x is None:
         x = torch.randint(0, max(V - 1, 1), (B, P + G), generator=g)
-        x[:, P:] = mask
+        if mask is not None:  # (None: a uniform canvas of random tokens)
+            x[:, P:] = mask
     kw = dict(temperature=T, confidence_dtype=cdt, seed=torch.arange(B, dtype=torch.int64) * 7919 + 13 + seed)
     s_cpu = prr_ext.State(x.clone(), mask, P, BL, steps, policy, **kw)
     s_gpu = prr_ext.State(x.clone().cuda(), mask, P, BL, steps, policy, **kw)
@@ -110,9 +111,10 @@ def gen_logits(B, L, V, dt, g, scale=3.0):
 
 
 def decode_compare(policy, *, B=3, P=5, G=16, BL=8, steps=8, V=300, dt=torch.float32, T=0.0, cdt=torch.float32,
-                   full=True, loops=24, with_reference=False, seed=0, logits_fn=None, on_step=None):
-    """on_step(before, commit): called after each step with the CPU state as it was before it and its commit mask."""
-    mask = V - 1
+                   full=True, loops=24, with_reference=False, seed=0, logits_fn=None, on_step=None, uniform=False):
+    """on_step(before, commit): called after each step with the CPU state as it was before it and its commit mask.
+    uniform: a uniform canvas (mask_id None), whose unaccepted block positions are renoised after each step."""
+    mask = None if uniform else V - 1
     s_cpu, s_gpu = make_states(policy, B, P, G, BL, steps, mask, V, T=T, cdt=cdt, seed=seed)
     s_ref = s_cpu.clone() if with_reference else None
     g = torch.Generator().manual_seed(1000 + seed)
@@ -135,6 +137,12 @@ def decode_compare(policy, *, B=3, P=5, G=16, BL=8, steps=8, V=300, dt=torch.flo
             assert torch.equal(s_ref.x, s_gpu.x.cpu())
             assert torch.equal(t_ref, s_gpu.last_tokens.cpu())
             stats_close(st_ref, s_gpu.last_stats, cdt)
+        if uniform:  # renoise what the step did not accept, alike in every state
+            noise = torch.randint(0, V, s_cpu.x.shape, generator=g)
+            keep = c_cpu | (s_cpu.x.new_ones(s_cpu.x.shape, dtype=torch.bool).cumsum(1) <= P)
+            for st in (s_cpu, s_gpu, s_ref):
+                if st is not None:
+                    st.x.copy_(torch.where(keep.to(st.x.device), st.x, noise.to(st.x.device)))
     assert s_cpu.done == bool(s_gpu.done)
     return s_gpu
 
@@ -788,3 +796,25 @@ def test_rules_cuda_graph_replay(name, B):
     graph_replay_compare(rule_policy(name), B=B, P=4, G=16, BL=8, steps=8, V=500, N=6, trials=3)
     graph_replay_compare(rule_policy(name, 1), B=B, P=3, G=64, BL=64, steps=4, V=300, N=4, trials=2,
                          dt=torch.bfloat16)
+
+
+UNIFORM_POLICIES = ["threshold", "factor", "eb", "prr_temp", "prr_power", "prr_weighted"]
+
+
+@pytest.mark.parametrize("pol", UNIFORM_POLICIES)
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [0.0, 0.7])
+@pytest.mark.parametrize("full", [True, False])
+def test_uniform_canvas_matches_cpu(pol, dt, T, full):
+    """A uniform canvas (mask_id None, DiffusionGemma): every block position is read at every step, blocks last
+    exactly their steps, and the unaccepted positions are renoised between steps."""
+    s_gpu = decode_compare(policies()[pol], B=3, P=5, G=24, BL=8, steps=12, V=301, dt=dt, T=T, full=full, loops=40,
+                           uniform=True)
+    assert bool((s_gpu.nfe == 12).all())
+
+
+@pytest.mark.parametrize("name", ["local_leap", "eb"])
+def test_uniform_canvas_matches_reference(name):
+    pol = rule_policy("local_leap") if name == "local_leap" else policies()[name]
+    decode_compare(pol, with_reference=True, V=257, dt=torch.bfloat16, loops=30, uniform=True)
+    decode_compare(pol, V=126464, B=2, P=3, G=64, BL=32, steps=4, dt=torch.bfloat16, T=1.0, loops=4, uniform=True)

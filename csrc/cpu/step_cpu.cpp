@@ -242,7 +242,8 @@ void advance_block(const StepParams& p, const int64_t* xb, int64_t* rs) {
   if (p.adaptive) {
     for (; next < p.num_blocks; ++next) {
       const int64_t lo = p.gen_start + next * p.block_length;
-      if (std::any_of(xb + lo, xb + lo + p.block_length, [&](int64_t v) { return v == p.mask_id; })) break;
+      const auto open = [&](int64_t v) { return prr::is_open(v, p.mask_id); };
+      if (std::any_of(xb + lo, xb + lo + p.block_length, open)) break;
     }
   }
   rs[prr::kRsBlock] = next;
@@ -292,8 +293,8 @@ StepOutputs step_cpu(const StepArgs& a) {
     s.step = r[prr::kRsStep];
     s.nfe = r[prr::kRsNfe];
     int64_t masks_in_block = 0, masks_in_row = 0;
-    for (int64_t c = lo; c < hi; ++c) masks_in_block += xb[c] == p.mask_id;
-    for (int64_t c = p.gen_start; c < L; ++c) masks_in_row += xb[c] == p.mask_id;
+    for (int64_t c = lo; c < hi; ++c) masks_in_block += prr::is_open(xb[c], p.mask_id);
+    for (int64_t c = p.gen_start; c < L; ++c) masks_in_row += prr::is_open(xb[c], p.mask_id);
     if (s.step == 0) {  // entering the block: fix the schedule's n, reset the trajectory features
       r[prr::kRsSchedN] = masks_in_block;
       for (int64_t j = 0; j < BL; ++j) {
@@ -320,7 +321,7 @@ StepOutputs step_cpu(const StepArgs& a) {
                                 static_cast<float>(std::log(static_cast<double>(p.V)))};
     s.first_token = static_cast<int64_t>(toks.size());
     for (int64_t c = lo; c < hi; ++c) {
-      if (xb[c] != p.mask_id) continue;
+      if (!prr::is_open(xb[c], p.mask_id)) continue;
       Token t;
       t.b = b;
       t.col = c;
@@ -382,7 +383,7 @@ StepOutputs step_cpu(const StepArgs& a) {
       std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t c) { return toks[a].key > toks[c].key; });
       keys.resize(order.size());
       for (size_t i = 0; i < order.size(); ++i) keys[i] = toks[order[i]].key;
-      const int64_t k = prr::schedule_k(r[prr::kRsSchedN], p.steps_per_block, s.step);
+      const int64_t k = prr::step_k(p, r[prr::kRsSchedN], s.step);
       const int64_t n_usable = static_cast<int64_t>(keys.size());
       if (p.policy < prr::kLocalLeap) {  // a prefix of the candidates in rank order (prr/select.h)
         const int64_t n_commit = prr::commit_count(p.policy, keys.data(), n_usable, k, p.param, p.union_schedule,
@@ -406,7 +407,7 @@ StepOutputs step_cpu(const StepArgs& a) {
       // bookkeeping: the step is consumed; leave the block after block_cap steps, or once it is empty (adaptive)
       r[prr::kRsStep] = s.step + 1;
       r[prr::kRsNfe] = s.nfe + 1;
-      const bool empty = std::none_of(xb + lo, xb + hi, [&](int64_t v) { return v == p.mask_id; });
+      const bool empty = std::none_of(xb + lo, xb + hi, [&](int64_t v) { return prr::is_open(v, p.mask_id); });
       if (s.step + 1 >= p.block_cap || (p.adaptive && empty)) advance_block(p, xb, r);
     }
   });

@@ -510,7 +510,7 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
     n_usable = both & 0xffffffffLL;
   }
   const int64_t sched_n = step == 0 ? n_masked : sched;
-  const int64_t k_sched = prr::schedule_k(sched_n, p.steps_per_block, step);
+  const int64_t k_sched = prr::step_k(p, sched_n, step);
 
   const double* keys_sorted = nullptr;
   const int32_t* pos_smem = nullptr;
@@ -623,7 +623,7 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
       for (; next < p.num_blocks; ++next) {
         const int64_t next_lo = p.gen_start + next * BL;
         int any = 0;
-        for (int64_t c = tid; c < BL; c += threads) any |= args.x[b * p.L + next_lo + c] == p.mask_id;
+        for (int64_t c = tid; c < BL; c += threads) any |= prr::is_open(args.x[b * p.L + next_lo + c], p.mask_id);
         if (__syncthreads_or(any)) break;
       }
     }

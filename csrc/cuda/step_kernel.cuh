@@ -516,7 +516,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
       ctx.seq_active = valid && seq_block(args.row_state, b, p) == active;
       ctx.col = lo + j;
       ctx.logits_row = ctx.col - row_offset;
-      ctx.masked = ctx.seq_active && __ldcg(args.x + b * p.L + ctx.col) == p.mask_id;
+      ctx.masked = ctx.seq_active && prr::is_open(__ldcg(args.x + b * p.L + ctx.col), p.mask_id);
       ctx.step = ctx.seq_active ? __ldcg(args.row_state + b * prr::kRsCols + prr::kRsStep) : 0;
       ctx.nfe = ctx.seq_active ? __ldcg(args.row_state + b * prr::kRsCols + prr::kRsNfe) : 0;
       ctx.arrival = 0;
@@ -582,7 +582,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
       } else if (args.prefetch && (claiming ? claimed : row_id + grid_clusters) < total) {
         const int64_t next = claiming ? claimed : row_id + grid_clusters, next_b = next / BL, next_j = next % BL;
         if (valid && seq_block(args.row_state, next_b, p) == active &&
-            __ldcg(args.x + next_b * p.L + lo + next_j) == p.mask_id)
+            prr::is_open(__ldcg(args.x + next_b * p.L + lo + next_j), p.mask_id))
           prefetch_tile(static_cast<const T*>(args.logits) + next_b * p.stride_b +
                             (lo + next_j - row_offset) * p.stride_r, 0);
       }
@@ -595,7 +595,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
       int64_t masks_in_block = 0, masks_in_row = 0;
       if (need_features) {
         for (int64_t c = p.gen_start + tid; c < p.L; c += threads) {
-          const bool m = __ldcg(args.x + b * p.L + c) == p.mask_id;
+          const bool m = prr::is_open(__ldcg(args.x + b * p.L + c), p.mask_id);
           masks_in_row += m;
           masks_in_block += (m && c >= lo && c < lo + BL) ? 1 : 0;
         }

@@ -306,15 +306,16 @@ __device__ __forceinline__ void tile_into(const Tile<T>& t, const StepParams& p,
   const auto get = [&](int k) { return static_cast<C>(t.packs[k / VEC].v[k % VEC]); };
   const auto index = [&](int k) { return static_cast<int64_t>(t.index(k)); };
   const auto first_eq = [&](int g, C v) { return t.template first_eq<C>(g, v); };
+  const int mask_k = p.mask_id < 0 ? -1 : t.find(static_cast<int32_t>(p.mask_id));  // -1: no mask token here
   Stats<C> ts;
   if constexpr (kHasPacked<T, C>) {
     if (packed) {
-      ts = tile_stats_packed<T>(t, t.find(static_cast<int32_t>(p.mask_id)));
+      ts = tile_stats_packed<T>(t, mask_k);
     } else {
-      ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
+      ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, mask_k);
     }
   } else {
-    ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, t.find(static_cast<int32_t>(p.mask_id)));
+    ts = prr::tile_stats2<C, C, N, VEC>(get, index, first_eq, mask_k);
   }
   if (first) {
     st = ts;

@@ -134,6 +134,7 @@ struct StepParams {
   int64_t row_offset;  // logits row r <-> canvas column r + row_offset (0: full canvas; block start: block-only)
   // canvas layout and schedule
   int64_t mask_id, gen_start, gen_length, block_length, num_blocks, steps, steps_per_block, block_cap;
+  bool uniform;  // a uniform canvas (mask_id < 0): no mask token, every block position is open at every step
   // policy
   int policy, conf_dtype, shaping;
   bool union_schedule, adaptive;
@@ -166,6 +167,18 @@ PRR_HD int64_t workspace_words(int64_t B, int64_t block_length) { return 1 + B *
 PRR_HD int64_t schedule_k(int64_t n, int64_t steps_per_block, int64_t i) {
   if (i >= steps_per_block) return 0;
   return n / steps_per_block + (i < n % steps_per_block ? 1 : 0);
+}
+
+// Whether a canvas token is open, i.e. a candidate of the step: it holds the mask token. A uniform canvas
+// (DiffusionGemma: mask_id < 0) has no mask token; every position of the active block is open at every step, and
+// the caller renoises what the step does not accept.
+PRR_HD bool is_open(int64_t token, int64_t mask_id) { return mask_id < 0 || token == mask_id; }
+
+// The k_i that the rules commit at least (LowConfidence: exactly) at step i of a block with n open positions. On a
+// uniform canvas nothing stays committed, so no schedule spreads the block over the steps: k = 1, the best-ranked
+// token, is every rule's floor.
+PRR_HD int64_t step_k(const StepParams& p, int64_t n, int64_t i) {
+  return p.uniform ? 1 : schedule_k(n, p.steps_per_block, i);
 }
 
 }  // namespace prr
