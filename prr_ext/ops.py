@@ -85,7 +85,7 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
     Args:
       logits: [B, L, V] logits of the whole canvas, or [B, block_length, V] of the active block only (bf16, fp16,
               fp32 or fp64; any strides, unit stride in V preferred). Only rows of masked positions inside the
-              active block are read.
+              active block are read (of every block position on a uniform canvas, mask_id=None).
       state:  a `prr_ext.State`.
       scores: optional [B, Lr] PRR stability scores in (0, 1) that replace the controller MLP (e.g. from an external
               hidden-state head).
