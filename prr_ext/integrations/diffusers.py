@@ -124,6 +124,12 @@ class PolicyScheduler:
     (step calls) count over the whole call. The block on entry to every step is taken from `sample` (the pipeline's
     canvas is the truth: it drops commits for rows it has marked finished).
 
+    PRR: the scheduler sees one block, never the row, so the controller's four row-level features (global commit
+    rate, global step ratio, block start ratio, block length ratio) are those of a one-block generation without a
+    prompt; its token- and block-level features (probabilities, entropy, position and step in the block, argmax
+    history) are exact. A controller trained with `prr_ext.generate` on multi-block canvases thus sees slightly
+    different inputs here.
+
     Step arguments, and what becomes of them:
 
     * `mask_token_id`: required; None (diffusers' uniform-corruption mode, DiffusionGemma) is a ValueError.
