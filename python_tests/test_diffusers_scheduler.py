@@ -121,6 +121,18 @@ def test_threshold_matches_block_refinement(model, tokenizer, prompt_ids, tau, e
         assert calls < ref_calls
 
 
+@pytest.mark.parametrize("tau", [1.0, 0.3, 0.7])
+def test_bf16_logits_match_block_refinement(prompt_ids, tau):
+    """A bf16 model: both schedulers take the confidence from an fp32 softmax of the bf16 logits."""
+    model = TinyLLaDA2(vocab_size=V, mask_id=MASK, max_len=64, seed=1, tail_bias={EOS: (P + 6, 1.0)},
+                       dtype=torch.bfloat16)
+    ref, ref_calls = decode(model, None, BlockRefinementScheduler(block_length=BL), prompt_ids, threshold=tau,
+                            mask_token_id=MASK)
+    policy = prr_ext.LowConfidence() if tau > 1 - 1e-9 else prr_ext.Threshold(tau)
+    got, calls = decode(model, None, PolicyScheduler(policy, BL), prompt_ids, threshold=tau, mask_token_id=MASK)
+    assert torch.equal(got, ref) and calls <= ref_calls
+
+
 def window_model(model):
     """prr_ext.generate's view of LLaDA2Pipeline's forwards: the canvas up to the active block's end, whose last
     block_length logits are the block's (generate(block_info=True) accepts block-only logits)."""
@@ -401,3 +413,12 @@ def test_constructor_and_set_timesteps_errors():
         sched.set_timesteps(0)
     with pytest.raises(ValueError, match="block_length must be a positive int"):
         sched.set_timesteps(4, block_length=-8)
+
+
+def test_docstring_examples():
+    import doctest
+
+    import prr_ext.integrations.diffusers as module
+
+    result = doctest.testmod(module)
+    assert result.attempted >= 10 and result.failed == 0
