@@ -19,7 +19,7 @@ cd "$ROOT"
 VENV="${PRR_TEST_VENV:-$ROOT/.venv-test}"
 PYTHON="${PYTHON:-python3}"
 TORCH_SPEC="${PRR_TEST_TORCH:-torch==2.14.1}"
-PKGS=("$TORCH_SPEC" "setuptools>=64" wheel ninja numpy pytest pytest-benchmark hypothesis safetensors tqdm matplotlib transformers tokenizers)
+PKGS=("$TORCH_SPEC" "setuptools>=64" wheel ninja numpy pytest pytest-benchmark hypothesis safetensors tqdm matplotlib transformers tokenizers diffusers)
 export MAX_JOBS="${MAX_JOBS:-2}"
 LOG_DIR="$ROOT/build/logs"
 START=$SECONDS
