@@ -76,7 +76,7 @@ class State:
         if not uniform and (not _is_int(mask_id) or mask_id < 0):
             raise ValueError(f"mask_id must be a non-negative int (or None for a uniform canvas), got {mask_id!r}")
         if _is_int(prompt_length):
-            prompt_lens = torch.full((B,), prompt_length, dtype=torch.int64)
+            prompt_lens = torch.full((B,), prompt_length, dtype=torch.int64, device="cpu")
         elif isinstance(prompt_length, torch.Tensor):
             if prompt_length.dim() != 1 or prompt_length.shape[0] != B or prompt_length.dtype not in (
                     torch.int32, torch.int64):
@@ -136,8 +136,9 @@ class State:
         self.confidence_dtype = confidence_dtype
         self.rng = rng
         if seed is None:  # rng="torch" must not consume the generator's stream here
-            seed = (torch.zeros(B, dtype=torch.int64) if rng == "torch" else
-                    torch.randint(0, 2 ** 62, (B,), generator=generator, dtype=torch.int64))
+            # (on the CPU whatever the default device, e.g. inside `with torch.device("meta")`)
+            seed = (torch.zeros(B, dtype=torch.int64, device="cpu") if rng == "torch" else
+                    torch.randint(0, 2 ** 62, (B,), generator=generator, dtype=torch.int64, device="cpu"))
         elif not (isinstance(seed, torch.Tensor) and seed.shape == (B,) and seed.dtype == torch.int64):
             raise ValueError(f"seed must be a [B]={B} int64 tensor")
         self.seed = seed.to(dev)

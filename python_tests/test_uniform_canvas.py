@@ -135,3 +135,14 @@ def test_uniform_op_rejects_masked_rule_codes(rnd):
     args["policy"] = prr_ext.LowConfidence().code
     with pytest.raises(RuntimeError, match="uniform canvas"):
         torch.ops.prr_ext.step(**args)
+
+
+def test_state_ignores_the_default_device(rnd):
+    """transformers builds models under `with torch.device("meta")`; a State over CPU tensors made there (e.g. when a
+    sampler checks its policy at model construction) must not put its own tensors on that default device."""
+    x = rnd.randint(0, 50, (2, 8))
+    with torch.device("meta"):
+        st = prr_ext.State(x, None, 0, 4, 2, prr_ext.Threshold(0.5))
+        masked = prr_ext.State(x.clone().fill_(49), 49, 0, 4, 2, prr_ext.LowConfidence())
+    for s in (st, masked):
+        assert s.seed.device.type == "cpu" and s.prompt_lens.device.type == "cpu"

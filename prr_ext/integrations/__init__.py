@@ -1,7 +1,9 @@
-"""Adapters that plug prr_ext's commit rules into serving engines and pipelines.
+"""Adapters that plug prr_ext's commit rules into serving engines, pipelines and other libraries' decode loops.
 
-Each submodule imports its engine, so `import prr_ext` never does:
+Each submodule imports its library on import; `import prr_ext` imports none of them:
 
 * `prr_ext.integrations.diffusers`: `PolicyScheduler`, a scheduler for diffusers' `LLaDA2Pipeline`
   (`pip install prr_ext[diffusers]`).
+* `prr_ext.integrations.diffusion_gemma`: `PolicyDiffusionGemma` / `with_policy`, a prr_ext rule as the sampler of
+  transformers' DiffusionGemma `generate` (`pip install prr_ext[hf]`).
 """
