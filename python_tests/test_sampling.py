@@ -70,7 +70,10 @@ def frequency_case(rnd, V: int, dtype: torch.dtype):
     row = rnd.randn(V).float()
     if V > 64:  # a peaked row: 12 tokens carry most of the mass, each far more than the rest together / 12
         row = row * 0.5
-        top = rnd.randint(0, V, (12,))
+        # 12 distinct tokens other than the mask: a repeated or masked one would leave a near-empty bin among the
+        # 12 likeliest (the chi-square approximation's precondition then fails)
+        others = torch.randperm(V - 1, generator=rnd.generator())[:12]
+        top = others + (others >= mask_id).to(torch.int64)
         row[top] = math.log(V) + 1.0 + rnd.rand(12).float()
     row = row.to(dtype)
     bins = torch.full((V,), 0, dtype=torch.int64)
