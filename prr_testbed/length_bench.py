@@ -10,6 +10,7 @@ Every strategy decodes the same test-split prompts of --families (mixed in one b
   oracle       each canvas at the model's own length (first EOS + 1 under full refinement, as train_length labels),
                rounded up to a block
   predictor    gen_length="auto" with the predictor (--target-truncation, --truncation recovery)
+  predictor+eos_exit  the same with eos_fill=True: each predicted canvas also stops once its EOS is settled
   predictor+prr       the same with the shipped PRR controller (tau: its tuned value)
   predictor+prr+r2    the same with R2 over PRR
 Per strategy: mean token-forwards per query (sum over a query's forwards of the canvas length covered; the feature
@@ -36,7 +37,7 @@ from .model import MaskedDiffusionLM, decode_responses, load_default, make_canva
 from .train_length import _families, label_and_features
 
 PROG = "python -m prr_testbed.length_bench"
-STRATEGIES = ("fixed", "eos_exit", "oracle", "predictor", "predictor+prr", "predictor+prr+r2")
+STRATEGIES = ("fixed", "eos_exit", "oracle", "predictor", "predictor+eos_exit", "predictor+prr", "predictor+prr+r2")
 
 
 def parse_args(argv=None):
@@ -87,6 +88,7 @@ def main(argv=None) -> Dict:
     trunc = None if args.truncation == "none" else args.truncation
     policies = {"fixed": prr_ext.Threshold(args.tau), "eos_exit": prr_ext.Threshold(args.tau),
                 "oracle": prr_ext.Threshold(args.tau), "predictor": prr_ext.Threshold(args.tau),
+                "predictor+eos_exit": prr_ext.Threshold(args.tau),
                 "predictor+prr": prr_ext.PRR(controller, tau=prr_tau),
                 "predictor+prr+r2": prr_ext.R2(base=prr_ext.PRR(controller, tau=prr_tau))}
     rows: List[Dict] = []
@@ -110,7 +112,7 @@ def main(argv=None) -> Dict:
             else:
                 out = prr_ext.generate(model, x, gen_length="auto", length_predictor=lp,
                                        target_truncation=args.target_truncation, max_gen_length=G, truncation=trunc,
-                                       **common)
+                                       eos_fill=name == "predictor+eos_exit", **common)
                 trunc_rows = out.truncated
             secs += time.perf_counter() - t0
             forwards += out.forwards
