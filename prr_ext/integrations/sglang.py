@@ -450,7 +450,7 @@ class PrrExt(DllmAlgorithm):
         if device.type != "cpu":
             for name, value in list(vars(st).items()):
                 if isinstance(value, torch.Tensor):
-                    setattr(st, name, value.to(device, non_blocking=True))
+                    setattr(st, name, _to_device(value, device))
         return st
 
     def _batch_state(self, states: List[RequestState], device: torch.device) -> State:
@@ -473,8 +473,8 @@ class PrrExt(DllmAlgorithm):
                 sources[id(s.group)][1].append(s.row)
                 sources[id(s.group)][2].append(i)
         for old, src_rows, dst_rows in sources.values():
-            src = torch.tensor(src_rows, dtype=torch.int64).to(device, non_blocking=True)
-            dst = torch.tensor(dst_rows, dtype=torch.int64).to(device, non_blocking=True)
+            src = _to_device(torch.tensor(src_rows, dtype=torch.int64), device)
+            dst = _to_device(torch.tensor(dst_rows, dtype=torch.int64), device)
             for name in ROW_FIELDS:
                 have = getattr(old, name)
                 if have.numel() == 0:  # KLASS's prev_logp before its first step: nothing kept yet
@@ -487,6 +487,14 @@ class PrrExt(DllmAlgorithm):
         for i, s in enumerate(states):
             s.group, s.row = new, i
         return new
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    # Host -> GPU without a host synchronisation: from pinned memory (PyTorch's caching host allocator keeps the
+    # block alive until the copy has run), as SGLang itself stages its per-batch tensors.
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def _server_arg(server_args, name: str):
