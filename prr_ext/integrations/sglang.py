@@ -95,7 +95,7 @@ def _parse_policy(spec: Any, source: str, where: str = "") -> Tuple[Policy, Dict
     name = spec.get("policy")
     if name is None:
         raise _fail(source, key, f"missing; one of {sorted(POLICIES)}")
-    if name not in POLICIES:
+    if not isinstance(name, str) or name not in POLICIES:
         raise _fail(source, key, f"must be one of {sorted(POLICIES)}, got {name!r}")
     cls = POLICIES[name]
     allowed = _policy_keys(cls)
@@ -118,7 +118,8 @@ def _parse_policy(spec: Any, source: str, where: str = "") -> Tuple[Policy, Dict
         policy = cls(**kwargs)
     except (TypeError, ValueError) as e:
         # the policies' messages name the parameter ("tau must lie in [0, 1], got 1.5")
-        raise PrrExtConfigError(f"{ALGORITHM_NAME} config ({source}): policy {name!r}: {e}") from None
+        within = f"key {where.rstrip('.')!r}: " if where else ""
+        raise PrrExtConfigError(f"{ALGORITHM_NAME} config ({source}): {within}policy {name!r}: {e}") from None
     for k in allowed:  # every parameter, defaults included, so that the mapping says what runs
         v = getattr(policy, k)
         if cls is PRR and k == "controller":
@@ -225,7 +226,7 @@ class PrrExtConfig:
             raise PrrExtConfigError(f"{ALGORITHM_NAME} config ({source}): must be a mapping, got "
                                     f"{type(mapping).__name__}")
         name = mapping.get("policy")
-        if name not in POLICIES:
+        if not isinstance(name, str) or name not in POLICIES:
             why = "missing" if name is None else f"got {name!r}"
             raise _fail(source, "policy", f"{why}; must be one of {sorted(POLICIES)}")
         policy_keys = _policy_keys(POLICIES[name])
