@@ -57,7 +57,11 @@ def test_prr_ext_loads_no_testbed_module():
         "import importlib, pkgutil, sys\n"
         "import prr_ext\n"
         "for m in pkgutil.walk_packages(prr_ext.__path__, 'prr_ext.'):\n"
-        "    importlib.import_module(m.name)\n"
+        "    try:\n"
+        "        importlib.import_module(m.name)\n"
+        "    except ImportError:\n"  # an engine adapter whose engine (sglang, ...) is not installed here
+        "        if not m.name.startswith('prr_ext.integrations.'):\n"
+        "            raise\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'prr_testbed')\n"
         "assert not loaded, loaded\n"
         "print('ok', len([m for m in sys.modules if m.startswith('prr_ext')]))\n")

@@ -7,10 +7,16 @@
 #    compiled even on a GPU-less machine: a CUDA compile error fails the run;
 # 2. MAX_JOBS=2 pip install --no-build-isolation -v .   (log: build/logs/test-install.log);
 # 3. checks that the installed extension registered its CUDA kernel (when an nvcc exists);
-# 4. python -m pytest python_tests -q [args].
+# 4. python -m pytest python_tests -q [args]   (all but the SGLang plugin's tests);
+# 5. the SGLang stage: sglang 0.5.23 without its ~11 GB of dependencies (`pip install --no-deps --target
+#    build/sglang-site -r scripts/sglang-test-requirements.txt`: sglang plus the few pure-Python modules its dLLM
+#    code imports; reused while that file and the Python version are unchanged), then
+#    python_tests/test_sglang_plugin.py [args] with build/sglang-site on PYTHONPATH over the venv (whose torch is the
+#    one sglang pins). Either stage failing fails the run.
 #
 # Environment: PYTHON (interpreter for the venv, default python3), PRR_TEST_VENV (default <repo>/.venv-test),
-# PRR_TEST_TORCH (default torch==2.14.1), MAX_JOBS (default 2), PRR_EXT_FORCE_CPU=1 (skip the CUDA build).
+# PRR_TEST_TORCH (default torch==2.14.1), MAX_JOBS (default 2), PRR_EXT_FORCE_CPU=1 (skip the CUDA build),
+# PRR_TEST_SGLANG=0 (skip the SGLang stage, with a warning).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -103,10 +109,50 @@ fi
 # ---- 4. tests ---------------------------------------------------------------------------------------------------
 # --import-mode=append: pytest appends (not prepends) the rootdir it inserts for test modules, so the installed
 # prr_ext keeps precedence over the source tree here too.
-step "python -m pytest python_tests -q $*"
+SGLANG_TESTS=python_tests/test_sglang_plugin.py
+step "python -m pytest python_tests -q --ignore=$SGLANG_TESTS $*"
 set +e
-"$PY" "${PYSAFE[@]}" -m pytest --import-mode=append python_tests -q "$@"
+"$PY" "${PYSAFE[@]}" -m pytest --import-mode=append python_tests -q --ignore="$SGLANG_TESTS" "$@"
 rc=$?
 set -e
-step "done: pytest exit code $rc, total $((SECONDS - START)) s"
-exit $rc
+
+# ---- 5. the SGLang plugin against the real sglang ------------------------------------------------------------------
+# sglang pins a CUDA torch and pulls ~11 GB of kernels; its dLLM modules import on CPU with a handful of pure-Python
+# packages, so the stage installs exactly those (no dependency resolution) into a folder of their own and runs the
+# plugin's tests over the test venv. The venv itself never sees sglang.
+sglang_rc=0
+if [[ "${PRR_TEST_SGLANG:-1}" == 0 ]]; then
+  warn "PRR_TEST_SGLANG=0: the SGLang plugin's tests ($SGLANG_TESTS) did NOT run."
+else
+  SGL_SITE="$ROOT/build/sglang-site"
+  SGL_REQ="$ROOT/scripts/sglang-test-requirements.txt"
+  SGL_STAMP="$SGL_SITE/.prr-test-stamp"
+  SGL_WANT="$("$PY" -c 'import sys; print(sys.version.split()[0])') $(sha256sum "$SGL_REQ" | cut -d' ' -f1)"
+  step "SGLang stage: sglang --no-deps + its dLLM imports in ${SGL_SITE#"$ROOT"/} (log: ${LOG_DIR#"$ROOT"/}/test-sglang-deps.log)"
+  if [[ -f "$SGL_STAMP" && "$(cat "$SGL_STAMP")" == "$SGL_WANT" ]]; then
+    echo "reusing ${SGL_SITE#"$ROOT"/} (packages already installed)"
+  else
+    rm -rf "$SGL_SITE"
+    if ! "$PY" -m pip install --no-deps --only-binary=:all: --progress-bar off --target "$SGL_SITE" -r "$SGL_REQ" \
+        >"$LOG_DIR/test-sglang-deps.log" 2>&1; then
+      tail -n 20 "$LOG_DIR/test-sglang-deps.log"
+      die "pip install of the SGLang stage's packages failed (log: $LOG_DIR/test-sglang-deps.log; sglang 0.5.23 ships wheels for CPython 3.11 only)"
+    fi
+    echo "$SGL_WANT" > "$SGL_STAMP"
+  fi
+  step "python -m pytest $SGLANG_TESTS -q $*   (PYTHONPATH=${SGL_SITE#"$ROOT"/})"
+  set +e
+  # PRR_TEST_SGLANG=1 makes the test module fail (not skip) if sglang does not import.
+  PYTHONPATH="$SGL_SITE${PYTHONPATH:+:$PYTHONPATH}" PRR_TEST_SGLANG=1 \
+    "$PY" "${PYSAFE[@]}" -m pytest --import-mode=append "$SGLANG_TESTS" -q -W "ignore:Only CUDA:UserWarning" "$@"
+  sglang_rc=$?
+  set -e
+  # Arguments go to both stages; pytest's 5 (no test selected) is then fine in one of them, as long as the other
+  # ran tests (e.g. `scripts/test.sh -k sglang`).
+  if [[ $# -gt 0 ]]; then
+    if [[ $rc == 5 && $sglang_rc != 5 ]]; then rc=0; elif [[ $sglang_rc == 5 && $rc != 5 ]]; then sglang_rc=0; fi
+  fi
+fi
+step "done: pytest exit codes $rc (main) and $sglang_rc (SGLang stage), total $((SECONDS - START)) s"
+if [[ $rc != 0 ]]; then exit $rc; fi
+exit $sglang_rc
