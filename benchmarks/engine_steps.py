@@ -11,6 +11,9 @@ What a user pays per step for swapping an engine's built-in rule for a prr_ext r
 * transformers DiffusionGemma: `EntropyBoundSampler` (bound 0.1) `accept_canvas` + `renoise_canvas` against
   `prr_ext.integrations.diffusion_gemma.PolicySampler` with EntropyBound(0.1), Threshold(0.9) and PRR; canvas 256,
   Gemma's vocabulary (262144), B = 1.
+* SGLang: the built-in `LowConfidence` algorithm (threshold 0.95) against the `PrrExt` plugin with Threshold(0.95),
+  LowConfidence and PRR, on a real `ForwardBatch` of LLaDA2's block 32, B = 1 and 8 (needs sglang importable, e.g.
+  `PYTHONPATH=build/sglang-site` after scripts/test.sh's SGLang stage).
 
 Each timed step starts a block / canvas on fresh logits (fp32, drawn once per case, never zeros), so every position
 is a candidate. The floor is the logits' bytes over the read bandwidth of this device measured in the same run
@@ -117,6 +120,42 @@ def diffusion_gemma_cases(device: str, gen: torch.Generator) -> List[Dict]:
                  logits_bytes=logits.numel() * 4, variants=variants)]
 
 
+def sglang_cases(device: str, gen: torch.Generator) -> List[Dict]:
+    from sglang.srt.dllm.algorithm import get_algorithm
+    from sglang.srt.dllm.config import DllmConfig
+    from sglang.srt.model_executor.forward_batch_info import ForwardBatch, ForwardMode
+
+    from prr_ext.integrations import sglang as plugin
+    plugin.register()
+    ctrl_dir = os.path.join(os.path.dirname(HERE), "prr_testbed", "assets", "controller")
+    configs = {"LowConfidence (sglang)": ("LowConfidence", {"threshold": 0.95}),
+               "PrrExt threshold 0.95": ("PrrExt", {"policy": "threshold", "tau": 0.95}),
+               "PrrExt low_confidence": ("PrrExt", {"policy": "low_confidence"}),
+               "PrrExt prr": ("PrrExt", {"policy": "prr", "controller": ctrl_dir})}
+    cases = []
+    for B in (1, 8):
+        logits = torch.randn(B * LLADA2_BLOCK, LLADA2_VOCAB, generator=gen).mul_(3.0).to(device)
+
+        def run(name, cfg):
+            algo = get_algorithm(DllmConfig(algorithm=name, algorithm_config=dict(cfg), block_size=LLADA2_BLOCK,
+                                            mask_id=LLADA2_MASK, max_running_requests=64,
+                                            first_done_first_out_mode=False))
+
+            def once():  # a fresh batch of B all-mask blocks: the first step of a block
+                ids = torch.full((B * LLADA2_BLOCK,), LLADA2_MASK, dtype=torch.int64, device=device)
+                fb = ForwardBatch(forward_mode=ForwardMode.DLLM_EXTEND, batch_size=B, input_ids=ids,
+                                  req_pool_indices=torch.arange(B, device=device),
+                                  seq_lens=torch.full((B,), LLADA2_BLOCK, device=device),
+                                  out_cache_loc=torch.zeros(ids.numel(), dtype=torch.int64, device=device),
+                                  seq_lens_sum=ids.numel())
+                algo.step(fb, logits, algo.init_step_state(fb))
+            return once
+        cases.append(dict(engine="SGLang dLLM algorithm", shape=f"B={B}, block {LLADA2_BLOCK}, V={LLADA2_VOCAB}",
+                          logits_bytes=logits.numel() * 4,
+                          variants={k: run(name, cfg) for k, (name, cfg) in configs.items()}))
+    return cases
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -135,7 +174,8 @@ def main(argv=None) -> int:
     bw = read_bandwidth(args.device, args.repeats)
     print(f"{args.device}, {args.threads} thread(s), read bandwidth {bw / 1e9:.2f} GB/s", flush=True)
     rows = []
-    for name, build in (("diffusers", diffusers_cases), ("DiffusionGemma", diffusion_gemma_cases)):
+    for name, build in (("diffusers", diffusers_cases), ("DiffusionGemma", diffusion_gemma_cases),
+                        ("SGLang", sglang_cases)):
         try:
             cases = build(args.device, gen)
         except (ImportError, AttributeError) as e:
