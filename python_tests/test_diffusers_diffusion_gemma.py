@@ -40,6 +40,9 @@ from diffusers import DiffusionGemmaPipeline, EntropyBoundScheduler  # noqa: E40
 from helpers import clone_generator, random_controller  # noqa: E402
 from prr_ext.integrations.diffusers import PolicyScheduler, sample_tokens  # noqa: E402
 
+# diffusers 0.42.1's pipeline still passes transformers the deprecated `past_key_values` (upstream's, not ours)
+pytestmark = pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")
+
 V, C, N = 64, 8, 5          # vocabulary, canvas length, denoising steps per canvas
 CANVASES = 3
 PAD, EOS, BOS = 0, 1, 2
@@ -174,6 +177,7 @@ def test_entropy_bound_equals_entropy_bound_scheduler(model, processor, rnd, gam
         if not torch.equal(oa.accepted_index, ob.transfer_index):
             # the one documented difference (prr_ext's prefix sum is fp64): the trajectories part here
             assert rounding_explains(oa.pred_logits, gamma), (i, oa.accepted_index.int(), ob.transfer_index.int())
+            assert seeded, "seed 0 is pinned to agree at every step"
             return
         assert torch.equal(oa.prev_sample, ob.prev_sample), i
     assert torch.equal(got, ref)

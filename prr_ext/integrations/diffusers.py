@@ -653,4 +653,5 @@ class PolicyScheduler:
 
     def __repr__(self) -> str:
         return (f"PolicyScheduler(policy={self.policy!r}, block_length={self.config.block_length}, "
-                f"confidence_dtype={self.confidence_dtype})")
+                f"confidence_dtype={self.confidence_dtype}, t_max={self.config.t_max}, t_min={self.config.t_min}, "
+                f"canvas={self.config.canvas!r})")
