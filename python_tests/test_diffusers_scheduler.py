@@ -364,8 +364,8 @@ def test_pipeline_level_errors(model, tokenizer, prompt_ids):
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(mask_token_id=None), ValueError, "mask_token_id=None selects diffusers' uniform-corruption mode"),
-    (dict(mask_token_id=-1), ValueError, "mask_token_id must be a non-negative int"),
+    (dict(mask_token_id=-1), ValueError, r"mask_token_id must be a non-negative int \(or None for a uniform"),
+    (dict(mask_token_id=2.0), ValueError, "mask_token_id must be a non-negative int"),
     (dict(mask_token_id=V), ValueError, "vocabulary size .* must be larger than mask_token_id"),
     (dict(sampling_method="beam"), ValueError, "sampling_method must be one of"),
     (dict(temperature=float("nan")), ValueError, "temperature must be a finite number"),

@@ -1,7 +1,8 @@
-"""Any prr_ext commit rule as the scheduler of diffusers' `LLaDA2Pipeline` (diffusers >= 0.42).
+"""Any prr_ext commit rule as the scheduler of diffusers' `LLaDA2Pipeline` and `DiffusionGemmaPipeline`
+(diffusers >= 0.42).
 
     import prr_ext
-    from diffusers import LLaDA2Pipeline
+    from diffusers import DiffusionGemmaPipeline, LLaDA2Pipeline
     from prr_ext.integrations.diffusers import PolicyScheduler
 
     scheduler = PolicyScheduler(prr_ext.Threshold(tau=0.9), block_length=32)
@@ -10,10 +11,18 @@
                editing_threshold=None)           # prr_ext never edits committed tokens
     out.texts[0], scheduler.nfe, scheduler.forwards
 
+    # DiffusionGemma's uniform canvas (no mask token): the rule picks which sampled tokens a step accepts
+    pipe = DiffusionGemmaPipeline(model=dg_model, scheduler=PolicyScheduler(prr_ext.EntropyBound(gamma=0.1)),
+                                  processor=processor)
+    out = pipe(prompt="Why is the sky blue?", gen_length=256, num_inference_steps=48, generator=generator)
+
 `PolicyScheduler` has the interface of diffusers' `BlockRefinementScheduler` (`set_timesteps`, `step`,
-`check_eos_finished`, `check_block_should_continue`, `config.block_length`, `timesteps`, `order`), so the pipeline
-drives it unchanged; its `step` commits with `prr_ext.step` on the block's logits. docs/engines.md ("diffusers")
-lists every difference from `BlockRefinementScheduler`; the class docstring gives the argument mapping.
+`check_eos_finished`, `check_block_should_continue`, `config.block_length`, `timesteps`, `order`), so both
+pipelines drive it unchanged. As in `BlockRefinementScheduler`, the step's `mask_token_id` picks the mode: an int
+(LLaDA2Pipeline) commits with `prr_ext.step` on a masked block; None (DiffusionGemmaPipeline) runs prr_ext's
+uniform-canvas mode (`prr_ext.State(mask_id=None)`): the rule accepts some sampled tokens and the scheduler renoises
+the others, as diffusers' `EntropyBoundScheduler`. docs/engines.md ("diffusers") lists every difference from
+diffusers' schedulers; the class docstring gives the argument mapping.
 """
 from __future__ import annotations
 
@@ -34,11 +43,12 @@ from ..constants import CONFIDENCE_DTYPES
 from ..ops import step as prr_step
 from ..policies import PRR, R2, Policy, RandomRemask
 from ..reference import block_cap
-from ..state import State
+from ..state import UNIFORM_POLICIES, State
 
 __all__ = ["PolicyScheduler"]
 
 SAMPLING_METHODS = ("auto", "greedy", "multinomial")
+CANVASES = ("auto", "masked", "uniform")
 
 
 def _is_int(v) -> bool:
@@ -58,6 +68,22 @@ def _positive_int(name: str, v) -> int:
 def _draws_noise(policy: Policy) -> bool:
     """Whether the rule itself draws random numbers (the State's Philox seeds then come from the generator)."""
     return isinstance(policy.base_rule, RandomRemask) or (isinstance(policy, R2) and policy.token_cluster == "random")
+
+
+def _uniform_refusal(policy: Policy) -> Optional[str]:
+    """Why `policy` cannot drive a uniform canvas (DiffusionGemmaPipeline), or None if it can.
+
+    prr_ext.State is the one authority on which rules a uniform canvas takes: ask it with a one-token canvas (built on
+    the CPU even under another default device; explicit seeds, so torch's global generator is not touched)."""
+    try:
+        with torch.device("cpu"):
+            State(torch.zeros(1, 1, dtype=torch.int64), None, 0, 1, 1, policy, seed=torch.zeros(1, dtype=torch.int64))
+    except ValueError as e:
+        names = ", ".join(c.__name__ for c in UNIFORM_POLICIES)
+        return (f"policy={policy!r} cannot drive a uniform canvas (mask_token_id=None, as DiffusionGemmaPipeline "
+                f"passes): {e}. Use one of {names} (prr_ext.EntropyBound(gamma) is diffusers' EntropyBoundScheduler "
+                f"rule)")
+    return None
 
 
 def _policy_threshold(policy: Policy) -> Optional[float]:
@@ -100,20 +126,42 @@ class PolicyScheduler:
 
     Pass it as `LLaDA2Pipeline(model=..., scheduler=PolicyScheduler(policy), tokenizer=...)`; the pipeline calls
     `set_timesteps` once per call, then per block `step` once per forward, `check_eos_finished` and
-    `check_block_should_continue`.
+    `check_block_should_continue`. Or as `DiffusionGemmaPipeline(model=..., scheduler=PolicyScheduler(policy),
+    processor=...)`: that pipeline calls `set_timesteps` once per call, then per canvas `step(..., mask_token_id=None)`
+    once per forward, and reads `prev_sample` and `pred_logits` (see "Uniform canvas" below).
 
     Parameters
     ----------
     policy : prr_ext.Policy
         The commit rule: LowConfidence, RandomRemask, Threshold, Factor, EntropyBound, PRR, LocalLeap, SlowFast,
         KLASS or R2(base=...). Its own hyper-parameters decide (e.g. `Threshold(tau)`'s tau, not the pipeline's
-        `threshold`). A PRR controller with `extra_features` is refused (the pipeline has no way to supply them).
+        `threshold`). A PRR controller with `extra_features` is refused (the pipelines have no way to supply them).
+        A uniform canvas (DiffusionGemmaPipeline) takes Threshold, Factor, EntropyBound, PRR or LocalLeap only.
     block_length : int, default 32
         `config.block_length`: the pipeline's block when its call names none.
     num_inference_steps : int, default 32
         `config.num_inference_steps` (the pipeline passes its own to `set_timesteps`).
     confidence_dtype : torch.dtype, default torch.float32
         Dtype of the softmax behind the confidence (prr_ext.State); fp32 is what BlockRefinementScheduler uses.
+    t_max, t_min : float or None, default 0.8 and 0.4
+        Uniform canvas only: the sampling temperature, annealed linearly over the canvas's steps from `t_max` at
+        step 0 towards `t_min` (`t_min + (t_max - t_min) * (N - t) / N` at step t of N), applied to the logits
+        before both the candidates' draw and the rule's statistics: diffusers' `EntropyBoundScheduler` and the
+        released checkpoint's sampler, with the same defaults. The pipeline's `temperature` is then unused (a
+        warning says so when it is not 0). Both None: the step's `temperature` decides, as in
+        BlockRefinementScheduler (0 = argmax candidates, the statistics on the raw logits).
+    canvas : {"auto", "masked", "uniform"}, default "auto"
+        Which canvases the scheduler serves. "auto": the step's `mask_token_id` decides (an int: masked, None:
+        uniform), as in BlockRefinementScheduler, so a policy a uniform canvas refuses fails at the first uniform
+        step. "uniform" checks the policy here, at construction; "masked" refuses `mask_token_id=None`.
+
+    Raises
+    ------
+    TypeError
+        `policy` is not a prr_ext policy.
+    ValueError
+        A bad argument (the message names it); with ``canvas="uniform"``, a policy a uniform canvas does not take
+        (LowConfidence, RandomRemask, SlowFast, KLASS, R2).
 
     Notes
     -----
@@ -130,9 +178,26 @@ class PolicyScheduler:
     history) are exact. A controller trained with `prr_ext.generate` on multi-block canvases thus sees slightly
     different inputs here.
 
+    Uniform canvas (`mask_token_id=None`, DiffusionGemmaPipeline; docs/semantics.md "Uniform canvas"): there is no
+    mask token and nothing is frozen. Each canvas (`timestep == 0`) gets a fresh `prr_ext.State(mask_id=None)` over
+    the canvas alone (`steps` = the call's num_inference_steps, the steps of one canvas). Every step, on the
+    pipeline's canvas (`sample`): the temperature-shaped logits (see `t_max`), one candidate per position drawn
+    from them with `generator` (`torch.multinomial`, one draw over all B * L rows), `prr_ext.step(logits, state,
+    candidates=...)` returns the accepted positions, which keep their candidate, and every other position gets a
+    uniform random token (one ``randint(0, V, [B, L])`` with `generator`, whatever was accepted). These are the
+    draws of diffusers' `EntropyBoundScheduler`, in its order, so ``PolicyScheduler(prr_ext.EntropyBound(gamma))``
+    reproduces ``EntropyBoundScheduler(entropy_bound=gamma)`` under the same generator (up to fp32 rounding of an
+    entropy prefix sum that falls on gamma, and with fp32 logits: diffusers takes bf16 logits' entropies in bf16).
+    `pred_logits` is the temperature-shaped logits (what the pipeline self-conditions on and measures its adaptive
+    stop with), `transfer_index` the accepted positions, `sampled_probs` the candidates' probability under the
+    shaped logits (the confidence the rule ranks by). Unlike BlockRefinementScheduler's uniform mode (which keeps a
+    commit for the rest of the canvas and commits a cumulative quota), an accepted position is open again at the
+    next step. PRR's row-level features are those of a one-canvas generation without a prompt (the scheduler never
+    sees the context), as for LLaDA2 blocks.
+
     Step arguments, and what becomes of them:
 
-    * `mask_token_id`: required; None (diffusers' uniform-corruption mode, DiffusionGemma) is a ValueError.
+    * `mask_token_id`: the mask token (LLaDA2Pipeline); None selects the uniform canvas (DiffusionGemmaPipeline).
     * `temperature`, `sampling_method`, `top_k`, `top_p`, `generator`: greedy (temperature 0 or "greedy") lets the
       op take the argmax over the non-mask tokens; otherwise the candidates are drawn exactly as
       BlockRefinementScheduler draws them (`sample_tokens`: temperature, top-k, top-p, `torch.multinomial` with
@@ -147,6 +212,10 @@ class PolicyScheduler:
       call it with `editing_threshold=None`.
     * `prompt_mask`: checked ([block_length] bool) and otherwise unused: prompt positions hold no mask token, so no
       rule touches them.
+    * On a uniform canvas, `temperature` and `sampling_method` are used only with ``t_max = t_min = None`` (greedy:
+      the argmax over every token; otherwise drawn by `sample_tokens` and ranked by the untempered probability, as
+      on a masked canvas); `top_k` / `top_p` filter the draw (DiffusionGemmaPipeline passes neither);
+      `editing_threshold` > 0 is refused as on a masked canvas.
 
     Differences from BlockRefinementScheduler at matching settings (LowConfidence with `threshold > 1`, Threshold
     with `threshold=tau`, greedy): none in the tokens when the prompt length is a multiple of the block length.
@@ -171,28 +240,45 @@ class PolicyScheduler:
     order = 1  # as diffusers' schedulers: one model call per step
 
     def __init__(self, policy: Policy, block_length: int = 32, *, num_inference_steps: int = 32,
-                 confidence_dtype: torch.dtype = torch.float32):
+                 confidence_dtype: torch.dtype = torch.float32, t_max: Optional[float] = 0.8,
+                 t_min: Optional[float] = 0.4, canvas: str = "auto"):
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a prr_ext policy (e.g. prr_ext.Threshold(tau=0.9)), got "
                             f"{type(policy).__name__}")
         base = policy.base_rule
         if isinstance(base, PRR) and base.controller.extra_features:
             raise ValueError(f"policy: the PRR controller expects {base.controller.extra_features} extra_features "
-                             "per token, which LLaDA2Pipeline cannot supply; use a controller without extra features")
+                             "per token, which the diffusers pipelines cannot supply; use a controller without extra "
+                             "features")
         block_length = _positive_int("block_length", block_length)
         num_inference_steps = _positive_int("num_inference_steps", num_inference_steps)
         if confidence_dtype not in CONFIDENCE_DTYPES:
             raise ValueError(f"confidence_dtype must be one of {list(CONFIDENCE_DTYPES)}, got {confidence_dtype}")
+        if (t_max is None) != (t_min is None):
+            raise ValueError(f"t_max and t_min must both be numbers (the annealed temperature of a uniform canvas) or "
+                             f"both None (use the pipeline's temperature), got t_max={t_max!r}, t_min={t_min!r}")
+        for name, t in (("t_max", t_max), ("t_min", t_min)):
+            if t is not None and (not _is_number(t) or not (0 < t < math.inf)):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {t!r}")
+        if canvas not in CANVASES:
+            raise ValueError(f"canvas must be one of {CANVASES}, got {canvas!r}")
+        # the uniform canvas takes fewer rules: known now, raised here (canvas="uniform") or at the first uniform step
+        self._uniform_refusal = _uniform_refusal(policy)
+        if canvas == "uniform" and self._uniform_refusal is not None:
+            raise ValueError(self._uniform_refusal)
         self.policy = policy
         self.confidence_dtype = confidence_dtype
         # what LLaDA2Pipeline reads (config.block_length), plus BlockRefinementScheduler's other keys where they mean
         # something here
         self.config = FrozenDict(block_length=block_length, num_inference_steps=num_inference_steps,
-                                 editing_threshold=None, minimal_topk=1, policy=repr(policy))
+                                 editing_threshold=None, minimal_topk=1, policy=repr(policy),
+                                 t_max=None if t_max is None else float(t_max),
+                                 t_min=None if t_min is None else float(t_min), canvas=canvas)
         self.num_inference_steps = num_inference_steps
         self.timesteps = torch.arange(num_inference_steps - 1, -1, -1, dtype=torch.long)
         self.block_length: Optional[int] = None  # set by set_timesteps
         self._warned_thresholds = set()
+        self._warned_temperatures = set()
         self._reset()
 
     # ------------------------------------------------------------------ per-call state
@@ -202,6 +288,7 @@ class PolicyScheduler:
         self.blocks = 0                      # blocks started in this call
         self._nfe_before: Optional[torch.Tensor] = None  # [B] NFE of the call's earlier blocks
         self._masks_left: Optional[torch.Tensor] = None  # [B] bool: the block holds a mask after the last step
+        self._canvas_steps = 0                           # steps taken on the current uniform canvas
 
     @property
     def nfe(self) -> Optional[torch.Tensor]:
@@ -239,16 +326,18 @@ class PolicyScheduler:
              editing_threshold: Optional[float] = None, minimal_topk: Optional[int] = None,
              prompt_mask: Optional[torch.BoolTensor] = None, generator: Optional[torch.Generator] = None,
              return_dict: bool = True):
-        """One refinement step of the active block: choose candidates, commit with the policy.
+        """One refinement step of the active block: choose candidates, commit with the policy (on a uniform canvas,
+        `mask_token_id=None`: accept with the policy and renoise the rest).
 
         Parameters
         ----------
         model_output : torch.Tensor
             [B, block_length, V] logits of the block (any float dtype the op takes).
         timestep : int or torch.Tensor
-            Step index within the block; 0 starts a new block (a fresh prr_ext.State).
+            Step index within the block; 0 starts a new block (a fresh prr_ext.State). A uniform canvas takes
+            steps 0 .. num_inference_steps - 1.
         sample : torch.LongTensor
-            [B, block_length] block tokens, `mask_token_id` where still masked.
+            [B, block_length] block tokens, `mask_token_id` where still masked (any tokens on a uniform canvas).
         mask_token_id, temperature, top_p, top_k, sampling_method, threshold, editing_threshold, minimal_topk,
         prompt_mask, generator
             As BlockRefinementScheduler's; the class docstring says what each becomes.
@@ -262,7 +351,10 @@ class PolicyScheduler:
             `prev_sample` [B, block_length] (the block after the commits), `transfer_index` (committed positions),
             `editing_transfer_index` (all False), `sampled_tokens` (the candidate of every position: the argmax
             over non-mask tokens, or the draw), `sampled_probs` (their untempered fp32 probability: the confidence
-            prr_ext's rules rank by), `pred_logits` (= model_output).
+            prr_ext's rules rank by), `pred_logits` (= model_output). On a uniform canvas: `prev_sample` is the
+            canvas after accepting and renoising, `transfer_index` the accepted positions, `sampled_probs` the
+            candidates' probability under the logits the rule saw, `pred_logits` the temperature-shaped logits
+            (= model_output with ``t_max = t_min = None``).
 
         Examples
         --------
@@ -272,6 +364,13 @@ class PolicyScheduler:
         >>> out = s.step(torch.randn(1, 4, 10), 0, torch.full((1, 4), 9), mask_token_id=9)
         >>> int(out.transfer_index.sum())   # 4 masks over 2 steps: 2 now
         2
+        >>> s = PolicyScheduler(prr_ext.Threshold(0.5), block_length=4)
+        >>> s.set_timesteps(2)
+        >>> logits = torch.full((1, 4, 10), -9.0); logits[0, :2, 3] = 9.0     # positions 0, 1 sure of token 3
+        >>> out = s.step(logits, 0, torch.zeros(1, 4, dtype=torch.long), mask_token_id=None,
+        ...              generator=torch.Generator().manual_seed(0))
+        >>> out.transfer_index, out.prev_sample[:, :2]                       # the others are renoised
+        (tensor([[ True,  True, False, False]]), tensor([[3, 3]]))
         """
         if self.block_length is None:
             raise RuntimeError("call set_timesteps(num_inference_steps, device, block_length) before step() "
@@ -279,6 +378,10 @@ class PolicyScheduler:
         step_index = self._check_step_arguments(model_output, timestep, sample, mask_token_id, temperature, top_p,
                                                 top_k, sampling_method, threshold, editing_threshold, minimal_topk,
                                                 prompt_mask, generator)
+        if mask_token_id is None:
+            return self._uniform_step(model_output, step_index, sample, temperature=temperature, top_p=top_p,
+                                      top_k=top_k, sampling_method=sampling_method, generator=generator,
+                                      return_dict=return_dict)
         B, L = sample.shape
         multinomial = temperature > 0 and sampling_method != "greedy"  # BlockRefinementScheduler's rule
         with torch.no_grad():
@@ -291,7 +394,8 @@ class PolicyScheduler:
             probs = torch.exp(lf.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(lf, -1))
 
             masked = sample == mask_token_id
-            new_block = step_index == 0 or self.state is None or tuple(self.state.x.shape) != (B, L)
+            new_block = (step_index == 0 or self.state is None or self.state.uniform
+                         or tuple(self.state.x.shape) != (B, L))
             if not bool(masked.any()):  # nothing to decode (e.g. the pipeline's check step after a filled block)
                 commit = torch.zeros_like(masked)
                 prev_sample = sample.clone()
@@ -312,6 +416,92 @@ class PolicyScheduler:
         return BlockRefinementSchedulerOutput(prev_sample=prev_sample, transfer_index=commit,
                                               editing_transfer_index=editing, sampled_tokens=tokens,
                                               sampled_probs=probs, pred_logits=model_output)
+
+    def temperature_at(self, timestep: int) -> Optional[float]:
+        """The annealed temperature of a uniform canvas at step `timestep` of the call's num_inference_steps N:
+        ``t_min + (t_max - t_min) * (N - timestep) / N`` (t_max at step 0), or None when ``t_max = t_min = None``.
+
+        Examples
+        --------
+        >>> import prr_ext
+        >>> s = PolicyScheduler(prr_ext.EntropyBound(0.1))
+        >>> s.set_timesteps(4)
+        >>> [round(s.temperature_at(t), 3) for t in range(4)]
+        [0.8, 0.7, 0.6, 0.5]
+        """
+        t_max, t_min = self.config.t_max, self.config.t_min
+        if t_max is None:
+            return None
+        # EntropyBoundScheduler's expression, in its order (the same float, so the same shaped logits)
+        fraction = (self.num_inference_steps - int(timestep)) / self.num_inference_steps
+        return t_min + (t_max - t_min) * fraction
+
+    def _uniform_step(self, model_output: torch.Tensor, step_index: int, sample: torch.Tensor, *, temperature: float,
+                      top_p: Optional[float], top_k: Optional[int], sampling_method: str,
+                      generator: Optional[torch.Generator], return_dict: bool):
+        """step() on a uniform canvas (mask_token_id=None): draw, accept with the policy, renoise the rest."""
+        N = self.num_inference_steps
+        if step_index >= N:
+            raise ValueError(f"timestep={step_index}: a uniform canvas takes num_inference_steps={N} steps, timesteps "
+                             f"0 .. {N - 1} (set_timesteps sets N); timestep 0 starts the next canvas")
+        B, L = sample.shape
+        V = model_output.shape[-1]
+        shaped_t = self.temperature_at(step_index)
+        with torch.no_grad():
+            if shaped_t is not None:
+                if temperature != 0 and float(temperature) not in self._warned_temperatures:
+                    self._warned_temperatures.add(float(temperature))
+                    warnings.warn(f"temperature={temperature} is not used: PolicyScheduler anneals a uniform "
+                                  f"canvas's temperature from t_max={self.config.t_max} to t_min={self.config.t_min} "
+                                  "(as EntropyBoundScheduler). Construct it with t_max=None, t_min=None to use the "
+                                  "pipeline's temperature.", stacklevel=3)
+                pred_logits = model_output / shaped_t
+                tokens = sample_tokens(pred_logits, temperature=1.0, top_k=top_k, top_p=top_p, generator=generator)
+            else:
+                pred_logits = model_output
+                if temperature > 0 and sampling_method != "greedy":
+                    tokens = sample_tokens(model_output, temperature=float(temperature), top_k=top_k, top_p=top_p,
+                                           generator=generator)
+                else:  # every token may win: there is no mask token to exclude
+                    tokens = model_output.argmax(-1)
+            probs = torch.softmax(pred_logits.reshape(-1, V).float(), dim=-1).gather(-1, tokens.reshape(-1, 1))
+            probs = probs.view(B, L)
+
+            new_canvas = (step_index == 0 or self.state is None or not self.state.uniform
+                          or tuple(self.state.x.shape) != (B, L))
+            if new_canvas:
+                self._start_canvas(sample)
+            elif self._canvas_steps >= N:  # timesteps repeated within one canvas: the State's N steps are spent
+                raise RuntimeError(f"step() ran {N} times on this canvas without timestep 0 starting a new one: a "
+                                   f"uniform canvas takes num_inference_steps={N} steps")
+            else:
+                self.state.x.copy_(sample)  # the pipeline's canvas is the truth (renoised, or frozen by its stop)
+            accepted = prr_step(pred_logits, self.state, candidates=tokens)
+            self._canvas_steps += 1
+            # one full-canvas draw whatever was accepted, after the candidates' (EntropyBoundScheduler's order)
+            noise = torch.randint(0, V, (B, L), device=sample.device, generator=generator)
+            prev_sample = torch.where(accepted, tokens, noise)
+            self._masks_left = None
+            self.forwards += 1
+        editing = torch.zeros_like(accepted)
+        if not return_dict:
+            return prev_sample, accepted, editing, tokens, probs, pred_logits
+        return BlockRefinementSchedulerOutput(prev_sample=prev_sample, transfer_index=accepted,
+                                              editing_transfer_index=editing, sampled_tokens=tokens,
+                                              sampled_probs=probs, pred_logits=pred_logits)
+
+    def _start_canvas(self, sample: torch.Tensor) -> None:
+        """A fresh uniform-canvas State over the canvas alone (no prompt, one block, the call's N steps)."""
+        self._end_block()
+        B, L = sample.shape
+        x = sample.detach().to(torch.int64).contiguous().clone()
+        # explicit seeds: the op draws nothing here (it is handed its candidates, at temperature 0), and a State
+        # drawing its own would consume the generator's stream
+        self.state = State(x, mask_id=None, prompt_length=0, block_length=L, steps=self.num_inference_steps,
+                           policy=self.policy, confidence_dtype=self.confidence_dtype,
+                           seed=torch.zeros(B, dtype=torch.int64))
+        self._canvas_steps = 0
+        self.blocks += 1
 
     def _end_block(self) -> None:
         """Fold the finished block's NFE into the call's count and drop its State."""
@@ -339,12 +529,22 @@ class PolicyScheduler:
                               sampling_method, threshold, editing_threshold, minimal_topk, prompt_mask,
                               generator) -> int:
         """Validate step()'s arguments (errors name the argument); returns the step index."""
+        canvas = self.config.canvas
         if mask_token_id is None:
-            raise ValueError("mask_token_id=None selects diffusers' uniform-corruption mode (DiffusionGemma), which "
-                             "PolicyScheduler does not implement: it decodes masked canvases. Pass mask_token_id "
-                             "(LLaDA2Pipeline takes it from its mask_token_id argument or the tokenizer)")
-        if not _is_int(mask_token_id) or mask_token_id < 0:
-            raise ValueError(f"mask_token_id must be a non-negative int, got {mask_token_id!r}")
+            if canvas == "masked":
+                raise ValueError("mask_token_id=None selects a uniform canvas (DiffusionGemmaPipeline), but this "
+                                 "scheduler was built with canvas='masked'. Pass mask_token_id (LLaDA2Pipeline takes "
+                                 "it from its mask_token_id argument or the tokenizer), or build it with "
+                                 "canvas='auto' or 'uniform'")
+            if self._uniform_refusal is not None:
+                raise ValueError(self._uniform_refusal)
+        elif canvas == "uniform":
+            raise ValueError(f"mask_token_id={mask_token_id!r}: this scheduler was built with canvas='uniform' "
+                             "(DiffusionGemmaPipeline, which passes mask_token_id=None); build it with "
+                             "canvas='auto' or 'masked' for a masked canvas (LLaDA2Pipeline)")
+        elif not _is_int(mask_token_id) or mask_token_id < 0:
+            raise ValueError(f"mask_token_id must be a non-negative int (or None for a uniform canvas), got "
+                             f"{mask_token_id!r}")
         if not isinstance(sample, torch.Tensor) or sample.dim() != 2 or sample.dtype != torch.long:
             raise ValueError(f"sample must be a [B, block_length] int64 tensor, got "
                              f"{tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__}"
@@ -356,7 +556,7 @@ class PolicyScheduler:
                 or tuple(model_output.shape[:2]) != (B, L):
             got = tuple(model_output.shape) if isinstance(model_output, torch.Tensor) else type(model_output).__name__
             raise ValueError(f"model_output must be the block's logits [B, block_length, V] = [{B}, {L}, V], got {got}")
-        if model_output.shape[2] <= mask_token_id:
+        if mask_token_id is not None and model_output.shape[2] <= mask_token_id:
             raise ValueError(f"model_output's vocabulary size {model_output.shape[2]} must be larger than "
                              f"mask_token_id={mask_token_id}")
         if isinstance(timestep, torch.Tensor):
@@ -453,4 +653,5 @@ class PolicyScheduler:
 
     def __repr__(self) -> str:
         return (f"PolicyScheduler(policy={self.policy!r}, block_length={self.config.block_length}, "
-                f"confidence_dtype={self.confidence_dtype})")
+                f"confidence_dtype={self.confidence_dtype}, t_max={self.config.t_max}, t_min={self.config.t_min}, "
+                f"canvas={self.config.canvas!r})")
