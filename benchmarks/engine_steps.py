@@ -81,7 +81,7 @@ def diffusers_cases(device: str, gen: torch.Generator) -> List[Dict]:
         sample = torch.full((B, LLADA2_BLOCK), LLADA2_MASK, dtype=torch.int64, device=device)
         kw = dict(mask_token_id=LLADA2_MASK, threshold=0.95, editing_threshold=None, temperature=0.0)
 
-        def run(sched):
+        def run(sched, logits=logits, sample=sample):  # (bound now: the loop rebinds logits for the next B)
             def once():
                 sched.set_timesteps(8, device=device)
                 sched.step(logits, 0, sample.clone(), **kw)
@@ -136,7 +136,7 @@ def sglang_cases(device: str, gen: torch.Generator) -> List[Dict]:
     for B in (1, 8):
         logits = torch.randn(B * LLADA2_BLOCK, LLADA2_VOCAB, generator=gen).mul_(3.0).to(device)
 
-        def run(name, cfg):
+        def run(name, cfg, logits=logits, B=B):  # (bound now: the loop rebinds logits and B)
             algo = get_algorithm(DllmConfig(algorithm=name, algorithm_config=dict(cfg), block_size=LLADA2_BLOCK,
                                             mask_id=LLADA2_MASK, max_running_requests=64,
                                             first_done_first_out_mode=False))

@@ -59,8 +59,9 @@ class State:
                        prompt_length, so that pads do not count in PRR's features. Must be >= max(prompt_length).
     """
 
-    def __init__(self, x: torch.Tensor, mask_id: Optional[int], prompt_length: Union[int, torch.Tensor], block_length: int,
-                 steps: int, policy: Policy, temperature: float = 0.0, generator: Optional[torch.Generator] = None,
+    def __init__(self, x: torch.Tensor, mask_id: Optional[int], prompt_length: Union[int, torch.Tensor],
+                 block_length: int, steps: int, policy: Policy, temperature: float = 0.0,
+                 generator: Optional[torch.Generator] = None,
                  confidence_dtype: torch.dtype = torch.float32, rng: str = "philox",
                  seed: Optional[torch.Tensor] = None, gen_start: Optional[int] = None):
         if not isinstance(x, torch.Tensor):

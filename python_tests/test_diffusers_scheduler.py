@@ -179,9 +179,12 @@ def test_sampled_candidates_match_block_refinement_draws(rnd, top_k, top_p):
     ref = ref_sched.step(logits, 0, sample, generator=clone_generator(g), **kw)
     out = sched.step(logits, 0, sample, generator=clone_generator(g), **kw)
     assert torch.equal(out.sampled_tokens, ref.sampled_tokens)  # the same draws from the same generator state
-    # sampled_probs: the untempered probability of the drawn token (the confidence the rule ranks by)
+    # sampled_probs: the untempered probability of the drawn token (the confidence the rule ranks by) where the block
+    # was masked; NaN elsewhere, and where the draw is the mask token itself (never a candidate of the op)
     want = torch.softmax(logits, -1).gather(-1, out.sampled_tokens[..., None]).squeeze(-1)
-    torch.testing.assert_close(out.sampled_probs, want)
+    ranked = (sample == MASK) & (out.sampled_tokens != MASK)
+    torch.testing.assert_close(out.sampled_probs[ranked], want[ranked])
+    assert bool(out.sampled_probs[~ranked].isnan().all())
     # the op committed only drawn tokens, only at masked positions, and the output block is sample + commits
     commit = out.transfer_index
     assert not (commit & (sample != MASK)).any() and (commit.sum(-1) >= 1).all()

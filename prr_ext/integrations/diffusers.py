@@ -42,7 +42,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
 from ..constants import CONFIDENCE_DTYPES
 from ..ops import step as prr_step
 from ..policies import PRR, R2, Policy, RandomRemask
-from ..reference import block_cap
+from ..reference import STAT_CONF, block_cap
 from ..state import UNIFORM_POLICIES, State
 
 __all__ = ["PolicyScheduler"]
@@ -349,12 +349,14 @@ class PolicyScheduler:
         -------
         BlockRefinementSchedulerOutput or tuple
             `prev_sample` [B, block_length] (the block after the commits), `transfer_index` (committed positions),
-            `editing_transfer_index` (all False), `sampled_tokens` (the candidate of every position: the argmax
-            over non-mask tokens, or the draw), `sampled_probs` (their untempered fp32 probability: the confidence
-            prr_ext's rules rank by), `pred_logits` (= model_output). On a uniform canvas: `prev_sample` is the
-            canvas after accepting and renoising, `transfer_index` the accepted positions, `sampled_probs` the
-            candidates' probability under the logits the rule saw, `pred_logits` the temperature-shaped logits
-            (= model_output with ``t_max = t_min = None``).
+            `editing_transfer_index` (all False), `sampled_tokens` (the candidate of every masked position: the
+            argmax over non-mask tokens, or the draw; elsewhere the block's token, or the draw), `sampled_probs` (the
+            candidates' untempered probability in `confidence_dtype`, from the op's own pass: the confidence
+            prr_ext's rules rank by; NaN at positions that were not masked or drew the mask token), `pred_logits`
+            (= model_output). On a uniform canvas: `prev_sample` is the canvas after accepting and renoising,
+            `transfer_index` the accepted positions, `sampled_probs` the candidates' probability under the logits
+            the rule saw, `pred_logits` the temperature-shaped logits (= model_output with
+            ``t_max = t_min = None``).
 
         Examples
         --------
@@ -385,20 +387,16 @@ class PolicyScheduler:
         B, L = sample.shape
         multinomial = temperature > 0 and sampling_method != "greedy"  # BlockRefinementScheduler's rule
         with torch.no_grad():
-            lf = model_output.float()
-            if multinomial:
-                tokens = sample_tokens(model_output, temperature=float(temperature), top_k=top_k, top_p=top_p,
-                                       generator=generator)
-            else:  # the op's own candidate: first index of the largest non-mask logit
-                tokens = lf.index_fill(-1, torch.tensor([mask_token_id], device=lf.device), -math.inf).argmax(-1)
-            probs = torch.exp(lf.gather(-1, tokens[..., None]).squeeze(-1) - torch.logsumexp(lf, -1))
-
+            drawn = (sample_tokens(model_output, temperature=float(temperature), top_k=top_k, top_p=top_p,
+                                   generator=generator) if multinomial else None)
             masked = sample == mask_token_id
             new_block = (step_index == 0 or self.state is None or self.state.uniform
                          or tuple(self.state.x.shape) != (B, L))
             if not bool(masked.any()):  # nothing to decode (e.g. the pipeline's check step after a filled block)
                 commit = torch.zeros_like(masked)
                 prev_sample = sample.clone()
+                tokens = sample.clone() if drawn is None else drawn
+                probs = torch.full(sample.shape, math.nan, device=sample.device)
                 if new_block:
                     self._end_block()
             else:
@@ -406,8 +404,13 @@ class PolicyScheduler:
                     self._start_block(sample, mask_token_id, generator)
                 else:
                     self.state.x.copy_(sample)  # the pipeline's block is the truth (it may have dropped commits)
-                commit = prr_step(model_output, self.state, candidates=tokens if multinomial else None)
+                commit = prr_step(model_output, self.state, candidates=drawn)
                 prev_sample = self.state.x.clone()
+                # the candidates and their probability come from the op's own pass over the logits (no second
+                # read): at the masked positions; the others keep their token (or the draw) and a NaN probability
+                cand = self.state.last_tokens
+                tokens = torch.where(cand >= 0, cand, sample if drawn is None else drawn)
+                probs = self.state.last_stats[..., STAT_CONF].float()
             self._masks_left = (prev_sample == mask_token_id).any(-1)
             self.forwards += 1
         editing = torch.zeros_like(commit)
