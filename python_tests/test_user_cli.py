@@ -107,6 +107,44 @@ def test_train_one_round_then_eval_with_its_controller(files, trained, tmp_path)
     assert prr["label"] == "prr:0.9" and prr["mean_nfe"] < 24 and prr["accuracy"] is not None
 
 
+def _shard_decisions(run_dir: str, rnd: int = 0):
+    """The multiset of (step, candidate, committed) of every rollout record of a round, over all ranks' shards."""
+    from safetensors.torch import load_file
+    rows = []
+    rd = os.path.join(run_dir, f"round{rnd}")
+    for name in sorted(os.listdir(rd)):
+        if name.startswith("rollouts_rank"):
+            d = load_file(os.path.join(rd, name))
+            for b in sorted({k.split(".")[0] for k in d}):
+                rows += zip(d[f"{b}.t"].tolist(), d[f"{b}.cand"].tolist(), d[f"{b}.committed"].tolist())
+    return sorted(rows)
+
+
+def test_train_under_torchrun_shards_the_rollouts(files, trained, tmp_path):
+    """`torchrun --nproc_per_node 2 -m prr_ext.train` on the CPU (gloo): each rank writes its shard of the rollouts,
+    rank 0 fits on their union, which holds exactly the single-process run's decisions."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    if not os.path.isfile(torchrun):
+        pytest.skip("torchrun is not installed beside this Python")
+    out = str(tmp_path / "run")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "prr_ext.train",
+                          "--model", MODEL, "--data", files["train"], "--val", files["val"], "--checker", "exact",
+                          "--out", out, "--rounds", "0", "--epochs", "1", "--t-max-grid", "1.0", "--tau-grid", "0.9"]
+                         + CANVAS, capture_output=True, text=True, timeout=300, env=env)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert "x 2 ranks" in res.stdout
+    shards = sorted(n for n in os.listdir(os.path.join(out, "round0")) if n.startswith("rollouts_rank"))
+    assert shards == ["rollouts_rank0.safetensors", "rollouts_rank1.safetensors"]
+    with open(os.path.join(out, "report.json")) as f:
+        rep = json.load(f)
+    with open(os.path.join(trained[0], "report.json")) as f:
+        single = json.load(f)
+    assert rep["rounds"][0]["records"] == single["rounds"][0]["records"] > 0
+    assert _shard_decisions(out) == _shard_decisions(trained[0])
+    prr_ext.Controller.load(os.path.join(out, "controller"))
+
+
 def test_train_resumes_finished_rounds(files, trained, capsys):
     out, _ = trained
     before = os.path.getmtime(os.path.join(out, "round0", "round.json"))
