@@ -2,7 +2,7 @@
 # benchmarks/device_run.sh — build + CUDA tests + compute-sanitizer + benchmarks on the GPU machine, in one go.
 #
 #   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,sanitizeall,bench,benchjson,sweep,
-#                                          ncu,ncusrc,policies
+#                                          ncu,ncusrc,policies,decode,engines
 #                                          (default: build,test,sanitize,bench)
 #
 # Logs go to $OUT (or ./device_logs). The benchmark JSON (bench: run_bench.py's step_<device>.json, or a stamped
@@ -95,6 +95,22 @@ if has policies; then  # every commit rule on the shipped testbed model: benchma
     --out "benchmarks/results/policies_all_${gpu:-gpu}.json" --plot "benchmarks/results/pareto_all_${gpu:-gpu}.png" \
     > "$OUT/policies.log" 2>&1; tail -3 "$OUT/policies.log"
   cp benchmarks/results/policies_all_${gpu:-gpu}.* "$OUT/results/" 2>/dev/null
+fi
+
+if has decode; then  # whole-loop decode speed of the LLaDA-8B-shaped model: benchmarks/results/decode/decode_llada8b_cuda.json
+  stamp "decode speed, LLaDA-8B-shaped random bf16 model (B = ${DECODE_BATCH:-1,8,32})"
+  mkdir -p "$OUT/results"
+  timeout ${DECODE_TIMEOUT:-540} $PY benchmarks/decode_speed.py --model llada8b --device cuda \
+    --batch "${DECODE_BATCH:-1,8,32}" --repeats "${DECODE_REPEATS:-2}" > "$OUT/decode.log" 2>&1; tail -22 "$OUT/decode.log"
+  cp benchmarks/results/decode/decode_llada8b_cuda.json "$OUT/results/" 2>/dev/null
+fi
+
+if has engines; then  # one step through each engine adapter (sglang if importable): results/engines/*_cuda.json
+  stamp "engine adapters, one step each"
+  mkdir -p "$OUT/results"
+  timeout ${ENGINES_TIMEOUT:-300} $PY benchmarks/engine_steps.py --device cuda > "$OUT/engines.log" 2>&1
+  tail -24 "$OUT/engines.log"
+  cp benchmarks/results/engines/engine_steps_cuda.json "$OUT/results/" 2>/dev/null
 fi
 
 if has ncu; then
