@@ -215,3 +215,30 @@ class Controller:
     def __repr__(self) -> str:
         return (f"Controller(in_features={self.in_features}, hidden={list(self.hidden)}, t_max={self.t_max}, "
                 f"t_min={self.t_min})")
+
+
+# A controller folder may carry the PRR threshold its training run tuned on validation prompts (`{"tau": ...}` plus
+# provenance), written by `python -m prr_ext.train` and `python -m prr_testbed.train_controller`.
+TUNED_TAU_FILE = "policy.json"
+
+
+def tuned_tau(path: str) -> "float | None":
+    """The tau recorded in the controller folder `path` (its policy.json), or None when it has none.
+
+    Raises ControllerFormatError when the file exists but holds no readable tau.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tuned_tau(tempfile.mkdtemp()) is None
+    True
+    """
+    file = os.path.join(path, TUNED_TAU_FILE)
+    if not os.path.isfile(file):
+        return None
+    try:
+        with open(file) as f:
+            return float(json.load(f)["tau"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ControllerFormatError(f"{file} holds no readable tau ({e!r}): fix it, or delete it and give tau "
+                                    "explicitly") from None

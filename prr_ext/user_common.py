@@ -22,12 +22,12 @@ import torch
 
 from .auto_length import model_fingerprint
 from .constants import NUM_BASE_FEATURES
-from .controller import Controller, ControllerFormatError
+from .controller import TUNED_TAU_FILE, Controller, ControllerFormatError, tuned_tau
 from .data import Record, load_jsonl, make_checker
 from .policies import PRR, EntropyBound, Factor, LowConfidence, Policy, Threshold
 
 MODEL_SIDECAR = "model.json"
-POLICY_SIDECAR = "policy.json"
+POLICY_SIDECAR = TUNED_TAU_FILE
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 USER_FLAGS = ("--model", "--data")
 
@@ -212,14 +212,10 @@ def load_controller_arg(p: argparse.ArgumentParser, path: str, dec) -> tuple:
     problem = controller_problem(path, ctrl, dec)
     if problem:
         p.error(f"argument --controller: {problem}")
-    tau = None
-    pol = os.path.join(path, POLICY_SIDECAR)
-    if os.path.isfile(pol):
-        try:
-            with open(pol) as f:
-                tau = float(json.load(f)["tau"])
-        except (OSError, ValueError, KeyError, TypeError):
-            tau = None
+    try:
+        tau = tuned_tau(path)
+    except ControllerFormatError as e:
+        p.error(f"argument --controller: {e}")
     return ctrl, tau
 
 

@@ -15,7 +15,6 @@ through `prr_ext.generate`. Commands (each with --help): `python -m prr_testbed.
 
 Importing this package loads nothing else (not torch, not prr_ext); the functions below import what they need.
 """
-import json
 import os
 from typing import Optional
 
@@ -54,8 +53,5 @@ def load_controller(path: Optional[str] = None):
 def tuned_tau(path: Optional[str] = None) -> Optional[float]:
     """The PRR threshold tau the controller at `path` (default: the shipped one) was tuned with on the validation
     split (its policy.json, written by train_controller), or None when the directory has no policy.json."""
-    policy_json = os.path.join(CONTROLLER_DIR if path is None else path, "policy.json")
-    if not os.path.isfile(policy_json):
-        return None
-    with open(policy_json) as f:
-        return float(json.load(f)["tau"])
+    from prr_ext.controller import tuned_tau as read_tuned_tau
+    return read_tuned_tau(CONTROLLER_DIR if path is None else path)

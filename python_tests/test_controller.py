@@ -229,3 +229,15 @@ CONTROLLER_ERRORS = [
 def test_controller_rejects(name, make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_tuned_tau_sidecar(tmp_path):
+    """policy.json: the tau a training run tuned; absent -> None; unreadable -> ControllerFormatError naming it."""
+    from prr_ext.controller import TUNED_TAU_FILE, ControllerFormatError, tuned_tau
+    assert tuned_tau(str(tmp_path)) is None
+    (tmp_path / TUNED_TAU_FILE).write_text('{"tau": 0.75, "trained_by": "test"}')
+    assert tuned_tau(str(tmp_path)) == 0.75
+    for bad in ('{"t": 1}', "not json", '{"tau": "high"}'):
+        (tmp_path / TUNED_TAU_FILE).write_text(bad)
+        with pytest.raises(ControllerFormatError, match="policy.json holds no readable tau"):
+            tuned_tau(str(tmp_path))

@@ -91,6 +91,16 @@ def _policy_threshold(policy: Policy) -> Optional[float]:
     return getattr(policy.base_rule, "tau", None)
 
 
+def _output(prev_sample, transfer, tokens, probs, pred_logits, return_dict: bool):
+    """BlockRefinementScheduler's step output (or its tuple); prr_ext never edits committed tokens."""
+    editing = torch.zeros_like(transfer)
+    if not return_dict:
+        return prev_sample, transfer, editing, tokens, probs, pred_logits
+    return BlockRefinementSchedulerOutput(prev_sample=prev_sample, transfer_index=transfer,
+                                          editing_transfer_index=editing, sampled_tokens=tokens, sampled_probs=probs,
+                                          pred_logits=pred_logits)
+
+
 def sample_tokens(logits: torch.Tensor, *, temperature: float, top_k: Optional[int], top_p: Optional[float],
                   generator: Optional[torch.Generator]) -> torch.Tensor:
     """Multinomial draws [B, L] from softmax(filter(logits / temperature)), with top-k then top-p (nucleus)
@@ -413,12 +423,7 @@ class PolicyScheduler:
                 probs = self.state.last_stats[..., STAT_CONF].float()
             self._masks_left = (prev_sample == mask_token_id).any(-1)
             self.forwards += 1
-        editing = torch.zeros_like(commit)
-        if not return_dict:
-            return prev_sample, commit, editing, tokens, probs, model_output
-        return BlockRefinementSchedulerOutput(prev_sample=prev_sample, transfer_index=commit,
-                                              editing_transfer_index=editing, sampled_tokens=tokens,
-                                              sampled_probs=probs, pred_logits=model_output)
+        return _output(prev_sample, commit, tokens, probs, model_output, return_dict)
 
     def temperature_at(self, timestep: int) -> Optional[float]:
         """The annealed temperature of a uniform canvas at step `timestep` of the call's num_inference_steps N:
@@ -486,12 +491,7 @@ class PolicyScheduler:
             prev_sample = torch.where(accepted, tokens, noise)
             self._masks_left = None
             self.forwards += 1
-        editing = torch.zeros_like(accepted)
-        if not return_dict:
-            return prev_sample, accepted, editing, tokens, probs, pred_logits
-        return BlockRefinementSchedulerOutput(prev_sample=prev_sample, transfer_index=accepted,
-                                              editing_transfer_index=editing, sampled_tokens=tokens,
-                                              sampled_probs=probs, pred_logits=pred_logits)
+        return _output(prev_sample, accepted, tokens, probs, pred_logits, return_dict)
 
     def _start_canvas(self, sample: torch.Tensor) -> None:
         """A fresh uniform-canvas State over the canvas alone (no prompt, one block, the call's N steps)."""

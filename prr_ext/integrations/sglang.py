@@ -42,7 +42,7 @@ import torch
 
 from .. import ops
 from ..constants import NUM_BASE_FEATURES, RS_BLOCK, RS_NFE
-from ..controller import Controller, ControllerFormatError
+from ..controller import Controller, ControllerFormatError, tuned_tau
 from ..policies import (KLASS, PRR, R2, EntropyBound, Factor, LocalLeap, LowConfidence, Policy, RandomRemask, SlowFast,
                         Threshold)
 from ..state import State
@@ -68,8 +68,6 @@ CONFIDENCE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "floa
 # Keys of the YAML mapping besides the policy's own; `block_size` is also read by SGLang's DllmConfig (it overrides
 # the model's block size there), so it is validated here too.
 GENERAL_KEYS = ("policy", "steps", "temperature", "confidence_dtype", "seed", "block_size")
-# The controller folder's sidecar with the tau tuned by `python -m prr_ext.train` (prr_ext.user_common).
-_TAU_SIDECAR = "policy.json"
 
 
 class PrrExtConfigError(ValueError):
@@ -143,15 +141,10 @@ def _load_controller(path: Any, source: str, key: str) -> Tuple[Controller, Opti
     if ctrl.extra_features:
         raise _fail(source, key, f"the controller at {path} takes {ctrl.extra_features} extra features per token; "
                                  f"the SGLang plugin computes the {NUM_BASE_FEATURES} base features only")
-    tau = None
-    side = os.path.join(path, _TAU_SIDECAR)
-    if os.path.isfile(side):
-        try:
-            with open(side) as f:
-                tau = float(json.load(f)["tau"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise _fail(source, key, f"{side} holds no readable tau ({e!r}); fix it or set 'tau' in the config") \
-                from None
+    try:
+        tau = tuned_tau(path)
+    except ControllerFormatError as e:
+        raise _fail(source, key, f"{e}; or set 'tau' in the config") from None
     return ctrl, tau
 
 
