@@ -25,6 +25,7 @@ from .constants import NUM_BASE_FEATURES
 from .controller import TUNED_TAU_FILE, Controller, ControllerFormatError, tuned_tau
 from .data import Record, load_jsonl, make_checker
 from .policies import PRR, EntropyBound, Factor, LowConfidence, Policy, Threshold
+from .prr_rounds import read_json, write_json  # noqa: F401  (the CLIs' JSON files: U.read_json / U.write_json)
 
 MODEL_SIDECAR = "model.json"
 POLICY_SIDECAR = TUNED_TAU_FILE
@@ -157,17 +158,6 @@ def model_record(dec) -> Dict[str, Any]:
     """What model.json records about the model a controller is trained for."""
     return {"fingerprint": model_fingerprint(dec.model), "model": os.path.abspath(dec.path) if dec.path else None,
             "kind": dec.kind, "in_features": NUM_BASE_FEATURES}
-
-
-def read_json(path: str) -> Any:
-    with open(path) as f:
-        return json.load(f)
-
-
-def write_json(path: str, doc: Dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(path + ".tmp", path)  # atomic: never half a file
 
 
 def save_controller(ctrl: Controller, path: str, dec, tau: float, extra: Optional[Dict] = None) -> None:

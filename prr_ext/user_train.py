@@ -36,7 +36,8 @@ from . import user_common as U
 from .controller import Controller
 from .data import Record
 from .policies import PRR, LowConfidence, Policy
-from .prr_training import Rollout, convergence_labels, fit_controller, rollout
+from . import prr_rounds as R
+from .prr_training import Rollout, fit_controller, rollout
 
 PROG = "python -m prr_ext.train"
 RUN_SETTINGS = ("model", "fingerprint", "data", "val", "checker", "n_train", "n_val", "gen_length", "block_length",
@@ -122,10 +123,9 @@ class _MaskedCall:
 
 
 def collect(dec, records: Sequence[Record], policy: Policy, *, gen_length: int, block_length: int, steps: int,
-            chat: bool, batch_size: int, block_continuation: bool, on_batch=None) -> Dict[str, torch.Tensor]:
-    """Rollouts (prr_ext.prr_training.rollout) of `records` in left-padded batches, as safetensors-ready tensors
-    (one prefix per batch)."""
-    tensors: Dict[str, torch.Tensor] = {}
+            chat: bool, batch_size: int, block_continuation: bool, on_batch=None) -> Dict[str, Rollout]:
+    """Rollouts (prr_ext.prr_training.rollout) of `records` in left-padded batches, one per batch ("b<i>")."""
+    rollouts: Dict[str, Rollout] = {}
     encoded = [dec.encode_prompt(r.prompt, chat=chat) for r in records]
     for b, lo in enumerate(range(0, len(encoded), batch_size)):
         chunk = encoded[lo:lo + batch_size]
@@ -138,48 +138,10 @@ def collect(dec, records: Sequence[Record], policy: Policy, *, gen_length: int, 
         plens = torch.tensor([len(c) for c in chunk], dtype=torch.int64, device=prompt_ids.device)
         ro = rollout(_MaskedCall(dec.call, attention), x, plens, policy=policy, block_length=block_length,
                      steps=steps, mask_id=dec.ids.mask, block_continuation=block_continuation)
-        tensors.update(ro.to_tensors(prefix=f"b{b}."))
+        rollouts[f"b{b}"] = ro
         if on_batch is not None:
             on_batch()
-    return tensors
-
-
-def shard_path(out: str, r: int, rank: int) -> str:
-    return os.path.join(out, f"round{r}", f"rollouts_rank{rank}.safetensors")
-
-
-def save_shard(path: str, tensors: Dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    if not tensors:  # a rank with no prompts: an empty shard still marks it done
-        tensors = {"empty": torch.zeros(0)}
-    save_file(tensors, path + ".tmp")
-    os.replace(path + ".tmp", path)  # a half-written shard never counts as done
-
-
-def load_labelled(out: str, rounds: Sequence[int], label: str):
-    """Features and labels of every record of the given rounds (every rank's shard)."""
-    from safetensors.torch import load_file
-
-    feats, labels = [], []
-    for r in rounds:
-        rd = os.path.join(out, f"round{r}")
-        for name in sorted(os.listdir(rd)):
-            if not (name.startswith("rollouts_rank") and name.endswith(".safetensors")):
-                continue
-            d = load_file(os.path.join(rd, name))
-            prefixes = sorted({k.split(".", 1)[0] for k in d if k.endswith(".feats")})
-            for pre in prefixes:
-                ro = Rollout.from_tensors(d, prefix=pre + ".")
-                if ro.feats.shape[0] == 0:
-                    continue
-                progress, binary = convergence_labels(ro)
-                feats.append(ro.feats)
-                labels.append(progress if label == "progress" else binary)
-    if not feats:
-        raise RuntimeError(f"no rollout records under {out} for rounds {list(rounds)}")
-    return torch.cat(feats), torch.cat(labels)
+    return rollouts
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,19 +175,17 @@ def tune(dec, ctrl: Controller, val: Sequence[Record], vanilla_acc: float, args,
 # main
 # ---------------------------------------------------------------------------------------------------------------
 def run(argv=None) -> Dict:
-    from prr_testbed.train_controller import _barrier, _init_dist, _rank, _world, check_run_settings
-
     p, args = parse_args(argv)
     t_start = time.time()
-    device = _init_dist(args.device)
-    rank, world = _rank(), _world()
+    device = R.init_distributed(args.device)
+    rank, world = R.rank(), R.world_size()
     log = print if rank == 0 else (lambda *a, **k: None)
     quiet = args.no_progress or rank != 0
     torch.manual_seed(args.seed)
     dec = U.load_decoder(p, args, device)
     fingerprint = U.model_fingerprint(dec.model)
     settings = run_settings(args, fingerprint)
-    problem = check_run_settings(args.out, settings)
+    problem = R.check_run_settings(args.out, settings)
     if problem:
         p.error(f"argument --out: {problem}; its finished rounds would be reused. Choose another --out, or delete "
                 f"{args.out} to start over")
@@ -260,46 +220,31 @@ def run(argv=None) -> Dict:
     if rank == 0:
         log(f"full refinement on val: accuracy {vanilla['accuracy']:.1f}, NFE {vanilla['mean_nfe']:.1f}", flush=True)
 
-    ctrl: Optional[Controller] = None
-    tau = None
-    for r in range(args.rounds + 1):
-        rd = os.path.join(args.out, f"round{r}")
-        cdir = os.path.join(rd, "controller")
-        meta_path = os.path.join(rd, "round.json")
-        if os.path.exists(meta_path):  # resumable: this round is finished
-            ctrl, tau = Controller.load(cdir), U.read_json(meta_path)["tau"]
-            log(f"round {r}: loaded (tau={tau})")
-            continue
-        t0 = time.time()
-        if not os.path.exists(shard_path(args.out, r, rank)):
-            policy = LowConfidence() if r == 0 else PRR(ctrl, tau=tau)
-            mine = args.train_records[rank::world]
-            with U.progress(-(-len(mine) // args.batch_size), f"round {r}: rollouts", disable=quiet) as bar:
-                tensors = collect(dec, mine, policy, block_continuation=r > 0, on_batch=lambda: bar.update(1),
-                                  **canvas)
-            save_shard(shard_path(args.out, r, rank), tensors)
-        _barrier()
-        if rank == 0:
-            feats, labels = load_labelled(args.out, range(r + 1), args.label)
-            fitted = fit_controller(feats, labels, hidden=tuple(args.hidden), epochs=args.epochs,
-                                    seed=args.seed + r, device=str(device), progress=not quiet)
-            n_points = len(args.t_max_grid) * len(args.t_min_grid) * len(args.tau_grid)
-            with U.progress(n_points * val_batches, f"round {r}: tuning on val", disable=quiet) as bar:
-                choice = tune(dec, fitted, args.val_records, vanilla["accuracy"], args,
-                              on_batch=lambda: bar.update(1))
-            fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
-                                t_min=choice["t_min"])
-            U.save_controller(fitted, cdir, dec, choice["tau"], {"round": r})
-            entry = {"round": r, "records": int(feats.shape[0]), "label": args.label, **choice,
-                     "seconds": time.time() - t0}
-            U.write_json(meta_path, entry)
-            report["rounds"] = [e for e in report["rounds"] if e["round"] != r] + [entry]
-            U.write_json(report_path, report)
-            log(f"round {r}: {entry['records']} records, t_max={choice['t_max']:g} t_min={choice['t_min']:g} "
-                f"tau={choice['tau']:g}; val accuracy {choice['val_accuracy']:.1f} (full refinement "
-                f"{vanilla['accuracy']:.1f}), NFE {choice['val_mean_nfe']:.1f}", flush=True)
-        _barrier()
-        ctrl, tau = Controller.load(cdir), U.read_json(meta_path)["tau"]
+    def collect_round(r: int, policy) -> Dict[str, Rollout]:
+        mine = args.train_records[rank::world]
+        with U.progress(-(-len(mine) // args.batch_size), f"round {r}: rollouts", disable=quiet) as bar:
+            return collect(dec, mine, policy, block_continuation=r > 0, on_batch=lambda: bar.update(1), **canvas)
+
+    def finish_round(r: int, cdir: str, t0: float) -> Dict:
+        feats, labels = R.load_labelled(args.out, range(r + 1), args.label)
+        fitted = fit_controller(feats, labels, hidden=tuple(args.hidden), epochs=args.epochs, seed=args.seed + r,
+                                device=str(device), progress=not quiet)
+        n_points = len(args.t_max_grid) * len(args.t_min_grid) * len(args.tau_grid)
+        with U.progress(n_points * val_batches, f"round {r}: tuning on val", disable=quiet) as bar:
+            choice = tune(dec, fitted, args.val_records, vanilla["accuracy"], args, on_batch=lambda: bar.update(1))
+        fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
+                            t_min=choice["t_min"])
+        U.save_controller(fitted, cdir, dec, choice["tau"], {"round": r})
+        entry = {"round": r, "records": int(feats.shape[0]), "label": args.label, **choice,
+                 "seconds": time.time() - t0}
+        report["rounds"] = [e for e in report["rounds"] if e["round"] != r] + [entry]
+        U.write_json(report_path, report)
+        log(f"round {r}: {entry['records']} records, t_max={choice['t_max']:g} t_min={choice['t_min']:g} "
+            f"tau={choice['tau']:g}; val accuracy {choice['val_accuracy']:.1f} (full refinement "
+            f"{vanilla['accuracy']:.1f}), NFE {choice['val_mean_nfe']:.1f}", flush=True)
+        return entry
+
+    _, tau = R.run_rounds(args.out, args.rounds, collect=collect_round, finish=finish_round, log=log)
 
     final = os.path.join(args.out, f"round{args.rounds}", "controller")
     out_ctrl = os.path.join(args.out, "controller")
@@ -313,8 +258,7 @@ def run(argv=None) -> Dict:
         U.write_json(report_path, report)
     log(f"[train] done in {time.time() - t_start:.0f} s; controller {os.path.abspath(out_ctrl)} (tau={tau}), "
         f"report {os.path.abspath(report_path)}")
-    if world > 1:
-        torch.distributed.destroy_process_group()
+    R.shutdown()
     return report
 
 

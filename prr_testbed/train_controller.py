@@ -26,7 +26,6 @@ shards, rank 0 fits, tunes and writes.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import random
@@ -36,8 +35,10 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from prr_ext import PRR, Controller, LowConfidence
-from prr_ext.prr_training import Rollout, convergence_labels, fit_controller, rollout
+from prr_ext import Controller
+from prr_ext import prr_rounds as R
+from prr_ext.controller import TUNED_TAU_FILE
+from prr_ext.prr_training import Rollout, fit_controller, rollout
 
 from . import CONTROLLER_DIR, MODEL_DIR
 from . import harness as E
@@ -55,36 +56,6 @@ RUN_SETTINGS = ("model", "families", "train_prompts", "val_prompts", "test_promp
 # ---------------------------------------------------------------------------------------------------------------
 # distributed helpers (no-ops in a single process)
 # ---------------------------------------------------------------------------------------------------------------
-def _dist():
-    return torch.distributed if torch.distributed.is_available() and torch.distributed.is_initialized() else None
-
-
-def _rank() -> int:
-    d = _dist()
-    return d.get_rank() if d else 0
-
-
-def _world() -> int:
-    d = _dist()
-    return d.get_world_size() if d else 1
-
-
-def _barrier():
-    d = _dist()
-    if d:
-        d.barrier()
-
-
-def _init_dist(device: torch.device) -> torch.device:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend)
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-    return device
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # pipeline pieces
 # ---------------------------------------------------------------------------------------------------------------
@@ -126,42 +97,6 @@ def _concat_padded(parts: Sequence[Rollout]) -> Rollout:
         fixed.append(Rollout(p.feats, p.row, p.col + shift, p.t, p.cand, p.committed, pad(p.final), pad(p.target),
                              p.nfe))
     return Rollout.concat(fixed)
-
-
-def shard_path(out: str, r: int, rank: int) -> str:
-    return os.path.join(out, f"round{r}", f"rollouts_rank{rank}.safetensors")
-
-
-def save_shard(path: str, per_family: Dict[str, Rollout]) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tensors = {}
-    for fam, ro in per_family.items():
-        tensors.update(ro.to_tensors(prefix=f"{fam}."))
-    save_file(tensors, path + ".tmp")
-    os.replace(path + ".tmp", path)  # atomic: a half-written shard never counts as done
-
-
-def load_records(out: str, rounds: Sequence[int], families: Sequence[str], label: str):
-    """Features and labels of every record of the given rounds (all ranks' shards)."""
-    from safetensors.torch import load_file
-
-    feats, labels = [], []
-    for r in rounds:
-        rd = os.path.join(out, f"round{r}")
-        for name in sorted(os.listdir(rd)):
-            if not (name.startswith("rollouts_rank") and name.endswith(".safetensors")):
-                continue
-            d = load_file(os.path.join(rd, name))
-            for fam in families:
-                if f"{fam}.feats" not in d:
-                    continue
-                ro = Rollout.from_tensors(d, prefix=f"{fam}.")
-                progress, binary = convergence_labels(ro)
-                feats.append(ro.feats)
-                labels.append(progress if label == "progress" else binary)
-    return torch.cat(feats), torch.cat(labels)
 
 
 def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T.Example]], vanilla: Dict[str, float],
@@ -236,25 +171,6 @@ def run_settings(args) -> Dict:
     return d
 
 
-def check_run_settings(out: str, settings: Dict) -> Optional[str]:
-    """None when `out` holds no run or a run with these settings; else what differs, for the error message."""
-    path = os.path.join(out, "run.json")
-    if not os.path.isfile(path):
-        if os.path.isdir(out) and any(n.startswith("round") for n in os.listdir(out)):
-            return f"{out} holds rounds but no run.json, so their settings are unknown"
-        return None
-    with open(path) as f:
-        old = json.load(f).get("settings", {})
-    diff = [f"{k} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
-    return f"{out} holds a run with other settings ({'; '.join(diff)})" if diff else None
-
-
-def _write_json(path: str, doc: Dict) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(doc, f, indent=2)
-    os.replace(path + ".tmp", path)  # atomic: the other ranks never read half a file
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,7 +223,7 @@ def parse_args(argv=None):
     check_outputs(p, args, dirs=("out",))
     check_input_dir(p, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.model = MODEL_DIR if args.model is None else args.model
-    problem = check_run_settings(args.out, run_settings(args))
+    problem = R.check_run_settings(args.out, run_settings(args))
     if problem:
         p.error(f"argument --out: {problem}; its finished rounds would be reused. Choose another --out, or delete "
                 f"{args.out} to start over")
@@ -318,8 +234,8 @@ def parse_args(argv=None):
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     t_start = time.time()
-    device = _init_dist(args.device)
-    rank, world = _rank(), _world()
+    device = R.init_distributed(args.device)
+    rank, world = R.rank(), R.world_size()
     log = print if rank == 0 else (lambda *a, **k: None)
     quiet = args.no_progress or rank != 0
     if args.device_note:
@@ -334,9 +250,9 @@ def main(argv=None) -> Dict:
     batches = lambda exs: math.ceil(len(exs) / args.batch_size)  # noqa: E731
     os.makedirs(args.out, exist_ok=True)
     summary_path = os.path.join(args.out, "rounds.json")
-    summary = json.load(open(summary_path)) if os.path.exists(summary_path) else {"rounds": []}
+    summary = R.read_json(summary_path) if os.path.exists(summary_path) else {"rounds": []}
     if rank == 0:
-        _write_json(os.path.join(args.out, "run.json"), {"command": PROG, "settings": run_settings(args)})
+        R.write_json(os.path.join(args.out, "run.json"), {"command": PROG, "settings": run_settings(args)})
     log(f"[train_controller] {len(families)} families x {args.train_prompts} training prompts, "
         f"rounds 0..{args.rounds}, on {E.device_label(device)}{f' x {world} ranks' if world > 1 else ''}; "
         f"writing {args.out}", flush=True)
@@ -355,70 +271,56 @@ def main(argv=None) -> Dict:
             summary["vanilla_test"] = {f: {k: vt[f][k] for k in ("accuracy", "mean_nfe", "gen_length", "n")}
                                        for f in families}
             summary["vanilla_val_accuracy"] = vanilla_val
-            _write_json(summary_path, summary)
+            R.write_json(summary_path, summary)
         log(f"full refinement: val acc {vanilla_val}  test {summary['vanilla_test']}", flush=True)
 
-    ctrl: Optional[Controller] = None
-    tau = None
-    for r in range(args.rounds + 1):
-        rd = os.path.join(args.out, f"round{r}")
-        cdir = os.path.join(rd, "controller")
-        meta_path = os.path.join(rd, "round.json")
-        if os.path.exists(meta_path):  # resumable: this round is finished
-            ctrl, tau = Controller.load(cdir), json.load(open(meta_path))["tau"]
-            log(f"round {r}: loaded (tau={tau})")
-            continue
-        t0 = time.time()
-        if not os.path.exists(shard_path(args.out, r, rank)):
-            policy = LowConfidence() if r == 0 else PRR(ctrl, tau=tau)
-            mine = {f: train[f][rank::world] for f in families}
-            with progress(sum(batches(mine[f]) for f in families), f"round {r}: rollouts", disable=quiet) as bar:
-                recs = {f: collect(model, f, mine[f], policy, batch_size=args.batch_size, device=device,
-                                   block_continuation=r > 0, on_batch=lambda: bar.update(1)) for f in families}
-            save_shard(shard_path(args.out, r, rank), recs)
-        _barrier()
-        if rank == 0:
-            feats, labels = load_records(args.out, range(r + 1), families, args.label)
-            fitted = fit_controller(feats, labels, hidden=hidden, epochs=args.epochs, seed=args.seed + r,
-                                    device=str(device), progress=not quiet)
-            n_points = len(args.t_max_grid) * len(args.t_min_grid) * len(args.tau_grid)
-            with progress(n_points * sum(batches(val[f]) for f in families), f"round {r}: tuning on valid",
-                          disable=quiet) as bar:
-                choice = tune(model, fitted, families, val, vanilla_val, t_max_grid=args.t_max_grid,
-                              t_min_grid=args.t_min_grid, tau_grid=args.tau_grid, batch_size=args.batch_size,
-                              device=device, select=args.select, on_batch=lambda: bar.update(1))
-            fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
-                                t_min=choice["t_min"])
-            fitted.save(cdir)
-            _write_json(os.path.join(cdir, "policy.json"), {"tau": choice["tau"], "trained_by": PROG, "round": r})
-            with progress(sum(batches(test[f]) for f in families), f"round {r}: test", disable=quiet) as bar:
-                test_res = evaluate_round(model, fitted, choice["tau"], families, test, batch_size=args.batch_size,
-                                          device=device, on_batch=lambda: bar.update(1))
-            entry = {"round": r, "records": int(feats.shape[0]), "label": args.label, **choice, "test": test_res,
-                     "seconds": time.time() - t0}
-            _write_json(meta_path, entry)
-            summary["rounds"] = [e for e in summary["rounds"] if e["round"] != r] + [entry]
-            _write_json(summary_path, summary)
-            log(f"round {r}: {entry['records']} records, t_max={choice['t_max']} t_min={choice['t_min']} "
-                f"tau={choice['tau']}; test " + ", ".join(
-                    f"{f} acc {v['accuracy']:.1f} nfe {v['mean_nfe']:.1f}/{v['gen_length']}" for f, v in
-                    test_res.items()), flush=True)
-        _barrier()
-        ctrl, tau = Controller.load(cdir), json.load(open(meta_path))["tau"]
+    def collect_round(r: int, policy) -> Dict[str, Rollout]:
+        mine = {f: train[f][rank::world] for f in families}
+        with progress(sum(batches(mine[f]) for f in families), f"round {r}: rollouts", disable=quiet) as bar:
+            return {f: collect(model, f, mine[f], policy, batch_size=args.batch_size, device=device,
+                               block_continuation=r > 0, on_batch=lambda: bar.update(1)) for f in families}
+
+    def finish_round(r: int, cdir: str, t0: float) -> Dict:
+        feats, labels = R.load_labelled(args.out, range(r + 1), args.label)
+        fitted = fit_controller(feats, labels, hidden=hidden, epochs=args.epochs, seed=args.seed + r,
+                                device=str(device), progress=not quiet)
+        n_points = len(args.t_max_grid) * len(args.t_min_grid) * len(args.tau_grid)
+        with progress(n_points * sum(batches(val[f]) for f in families), f"round {r}: tuning on valid",
+                      disable=quiet) as bar:
+            choice = tune(model, fitted, families, val, vanilla_val, t_max_grid=args.t_max_grid,
+                          t_min_grid=args.t_min_grid, tau_grid=args.tau_grid, batch_size=args.batch_size,
+                          device=device, select=args.select, on_batch=lambda: bar.update(1))
+        fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
+                            t_min=choice["t_min"])
+        fitted.save(cdir)
+        R.write_json(os.path.join(cdir, TUNED_TAU_FILE), {"tau": choice["tau"], "trained_by": PROG, "round": r})
+        with progress(sum(batches(test[f]) for f in families), f"round {r}: test", disable=quiet) as bar:
+            test_res = evaluate_round(model, fitted, choice["tau"], families, test, batch_size=args.batch_size,
+                                      device=device, on_batch=lambda: bar.update(1))
+        entry = {"round": r, "records": int(feats.shape[0]), "label": args.label, **choice, "test": test_res,
+                 "seconds": time.time() - t0}
+        summary["rounds"] = [e for e in summary["rounds"] if e["round"] != r] + [entry]
+        R.write_json(summary_path, summary)
+        log(f"round {r}: {entry['records']} records, t_max={choice['t_max']} t_min={choice['t_min']} "
+            f"tau={choice['tau']}; test " + ", ".join(
+                f"{f} acc {v['accuracy']:.1f} nfe {v['mean_nfe']:.1f}/{v['gen_length']}" for f, v in
+                test_res.items()), flush=True)
+        return entry
+
+    _, tau = R.run_rounds(args.out, args.rounds, collect=collect_round, finish=finish_round, log=log)
 
     final = os.path.join(args.out, f"round{args.rounds}", "controller")
     if rank == 0 and args.install:
         if os.path.isdir(CONTROLLER_DIR):
             shutil.rmtree(CONTROLLER_DIR)
         shutil.copytree(final, CONTROLLER_DIR)
-        _write_json(os.path.join(CONTROLLER_DIR, "policy.json"),
+        R.write_json(os.path.join(CONTROLLER_DIR, TUNED_TAU_FILE),
                     {"tau": tau, "trained_by": PROG, "rounds": args.rounds + 1})
         log(f"installed the controller in {CONTROLLER_DIR}")
     log(f"[train_controller] done in {time.time() - t_start:.0f} s; wrote {os.path.abspath(summary_path)} and the "
         f"final controller {os.path.abspath(final)} (tau={tau})" + (f", installed in {CONTROLLER_DIR}"
                                                                     if args.install else ""))
-    if _dist():
-        torch.distributed.destroy_process_group()
+    R.shutdown()
     return summary
 
 
