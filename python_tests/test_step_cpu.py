@@ -308,12 +308,15 @@ def test_philox_known_answers():
 
 @pytest.mark.parametrize("policy_name", ["low_confidence", "random", "threshold"])
 def test_rng_torch_matches_reference(rnd, policy_name):
-    """rng="torch" (LLaDA's fp64 rand_like draws from the State's generator): op == reference fed the same draws."""
+    """rng="torch" (LLaDA's fp64 rand_like draws from the State's generator): op == reference fed the same draws.
+    bf16 logits over 7 or 33 tokens often give two rows the same probabilities in another order, which the two
+    implementations sum in different orders: such near-ties (not exact ties) are re-drawn, as in the tie test."""
     s = random_shape(rnd, vocabs=(7, 33))
     policy, inputs = make_policy(policy_name, rnd)
     st, ref = _new_pair(rnd, s, policy, temperature=rnd.uniform(0.3, 1.2), rng="torch",
                         cdt=rnd.choice([torch.float32, torch.float64]))
-    run_decode_loop(st, ref, LogitsMaker(rnd, s.V, s.mask_id, torch.bfloat16), step_inputs=inputs)
+    run_decode_loop(st, ref, LogitsMaker(rnd, s.V, s.mask_id, torch.bfloat16), step_inputs=inputs,
+                    avoid_near_ties=policy_name != "random")
 
 
 def _decode(model, x, mask_id, P, BL, steps, policy, seed, temperature):
