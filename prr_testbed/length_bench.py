@@ -13,12 +13,14 @@ Every strategy decodes the same test-split prompts of --families (mixed in one b
   predictor+eos_exit  the same with eos_fill=True: each predicted canvas also stops once its EOS is settled
   predictor+prr       the same with the shipped PRR controller (tau: its tuned value)
   predictor+prr+r2    the same with R2 over PRR
+--counts draws a length-skewed mix instead (e.g. mostly short answers with a long tail).
 Per strategy: mean token-forwards per query (sum over a query's forwards of the canvas length covered; the feature
 forward counts), wall seconds, accuracy (the task checkers), the truncation rate (canvases without EOS at the first
 try) and the forwards. Writes --out (JSON) and prints a table.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import time
@@ -40,12 +42,27 @@ PROG = "python -m prr_testbed.length_bench"
 STRATEGIES = ("fixed", "eos_exit", "oracle", "predictor", "predictor+eos_exit", "predictor+prr", "predictor+prr+r2")
 
 
+def _counts(text: str) -> Dict[str, int]:
+    """"fam=n,..." -> {family: n}, every family known and every n >= 1."""
+    out: Dict[str, int] = {}
+    for item in text.split(","):
+        name, _, n = item.strip().partition("=")
+        if name not in T.FAMILIES or not n.isdigit() or int(n) < 1 or name in out:
+            raise argparse.ArgumentTypeError(f"{item.strip()!r}: give family=count pairs, each family once "
+                                             f"({', '.join(T.FAMILY_NAMES)}), with a count >= 1")
+        out[name] = int(n)
+    return out
+
+
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--predictor", required=True, help="a length-predictor folder (python -m prr_testbed.train_length)")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
     ap.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--n", type=int, default=200, help="test prompts per family")
+    ap.add_argument("--counts", type=_counts, default=None,
+                    help="test prompts per family for a skewed mix, e.g. arith=96,sudoku=12,words=12 (replaces "
+                         "--families and --n)")
     ap.add_argument("--max-length", type=int, default=None, help="the fixed canvas (default: the predictor's)")
     ap.add_argument("--block-length", type=int, default=None, help="(default: the predictor's)")
     ap.add_argument("--tau", type=float, default=0.9, help="Threshold's tau (fixed, eos_exit, oracle, predictor)")
@@ -80,7 +97,9 @@ def main(argv=None) -> Dict:
     controller = load_controller(CONTROLLER_DIR)
     prr_tau = tuned_tau(CONTROLLER_DIR) or 0.9
     tok = model.tokenizer
-    examples = [(f, e) for f in args.families for e in T.heldout_set(f, "test", args.n)]
+    counts = args.counts or {f: args.n for f in args.families}
+    args.families = list(counts)
+    examples = [(f, e) for f, n in counts.items() for e in T.heldout_set(f, "test", n)]
     print(f"[length_bench] {len(examples)} test prompts of {','.join(args.families)}; canvas {G}, block {BL}; "
           "labelling the oracle lengths ...", flush=True)
     _, oracle_len = label_and_features(model, examples, max_length=G, block_length=BL, batch_size=args.batch_size,
@@ -133,6 +152,7 @@ def main(argv=None) -> Dict:
         r["compute_vs_fixed"] = base / r["token_forwards_per_query"]
     doc = {"meta": {"command": " ".join([PROG] + list(argv if argv is not None else __import__("sys").argv[1:])),
                     "device": str(device), "torch": torch.__version__, "families": args.families, "n": args.n,
+                    "counts": counts,
                     "max_length": G, "block_length": BL, "target_truncation": args.target_truncation,
                     "truncation": args.truncation, "predictor": args.predictor,
                     "model": args.model or "prr_testbed/assets/model",

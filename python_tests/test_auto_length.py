@@ -196,3 +196,19 @@ def test_length_bench_measures_every_strategy(tmp_path, capsys):
     assert all(len(r["correct"]) == 2 and 0 <= r["truncation_rate"] <= 100 for r in doc["strategies"])
     assert json.loads((tmp_path / "b.json").read_text())["meta"]["max_length"] == 20
     assert f"wrote {tmp_path / 'b.json'}" in capsys.readouterr().out
+
+
+def test_length_bench_counts_draw_a_skewed_mix(tmp_path, capsys):
+    from prr_testbed import length_bench, train_length
+
+    train_length.main(["--families", "sudoku,arith", "--train", "8", "--test", "2", "--device", "cpu",
+                       "--no-progress", "--out", str(tmp_path / "lp")])
+    doc = length_bench.main(["--predictor", str(tmp_path / "lp"), "--counts", "arith=3,sudoku=1", "--device", "cpu",
+                             "--out", str(tmp_path / "b.json")])
+    assert doc["meta"]["counts"] == {"arith": 3, "sudoku": 1} and doc["meta"]["families"] == ["arith", "sudoku"]
+    assert all(len(r["correct"]) == 4 for r in doc["strategies"])
+    for bad in ("arith=0", "chess=3", "arith=2,arith=3", "arith"):
+        with pytest.raises(SystemExit):
+            length_bench.parse_args(["--predictor", str(tmp_path / "lp"), "--counts", bad, "--out",
+                                     str(tmp_path / "c.json")])
+        assert "argument --counts" in capsys.readouterr().err
