@@ -16,6 +16,7 @@ from . import reference  # noqa: F401
 from .controller import Controller, ControllerFormatError
 from .generate import GenerateResult, generate
 from .auto_length import model_fingerprint, query_features
+from .hidden_features import HiddenFeatures
 from .hub import DecodeResult, Decoder, load
 from .length import LengthPredictor
 from .ops import has_cuda_kernels, step
@@ -27,5 +28,5 @@ __all__ = ["step", "State", "Policy", "LowConfidence", "RandomRemask", "Threshol
            "LocalLeap", "SlowFast", "KLASS", "R2",
            "Controller", "ControllerFormatError", "reference", "has_cuda_kernels", "generate",
            "GenerateResult", "LengthPredictor", "model_fingerprint", "query_features",
-           "load", "Decoder", "DecodeResult"]
+           "load", "Decoder", "DecodeResult", "HiddenFeatures"]
 __version__ = "0.1.0"

@@ -29,7 +29,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .decode_common import GenerateResult
+from .decode_common import GenerateResult, hidden_states_of
 from .length import LengthPredictor, LengthPredictorFormatError, pooled_features
 
 __all__ = ["query_features", "model_fingerprint", "generate_auto", "TRUNCATION_MODES"]
@@ -45,13 +45,7 @@ def query_features(model: Callable, prompt_ids: torch.Tensor,
         kw["attention_mask"] = attention_mask
     with torch.no_grad():
         out = model(prompt_ids, **kw)
-    hidden = getattr(out, "hidden_states", None)
-    if isinstance(hidden, (tuple, list)):  # Hugging Face: one tensor per layer, the last one last
-        hidden = hidden[-1] if hidden else None
-    if not isinstance(hidden, torch.Tensor):
-        raise ValueError("the length predictor's features are the model's hidden states: call it with "
-                         "output_hidden_states=True must return an object with .hidden_states ([B, P, D] or a "
-                         "tuple of them); this model returned none")
+    hidden = hidden_states_of(out, "the length predictor (its features are the pooled hidden states)")
     return pooled_features(hidden, attention_mask)
 
 

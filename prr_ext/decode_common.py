@@ -68,6 +68,20 @@ def logits_of(out: Any) -> torch.Tensor:
     return logits
 
 
+def hidden_states_of(out: Any, who: str = "this feature") -> torch.Tensor:
+    """The last hidden states [B, L, D] of a model output asked for them (`output_hidden_states=True`): its
+    `.hidden_states`, the last layer's when that is a tuple / list of layers (Hugging Face); else a ValueError that
+    names `who` needs them."""
+    hidden = getattr(out, "hidden_states", None)
+    if isinstance(hidden, (tuple, list)):  # Hugging Face: one tensor per layer (embeddings first), the last one last
+        hidden = hidden[-1] if hidden else None
+    if not isinstance(hidden, torch.Tensor):
+        raise ValueError(f"{who} reads the model's hidden states: called with output_hidden_states=True, the model "
+                         f"must return an object with .hidden_states ([B, L, D] or a tuple of them); it returned "
+                         f"{type(out).__name__} without them")
+    return hidden
+
+
 def sync_device(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op off CUDA): wall times of asynchronous work start and end here."""
     if device.type == "cuda":

@@ -42,8 +42,8 @@ import torch
 from . import constants as K
 from . import ops
 from . import reference as R
-from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, logits_of, make_result,
-                            resolve_mask_id, resolve_token_id, sync_device)
+from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, hidden_states_of, logits_of,
+                            make_result, resolve_mask_id, resolve_token_id, sync_device)
 from .dream import dream_generate
 from .policies import LowConfidence, Policy, SlowFast
 from .state import State
@@ -73,7 +73,8 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
              block_info: bool = False, backend: str = "op", seed: Optional[torch.Tensor] = None,
              slow_fast_prefix: bool = False, length_predictor=None, target_truncation: float = 0.02,
              max_gen_length: Optional[int] = None, truncation: Optional[str] = "extend",
-             logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None) -> GenerateResult:
+             logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None,
+             hidden_features=None) -> GenerateResult:
     """Generate `gen_length` tokens after `prompt_ids` [B, P] with a masked-diffusion LM.
 
     Common:
@@ -142,6 +143,12 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
                       logits. `end` is the largest span end of the active rows. Changes the model's inputs, so the
                       tokens may differ from the full forward's; the model must accept a shorter canvas. One host
                       synchronisation per step (reading the spans); not with cuda_graph or block_info.
+      hidden_features: a prr_ext.HiddenFeatures, for a PRR policy whose controller takes r = hidden_features.r
+                      extra features (trained by `python -m prr_ext.train --hidden-features r`): every forward is
+                      called with output_hidden_states=True (the model must then return `.hidden_states`, the
+                      last layer's [B, L, D] or a tuple of layers), and hidden_features(last hidden state)
+                      [B, L, r] of that forward is the step's extra_features. Not with cuda_graph, block_info,
+                      cfg_scale > 0, slow_fast_prefix, gen_length="auto" or style="dream" (ValueError).
 
     style="dream" (Dream _sample, prr_ext/dream.py): alg in "origin", "maskgit_plus", "topk_margin", "entropy";
       eps, top_p, top_k, alg_temp as in Dream; logits_hook(i, x, logits) / tokens_hook(i, x, logits) are Dream's
@@ -152,6 +159,8 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    _check_hidden_features(hidden_features, policy, style=style, gen_length=gen_length, cuda_graph=cuda_graph,
+                           block_info=block_info, cfg_scale=cfg_scale, slow_fast_prefix=slow_fast_prefix)
     if gen_length == "auto" and style != "llada":
         raise ValueError("gen_length='auto' applies to style='llada'")
     if style == "dream":
@@ -192,7 +201,39 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
                            steps=steps, policy=policy if policy is not None else LowConfidence(),
                            temperature=temperature, cfg_scale=cfg_scale, attention_mask=attention_mask, rules=rules,
                            confidence_dtype=confidence_dtype, generator=generator, rng=rng, cuda_graph=cuda_graph,
-                           block_info=block_info, backend=backend, seed=seed, slow_fast_prefix=slow_fast_prefix)
+                           block_info=block_info, backend=backend, seed=seed, slow_fast_prefix=slow_fast_prefix,
+                           hidden_features=hidden_features)
+
+
+def _check_hidden_features(hidden_features, policy, *, style, gen_length, cuda_graph, block_info, cfg_scale,
+                           slow_fast_prefix) -> None:
+    """ValueErrors for hidden_features= with options it does not support, or with a policy whose controller takes
+    another number of extra features (a controller that takes some needs hidden_features)."""
+    from .hidden_features import HiddenFeatures
+    from .policies import PRR
+
+    rule = policy.base_rule if policy is not None else None
+    n_extra = rule.controller.extra_features if isinstance(rule, PRR) else 0
+    if hidden_features is None:
+        if n_extra:
+            raise ValueError(f"the PRR policy's controller takes {n_extra} extra features: pass hidden_features= "
+                             "(the prr_ext.HiddenFeatures it was trained with, saved in its folder: "
+                             "prr_ext.HiddenFeatures.load(controller_dir))")
+        return
+    if not isinstance(hidden_features, HiddenFeatures):
+        raise TypeError(f"hidden_features must be a prr_ext.HiddenFeatures, got {type(hidden_features).__name__}")
+    unsupported = [name for name, on in (
+        ("style='dream'", style == "dream"), ("gen_length='auto'", gen_length == "auto"),
+        ("cuda_graph=True", bool(cuda_graph)), ("block_info=True", bool(block_info)),
+        ("cfg_scale > 0", bool(cfg_scale)), ("slow_fast_prefix=True", bool(slow_fast_prefix))) if on]
+    if unsupported:
+        raise ValueError(f"hidden_features= runs in the plain LLaDA loop only; not with {', '.join(unsupported)}")
+    if not isinstance(rule, PRR):
+        raise ValueError(f"hidden_features= feeds a PRR controller's extra features; the policy {policy!r} has no "
+                         "controller")
+    if n_extra != hidden_features.r:
+        raise ValueError(f"hidden_features gives {hidden_features.r} features but the PRR policy's controller takes "
+                         f"{n_extra} extra features: use the HiddenFeatures saved with that controller")
 
 
 def _auto_generate(model, prompt_ids, *, length_predictor, target_truncation, max_gen_length, truncation,
@@ -220,7 +261,7 @@ def _auto_generate(model, prompt_ids, *, length_predictor, target_truncation, ma
 
 def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, policy, temperature, cfg_scale,
                     attention_mask, rules, confidence_dtype, generator, rng, cuda_graph, block_info, backend, seed,
-                    slow_fast_prefix=False):
+                    slow_fast_prefix=False, hidden_features=None):
     cfg_scale = _check_llada_options(prompt_ids.device, backend, cfg_scale, cuda_graph, rng, block_info)
     if slow_fast_prefix:
         if not isinstance(policy.base_rule, SlowFast):
@@ -231,7 +272,7 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
     x, attention, prompt_length = build_canvas(prompt_ids, attention_mask, gen_length, rules.mask_id)  # x [B, P+G]
     P = prompt_ids.shape[1]
     forward = Forward(model, x, attention, mask_id=rules.mask_id, cfg_scale=cfg_scale, block_length=block_length,
-                      block_info=block_info)
+                      block_info=block_info, hidden_features=hidden_features)
     sync_device(x.device)
     t0 = time.perf_counter()
     # [B, L, V]; the first forward runs before the State exists: its logits' dtype is the default confidence dtype
@@ -239,7 +280,7 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
     state = State(x, mask_id=rules.mask_id, prompt_length=prompt_length, gen_start=P, block_length=block_length,
                   steps=steps, policy=policy, temperature=temperature, generator=generator, rng=rng, seed=seed,
                   confidence_dtype=confidence_dtype if confidence_dtype is not None else logits.dtype)
-    decode_step(logits, state, backend, rules)
+    decode_step(logits, state, backend, rules, forward.extra_features)
     del logits
     if cuda_graph:
         graph_loop(forward, state, backend, rules, GRAPH_IMPL)
@@ -249,7 +290,8 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
             decode_step(prefix_forward(state), state, backend, rules)
     else:
         while not state.done:
-            decode_step(forward(state.block_start if block_info else P), state, backend, rules)
+            logits = forward(state.block_start if block_info else P)
+            decode_step(logits, state, backend, rules, forward.extra_features)
     sync_device(x.device)
     return make_result(x, P, state.nfe, rules.mask_id, time.perf_counter() - t0, forward.calls, state)
 
@@ -330,11 +372,17 @@ class Forward:
     The model gets attention_mask= when the batch has one, and block_start= / block_end= with block_info. With
     classifier-free guidance (cfg_scale > 0) it gets 2B rows, the canvas then its unconditional copy (every prompt
     column masked, pads included), and the logits are u + (cfg_scale + 1)(c - u). `calls` counts the calls (a
-    2B-row call counts once). x is read at every call: the steps update it in place."""
+    2B-row call counts once). x is read at every call: the steps update it in place.
+
+    With `hidden_features` (a prr_ext.HiddenFeatures; no guidance) the model is called with
+    output_hidden_states=True and `extra_features` holds hidden_features(last hidden state) [B, L, r] of the latest
+    call (None without), the step's extra_features."""
 
     def __init__(self, model: Callable, x: torch.Tensor, attention: Optional[torch.Tensor], *, mask_id: int,
-                 cfg_scale: float, block_length: int, block_info: bool):
+                 cfg_scale: float, block_length: int, block_info: bool, hidden_features=None):
         self.model, self.x, self.mask_id = model, x, mask_id  # x [B, P+G]
+        self.hidden_features = hidden_features
+        self.extra_features: Optional[torch.Tensor] = None
         self.cfg_scale, self.block_length, self.block_info = cfg_scale, block_length, block_info
         self.attention = attention  # [B, P+G] or None
         if cfg_scale > 0:
@@ -365,7 +413,16 @@ class Forward:
             kw["attention_mask"] = self.attention if length is None else self.attention[:, :length]
         if self.block_info:
             kw["block_start"], kw["block_end"] = block_start, block_start + self.block_length
-        return logits_of(self.model(inp, **kw))
+        if self.hidden_features is None:
+            return logits_of(self.model(inp, **kw))
+        out = self.model(inp, output_hidden_states=True, **kw)
+        logits = logits_of(out)
+        hidden = hidden_states_of(out, "hidden_features")
+        if hidden.shape[:2] != logits.shape[:2]:
+            raise ValueError(f"the model's hidden states {tuple(hidden.shape)} do not cover the logits' rows "
+                             f"{tuple(logits.shape[:2])}")
+        self.extra_features = self.hidden_features(hidden)  # [B, L, r] float32
+        return logits
 
 
 class SlowFastPrefix:
@@ -409,22 +466,24 @@ def apply_logit_flags(logits: torch.Tensor, rules: TokenRules) -> None:
         logits[:, :, rules.eos_id] = -math.inf
 
 
-def _backend_step(logits, state, backend, candidates=None, random_conf=None) -> torch.Tensor:
+def _backend_step(logits, state, backend, candidates=None, random_conf=None, extra_features=None) -> torch.Tensor:
     """One prr_ext.step (backend "op") or prr_ext.reference.step (backend "reference"), same side effects."""
     if backend == "reference":
-        commit, tokens, stats = R.step(logits, state, candidates=candidates, random_conf=random_conf)
+        commit, tokens, stats = R.step(logits, state, candidates=candidates, random_conf=random_conf,
+                                       extra_features=extra_features)
         state.last_tokens, state.last_stats = tokens, stats
         return commit
-    return ops.step(logits, state, candidates=candidates, random_conf=random_conf)
+    return ops.step(logits, state, candidates=candidates, random_conf=random_conf, extra_features=extra_features)
 
 
-def commit_step(logits: torch.Tensor, state: State, backend: str, eos_eot: Optional[Tuple[int, int]]
-                ) -> torch.Tensor:
+def commit_step(logits: torch.Tensor, state: State, backend: str, eos_eot: Optional[Tuple[int, int]],
+                extra_features: Optional[torch.Tensor] = None) -> torch.Tensor:
     """One commit on already-combined logits [B, L, V], with the overrides rng="torch" and
     confidence_eos_eot_inf need. `eos_eot` = (eos_id, eot_id) for LLaDA's confidence_eos_eot_inf: the candidate
     is chosen from the logits as given, then the confidence is taken from a softmax in which EoT (and, at T == 0,
     EOS too: LLaDA's chained assignment aliases the noisy logits to the logits) is -inf. The op supports exactly
-    that through its `candidates` input. Returns the step's commit mask."""
+    that through its `candidates` input. `extra_features` [B, L, F]: a PRR controller's extra inputs. Returns the
+    step's commit mask."""
     cand = rconf = None
     if state.rng == "torch" and (backend == "reference" or eos_eot is not None):
         cand, rconf = ops.llada_draws(logits, state, want_candidates=eos_eot is not None)
@@ -432,14 +491,14 @@ def commit_step(logits: torch.Tensor, state: State, backend: str, eos_eot: Optio
         # Philox candidates: a throw-away copy of the state draws exactly the noise the real step would (same
         # seed, column and step counters) from the unmodified logits.
         probe = state.clone()
-        _backend_step(logits, probe, backend)
+        _backend_step(logits, probe, backend, extra_features=extra_features)
         cand = probe.last_tokens
     if eos_eot is not None:
         eos_id, eot_id = eos_eot
         if state.temperature == 0:
             logits[..., eos_id] = -math.inf
         logits[..., eot_id] = -math.inf
-    return _backend_step(logits, state, backend, cand, rconf)
+    return _backend_step(logits, state, backend, cand, rconf, extra_features)
 
 
 def fill_after_eos(state: State, eos_id: int) -> None:
@@ -464,10 +523,12 @@ def fill_after_eos(state: State, eos_id: int) -> None:
     rs[:, R.RS_BLOCK] = torch.where(done, torch.full_like(blk, state.num_blocks), blk)
 
 
-def decode_step(logits: torch.Tensor, state: State, backend: str, rules: TokenRules) -> None:
-    """One step of the LLaDA loop on the model's logits [B, L, V]: flags, commit, EOS fill."""
+def decode_step(logits: torch.Tensor, state: State, backend: str, rules: TokenRules,
+                extra_features: Optional[torch.Tensor] = None) -> None:
+    """One step of the LLaDA loop on the model's logits [B, L, V]: flags, commit, EOS fill. `extra_features`
+    [B, L, F]: a PRR controller's extra inputs (generate(hidden_features=...))."""
     apply_logit_flags(logits, rules)
-    commit_step(logits, state, backend, rules.confidence_ids)
+    commit_step(logits, state, backend, rules.confidence_ids, extra_features)
     if rules.eos_fill:
         fill_after_eos(state, rules.eos_id)
 

@@ -81,15 +81,18 @@ def write_json(path: str, doc: Dict) -> None:
     os.replace(path + ".tmp", path)  # atomic: another rank never reads half a file
 
 
-def check_run_settings(out: str, settings: Dict) -> Optional[str]:
-    """None when `out` holds no run or a run with these settings; else what differs, for the error message."""
+def check_run_settings(out: str, settings: Dict, defaults: Optional[Dict] = None) -> Optional[str]:
+    """None when `out` holds no run or a run with these settings; else what differs, for the error message.
+    `defaults`: the value of a setting that an older run.json lacks (a setting added since, at its default)."""
     path = os.path.join(out, "run.json")
     if not os.path.isfile(path):
         if os.path.isdir(out) and any(n.startswith("round") for n in os.listdir(out)):
             return f"{out} holds rounds but no run.json, so their settings are unknown"
         return None
     old = read_json(path).get("settings", {})
-    diff = [f"{k} {old.get(k)!r} there, {v!r} now" for k, v in settings.items() if old.get(k) != v]
+    defaults = defaults or {}
+    diff = [f"{k} {old.get(k, defaults.get(k))!r} there, {v!r} now" for k, v in settings.items()
+            if old.get(k, defaults.get(k)) != v]
     return f"{out} holds a run with other settings ({'; '.join(diff)})" if diff else None
 
 

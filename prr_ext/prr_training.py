@@ -21,9 +21,9 @@ import torch
 from . import reference as R
 from .constants import NUM_BASE_FEATURES
 from .controller import Controller
-from .decode_common import logits_of
+from .decode_common import hidden_states_of, logits_of
 from .ops import step
-from .policies import LowConfidence, Policy
+from .policies import PRR, LowConfidence, Policy
 from .state import State
 
 
@@ -31,7 +31,7 @@ from .state import State
 class Rollout:
     """Records of one batch's decode. N records (one per step and candidate), R rows, L canvas columns."""
 
-    feats: torch.Tensor      # [N, 13] fp32 controller features
+    feats: torch.Tensor      # [N, 13 + r] fp32 controller features (13 base, then r hidden-state features)
     row: torch.Tensor        # [N] int64 row index (into `final`)
     col: torch.Tensor        # [N] int64 canvas column
     t: torch.Tensor          # [N] int64 the row's step count at the record
@@ -87,12 +87,23 @@ def _features_after_step(state: State, snap_x, snap_rs, snap_prev, lo: int, voca
 
 @torch.no_grad()
 def rollout(model: Callable, x: torch.Tensor, prompt_length, *, policy: Policy, block_length: int, steps: int,
-            mask_id: int, max_steps: Optional[int] = None, block_continuation: bool = False) -> Rollout:
+            mask_id: int, max_steps: Optional[int] = None, block_continuation: bool = False,
+            hidden_features=None) -> Rollout:
     """Decode canvas `x` [R, L] with `policy` and record every candidate of every step.
 
     block_continuation: the labels' targets are what full refinement (LowConfidence, one schedule per block) makes
     of each block from the state in which this policy entered it; otherwise the targets are this rollout's own
-    final tokens (right when `policy` is itself full refinement)."""
+    final tokens (right when `policy` is itself full refinement).
+    hidden_features: a prr_ext.HiddenFeatures: the model is called as model(x, output_hidden_states=True), the r
+    features of each candidate's last hidden state (same forward as its logits) follow its 13 base features in the
+    records, and a PRR policy whose controller takes r extra features gets them as `step`'s extra_features."""
+    n_extra = policy.base_rule.controller.extra_features if isinstance(policy.base_rule, PRR) else 0
+    if hidden_features is not None and n_extra not in (0, hidden_features.r):
+        raise ValueError(f"the policy's controller takes {n_extra} extra features but hidden_features gives "
+                         f"{hidden_features.r}")
+    if hidden_features is None and n_extra:
+        raise ValueError(f"the policy's controller takes {n_extra} extra features: pass hidden_features= (the "
+                         "HiddenFeatures it was trained with)")
     state = State(x.clone(), mask_id, prompt_length, block_length, steps, policy)
     recs: Dict[str, List[torch.Tensor]] = {k: [] for k in ("feats", "row", "col", "t", "cand", "committed")}
     entries: List[tuple] = []  # (block index, rows, canvases at block entry)
@@ -109,9 +120,22 @@ def rollout(model: Callable, x: torch.Tensor, prompt_length, *, policy: Policy, 
             if bool(entering.any()):
                 rows = entering.nonzero().squeeze(-1)
                 entries.append((active, rows, snap_x[rows]))
-        logits = logits_of(model(state.x))
-        commit = step(logits, state)
+        extra = None
+        if hidden_features is None:
+            logits = logits_of(model(state.x))
+        else:
+            out = model(state.x, output_hidden_states=True)
+            logits = logits_of(out)
+            hidden = hidden_states_of(out, "hidden_features")
+            if hidden.shape[:2] != logits.shape[:2]:
+                raise ValueError(f"the model's hidden states {tuple(hidden.shape)} do not cover the logits' rows "
+                                 f"{tuple(logits.shape[:2])}")
+            extra = hidden_features(hidden)  # [R, Lr, r]
+        commit = step(logits, state, extra_features=extra if n_extra else None)
         feats, cand_mask = _features_after_step(state, snap_x, snap_rs, snap_prev, lo, logits.shape[-1])
+        if extra is not None:  # the candidates' rows of the logits: the block's columns of a whole-canvas forward
+            r0 = 0 if logits.shape[1] == BL else lo
+            feats = torch.cat([feats.float(), extra[:, r0:r0 + BL].to(feats.device)], -1)
         b_idx, j_idx = cand_mask.nonzero(as_tuple=True)
         recs["feats"].append(feats[b_idx, j_idx])
         recs["row"].append(b_idx)
@@ -131,7 +155,7 @@ def rollout(model: Callable, x: torch.Tensor, prompt_length, *, policy: Policy, 
             target[rows, a:b] = cont[:, a:b]
     out = {k: torch.cat(v) if v else torch.empty(0) for k, v in recs.items()}
     if not recs["feats"]:
-        out["feats"] = torch.empty(0, NUM_BASE_FEATURES)
+        out["feats"] = torch.empty(0, NUM_BASE_FEATURES + (hidden_features.r if hidden_features is not None else 0))
     return Rollout(feats=out["feats"].float().cpu(), row=out["row"].long().cpu(), col=out["col"].long().cpu(),
                    t=out["t"].long().cpu(), cand=out["cand"].long().cpu(), committed=out["committed"].bool().cpu(),
                    final=final.cpu(), target=target.cpu(), nfe=state.nfe.clone().cpu())

@@ -6,8 +6,10 @@ the old testbed commands.
 A controller trained by `python -m prr_ext.train` is saved as a prr_ext.Controller folder (config.json,
 model.safetensors; the file format is unchanged) with two sidecars: policy.json (the tuned tau) and model.json
 (the fingerprint of the model it was trained for, `prr_ext.model_fingerprint`, its path and kind, and the feature
-count). `--controller` refuses a controller whose model.json names another model, or whose feature count is not the
-13 base features that these commands compute.
+count). A controller trained with `--hidden-features R` takes 13 + R features and carries the map of the model's
+last hidden state to its R extra features (`prr_ext.HiddenFeatures`, hidden_features.safetensors / .json) in the
+same folder. `--controller` refuses a controller whose model.json names another model, or whose feature count is not
+the 13 base features plus those of its own hidden_features file.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from .auto_length import model_fingerprint
 from .constants import NUM_BASE_FEATURES
 from .controller import TUNED_TAU_FILE, Controller, ControllerFormatError, tuned_tau
 from .data import Record, load_jsonl, make_checker
+from .hidden_features import HiddenFeatures
 from .policies import PRR, EntropyBound, Factor, LowConfidence, Policy, Threshold
 from .prr_rounds import read_json, write_json  # noqa: F401  (the CLIs' JSON files: U.read_json / U.write_json)
 
@@ -154,25 +157,42 @@ def load_decoder(p: argparse.ArgumentParser, args, device: torch.device):
 # ---------------------------------------------------------------------------------------------------------------
 # controllers and their model sidecar
 # ---------------------------------------------------------------------------------------------------------------
-def model_record(dec) -> Dict[str, Any]:
-    """What model.json records about the model a controller is trained for."""
+def model_record(dec, in_features: int = NUM_BASE_FEATURES, hidden_features: int = 0) -> Dict[str, Any]:
+    """What model.json records about the model a controller is trained for (and the controller's feature count:
+    13 base + `hidden_features`)."""
     return {"fingerprint": model_fingerprint(dec.model), "model": os.path.abspath(dec.path) if dec.path else None,
-            "kind": dec.kind, "in_features": NUM_BASE_FEATURES}
+            "kind": dec.kind, "in_features": int(in_features), "hidden_features": int(hidden_features)}
 
 
-def save_controller(ctrl: Controller, path: str, dec, tau: float, extra: Optional[Dict] = None) -> None:
-    """The controller folder (prr_ext.Controller.save) plus policy.json (tau) and model.json (fingerprint)."""
+def save_controller(ctrl: Controller, path: str, dec, tau: float, extra: Optional[Dict] = None,
+                    hidden_features: Optional[HiddenFeatures] = None) -> None:
+    """The controller folder (prr_ext.Controller.save) plus policy.json (tau), model.json (fingerprint) and, for a
+    controller over hidden-state features, its HiddenFeatures map."""
+    if ctrl.extra_features != (hidden_features.r if hidden_features is not None else 0):
+        raise ValueError(f"the controller takes {ctrl.extra_features} extra features but hidden_features gives "
+                         f"{0 if hidden_features is None else hidden_features.r}")
     ctrl.save(path)
+    if hidden_features is not None:
+        hidden_features.save(path)
     write_json(os.path.join(path, POLICY_SIDECAR), {"tau": float(tau), "trained_by": "python -m prr_ext.train",
                                                     **(extra or {})})
-    write_json(os.path.join(path, MODEL_SIDECAR), model_record(dec))
+    write_json(os.path.join(path, MODEL_SIDECAR), model_record(dec, ctrl.in_features, ctrl.extra_features))
 
 
 def controller_problem(path: str, ctrl: Controller, dec) -> Optional[str]:
-    """None when the controller at `path` may drive `dec`'s model; else why not."""
-    if ctrl.in_features != NUM_BASE_FEATURES:
-        return (f"the controller at {path} takes {ctrl.in_features} features, but these commands compute the "
-                f"{NUM_BASE_FEATURES} base features: it was trained for another setup")
+    """None when the controller at `path` may drive `dec`'s model; else why not. Extra features are accepted only
+    when they are the ones the folder's own HiddenFeatures map computes."""
+    try:
+        hf = HiddenFeatures.load(path)
+    except ControllerFormatError as e:
+        return str(e)
+    have = hf.r if hf is not None else 0
+    if ctrl.extra_features != have:
+        where = (f"its {hf!r} map computes {have}" if hf is not None else
+                 "the folder holds no hidden_features map to compute them")
+        return (f"the controller at {path} takes {ctrl.in_features} features ({ctrl.extra_features} extra), but these "
+                f"commands compute the {NUM_BASE_FEATURES} base features plus those of the controller's own hidden-"
+                f"state map, and {where}: it was trained for another setup")
     side = os.path.join(path, MODEL_SIDECAR)
     if not os.path.isfile(side):
         return None  # a controller from elsewhere (e.g. the testbed's): nothing recorded to compare
@@ -194,7 +214,8 @@ def controller_problem(path: str, ctrl: Controller, dec) -> Optional[str]:
 
 
 def load_controller_arg(p: argparse.ArgumentParser, path: str, dec) -> tuple:
-    """(Controller, its tuned tau or None) from --controller, checked against the model; else a usage error."""
+    """(Controller, its tuned tau or None, its HiddenFeatures or None) from --controller, checked against the model;
+    else a usage error."""
     try:
         ctrl = Controller.load(path)
     except ControllerFormatError as e:
@@ -204,9 +225,10 @@ def load_controller_arg(p: argparse.ArgumentParser, path: str, dec) -> tuple:
         p.error(f"argument --controller: {problem}")
     try:
         tau = tuned_tau(path)
+        hf = HiddenFeatures.load(path)
     except ControllerFormatError as e:
         p.error(f"argument --controller: {e}")
-    return ctrl, tau
+    return ctrl, tau, hf
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -231,15 +253,20 @@ def make_policy(name: str, param: Optional[float], controller: Optional[Controll
 
 def evaluate(dec, records: Sequence[Record], policy: Policy, *, checker=None, gen_length: int, block_length: int,
              steps: int, chat: bool, batch_size: int, on_batch: Optional[Callable[[], None]] = None,
-             keep_responses: bool = False) -> Dict[str, Any]:
+             keep_responses: bool = False, hidden_features: Optional[HiddenFeatures] = None) -> Dict[str, Any]:
     """Decode every record's prompt with `policy`; accuracy (percent; None without a checker), mean NFE, tokens per
-    forward (generated tokens / forwards), tokens/s (generated tokens / decode seconds), finished rate."""
+    forward (generated tokens / forwards), tokens/s (generated tokens / decode seconds), finished rate.
+    `hidden_features` goes to generate() for a PRR policy whose controller takes extra features (others ignore it:
+    they have no controller to feed)."""
+    kw = {}
+    if hidden_features is not None and isinstance(policy.base_rule, PRR) and policy.base_rule.controller.extra_features:
+        kw["hidden_features"] = hidden_features
     correct, nfe, finished, responses, seconds = [], [], 0, [], 0.0
     for lo in range(0, len(records), batch_size):
         chunk = records[lo:lo + batch_size]
         t0 = time.perf_counter()
         res = dec.generate([r.prompt for r in chunk], policy=policy, gen_length=gen_length,
-                           block_length=block_length, steps=steps, chat=chat, batch_size=len(chunk))
+                           block_length=block_length, steps=steps, chat=chat, batch_size=len(chunk), **kw)
         seconds += time.perf_counter() - t0
         for rec, r in zip(chunk, res):
             nfe.append(r.nfe)

@@ -11,7 +11,9 @@ NFE (forwards per prompt), tokens per forward (gen_length / mean NFE) and tokens
 --policies: a comma-separated list of lowconf, threshold, factor, entropy, prr, each optionally with its parameter
 (threshold:0.8, factor:1.0, entropy:0.1, prr:0.9). threshold and prr without one take every --taus value (default:
 0.9 for threshold, the controller's tuned tau from its policy.json for prr). prr needs --controller (from
-`python -m prr_ext.train`), which is refused when it was trained for another model.
+`python -m prr_ext.train`), which is refused when it was trained for another model. A controller trained with
+`--hidden-features R` carries its hidden-state map (hidden_features.safetensors) in its folder; prr then calls the
+model with output_hidden_states=True and feeds the map's R features to the controller.
 
 Without --model and --data, `python -m prr_ext.eval` runs the testbed's sweep (`python -m prr_testbed.sweep`, same
 arguments), as before.
@@ -91,9 +93,9 @@ def run(argv=None) -> Dict:
     p, args = parse_args(argv)
     quiet = args.no_progress
     dec = U.load_decoder(p, args, args.device)
-    ctrl, ctrl_tau = (None, None)
-    if args.controller is not None:
-        ctrl, ctrl_tau = U.load_controller_arg(p, args.controller, dec)
+    ctrl, ctrl_tau, hidden = (None, None, None)
+    if args.controller is not None:  # hidden: the controller's own HiddenFeatures map, when it was trained with one
+        ctrl, ctrl_tau, hidden = U.load_controller_arg(p, args.controller, dec)
     specs = []  # (label, name, param, policy)
     for name, param in args.points:
         params = [param]
@@ -117,7 +119,7 @@ def run(argv=None) -> Dict:
             r = U.evaluate(dec, args.records, pol, checker=args.checker_fn, gen_length=args.gen_length,
                            block_length=args.block_length, steps=args.steps, chat=args.chat,
                            batch_size=args.batch_size, on_batch=lambda: bar.update(1),
-                           keep_responses=args.responses)
+                           keep_responses=args.responses, hidden_features=hidden)
             points.append({"label": label, "policy": name, "param": v, **r})
     print(f"{'policy':<16} {'acc %':>7} {'NFE':>8} {'tok/fwd':>8} {'tok/s':>9}")
     for pt in points:

@@ -33,7 +33,10 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from . import user_common as U
+from .constants import MAX_FEATURES, NUM_BASE_FEATURES
 from .controller import Controller
+from .decode_common import hidden_states_of
+from .hidden_features import HiddenFeatures
 from .data import Record
 from .policies import PRR, LowConfidence, Policy
 from . import prr_rounds as R
@@ -42,7 +45,8 @@ from .prr_training import Rollout, fit_controller, rollout
 PROG = "python -m prr_ext.train"
 RUN_SETTINGS = ("model", "fingerprint", "data", "val", "checker", "n_train", "n_val", "gen_length", "block_length",
                 "steps", "chat", "label", "hidden", "epochs", "t_max_grid", "t_min_grid", "tau_grid", "tolerance",
-                "seed")
+                "seed", "hidden_features")
+HIDDEN_DIR = "hidden_features"  # <out>/hidden_features/: the run's HiddenFeatures map (fitted before round 0)
 
 
 def build_parser():
@@ -66,6 +70,9 @@ def build_parser():
     p.add_argument("--tolerance", type=float, default=1.0,
                    help="accuracy points below full refinement that a chosen (map, tau) may lose on --val")
     p.add_argument("--seed", type=int, default=0, help="seeds the fits")
+    p.add_argument("--hidden-features", type=int, default=0, metavar="R",
+                   help="also feed the controller R features of the model's last hidden state (its top-R principal "
+                   "directions on the training prompts' all-masked canvases; prr_ext.HiddenFeatures). 0 = off")
     return p
 
 
@@ -79,6 +86,9 @@ def parse_args(argv=None):
         v = getattr(args, name)
         if v is not None and v < (0 if name == "rounds" else 1):
             p.error(f"argument --{name.replace('_', '-')}: must be >= {0 if name == 'rounds' else 1}")
+    if not 0 <= args.hidden_features <= MAX_FEATURES - NUM_BASE_FEATURES:
+        p.error(f"argument --hidden-features: must lie in [0, {MAX_FEATURES - NUM_BASE_FEATURES}] (the controller "
+                f"takes at most {MAX_FEATURES} features, {NUM_BASE_FEATURES} of them the base features)")
     if not 1 <= len(args.hidden) <= 2 or any(h < 1 or h > 64 for h in args.hidden):
         p.error("argument --hidden: one or two sizes in [1, 64]")
     if any(t < 1.0 for t in args.t_max_grid):
@@ -116,18 +126,16 @@ class _MaskedCall:
     def __init__(self, call, attention: Optional[torch.Tensor]):
         self.call, self.attention = call, attention
 
-    def __call__(self, x: torch.Tensor):
+    def __call__(self, x: torch.Tensor, **kw):
         if self.attention is None:
-            return self.call(x)
-        return self.call(x, attention_mask=self.attention)
+            return self.call(x, **kw)
+        return self.call(x, attention_mask=self.attention, **kw)
 
 
-def collect(dec, records: Sequence[Record], policy: Policy, *, gen_length: int, block_length: int, steps: int,
-            chat: bool, batch_size: int, block_continuation: bool, on_batch=None) -> Dict[str, Rollout]:
-    """Rollouts (prr_ext.prr_training.rollout) of `records` in left-padded batches, one per batch ("b<i>")."""
-    rollouts: Dict[str, Rollout] = {}
+def _canvases(dec, records: Sequence[Record], *, gen_length: int, chat: bool, batch_size: int):
+    """Per left-padded batch of `records`: (canvas x [B, P + G] with G masks, its model call, [B] prompt lengths)."""
     encoded = [dec.encode_prompt(r.prompt, chat=chat) for r in records]
-    for b, lo in enumerate(range(0, len(encoded), batch_size)):
+    for lo in range(0, len(encoded), batch_size):
         chunk = encoded[lo:lo + batch_size]
         prompt_ids, am = dec._left_pad(chunk)
         B, P = prompt_ids.shape
@@ -136,8 +144,35 @@ def collect(dec, records: Sequence[Record], policy: Policy, *, gen_length: int, 
         attention = None if am is None else torch.cat([am, torch.ones((B, gen_length), dtype=am.dtype,
                                                                       device=am.device)], dim=1)
         plens = torch.tensor([len(c) for c in chunk], dtype=torch.int64, device=prompt_ids.device)
-        ro = rollout(_MaskedCall(dec.call, attention), x, plens, policy=policy, block_length=block_length,
-                     steps=steps, mask_id=dec.ids.mask, block_continuation=block_continuation)
+        yield x, _MaskedCall(dec.call, attention), plens
+
+
+@torch.no_grad()
+def fit_hidden_features(dec, records: Sequence[Record], r: int, *, gen_length: int, chat: bool,
+                        batch_size: int) -> HiddenFeatures:
+    """The HiddenFeatures map of the run: top-r principal directions of the model's last hidden states at the
+    generation positions of one forward over each batch's initial (all-masked) canvas.
+
+    Deterministic and computed from all `records` (not a rank's share), so every rank of a torchrun job gets the
+    same map without communication. The initial canvas is the one state every rollout shares; later states differ
+    by policy, and the map must not depend on the round's controller."""
+    rows = []
+    for x, call, _ in _canvases(dec, records, gen_length=gen_length, chat=chat, batch_size=batch_size):
+        hidden = hidden_states_of(call(x, output_hidden_states=True), "--hidden-features")
+        rows.append(hidden[:, x.shape[1] - gen_length:].reshape(-1, hidden.shape[-1]).float().cpu())
+    return HiddenFeatures.fit(torch.cat(rows), r)
+
+
+def collect(dec, records: Sequence[Record], policy: Policy, *, gen_length: int, block_length: int, steps: int,
+            chat: bool, batch_size: int, block_continuation: bool, on_batch=None,
+            hidden_features: Optional[HiddenFeatures] = None) -> Dict[str, Rollout]:
+    """Rollouts (prr_ext.prr_training.rollout) of `records` in left-padded batches, one per batch ("b<i>"); with
+    `hidden_features` the records carry its features after the 13 base ones."""
+    rollouts: Dict[str, Rollout] = {}
+    for b, (x, call, plens) in enumerate(_canvases(dec, records, gen_length=gen_length, chat=chat,
+                                                    batch_size=batch_size)):
+        ro = rollout(call, x, plens, policy=policy, block_length=block_length, steps=steps, mask_id=dec.ids.mask,
+                     block_continuation=block_continuation, hidden_features=hidden_features)
         rollouts[f"b{b}"] = ro
         if on_batch is not None:
             on_batch()
@@ -147,7 +182,8 @@ def collect(dec, records: Sequence[Record], policy: Policy, *, gen_length: int, 
 # ---------------------------------------------------------------------------------------------------------------
 # tuning on the validation prompts
 # ---------------------------------------------------------------------------------------------------------------
-def tune(dec, ctrl: Controller, val: Sequence[Record], vanilla_acc: float, args, on_batch=None) -> Dict:
+def tune(dec, ctrl: Controller, val: Sequence[Record], vanilla_acc: float, args, on_batch=None,
+         hidden_features: Optional[HiddenFeatures] = None) -> Dict:
     """The (t_max, t_min, tau) with the fewest validation NFE whose accuracy is within --tolerance points of full
     refinement; when none is, the most accurate (fewest NFE among ties). Every grid point is recorded."""
     grid: List[Dict] = []
@@ -157,7 +193,7 @@ def tune(dec, ctrl: Controller, val: Sequence[Record], vanilla_acc: float, args,
             for tau in args.tau_grid:
                 r = U.evaluate(dec, val, PRR(c, tau=tau), checker=args.checker_fn, gen_length=args.gen_length,
                                block_length=args.block_length, steps=args.steps, chat=args.chat,
-                               batch_size=args.batch_size, on_batch=on_batch)
+                               batch_size=args.batch_size, on_batch=on_batch, hidden_features=hidden_features)
                 grid.append({"t_max": t_max, "t_min": t_min, "tau": tau, "val_accuracy": r["accuracy"],
                              "val_mean_nfe": r["mean_nfe"], "val_tokens_per_forward": r["tokens_per_forward"]})
 
@@ -185,7 +221,7 @@ def run(argv=None) -> Dict:
     dec = U.load_decoder(p, args, device)
     fingerprint = U.model_fingerprint(dec.model)
     settings = run_settings(args, fingerprint)
-    problem = R.check_run_settings(args.out, settings)
+    problem = R.check_run_settings(args.out, settings, defaults={"hidden_features": 0})
     if problem:
         p.error(f"argument --out: {problem}; its finished rounds would be reused. Choose another --out, or delete "
                 f"{args.out} to start over")
@@ -209,6 +245,26 @@ def run(argv=None) -> Dict:
                   batch_size=args.batch_size)
     val_batches = -(-len(args.val_records) // args.batch_size)
 
+    hidden = None
+    if args.hidden_features:
+        # fitted once, before round 0, and kept in <out>: a resumed run (and every round's controller) uses the
+        # same map. Every rank decides from the folder before rank 0 may write it, then computes or loads the same.
+        hdir = os.path.join(args.out, HIDDEN_DIR)
+        saved = os.path.isfile(os.path.join(hdir, "hidden_features.safetensors"))
+        R.barrier()
+        if saved:
+            hidden = HiddenFeatures.load(hdir)
+        else:
+            try:
+                hidden = fit_hidden_features(dec, args.train_records, args.hidden_features,
+                                             gen_length=args.gen_length, chat=args.chat, batch_size=args.batch_size)
+            except ValueError as e:  # no hidden states from this model, or fewer positions / dims than R
+                p.error(f"argument --hidden-features: {e}")
+            if rank == 0:
+                hidden.save(hdir)
+        log(f"[train] hidden-state features: {hidden!r} ({'loaded from' if saved else 'fitted, saved in'} {hdir})",
+            flush=True)
+
     vanilla = report.get("vanilla_val")
     if rank == 0 and vanilla is None:
         with U.progress(val_batches, "full refinement (val)", disable=quiet) as bar:
@@ -223,7 +279,8 @@ def run(argv=None) -> Dict:
     def collect_round(r: int, policy) -> Dict[str, Rollout]:
         mine = args.train_records[rank::world]
         with U.progress(-(-len(mine) // args.batch_size), f"round {r}: rollouts", disable=quiet) as bar:
-            return collect(dec, mine, policy, block_continuation=r > 0, on_batch=lambda: bar.update(1), **canvas)
+            return collect(dec, mine, policy, block_continuation=r > 0, on_batch=lambda: bar.update(1),
+                           hidden_features=hidden, **canvas)
 
     def finish_round(r: int, cdir: str, t0: float) -> Dict:
         feats, labels = R.load_labelled(args.out, range(r + 1), args.label)
@@ -231,10 +288,11 @@ def run(argv=None) -> Dict:
                                 device=str(device), progress=not quiet)
         n_points = len(args.t_max_grid) * len(args.t_min_grid) * len(args.tau_grid)
         with U.progress(n_points * val_batches, f"round {r}: tuning on val", disable=quiet) as bar:
-            choice = tune(dec, fitted, args.val_records, vanilla["accuracy"], args, on_batch=lambda: bar.update(1))
+            choice = tune(dec, fitted, args.val_records, vanilla["accuracy"], args, on_batch=lambda: bar.update(1),
+                          hidden_features=hidden)
         fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
                             t_min=choice["t_min"])
-        U.save_controller(fitted, cdir, dec, choice["tau"], {"round": r})
+        U.save_controller(fitted, cdir, dec, choice["tau"], {"round": r}, hidden_features=hidden)
         entry = {"round": r, "records": int(feats.shape[0]), "label": args.label, **choice,
                  "seconds": time.time() - t0}
         report["rounds"] = [e for e in report["rounds"] if e["round"] != r] + [entry]
