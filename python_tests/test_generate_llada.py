@@ -511,8 +511,8 @@ def test_fully_padded_batch_prr_features(monkeypatch):
     gen = importlib.import_module("prr_ext.generate")
     commit, scores = gen.commit_step, []
 
-    def spy(logits, state, backend, eos_eot):  # record the controller score of every position after each step
-        out = commit(logits, state, backend, eos_eot)
+    def spy(logits, state, backend, eos_eot, extra_features=None):  # record every position's score after each step
+        out = commit(logits, state, backend, eos_eot, extra_features)
         scores.append(torch.nan_to_num(state.last_stats[..., prr_ext.reference.STAT_SCORE], nan=-1.0).clone())
         return out
 
