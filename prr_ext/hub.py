@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .decode_common import logits_of
+from .decode_common import hidden_states_of, logits_of
 from .dream import dream_model_kwargs
 from .generate import LLADA_MASK_ID, generate as _generate
 from .policies import Policy
@@ -100,13 +100,32 @@ class TokenIds:
 # ---------------------------------------------------------------------------------------------------------------
 # model call adapters
 # ---------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class CallOutput:
+    """What an adapter returns when asked for hidden states: logits [B, L, V] and the last hidden states [B, L, D],
+    both aligned with the canvas positions they serve."""
+
+    logits: torch.Tensor
+    hidden_states: torch.Tensor
+
+
+def _adapter_output(out: Any, output_hidden_states: bool, align: Callable[[torch.Tensor], torch.Tensor]):
+    """The logits of a model output (aligned), or a CallOutput with the aligned last hidden states too."""
+    logits = align(logits_of(out))
+    if not output_hidden_states:
+        return logits
+    return CallOutput(logits, align(hidden_states_of(out, "output_hidden_states=True")))
+
+
 class DreamShiftedLogits:
     """A Dream-style model as the LLaDA loop expects it: logits aligned with the positions they fill.
 
     Dream predicts token j from hidden state j - 1, so `logits[:, j]` of this callable is the model's
     `logits[:, j - 1]` (j >= 1) and position 0 keeps its own (as Dream's `_sample` does). A [B, L] attention mask
     with zeros (left padding) becomes Dream's [B, 1, L, L] boolean mask and position ids counted from each row's
-    first real token; an unpadded batch calls `model(x)`. `config` and `tokenizer` are the wrapped model's.
+    first real token; an unpadded batch calls `model(x)`. `config` and `tokenizer` are the wrapped model's. With
+    output_hidden_states=True it returns a CallOutput whose hidden states are shifted the same way (position j gets
+    the state that predicts it), e.g. for prr_ext.HiddenFeatures.
 
     Examples
     --------
@@ -118,16 +137,20 @@ class DreamShiftedLogits:
         self.model = model
         self.config = getattr(model, "config", None)
 
-    def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 output_hidden_states: bool = False):
         kwargs = dream_model_kwargs(attention_mask, 0) if attention_mask is not None else {}
-        logits = logits_of(self.model(x, **kwargs))
-        return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        if output_hidden_states:
+            kwargs["output_hidden_states"] = True
+        shift = lambda t: torch.cat([t[:, :1], t[:, :-1]], dim=1)  # noqa: E731  (Dream: j is read from j - 1)
+        return _adapter_output(self.model(x, **kwargs), output_hidden_states, shift)
 
 
 class MaskedLMCall:
     """A transformers masked LM as the LLaDA loop expects it: `model(x, attention_mask=am)` returning the logits;
     with an attention mask, position ids count from each row's first real token (pads get 0) when the model's
-    forward takes `position_ids`, so that a left-padded row sees the positions it would see unpadded.
+    forward takes `position_ids`, so that a left-padded row sees the positions it would see unpadded. With
+    output_hidden_states=True it returns a CallOutput (logits and the last layer's hidden states).
 
     Examples
     --------
@@ -144,13 +167,14 @@ class MaskedLMCall:
             params = {}
         self.takes_position_ids = "position_ids" in params
 
-    def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if attention_mask is None:
-            return logits_of(self.model(input_ids=x))
-        kwargs = {"attention_mask": attention_mask.long()}
-        if self.takes_position_ids:
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        return logits_of(self.model(input_ids=x, **kwargs))
+    def __call__(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                 output_hidden_states: bool = False):
+        kwargs = {"output_hidden_states": True} if output_hidden_states else {}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.long()
+            if self.takes_position_ids:
+                kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        return _adapter_output(self.model(input_ids=x, **kwargs), output_hidden_states, lambda t: t)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -481,6 +481,42 @@ def test_masked_lm_position_ids_skip_left_pads():
     assert torch.equal(seen["attention_mask"], am)
 
 
+def test_adapters_pass_hidden_states_through():
+    """output_hidden_states=True: the adapters return logits and the last layer's hidden states, Dream's shifted like
+    its logits (position j gets the state that predicts it); a model without hidden states is a clear error."""
+    raw, h0, h1 = torch.randn(2, 5, 12), torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    seen = {}
+
+    def model(*args, **kw):
+        seen.update(kw)
+        return SimpleNamespace(logits=raw, hidden_states=(h0, h1))
+    x = torch.zeros(2, 5, dtype=torch.long)
+    out = DreamShiftedLogits(model)(x, output_hidden_states=True)
+    assert seen["output_hidden_states"] is True
+    assert torch.equal(out.logits[:, 1:], raw[:, :-1]) and torch.equal(out.hidden_states[:, 1:], h1[:, :-1])
+    assert torch.equal(out.hidden_states[:, 0], h1[:, 0])
+    model.forward = model
+    out = MaskedLMCall(model)(x, attention_mask=torch.ones(2, 5, dtype=torch.long), output_hidden_states=True)
+    assert torch.equal(out.logits, raw) and torch.equal(out.hidden_states, h1)
+    assert torch.equal(MaskedLMCall(model)(x), raw)  # without the flag: the logits, as before
+    with pytest.raises(ValueError, match="output_hidden_states=True"):
+        MaskedLMCall(lambda **kw: SimpleNamespace(logits=raw))(x, output_hidden_states=True)
+
+
+def test_hidden_features_on_a_transformers_masked_lm(decoders):
+    """PRR with hidden-state features decodes through a real transformers masked LM (BERT) via prr_ext.load's
+    adapter (test_hidden_features.py checks generate against a hand-written loop on the testbed model)."""
+    dec = decoders["masked_lm"]
+    x = torch.randint(5, 20, (2, 6))
+    hidden = dec.call(x, output_hidden_states=True).hidden_states
+    hf = prr_ext.HiddenFeatures.fit(hidden.reshape(-1, hidden.shape[-1]), 3)
+    policy = prr_ext.PRR(prr_ext.Controller.init(0, extra_features=3), tau=0.8)
+    res = dec.generate(["one two", "three"], gen_length=8, policy=policy, hidden_features=hf)
+    assert len(res) == 2 and all(r.nfe >= 1 for r in res)
+    with pytest.raises(ValueError, match="hidden_features"):
+        dec.generate(["one two"], gen_length=8, policy=policy)  # the controller needs its map
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # errors
 # ---------------------------------------------------------------------------------------------------------------
