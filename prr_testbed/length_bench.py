@@ -156,7 +156,8 @@ def main(argv=None) -> Dict:
                     "max_length": G, "block_length": BL, "target_truncation": args.target_truncation,
                     "truncation": args.truncation, "predictor": args.predictor,
                     "model": args.model or "prr_testbed/assets/model",
-                    "oracle_mean_length": float(oracle_len.double().mean())},
+                    "oracle_mean_length": float(oracle_len.double().mean()),
+                    "oracle_min_length": int(oracle_len.min()), "oracle_max_length": int(oracle_len.max())},
            "strategies": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
