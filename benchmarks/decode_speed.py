@@ -37,6 +37,7 @@ sys.path.insert(0, HERE)
 
 import prr_ext  # noqa: E402
 from bench_lib import git_commit, llada_step_eager  # noqa: E402
+from prr_ext.decode_common import sync_device  # noqa: E402
 from prr_ext.reference import schedule_k  # noqa: E402
 from prr_testbed import tasks as T  # noqa: E402
 from prr_testbed.model import CachedLM, MaskedDiffusionLM, ModelConfig, load_default, make_canvas  # noqa: E402
@@ -81,11 +82,6 @@ class TimedCalls:
             torch.cuda.synchronize()
             return sum(s.elapsed_time(e) for s, e in self._events) / 1e3
         return self._cpu_seconds
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 @torch.inference_mode()
@@ -200,10 +196,10 @@ def main(argv=None) -> int:
                     timed.reset()
                     if isinstance(runner, CachedLM):
                         runner.reset()
-                    sync(device)
+                    sync_device(device)
                     t0 = time.perf_counter()
                     tokens = run_loop(loop, model, timed, prompt, am, mask_id, G, BL, device)
-                    sync(device)
+                    sync_device(device)
                     total = time.perf_counter() - t0
                     fwd = None if loop == "op+graph" else timed.seconds()
                     if best is None or total < best[0]:

@@ -34,6 +34,7 @@ from typing import Callable, Dict, List
 import torch
 
 import prr_ext
+from prr_ext.decode_common import sync_device
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -43,19 +44,14 @@ LLADA2_VOCAB, LLADA2_MASK, LLADA2_BLOCK = 157184, 156895, 32
 GEMMA_VOCAB, GEMMA_CANVAS = 262144, 256
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def median_ms(fn: Callable[[], None], device: str, repeats: int) -> float:
     fn()  # warm-up (first-call costs: imports, allocator)
     out = []
     for _ in range(repeats):
-        sync(device)
+        sync_device(torch.device(device))
         t0 = time.perf_counter()
         fn()
-        sync(device)
+        sync_device(torch.device(device))
         out.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(out)
 

@@ -12,6 +12,7 @@ from typing import Optional, Union
 import torch
 
 from .constants import CONFIDENCE_DTYPES, RS_BLOCK, RS_COLS, RS_NFE, RULE_STATE_COLS, workspace_words
+from .decode_common import _is_int
 from .policies import KLASS, PRR, EntropyBound, Factor, LocalLeap, Policy, Threshold
 from .reference import advance_block
 
@@ -21,8 +22,14 @@ RNGS = ("philox", "torch")
 UNIFORM_POLICIES = (Threshold, Factor, EntropyBound, PRR, LocalLeap)
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def uniform_canvas_refusal(policy: Policy) -> Optional[str]:
+    """Why `policy` cannot run on a uniform canvas (State(mask_id=None)), or None when it can. The one place that
+    decides it: State itself and the DiffusionGemma integrations ask here."""
+    if isinstance(policy, UNIFORM_POLICIES):
+        return None
+    return (f"a uniform canvas (mask_id=None) takes one of {', '.join(c.__name__ for c in UNIFORM_POLICIES)} as "
+            f"policy, got {policy}: the others follow positions that stay masked across steps, which a uniform "
+            "canvas does not have")
 
 
 class State:
@@ -109,10 +116,9 @@ class State:
                              f"(G={G} / block_length={block_length})")
         if not isinstance(policy, Policy):
             raise TypeError(f"policy must be a prr_ext policy, got {type(policy).__name__}")
-        if uniform and not isinstance(policy, UNIFORM_POLICIES):
-            raise ValueError(f"a uniform canvas (mask_id=None) takes one of "
-                             f"{', '.join(c.__name__ for c in UNIFORM_POLICIES)} as policy, got {policy}: the others "
-                             "follow positions that stay masked across steps, which a uniform canvas does not have")
+        refusal = uniform_canvas_refusal(policy) if uniform else None
+        if refusal:
+            raise ValueError(refusal)
         temperature = float(temperature)
         if not (temperature >= 0.0) or math.isinf(temperature):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")

@@ -61,24 +61,22 @@ def dispatch(argv: Optional[Sequence[str]], user_parser: Callable[[], argparse.A
 # ---------------------------------------------------------------------------------------------------------------
 # argument helpers
 # ---------------------------------------------------------------------------------------------------------------
-def floats(s: str) -> List[float]:
+def _comma_list(s: str, cast: Callable, what: str) -> list:
     try:
-        out = [float(v) for v in s.split(",") if v.strip()]
+        out = [cast(v) for v in s.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of numbers") from None
+        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of {what}") from None
     if not out:
         raise argparse.ArgumentTypeError("give at least one value")
     return out
+
+
+def floats(s: str) -> List[float]:
+    return _comma_list(s, float, "numbers")
 
 
 def ints(s: str) -> List[int]:
-    try:
-        out = [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a comma-separated list of integers") from None
-    if not out:
-        raise argparse.ArgumentTypeError("give at least one value")
-    return out
+    return _comma_list(s, int, "integers")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:

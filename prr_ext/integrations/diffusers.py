@@ -40,19 +40,16 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
                       "LLaDA2Pipeline): pip install 'prr_ext[diffusers]'") from exc
 
 from ..constants import CONFIDENCE_DTYPES
+from ..decode_common import _is_int
 from ..ops import step as prr_step
 from ..policies import PRR, R2, Policy, RandomRemask
 from ..reference import STAT_CONF, block_cap
-from ..state import UNIFORM_POLICIES, State
+from ..state import UNIFORM_POLICIES, State, uniform_canvas_refusal
 
 __all__ = ["PolicyScheduler"]
 
 SAMPLING_METHODS = ("auto", "greedy", "multinomial")
 CANVASES = ("auto", "masked", "uniform")
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_number(v) -> bool:
@@ -73,17 +70,14 @@ def _draws_noise(policy: Policy) -> bool:
 def _uniform_refusal(policy: Policy) -> Optional[str]:
     """Why `policy` cannot drive a uniform canvas (DiffusionGemmaPipeline), or None if it can.
 
-    prr_ext.State is the one authority on which rules a uniform canvas takes: ask it with a one-token canvas (built on
-    the CPU even under another default device; explicit seeds, so torch's global generator is not touched)."""
-    try:
-        with torch.device("cpu"):
-            State(torch.zeros(1, 1, dtype=torch.int64), None, 0, 1, 1, policy, seed=torch.zeros(1, dtype=torch.int64))
-    except ValueError as e:
-        names = ", ".join(c.__name__ for c in UNIFORM_POLICIES)
-        return (f"policy={policy!r} cannot drive a uniform canvas (mask_token_id=None, as DiffusionGemmaPipeline "
-                f"passes): {e}. Use one of {names} (prr_ext.EntropyBound(gamma) is diffusers' EntropyBoundScheduler "
-                f"rule)")
-    return None
+    prr_ext.state.uniform_canvas_refusal decides; this adds what the pipeline's user needs to know."""
+    why = uniform_canvas_refusal(policy)
+    if why is None:
+        return None
+    names = ", ".join(c.__name__ for c in UNIFORM_POLICIES)
+    return (f"policy={policy!r} cannot drive a uniform canvas (mask_token_id=None, as DiffusionGemmaPipeline "
+            f"passes): {why}. Use one of {names} (prr_ext.EntropyBound(gamma) is diffusers' EntropyBoundScheduler "
+            f"rule)")
 
 
 def _policy_threshold(policy: Policy) -> Optional[float]:

@@ -30,7 +30,7 @@ from transformers import DiffusionGemmaForBlockDiffusion
 
 from ..ops import step
 from ..policies import PRR, Policy
-from ..state import UNIFORM_POLICIES, State
+from ..state import UNIFORM_POLICIES, State, uniform_canvas_refusal
 
 __all__ = ["PolicySampler", "PolicyDiffusionGemmaMixin", "PolicyDiffusionGemma", "with_policy", "check_policy"]
 
@@ -82,14 +82,10 @@ def check_policy(policy: Policy, argument: str = "policy") -> Policy:
     if not isinstance(policy, Policy):
         raise TypeError(f"{argument} must be a prr_ext policy ({_SUPPORTED}) or None for transformers' own "
                         f"EntropyBoundSampler, got {type(policy).__name__}")
-    # The State is the one authority on which rules a uniform canvas takes: ask it with a one-token canvas (on the
-    # CPU even where a default device is set, e.g. transformers' meta device while from_pretrained builds the model).
-    try:
-        with torch.device("cpu"):
-            State(torch.zeros(1, 1, dtype=torch.int64), None, 0, 1, 1, policy, seed=_no_seed(1))
-    except ValueError as e:
-        raise ValueError(f"{argument}={policy} cannot drive DiffusionGemma: {e}. Use one of {_SUPPORTED} "
-                         "(prr_ext.EntropyBound(gamma) is transformers' own EntropyBoundSampler rule).") from None
+    why = uniform_canvas_refusal(policy)
+    if why is not None:
+        raise ValueError(f"{argument}={policy} cannot drive DiffusionGemma: {why}. Use one of {_SUPPORTED} "
+                         "(prr_ext.EntropyBound(gamma) is transformers' own EntropyBoundSampler rule).")
     base = policy.base_rule
     if isinstance(base, PRR) and base.controller.extra_features:
         raise ValueError(f"{argument}: this PRR controller expects {base.controller.extra_features} extra features "
