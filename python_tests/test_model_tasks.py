@@ -228,6 +228,23 @@ def test_training_batches_come_from_the_train_split_and_are_reproducible():
         assert int(resp.sum()) == T.get_family(fam).gen_length
 
 
+def test_padded_batches_hold_the_same_sequences():
+    """--compile pads every batch to one length: the same sequences, left-padded further, and the same logits at
+    their positions (pads are never attended to, and RoPE sees only relative positions)."""
+    tok = CharTokenizer()
+    b = TM.make_batch(5, 1, 12, list(T.FAMILY_NAMES), [1, 1, 1], tok)
+    p = TM.make_batch(5, 1, 12, list(T.FAMILY_NAMES), [1, 1, 1], tok, pad_to=b["ids"].shape[1] + 9)
+    assert p["ids"].shape[1] == b["ids"].shape[1] + 9
+    assert torch.equal(p["ids"][:, 9:], b["ids"]) and (p["ids"][:, :9] == tok.pad_id).all()
+    assert torch.equal(p["resp"][:, 9:], b["resp"]) and not p["resp"][:, :9].any()
+    assert torch.equal(p["gen_len"], b["gen_len"])
+    m = tiny_model()
+    with torch.no_grad():
+        lb, lp = m(b["ids"]).logits, m(p["ids"]).logits[:, 9:]
+    real = b["ids"] != tok.pad_id
+    torch.testing.assert_close(lp[real], lb[real], atol=2e-5, rtol=2e-5)
+
+
 def test_diffusion_loss_never_masks_the_prompt():
     tok = CharTokenizer()
     m = tiny_model()
