@@ -11,12 +11,45 @@
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
+#include <cstdio>
 #include <initializer_list>
+#include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "prr/params.h"
 
 namespace prr_ext {
+
+// Error messages: one std::string, concatenated here (std::to_string, snprintf), passed to TORCH_CHECK as its only
+// argument. c10's multi-argument messages format through std::ostringstream, and on one toolchain (g++ from
+// /opt/gcc on the device machines) the stream code inside this library crashed while printing a shape, turning a
+// bad argument into a segmentation fault; a single std::string message never touches a stream.
+namespace detail {
+inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, const std::string& v) { s += v; }
+inline void append(std::string& s, at::ScalarType v) { s += c10::toString(v); }
+inline void append(std::string& s, const c10::Device& v) { s += v.str(); }
+inline void append(std::string& s, at::IntArrayRef v) {
+  s += '[';
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+  s += ']';
+}
+inline void append(std::string& s, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  s += buf;
+}
+template <class T, std::enable_if_t<std::is_integral_v<T> && !std::is_same_v<T, bool>, int> = 0>
+inline void append(std::string& s, T v) { s += std::to_string(v); }
+}  // namespace detail
+
+template <class... Args>
+std::string msg(const Args&... args) {
+  std::string s;
+  (detail::append(s, args), ...);
+  return s;
+}
 
 // The op's arguments, in schema order (csrc/prr_ops.cpp). References into the dispatcher's stack: valid for the
 // duration of one call.

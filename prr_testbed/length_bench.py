@@ -5,15 +5,20 @@
         --out benchmarks/results/length_<device>.json
 
 Every strategy decodes the same test-split prompts of --families (mixed in one batch stream, greedy):
+  vanilla      every canvas at --max-length, one token per step (LowConfidence, steps = canvas length)
   fixed        every canvas at --max-length, the base rule (--tau: Threshold)
+  fixed+prr    every canvas at --max-length, the shipped PRR controller (tau: its tuned value)
   eos_exit     fixed, with prr_ext.generate(eos_fill=True): rows stop once their EOS is settled
   oracle       each canvas at the model's own length (first EOS + 1 under full refinement, as train_length labels),
                rounded up to a block
   predictor    gen_length="auto" with the predictor (--target-truncation, --truncation recovery)
+  predictor+vanilla   the predicted canvases, one token per step
   predictor+eos_exit  the same with eos_fill=True: each predicted canvas also stops once its EOS is settled
   predictor+prr       the same with the shipped PRR controller (tau: its tuned value)
   predictor+prr+r2    the same with R2 over PRR
 --counts draws a length-skewed mix instead (e.g. mostly short answers with a long tail).
+Whether the predictor's and PRR's savings multiply: vanilla / predictor+prr against (vanilla / predictor+vanilla) x
+(vanilla / fixed+prr), each saving measured alone (the JSON's "multiplicative").
 Per strategy: mean token-forwards per query (sum over a query's forwards of the canvas length covered; the feature
 forward counts), wall seconds, accuracy (the task checkers), the truncation rate (canvases without EOS at the first
 try) and the forwards. Writes --out (JSON) and prints a table.
@@ -39,7 +44,9 @@ from .model import MaskedDiffusionLM, decode_responses, load_default, make_canva
 from .train_length import _families, label_and_features
 
 PROG = "python -m prr_testbed.length_bench"
-STRATEGIES = ("fixed", "eos_exit", "oracle", "predictor", "predictor+eos_exit", "predictor+prr", "predictor+prr+r2")
+STRATEGIES = ("vanilla", "fixed", "fixed+prr", "eos_exit", "oracle", "predictor", "predictor+vanilla", "predictor+eos_exit",
+              "predictor+prr", "predictor+prr+r2")
+FIXED = ("vanilla", "fixed", "fixed+prr", "eos_exit")  # the strategies on the --max-length canvas
 
 
 def _counts(text: str) -> Dict[str, int]:
@@ -105,11 +112,12 @@ def main(argv=None) -> Dict:
     _, oracle_len = label_and_features(model, examples, max_length=G, block_length=BL, batch_size=args.batch_size,
                                        device=device, show_progress=False)
     trunc = None if args.truncation == "none" else args.truncation
-    policies = {"fixed": prr_ext.Threshold(args.tau), "eos_exit": prr_ext.Threshold(args.tau),
+    prr = prr_ext.PRR(controller, tau=prr_tau)
+    policies = {"vanilla": prr_ext.LowConfidence(), "fixed": prr_ext.Threshold(args.tau), "fixed+prr": prr,
+                "predictor+vanilla": prr_ext.LowConfidence(), "eos_exit": prr_ext.Threshold(args.tau),
                 "oracle": prr_ext.Threshold(args.tau), "predictor": prr_ext.Threshold(args.tau),
                 "predictor+eos_exit": prr_ext.Threshold(args.tau),
-                "predictor+prr": prr_ext.PRR(controller, tau=prr_tau),
-                "predictor+prr+r2": prr_ext.R2(base=prr_ext.PRR(controller, tau=prr_tau))}
+                "predictor+prr": prr, "predictor+prr+r2": prr_ext.R2(base=prr)}
     rows: List[Dict] = []
     for name in STRATEGIES:
         tf, correct, truncated, forwards, secs = [], [], [], 0, 0.0
@@ -120,7 +128,7 @@ def main(argv=None) -> Dict:
             common = dict(block_length=BL, steps=G, policy=policies[name], mask_id=tok.mask_id, eos_id=tok.eos_id,
                           attention_mask=am, confidence_dtype=torch.float32)
             t0 = time.perf_counter()
-            if name in ("fixed", "eos_exit"):
+            if name in FIXED:
                 out = prr_ext.generate(model, x, gen_length=G, eos_fill=name == "eos_exit", **common)
                 trunc_rows = ~(out.generated == tok.eos_id).any(1)
             elif name == "oracle":
@@ -147,9 +155,16 @@ def main(argv=None) -> Dict:
         r = rows[-1]
         print(f"  {name:18s} token-forwards/query {r['token_forwards_per_query']:9.1f}  acc {r['accuracy']:6.2f}%  "
               f"truncated {r['truncation_rate']:5.2f}%  {r['seconds']:7.2f} s", flush=True)
-    base = rows[0]["token_forwards_per_query"]
+    tf_of = {r["strategy"]: r["token_forwards_per_query"] for r in rows}
     for r in rows:
-        r["compute_vs_fixed"] = base / r["token_forwards_per_query"]
+        r["compute_vs_fixed"] = tf_of["fixed"] / r["token_forwards_per_query"]
+        r["compute_vs_vanilla"] = tf_of["vanilla"] / r["token_forwards_per_query"]
+    saving = {k: tf_of["vanilla"] / tf_of[k] for k in ("predictor+vanilla", "fixed+prr", "predictor+prr")}
+    multiplicative = {"predictor_alone": saving["predictor+vanilla"], "prr_alone": saving["fixed+prr"],
+                      "product_of_the_two": saving["predictor+vanilla"] * saving["fixed+prr"],
+                      "predictor_and_prr": saving["predictor+prr"]}
+    print("[length_bench] savings against vanilla: predictor alone {predictor_alone:.2f}x, PRR alone {prr_alone:.2f}x "
+          "(product {product_of_the_two:.2f}x); both {predictor_and_prr:.2f}x".format(**multiplicative), flush=True)
     doc = {"meta": {"command": " ".join([PROG] + list(argv if argv is not None else __import__("sys").argv[1:])),
                     "device": str(device), "torch": torch.__version__, "families": args.families, "n": args.n,
                     "counts": counts,
@@ -158,7 +173,7 @@ def main(argv=None) -> Dict:
                     "model": args.model or "prr_testbed/assets/model",
                     "oracle_mean_length": float(oracle_len.double().mean()),
                     "oracle_min_length": int(oracle_len.min()), "oracle_max_length": int(oracle_len.max())},
-           "strategies": rows}
+           "multiplicative": multiplicative, "strategies": rows}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)

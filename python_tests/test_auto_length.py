@@ -191,8 +191,15 @@ def test_length_bench_measures_every_strategy(tmp_path, capsys):
     doc = length_bench.main(["--predictor", str(tmp_path / "lp"), "--families", "sudoku", "--n", "2", "--device",
                              "cpu", "--out", str(tmp_path / "b.json")])
     assert [r["strategy"] for r in doc["strategies"]] == list(length_bench.STRATEGIES)
-    fixed = doc["strategies"][0]
+    row = {r["strategy"]: r for r in doc["strategies"]}
+    fixed, vanilla = row["fixed"], row["vanilla"]
     assert fixed["compute_vs_fixed"] == 1.0 and fixed["token_forwards_per_query"] > 0
+    assert vanilla["compute_vs_vanilla"] == 1.0 and vanilla["forwards"] == 20  # one token per step: G forwards
+    assert vanilla["token_forwards_per_query"] >= fixed["token_forwards_per_query"]
+    m = doc["multiplicative"]
+    assert m["predictor_and_prr"] == pytest.approx(row["predictor+prr"]["compute_vs_vanilla"])
+    assert m["product_of_the_two"] == pytest.approx(row["predictor+vanilla"]["compute_vs_vanilla"]
+                                                    * row["fixed+prr"]["compute_vs_vanilla"])
     assert all(len(r["correct"]) == 2 and 0 <= r["truncation_rate"] <= 100 for r in doc["strategies"])
     assert json.loads((tmp_path / "b.json").read_text())["meta"]["max_length"] == 20
     assert f"wrote {tmp_path / 'b.json'}" in capsys.readouterr().out

@@ -273,8 +273,8 @@ StepOutputs step_cpu(const StepArgs& a) {
     TORCH_CHECK(r[prr::kRsBlock] >= 0 && r[prr::kRsBlock] <= p.num_blocks && r[prr::kRsStep] >= 0 &&
                     r[prr::kRsStep] < p.block_cap && r[prr::kRsSchedN] >= 0 && r[prr::kRsSchedN] <= BL &&
                     r[prr::kRsNfe] >= 0,
-                "row_state is corrupt at row ", b, " (block ", r[prr::kRsBlock], ", step ", r[prr::kRsStep],
-                ", n ", r[prr::kRsSchedN], ", nfe ", r[prr::kRsNfe], "); build it with prr_ext.State");
+                msg("row_state is corrupt at row ", b, " (block ", r[prr::kRsBlock], ", step ", r[prr::kRsStep],
+                    ", n ", r[prr::kRsSchedN], ", nfe ", r[prr::kRsNfe], "); build it with prr_ext.State"));
     active = std::min(active, r[prr::kRsBlock]);
   }
   if (active >= p.num_blocks) return {commit, tokens, stats};

@@ -110,8 +110,8 @@ StepOutputs step_cuda(const StepArgs& a) {
 
   // the grid has up to kMaxCluster CTAs per row, and its size is a 32-bit count
   const int64_t rows = B * p.block_length, max_rows = ((int64_t(1) << 31) - 1) / kMaxCluster;
-  TORCH_CHECK(rows <= max_rows, "prr_ext::step (CUDA): B * block_length = ", rows, " rows is too many (at most ",
-              max_rows, "); step fewer sequences at once");
+  TORCH_CHECK(rows <= max_rows, msg("prr_ext::step (CUDA): B * block_length = ", rows, " rows is too many (at most ",
+                                    max_rows, "); step fewer sequences at once"));
   const int device = x.device().index();
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   const bool f64 = p.conf_dtype == prr::kConfF64;
@@ -129,8 +129,8 @@ StepOutputs step_cuda(const StepArgs& a) {
       f64 ? launch<c10::BFloat16, double>(args, device, stream) : launch<c10::BFloat16, float>(args, device, stream);
       break;
     default:
-      TORCH_CHECK(false, "prr_ext::step (CUDA): logits dtype ", logits.scalar_type(),
-                  " is not supported; pass float32, float64, float16 or bfloat16 logits");
+      TORCH_CHECK(false, msg("prr_ext::step (CUDA): logits dtype ", logits.scalar_type(),
+                             " is not supported; pass float32, float64, float16 or bfloat16 logits"));
   }
   return {commit, tokens, stats};
 }
@@ -144,7 +144,7 @@ TORCH_LIBRARY_IMPL(prr_ext, CUDA, m) { m.impl("step", &step_entry<step_cuda>); }
 void timeline_cuda(at::Tensor& out) {
   using prr::gpu::g_timeline;
   TORCH_CHECK(out.is_cuda() && out.scalar_type() == at::kLong && out.numel() * 8 >= int64_t(sizeof(g_timeline)),
-              "timeline: out must be int64 CUDA with ", sizeof(g_timeline) / 8, " elements");
+              msg("timeline: out must be int64 CUDA with ", sizeof(g_timeline) / 8, " elements"));
   C10_CUDA_CHECK(cudaMemcpyFromSymbol(out.data_ptr(), g_timeline, sizeof(g_timeline), 0, cudaMemcpyDeviceToDevice));
   static const std::vector<unsigned char> zeros(sizeof(g_timeline), 0);
   C10_CUDA_CHECK(cudaMemcpyToSymbol(g_timeline, zeros.data(), sizeof(g_timeline)));
