@@ -38,6 +38,13 @@ def pytest_report_header(config):
             f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread(s)")
 
 
+def pytest_make_parametrize_id(config, val, argname):
+    """torch dtypes appear in test ids by name (test_matches_cpu[...-bfloat16-...]), so `-k bfloat16` selects them."""
+    if isinstance(val, torch.dtype):
+        return str(val).removeprefix("torch.")
+    return None
+
+
 def seed_for_node(nodeid: str) -> int:
     """The seed of one test: a function of the session's base seed and the test's node id."""
     return (zlib.crc32(nodeid.encode()) ^ (_BASE_SEED * 2654435761)) % (2 ** 62)
