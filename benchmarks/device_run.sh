@@ -2,12 +2,15 @@
 # benchmarks/device_run.sh — build + CUDA tests + compute-sanitizer + benchmarks on the GPU machine, in one go.
 #
 #   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,sanitizeall,bench,benchjson,sweep,
-#                                          ncu,ncusrc,policies,decode,engines
+#                                          ncu,ncusrc,policies,decode,engines,trainlong
 #                                          (default: build,test,sanitize,bench)
 #
 # Logs go to $OUT (or ./device_logs). The benchmark JSON (bench: run_bench.py's step_<device>.json, or a stamped
 # name for a partial run; benchjson: bench_step_<device>.json) goes to $OUT/results/: copy it to benchmarks/results/
 # and run `python benchmarks/render_results.py --write` to update benchmarks/RESULTS.md.
+# trainlong: the long-family testbed model (prr_testbed.train_model --compile) for TRAIN_MINUTES (default 8), from
+# TRAIN_INIT if set (a model folder carried with the call); its fp32 weights come back in 15 MB parts
+# ($OUT/long_model.safetensors.part-*: `cat` them together) with config.json and the log.
 # Knobs: TEST_ARGS (extra pytest args), SAN_K (pytest -k for the sanitizer runs), SAN_SHARDS (processes per tool in
 # sanitizeall), SAN_TIMEOUT, BENCH_ARGS (run_bench.py args, split on spaces), BENCH_NOTE (run_bench.py --note, passed
 # whole: it may contain spaces), PRR_COMMIT / PRR_KERNEL (the commit / kernel tag the JSON records, where this copy's
@@ -111,6 +114,19 @@ if has engines; then  # one step through each engine adapter (sglang if importab
   timeout ${ENGINES_TIMEOUT:-300} $PY benchmarks/engine_steps.py --device cuda > "$OUT/engines.log" 2>&1
   tail -24 "$OUT/engines.log"
   cp benchmarks/results/engines/engine_steps_cuda.json "$OUT/results/" 2>/dev/null
+fi
+
+if has trainlong; then
+  stamp "long-family model training (${TRAIN_MINUTES:-8} min${TRAIN_INIT:+, from $TRAIN_INIT})"
+  rm -rf /tmp/long_model
+  timeout $(( ${TRAIN_MINUTES:-8} * 60 + 150 )) $PY -m prr_testbed.train_model --families mul,cumsum,sort,trace \
+    --mix ${TRAIN_MIX:-1,1,1,1} --batch-size 256 --lr ${TRAIN_LR:-1e-3} --warmup 200 --d-model 320 --n-layers 8 \
+    --n-heads 8 --d-ff 832 ${TRAIN_INIT:+--init-from "$TRAIN_INIT"} --budget-minutes "${TRAIN_MINUTES:-8}" \
+    --eval-every 100000 --final-eval-n 200 --checkpoint-every 0 --weights-dtype float32 --workers 14 --compile \
+    --no-progress --seed "${TRAIN_SEED:-2}" --out /tmp/long_model > "$OUT/trainlong.log" 2>&1
+  tail -3 "$OUT/trainlong.log"
+  cp /tmp/long_model/config.json "$OUT/long_model_config.json" 2>/dev/null
+  split -b 15000000 /tmp/long_model/model.safetensors "$OUT/long_model.safetensors.part-" 2>/dev/null
 fi
 
 if has ncu; then

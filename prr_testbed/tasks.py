@@ -17,13 +17,15 @@ The shipped model's three families (FAMILY_NAMES), each with dependencies betwee
 Every response is followed by <eos> up to the family's generation length (LLaDA style); response lengths differ
 between and within families (arith 11-22, words 20-35, sudoku 19 characters); prompt + canvas <= 128 tokens.
 
-Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 100 characters that
+Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 110 characters that
 are written out step by step, each step computed from the ones before it:
 
-  mul     2-6 digits times 1-4 digits, partial products then their sum:  "347*28="  ->  "p:2776+6940 s:9716"
+  mul     1-6 digits times 1-4 digits, partial products, the carries of their sum, the sum:
+                                                          "347*28="  ->  "p:2776+6940 c:0110 s:9716"
   cumsum  running sums of 2-24 numbers below 100:         "cumsum 3 8 1 9="  ->  "3 11 12 21"
   sort    2-30 numbers below 1000, ascending:             "sort 53 7 21 7="  ->  "7 7 21 53"
-  trace   2-16 assignments over a, b, c, d, each value listed:  "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=7 a=4"
+  trace   2-12 assignments over a, b, c, d, each written out with its value:
+                                                          "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=a+4=7 a=b-a=4"
 
 each checked exactly against the answer recomputed from the prompt. They are the workload on which the commit rules
 separate: a rule that commits a step's tokens before the steps they depend on are settled loses accuracy.
@@ -383,20 +385,27 @@ class Sudoku(TaskFamily):
 # ---------------------------------------------------------------------------------------------------------------
 # long families: variable-length answers whose tokens depend on each other, under one 160-slot canvas
 # ---------------------------------------------------------------------------------------------------------------
-LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~125 characters, then <eos>
+LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~110 characters, then <eos>
 LONG_BLOCK_LENGTH = 32
 
 
 def mul_response(a: int, b: int) -> str:
     """The written long multiplication: the partial products a * d * 10^i of b's digits d, least significant first,
-    then their sum: 347*28 -> "p:2776+6940 s:9716"."""
+    then the carry out of each column of their sum (msb first, over the longest partial product's columns; up to 3
+    with four partials) and the sum: 347*28 -> "p:2776+6940 c:0110 s:9716". The carries make each digit of the sum
+    a function of its column and the carry beside it, as in arith."""
     partials = [a * int(d) * 10 ** i for i, d in enumerate(reversed(str(b)))]
-    return "p:" + "+".join(map(str, partials)) + f" s:{a * b}"
+    cols = [[int(c) for c in reversed(str(p))] for p in partials]
+    carry, carries = 0, []
+    for j in range(max(len(c) for c in cols)):
+        carry = (sum(c[j] for c in cols if j < len(c)) + carry) // 10
+        carries.append(carry)
+    return "p:" + "+".join(map(str, partials)) + " c:" + "".join(map(str, carries[::-1])) + f" s:{a * b}"
 
 
 class Mul(TaskFamily):
-    """Multi-digit multiplication (2-6 digits by 1-4 digits) with its written partial products: the sum must agree
-    with every partial product before it."""
+    """Multi-digit multiplication (1-6 digits by 1-4 digits) with its written partial products and the carries of
+    their sum: the carries and the sum must agree with every partial product before them."""
 
     name = "mul"
     gen_length = LONG_GEN_LENGTH
@@ -404,7 +413,7 @@ class Mul(TaskFamily):
     _re = re.compile(r"^(\d+)\*(\d+)=$")
 
     def sample(self, rng: random.Random) -> Example:
-        a, b = _rand_int_digits(rng, rng.randint(2, 6)), _rand_int_digits(rng, rng.randint(1, 4))
+        a, b = _rand_int_digits(rng, rng.randint(1, 6)), _rand_int_digits(rng, rng.randint(1, 4))
         return Example(self.name, f"{a}*{b}=", mul_response(a, b), str(a * b))
 
     def check(self, example: Example, response: str) -> bool:
@@ -479,8 +488,9 @@ TRACE_VARS = "abcd"
 
 
 def trace_response(program: str) -> str:
-    """The value each statement of a straight-line program assigns, in order: "a=3;b=a+4;a=b-a" -> "a=3 b=7 a=4".
-    Statements: x=N (one digit), x=y+N, x=y+z, x=y-z."""
+    """Each statement of a straight-line program in order, with the value it assigns: a constant as written, any
+    other statement followed by "=value": "a=3;b=a+4;a=b-a" -> "a=3 b=a+4=7 a=b-a=4". Statements: x=N (one digit),
+    x=y+N, x=y+z, x=y-z. Writing the statement out anchors each value to the statement it belongs to."""
     env: Dict[str, int] = {}
     out = []
     for stmt in program.split(";"):
@@ -494,13 +504,14 @@ def trace_response(program: str) -> str:
         else:
             raise ValueError(f"not a trace statement: {stmt!r}")
         env[target] = value
-        out.append(f"{target}={value}")
+        out.append(stmt if expr.isdigit() else f"{stmt}={value}")
     return " ".join(out)
 
 
 class Trace(TaskFamily):
-    """Program tracing: 2-16 assignments over four variables (constants, +constant, sums and differences of
-    variables); the answer lists each assigned value, each computed from values listed before it."""
+    """Program tracing: 2-12 assignments over four variables (constants, +constant, sums and differences of
+    variables); the answer writes out each statement with the value it assigns, each computed from values listed
+    before it."""
 
     name = "trace"
     gen_length = LONG_GEN_LENGTH
@@ -510,7 +521,7 @@ class Trace(TaskFamily):
     def sample(self, rng: random.Random) -> Example:
         assigned: List[str] = []
         stmts = []
-        for _ in range(rng.randint(2, 16)):
+        for _ in range(rng.randint(2, 12)):
             target = rng.choice(TRACE_VARS)
             kind = rng.random() if len(assigned) >= 1 else 0.0
             if kind < 0.25:
