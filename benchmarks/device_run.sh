@@ -2,7 +2,7 @@
 # benchmarks/device_run.sh — build + CUDA tests + compute-sanitizer + benchmarks on the GPU machine, in one go.
 #
 #   benchmarks/device_run.sh [phases]      phases: any of build,test,sanitize,sanitizeall,bench,benchjson,sweep,
-#                                          ncu,ncusrc,policies,decode,engines,trainlong
+#                                          ncu,ncusrc,policies,decode,engines,trainlong,oneread
 #                                          (default: build,test,sanitize,bench)
 #
 # Logs go to $OUT (or ./device_logs). The benchmark JSON (bench: run_bench.py's step_<device>.json, or a stamped
@@ -127,6 +127,12 @@ if has trainlong; then
   tail -3 "$OUT/trainlong.log"
   cp /tmp/long_model/config.json "$OUT/long_model_config.json" 2>/dev/null
   split -b 15000000 /tmp/long_model/model.safetensors "$OUT/long_model.safetensors.part-" 2>/dev/null
+fi
+
+if has oneread; then  # benchmarks/dev/prr_one_read.cu: PRR's second sweep from global memory or from a cluster's smem
+  stamp "prr_one_read"
+  nvcc -O3 -std=c++17 -arch=sm_90a benchmarks/dev/prr_one_read.cu -o /tmp/prr_one_read &&
+    timeout ${ONEREAD_TIMEOUT:-180} /tmp/prr_one_read ${ONEREAD_ROWS:-256 1024 2048 8192} | tee "$OUT/oneread.txt"
 fi
 
 if has ncu; then
