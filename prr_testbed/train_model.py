@@ -24,6 +24,11 @@ written in plain torch, so this command needs no compiled extension.
 --budget-minutes M times the first steps and then fixes the step count to fit M minutes (printed, and saved in
 config.json; re-run with --steps N to reproduce the same schedule). The learning-rate schedule depends on the step
 count only.
+
+--compile runs the training forward through torch.compile, every batch left-padded to the model's max_seq_len (one
+shape, one compilation; pads are never attended to and RoPE sees relative positions, so the logits at the real
+positions are the same). On an H100 it trained the 9.7M-parameter long-family model at 30.6 steps/s against 16.9
+eager (batch 256, after a compilation of under a minute).
 """
 from __future__ import annotations
 
