@@ -44,8 +44,8 @@ from .model import MaskedDiffusionLM, decode_responses, load_default, make_canva
 from .train_length import _families, label_and_features
 
 PROG = "python -m prr_testbed.length_bench"
-STRATEGIES = ("vanilla", "fixed", "fixed+prr", "eos_exit", "oracle", "predictor", "predictor+vanilla", "predictor+eos_exit",
-              "predictor+prr", "predictor+prr+r2")
+STRATEGIES = ("vanilla", "fixed", "fixed+prr", "eos_exit", "oracle", "predictor", "predictor+vanilla",
+              "predictor+eos_exit", "predictor+prr", "predictor+prr+r2")
 FIXED = ("vanilla", "fixed", "fixed+prr", "eos_exit")  # the strategies on the --max-length canvas
 
 
