@@ -58,10 +58,22 @@ def make_policy(name: str):
         return prr_ext.EntropyBound(0.1)
     if name == "PRR":
         return prr_ext.PRR(prr_ext.Controller.init(0), tau=0.9)  # temperature shaping: the 2-sweep path
-    raise ValueError(f"unknown policy {name!r}: use one of {', '.join(POLICIES)}")
+    if name == "LocalLeap":
+        return prr_ext.LocalLeap()
+    if name == "SlowFast":
+        return prr_ext.SlowFast()
+    if name == "KLASS":
+        return prr_ext.KLASS()  # its KL sweep: a second pass over the row, as PRR's temperature shaping
+    if name == "R2":
+        return prr_ext.R2(base=prr_ext.Threshold(0.9))
+    raise ValueError(f"unknown policy {name!r}: use one of {', '.join(POLICIES + RULES)}")
 
 
 POLICIES = ["LowConfidence", "RandomRemask", "Threshold", "Factor", "EntropyBound", "PRR"]
+# The rules added beside them (LocalLeap, SlowFast, KLASS, R2 over Threshold), timed on request
+# (run_bench.py --policies LocalLeap,SlowFast,KLASS,R2): they have no torch.compile baseline (vector_step covers the
+# six above), and a full run is the six.
+RULES = ["LocalLeap", "SlowFast", "KLASS", "R2"]
 
 # The CUDA launcher's overrides (csrc/cuda: read from the environment once, re-read by
 # prr_ext._C.reload_launch_overrides()); launch_overrides() accepts these names only, so that a misspelt knob cannot

@@ -47,7 +47,7 @@ SHAPE_LABELS = [s[0] for s in BL.SHAPES]
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policies", default=",".join(BL.POLICIES),
-                    help="comma-separated policies to time (default: %(default)s)")
+                    help=f"comma-separated policies to time (default: %(default)s; also {', '.join(BL.RULES)})")
     ap.add_argument("--shapes", default=None,
                     help=f"';'-separated shape labels (default: all of {'; '.join(SHAPE_LABELS)})")
     ap.add_argument("--compiled-policies", default=",".join(BL.POLICIES),
@@ -64,13 +64,15 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
 
     args.policy_list = [p for p in args.policies.split(",") if p]
-    bad = [p for p in args.policy_list if p not in BL.POLICIES]
+    bad = [p for p in args.policy_list if p not in BL.POLICIES + BL.RULES]
     if bad or not args.policy_list:
-        ap.error(f"--policies: unknown or empty ({', '.join(bad) or 'none given'}); use {', '.join(BL.POLICIES)}")
+        ap.error(f"--policies: unknown or empty ({', '.join(bad) or 'none given'}); use "
+                 f"{', '.join(BL.POLICIES + BL.RULES)}")
     args.compiled = [p for p in args.compiled_policies.split(",") if p]
     bad = [p for p in args.compiled if p not in BL.POLICIES]
     if bad:
-        ap.error(f"--compiled-policies: unknown {', '.join(bad)}; use {', '.join(BL.POLICIES)}")
+        ap.error(f"--compiled-policies: unknown {', '.join(bad)}; use {', '.join(BL.POLICIES)} (the rules "
+                 f"{', '.join(BL.RULES)} have no compiled baseline)")
     args.shape_list = BL.SHAPES
     if args.shapes:
         want = [s.strip() for s in args.shapes.split(";") if s.strip()]
