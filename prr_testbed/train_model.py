@@ -222,8 +222,8 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar; a log line every 250 steps")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the training forward (batches padded to the model's max_seq_len, one shape); "
-                    "the same loss, faster on a GPU after a minute of compiling")
+                    help="torch.compile the training forward (batches padded to the model's max_seq_len, one shape; "
+                    "the same logits at the real positions), faster on a GPU after a minute of compiling")
     args = ap.parse_args(argv)
     check_outputs(ap, args, dirs=("out",))
     if os.path.realpath(args.out) == os.path.realpath(MODEL_DIR):
