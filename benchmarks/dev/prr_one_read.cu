@@ -249,7 +249,7 @@ static RowOut reference_row(const __nv_bfloat16* d, int r) {
   return RowOut{float(m), float(s), float(T), float(st)};
 }
 
-static bool close(double a, double b, double rel) { return std::fabs(a - b) <= rel * std::max(1.0, std::fabs(b)); }
+static bool agrees(double a, double b, double rel) { return std::fabs(a - b) <= rel * std::max(1.0, std::fabs(b)); }
 
 template <class Launch>
 static float time_us(Launch launch, int reps) {
@@ -333,8 +333,8 @@ int main(int argc, char** argv) {
       bool ok = true;
       for (size_t i = 0; i < sample.size(); ++i) {
         const RowOut& g = got[sample[i]];
-        ok &= close(g.m, ref[i].m, 0) && close(g.s, ref[i].s, 1e-4);
-        if (tempered) ok &= close(g.T, ref[i].T, 1e-5) && close(g.st, ref[i].st, 1e-3);
+        ok &= agrees(g.m, ref[i].m, 0) && agrees(g.s, ref[i].s, 1e-4);
+        if (tempered) ok &= agrees(g.T, ref[i].T, 1e-5) && agrees(g.st, ref[i].st, 1e-3);
       }
       if (!stats_us) stats_us = us;
       std::printf("%6d  %-18s %9.1f %8.2f %10.2f  %s\n", rows, name, us, us / floor_us, us / stats_us,
