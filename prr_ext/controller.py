@@ -46,6 +46,21 @@ class ControllerFormatError(ValueError):
     """A controller file is missing, corrupt, or does not match the expected format/version/shapes."""
 
 
+def read_json_config(path: str) -> dict:
+    """The JSON object in the file `path`; ControllerFormatError, naming the file, when it cannot be read, is not
+    JSON or holds something other than an object."""
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except OSError as e:
+        raise ControllerFormatError(f"{path}: cannot read ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ControllerFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ControllerFormatError(f"{path}: holds a JSON {type(cfg).__name__}, not an object")
+    return cfg
+
+
 class Controller:
     """A PRR controller: MLP weights, feature normalisation and the temperature map."""
 
@@ -184,12 +199,8 @@ class Controller:
         for p in (cfg_path, w_path):
             if not os.path.isfile(p):
                 raise ControllerFormatError(f"controller file not found: {p}")
-        try:
-            with open(cfg_path) as f:
-                cfg = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ControllerFormatError(f"{cfg_path}: not valid JSON ({e})") from None
-        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        cfg = read_json_config(cfg_path)
+        if cfg.get("format") != FORMAT:
             raise ControllerFormatError(f"{cfg_path}: not a prr_ext controller config (format != {FORMAT!r})")
         if cfg.get("version") != VERSION:
             raise ControllerFormatError(f"{cfg_path}: controller version {cfg.get('version')} is not supported "

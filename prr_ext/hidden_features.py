@@ -23,7 +23,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .controller import ControllerFormatError
+from .controller import ControllerFormatError, read_json_config
 
 __all__ = ["HiddenFeatures", "WEIGHTS_FILE", "CONFIG_FILE"]
 
@@ -138,12 +138,8 @@ class HiddenFeatures:
             return None
         if not os.path.isfile(c_path):
             raise ControllerFormatError(f"{c_path} not found (it belongs with {w_path})")
-        try:
-            with open(c_path) as f:
-                cfg = json.load(f)
-        except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-            raise ControllerFormatError(f"{c_path}: not valid JSON ({e})") from None
-        if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or cfg.get("version") != VERSION:
+        cfg = read_json_config(c_path)
+        if cfg.get("format") != FORMAT or cfg.get("version") != VERSION:
             raise ControllerFormatError(f"{c_path}: not a {FORMAT} version {VERSION} file")
         try:
             t = load_file(w_path)

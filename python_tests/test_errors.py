@@ -441,7 +441,7 @@ CONTROLLER_FILE_ERRORS = [
      r"controller file not found: .*model\.safetensors"),
     ("bad-json", lambda p: _write(p, "config.json", b'{"format": "prr_ext.controller", '), r"not valid JSON"),
     ("binary-json", lambda p: _write(p, "config.json", b"\xff\xfe\x00garbage"), r"not valid JSON"),
-    ("json-list", lambda p: _write(p, "config.json", b"[1, 2]"), r"not a prr_ext controller config"),
+    ("json-list", lambda p: _write(p, "config.json", b"[1, 2]"), r"config\.json: holds a JSON list, not an object"),
     ("wrong-format", lambda p: _edit_config(p, format="other.model"), r"not a prr_ext controller config"),
     ("wrong-version", lambda p: _edit_config(p, version=2), r"controller version 2 is not supported"),
     ("no-version", lambda p: _edit_config(p, version=None), r"controller version None is not supported"),
@@ -479,6 +479,28 @@ def test_controller_file_errors(tmp_path, name, corrupt, match):
     new = corrupt(path)
     with pytest.raises(prr_ext.ControllerFormatError, match=match):
         prr_ext.Controller.load(new if isinstance(new, str) else path)
+
+
+def test_unreadable_config_names_the_file(tmp_path, monkeypatch):
+    """A config that exists but cannot be opened (permissions, I/O) is a ControllerFormatError naming it, for the
+    controller and for the hidden-feature map alike (root reads any file, so open() is made to fail)."""
+    import builtins
+    from prr_ext.hidden_features import CONFIG_FILE, WEIGHTS_FILE
+    path = _saved(tmp_path)
+    _write(path, WEIGHTS_FILE, b"")
+    _write(path, CONFIG_FILE, b"{}")
+    real_open = builtins.open
+
+    def failing_open(file, *args, **kwargs):
+        if str(file).endswith(".json"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", failing_open)
+    with pytest.raises(prr_ext.ControllerFormatError, match=r"config\.json: cannot read \(Permission denied\)"):
+        prr_ext.Controller.load(path)
+    with pytest.raises(prr_ext.ControllerFormatError, match=rf"{CONFIG_FILE}: cannot read \(Permission denied\)"):
+        prr_ext.HiddenFeatures.load(path)
 
 
 def test_controller_format_error_is_value_error():
