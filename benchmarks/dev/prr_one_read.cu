@@ -12,6 +12,9 @@
 //   stats_only      one sweep: m and s per row (what a one-sweep rule reads; the target is PRR <= 1.3x this)
 //   two_sweeps      m, s, T, then the tempered sum re-reading the row from global memory (the step kernel's shape)
 //   smem_cluster<CS>  one read: the row in the cluster's shared memory, CS = 2, 4, 8
+//   smem_stats<CS>    the same loads and statistics without the tempered sum: what the second sweep's arithmetic
+//                     costs once the row is on chip (the gap to smem_cluster) and what the bulk-copy path costs
+//                     against register loads (the gap to stats_only)
 // T = 0.7 + 0.3 · ln(s) / ln(V), a stand-in for the controller: any function of the statistics has the same data flow.
 // Every kernel's m, s, T and tempered sum are checked against a double-precision CPU reference on a sample of rows.
 //
@@ -170,7 +173,7 @@ __device__ inline void bulk_load(void* dst, const void* src, uint32_t bytes, uin
                : "memory");
 }
 
-template <int CS>
+template <int CS, bool kTempered>
 __global__ void __launch_bounds__(NT) smem_cluster_kernel(const __nv_bfloat16* __restrict__ logits, RowOut* out) {
   constexpr int kSlice = V / CS;               // bf16 values per CTA
   constexpr int kChunk = kSlice / NCHUNK;      // values per bulk copy
@@ -207,9 +210,10 @@ __global__ void __launch_bounds__(NT) smem_cluster_kernel(const __nv_bfloat16* _
     const float* pj = cluster.map_shared_rank(part, j);
     merge(m, s, pj[0], pj[1]);
   }
-  const float T = temperature_of(s), k = LOG2E / T;
+  const float T = kTempered ? temperature_of(s) : 0.f, k = LOG2E / T;
   float t = 0.f;
-  for (int i = threadIdx.x; i < kSlice / 8; i += NT) t += vec_tempered(slice[i], m, k);
+  if (kTempered)
+    for (int i = threadIdx.x; i < kSlice / 8; i += NT) t += vec_tempered(slice[i], m, k);
   t = block_sum(t, red);
   cluster.sync();  // everyone has read part[0..1]
   if (threadIdx.x == 0) part[0] = t;
@@ -273,10 +277,11 @@ static float time_us(Launch launch, int reps) {
 
 template <int CS>
 static void allow_cluster_smem() {  // once, before timing: the slice exceeds the default 48 KB of dynamic smem
-  CK(cudaFuncSetAttribute(smem_cluster_kernel<CS>, cudaFuncAttributeMaxDynamicSharedMemorySize, (V / CS) * 2));
+  CK(cudaFuncSetAttribute(smem_cluster_kernel<CS, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (V / CS) * 2));
+  CK(cudaFuncSetAttribute(smem_cluster_kernel<CS, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (V / CS) * 2));
 }
 
-template <int CS>
+template <int CS, bool kTempered = true>
 static void launch_cluster(const __nv_bfloat16* d, RowOut* o, int rows) {
   constexpr size_t smem = size_t(V / CS) * 2;
   cudaLaunchConfig_t cfg{};
@@ -288,7 +293,7 @@ static void launch_cluster(const __nv_bfloat16* d, RowOut* o, int rows) {
   attr[0].val.clusterDim.x = CS, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  CK(cudaLaunchKernelEx(&cfg, smem_cluster_kernel<CS>, d, o));
+  CK(cudaLaunchKernelEx(&cfg, smem_cluster_kernel<CS, kTempered>, d, o));
 }
 
 int main(int argc, char** argv) {
@@ -351,6 +356,10 @@ int main(int argc, char** argv) {
     report("smem_cluster<4>", time_us([&] { launch_cluster<4>(d, o, rows); }, 20), true);
     CK(cudaMemset(o, 0, sizeof(RowOut) * rows));
     report("smem_cluster<8>", time_us([&] { launch_cluster<8>(d, o, rows); }, 20), true);
+    CK(cudaMemset(o, 0, sizeof(RowOut) * rows));
+    report("smem_stats<4>", time_us([&] { launch_cluster<4, false>(d, o, rows); }, 20), false);
+    CK(cudaMemset(o, 0, sizeof(RowOut) * rows));
+    report("smem_stats<8>", time_us([&] { launch_cluster<8, false>(d, o, rows); }, 20), false);
     std::printf("\n");
   }
   CK(cudaFree(d));
