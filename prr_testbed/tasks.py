@@ -17,14 +17,14 @@ The shipped model's three families (FAMILY_NAMES), each with dependencies betwee
 Every response is followed by <eos> up to the family's generation length (LLaDA style); response lengths differ
 between and within families (arith 11-22, words 20-35, sudoku 19 characters); prompt + canvas <= 128 tokens.
 
-Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 110 characters that
+Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 70 characters that
 are written out step by step, each step computed from the ones before it:
 
   mul     1-6 digits times 1-4 digits, partial products, the carries of their sum, the sum:
                                                           "347*28="  ->  "p:2776+6940 c:0110 s:9716"
-  cumsum  running sums of 2-24 numbers below 100:         "cumsum 3 8 1 9="  ->  "3 11 12 21"
-  sort    2-30 numbers below 1000, ascending:             "sort 53 7 21 7="  ->  "7 7 21 53"
-  trace   2-12 assignments over a, b, c, d, each written out with its value:
+  cumsum  running sums of 2-16 numbers below 100:         "cumsum 3 8 1 9="  ->  "3 11 12 21"
+  sort    2-20 numbers below 1000, ascending:             "sort 53 7 21 7="  ->  "7 7 21 53"
+  trace   2-8 assignments over a, b, c, d, each written out with its value:
                                                           "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=a+4=7 a=b-a=4"
 
 each checked exactly against the answer recomputed from the prompt. They are the workload on which the commit rules
@@ -385,7 +385,7 @@ class Sudoku(TaskFamily):
 # ---------------------------------------------------------------------------------------------------------------
 # long families: variable-length answers whose tokens depend on each other, under one 160-slot canvas
 # ---------------------------------------------------------------------------------------------------------------
-LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~110 characters, then <eos>
+LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~70 characters, then <eos>
 LONG_BLOCK_LENGTH = 32
 
 
@@ -458,9 +458,9 @@ class _ListFamily(TaskFamily):
 
 
 class CumSum(_ListFamily):
-    """Running sums of 2-24 numbers below 100: every value is the previous one plus an input."""
+    """Running sums of 2-16 numbers below 100: every value is the previous one plus an input."""
 
-    name, n_lo, n_hi, v_hi = "cumsum", 2, 24, 99
+    name, n_lo, n_hi, v_hi = "cumsum", 2, 16, 99
     gen_length = LONG_GEN_LENGTH
     block_length = LONG_BLOCK_LENGTH
 
@@ -473,10 +473,10 @@ class CumSum(_ListFamily):
 
 
 class Sort(_ListFamily):
-    """2-30 numbers below 1000, sorted ascending (repeats kept): the answer is a permutation of the input, so each
+    """2-20 numbers below 1000, sorted ascending (repeats kept): the answer is a permutation of the input, so each
     value placed constrains every other."""
 
-    name, n_lo, n_hi, v_hi = "sort", 2, 30, 999
+    name, n_lo, n_hi, v_hi = "sort", 2, 20, 999
     gen_length = LONG_GEN_LENGTH
     block_length = LONG_BLOCK_LENGTH
 
@@ -485,6 +485,7 @@ class Sort(_ListFamily):
 
 
 TRACE_VARS = "abcd"
+TRACE_MAX_STATEMENTS = 8
 
 
 def trace_response(program: str) -> str:
@@ -509,7 +510,7 @@ def trace_response(program: str) -> str:
 
 
 class Trace(TaskFamily):
-    """Program tracing: 2-12 assignments over four variables (constants, +constant, sums and differences of
+    """Program tracing: 2-8 assignments over four variables (constants, +constant, sums and differences of
     variables); the answer writes out each statement with the value it assigns, each computed from values listed
     before it."""
 
@@ -521,7 +522,7 @@ class Trace(TaskFamily):
     def sample(self, rng: random.Random) -> Example:
         assigned: List[str] = []
         stmts = []
-        for _ in range(rng.randint(2, 12)):
+        for _ in range(rng.randint(2, TRACE_MAX_STATEMENTS)):
             target = rng.choice(TRACE_VARS)
             kind = rng.random() if len(assigned) >= 1 else 0.0
             if kind < 0.25:

@@ -51,7 +51,7 @@ def test_checkers_reject_foreign_prompts():
 
 def test_lengths_vary_at_least_five_fold_under_one_canvas():
     """Within every long family the held-out answers span >= 5x in length, and together they span from under 10 to
-    over 80 characters; every answer and its <eos> fit the one 160-slot canvas, and every character is in the
+    over 60 characters; every answer and its <eos> fit the one 160-slot canvas, and every character is in the
     tokenizer's vocabulary."""
     tok = CharTokenizer()
     spans = []
@@ -64,7 +64,7 @@ def test_lengths_vary_at_least_five_fold_under_one_canvas():
         spans += lengths
         for e in T.heldout_set(family, n=50):
             assert tok.decode(tok.encode(e.prompt + e.response)) == e.prompt + e.response
-    assert min(spans) < 10 and max(spans) > 80
+    assert min(spans) < 10 and max(spans) > 60
 
 
 def test_trace_programs_read_only_assigned_variables():
