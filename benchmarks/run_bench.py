@@ -18,7 +18,7 @@ with an fp32 confidence softmax, µs / ours), × eager fp64 (the same step with 
 V = 126464.
 
 --variants times each case again under the CUDA launcher's overrides (PRR_CUDA_CS, PRR_CUDA_NT, PRR_CUDA_PACKED,
-PRR_CUDA_SELECT_SORT, PRR_CUDA_PERSIST, PRR_CUDA_DYNROWS), in the same process: the side-by-side measure of a launch
+PRR_CUDA_SELECT_SORT, PRR_CUDA_PERSIST, PRR_CUDA_DYNROWS, PRR_CUDA_SMEMROW), in the same process: the side-by-side measure of a launch
 choice. PRR_COMMIT / PRR_KERNEL override the recorded commit / kernel tag where the checkout's git metadata is not the
 tree's.
 """

@@ -60,32 +60,63 @@ inline int device_sms(int device) {
   return sms;
 }
 
+// The shared memory a CTA of `device` may opt into (227 KB on an H100 / H200; 48 KB if the query fails).
+inline int device_smem_optin(int device) {
+  static OnceCache<int, int> cache;
+  int bytes = 48 * 1024;
+  (void)cache.get(device, bytes, [&](int& v) {
+    v = 48 * 1024;
+    (void)cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    return cudaSuccess;
+  });
+  return bytes;
+}
+
+// What a launch needs to know about one compiled kernel on one device.
+struct KernelInfo {
+  int max_threads;  // its threads-per-CTA limit (its launch bound, or fewer if registers bind)
+  int static_smem;  // bytes of its static shared memory
+};
+
 // Launch step_kernel<T, C> on `device` (the current device) and `stream`: the launch shape from launch_shape.h,
 // then a persistent grid when fewer clusters than rows fit at once. `args` carries everything but the shape.
 template <typename T, typename C>
 cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const LaunchOverrides& overrides) {
   const auto kernel = step_kernel<T, C>;
-  static OnceCache<int, int> max_threads_cache;  // per instantiation and device
-  DeviceInfo dev{device_sms(device), 0};
-  cudaError_t err = max_threads_cache.get(device, dev.max_threads, [&](int& v) {
+  static OnceCache<int, KernelInfo> kernel_info;  // per instantiation and device
+  KernelInfo info{};
+  cudaError_t err = kernel_info.get(device, info, [&](KernelInfo& v) {
     cudaFuncAttributes attr{};
     const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
-    v = attr.maxThreadsPerBlock;
+    v.max_threads = attr.maxThreadsPerBlock;
+    v.static_smem = static_cast<int>(attr.sharedSizeBytes);
     return e;
   });
   if (err != cudaSuccess) return err;
 
   const StepParams& p = args.p;
-  const LaunchShape shape = choose_launch_shape(p, static_cast<int>(16 / sizeof(T)), dev, overrides);
+  constexpr int vec = static_cast<int>(16 / sizeof(T));
+  // dynamic shared memory: the controller's weights, then (rows held in shared memory) the CTA's slice of the row
+  const size_t controller_bytes = static_cast<size_t>(args.controller_words) * sizeof(float);
+  const size_t slice_offset = (controller_bytes + 15) / 16 * 16;
+  DeviceInfo dev{device_sms(device), info.max_threads};
+  dev.row_smem_bytes = std::max<int64_t>(
+      0, static_cast<int64_t>(device_smem_optin(device)) - info.static_smem - static_cast<int64_t>(slice_offset));
+  LaunchShape shape = choose_launch_shape(p, vec, dev, overrides);
+  const bool aligned_rows = reinterpret_cast<uintptr_t>(args.logits) % 16 == 0 && p.V % vec == 0 &&
+                            p.stride_b % vec == 0 && p.stride_r % vec == 0;
+  if (const auto held = smem_row_shape(p, vec, dev, overrides, shape, aligned_rows)) shape = *held;
   args.cluster_size = shape.cluster_size;
   args.vectors_per_cta = shape.vectors_per_cta;
   args.tiles = shape.tiles;
   args.packed = overrides.packed ? 1 : 0;
   args.select_sort = overrides.select_sort ? 1 : 0;
+  args.row_smem_offset = shape.smem_rows ? static_cast<int>(slice_offset) : -1;
 
   cudaLaunchConfig_t cfg{};
   cfg.blockDim = dim3(static_cast<unsigned>(shape.threads), 1, 1);
-  cfg.dynamicSmemBytes = static_cast<size_t>(args.controller_words) * sizeof(float);  // the controller's weights
+  cfg.dynamicSmemBytes = shape.smem_rows ? slice_offset + static_cast<size_t>(shape.vectors_per_cta) * 16
+                                         : controller_bytes;
   if (cfg.dynamicSmemBytes > 0) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(cfg.dynamicSmemBytes));

@@ -437,8 +437,13 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
   __shared__ RowResult out;
   __shared__ RowContext ctx;
   __shared__ float mlp_f[prr::kMaxFeatures], mlp_h1[prr::kMaxHidden], mlp_h2[prr::kMaxHidden];
-  // the controller's weights (its matvecs would otherwise wait on L2 per weight); 16-byte aligned for cp.async
+  // the controller's weights (its matvecs would otherwise wait on L2 per weight); 16-byte aligned for cp.async;
+  // with rows held in shared memory, the CTA's slice of the row follows at args.row_smem_offset
   extern __shared__ __align__(16) float ctrl_smem[];
+  const bool smem_rows = args.row_smem_offset >= 0;
+  uint4* const row_smem = reinterpret_cast<uint4*>(reinterpret_cast<char*>(ctrl_smem) + max(0, args.row_smem_offset));
+  __shared__ uint64_t row_bars[kMaxRowTiles];  // one mbarrier per tile of the slice (rows held in shared memory)
+  uint32_t row_parity = 0;                     // the barriers' phase of the row being read
 
   // DSMEM rule: no CTA writes into another's shared memory before the whole cluster has started. Arrive now, wait
   // right before the first remote write, so the barrier overlaps the prologue (compute-sanitizer's racecheck reports
@@ -505,6 +510,10 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
     __syncthreads();
     return s_next_row;
   };
+  if (smem_rows && tid == 0) {  // visible to the CTA after the row loop's first barrier
+    for (int u = 0; u < args.tiles; ++u) mbarrier_init(&row_bars[u], 1);
+    fence_mbarrier_init();
+  }
   int parity = 0;
   for (int64_t row_id = blockIdx.x / args.cluster_size; row_id < total; row_id = next_row(row_id)) {
     const int64_t b = row_id / BL, j = row_id % BL;
@@ -561,7 +570,23 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
     const T* row = static_cast<const T*>(args.logits) + b * p.stride_b + r * p.stride_r;  // int64 offsets
     const bool vec_ok = (reinterpret_cast<uintptr_t>(row) % 16 == 0) && (p.V % VEC == 0);
     TileT tile;
-    tile.load(row, V32, slice_begin + tid, threads, slice_end, vec_ok);
+    if (smem_rows) {
+      // every tile of the slice in flight at once, each a bulk copy into shared memory completing on its mbarrier;
+      // the previous row's reads of the buffer ended at the row loop's barrier
+      if (tid == 0) {
+        fence_proxy_async_shared();
+        for (int u = 0; u < args.tiles; ++u) {
+          const int32_t v = slice_begin + u * tile_stride, n = min(tile_stride, slice_end - v);
+          if (n > 0)
+            bulk_copy_to_shared(row_smem + (v - slice_begin), reinterpret_cast<const uint4*>(row) + v,
+                                static_cast<uint32_t>(n) * 16u, &row_bars[u]);
+          else
+            mbarrier_arrive(&row_bars[u]);
+        }
+      }
+    } else {
+      tile.load(row, V32, slice_begin + tid, threads, slice_end, vec_ok);
+    }
     // L2 prefetch (cp.async.bulk, one instruction for a whole tile of this CTA's slice) of tile u of row rp: of this
     // row, or of the cluster's next row (persistent grids).
     const auto prefetch_tile = [&](const T* rp, int u) {
@@ -587,7 +612,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
                             (lo + next_j - row_offset) * p.stride_r, 0);
       }
     };
-    prefetch_next(0);
+    if (!smem_rows) prefetch_next(0);
 
     const uint64_t seed = static_cast<uint64_t>(__ldg(args.seed + b));
     // leader: per-row controller inputs (overlaps the loads)
@@ -618,7 +643,11 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
     // fetch shows up in its stalls (ncu), so the hot loop is not duplicated for the first tile.
 #pragma unroll 1
     for (int u = 0; u < args.tiles; ++u) {  // rows longer than one register tile per thread loop
-      if (u > 0) {
+      if (smem_rows) {
+        mbarrier_wait(&row_bars[u], row_parity);
+        tile.load_shared(row_smem, slice_begin, slice_begin + u * tile_stride + tid, threads, slice_end);
+        if (u + 1 == args.tiles) prefetch_next(u);  // the claim and the next row's first tile
+      } else if (u > 0) {
         tile.load(row, V32, slice_begin + u * tile_stride + tid, threads, slice_end, vec_ok);
         prefetch_next(u);
       }
@@ -634,6 +663,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
       }
     }
     TL(kTlTilesDone);
+    if (smem_rows) row_parity ^= 1u;  // every tile of the row has landed; the next row's copies use the next phase
     // the controller's weights: visible to every thread after the merge's barrier
     if (args.controller_words > 0) asm volatile("cp.async.wait_all;\n" ::: "memory");
     st = block_merge(st, smem.part, max_scratch);
@@ -667,7 +697,10 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
         // the last tile is still in registers; the others are read again (from L2 if still there)
         tempered_sum = C(prr::tempered_tile_sum<C, TileT::N>(getf, row_max, inv_t));
         for (int u = 0; u + 1 < args.tiles; ++u) {
-          tile.load(row, V32, slice_begin + u * tile_stride + tid, threads, slice_end, vec_ok);
+          if (smem_rows)
+            tile.load_shared(row_smem, slice_begin, slice_begin + u * tile_stride + tid, threads, slice_end);
+          else
+            tile.load(row, V32, slice_begin + u * tile_stride + tid, threads, slice_end, vec_ok);
           tempered_sum += C(prr::tempered_tile_sum<C, TileT::N>(getf, row_max, inv_t));
         }
       }
