@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <tuple>
+#include <type_traits>
 
 #include "config.h"
 #include "kernel_args.cuh"
@@ -78,20 +79,29 @@ struct KernelInfo {
   int static_smem;  // bytes of its static shared memory
 };
 
-// Launch step_kernel<T, C> on `device` (the current device) and `stream`: the launch shape from launch_shape.h,
-// then a persistent grid when fewer clusters than rows fit at once. `args` carries everything but the shape.
-template <typename T, typename C>
-cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const LaunchOverrides& overrides) {
-  const auto kernel = step_kernel<T, C>;
-  static OnceCache<int, KernelInfo> kernel_info;  // per instantiation and device
-  KernelInfo info{};
-  cudaError_t err = kernel_info.get(device, info, [&](KernelInfo& v) {
+template <typename T, typename C, bool kSmemRows>
+cudaError_t kernel_info(int device, KernelInfo& out) {
+  static OnceCache<int, KernelInfo> cache;  // per instantiation and device
+  return cache.get(device, out, [&](KernelInfo& v) {
     cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
+    const cudaError_t e = cudaFuncGetAttributes(&attr, step_kernel<T, C, kSmemRows>);
     v.max_threads = attr.maxThreadsPerBlock;
     v.static_smem = static_cast<int>(attr.sharedSizeBytes);
     return e;
   });
+}
+
+// The instantiations with rows held in shared memory: 16-bit and fp32 logits with fp32 confidence (PRR's usual
+// case); the others keep their rows in registers.
+template <typename T, typename C>
+constexpr bool kHasSmemRows = std::is_same_v<C, float> && !std::is_same_v<T, double>;
+
+// Launch step_kernel on `device` (the current device) and `stream`: the launch shape from launch_shape.h, then a
+// persistent grid when fewer clusters than rows fit at once. `args` carries everything but the shape.
+template <typename T, typename C>
+cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const LaunchOverrides& overrides) {
+  KernelInfo info{};
+  cudaError_t err = kernel_info<T, C, false>(device, info);
   if (err != cudaSuccess) return err;
 
   const StepParams& p = args.p;
@@ -100,12 +110,23 @@ cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const 
   const size_t controller_bytes = static_cast<size_t>(args.controller_words) * sizeof(float);
   const size_t slice_offset = (controller_bytes + 15) / 16 * 16;
   DeviceInfo dev{device_sms(device), info.max_threads};
-  dev.row_smem_bytes = std::max<int64_t>(
-      0, static_cast<int64_t>(device_smem_optin(device)) - info.static_smem - static_cast<int64_t>(slice_offset));
+  if constexpr (kHasSmemRows<T, C>) {
+    if (overrides.smem_rows) {
+      KernelInfo held{};
+      err = kernel_info<T, C, true>(device, held);
+      if (err != cudaSuccess) return err;
+      dev.row_smem_bytes = std::max<int64_t>(0, static_cast<int64_t>(device_smem_optin(device)) -
+                                                    held.static_smem - static_cast<int64_t>(slice_offset));
+    }
+  }
   LaunchShape shape = choose_launch_shape(p, vec, dev, overrides);
   const bool aligned_rows = reinterpret_cast<uintptr_t>(args.logits) % 16 == 0 && p.V % vec == 0 &&
                             p.stride_b % vec == 0 && p.stride_r % vec == 0;
   if (const auto held = smem_row_shape(p, vec, dev, overrides, shape, aligned_rows)) shape = *held;
+  auto kernel = step_kernel<T, C, false>;
+  if constexpr (kHasSmemRows<T, C>) {
+    if (shape.smem_rows) kernel = step_kernel<T, C, true>;
+  }
   args.cluster_size = shape.cluster_size;
   args.vectors_per_cta = shape.vectors_per_cta;
   args.tiles = shape.tiles;
@@ -134,9 +155,10 @@ cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const 
   // How many clusters of this shape are co-resident (0 if the query fails: one cluster per row).
   int max_active_clusters = 0;
   if (overrides.persistent) {
-    static OnceCache<std::tuple<int, int, int, size_t>, int> occupancy;  // per instantiation, device and shape
+    static OnceCache<std::tuple<int, int, int, size_t, bool>, int> occupancy;  // per kernel, device and shape
     cfg.gridDim = dim3(static_cast<unsigned>(shape.cluster_size), 1, 1);
-    (void)occupancy.get({device, shape.cluster_size, shape.threads, cfg.dynamicSmemBytes}, max_active_clusters,
+    (void)occupancy.get({device, shape.cluster_size, shape.threads, cfg.dynamicSmemBytes, shape.smem_rows},
+                        max_active_clusters,
                         [&](int& v) {
                           if (cudaOccupancyMaxActiveClusters(&v, kernel, &cfg) != cudaSuccess) {
                             (void)cudaGetLastError();
