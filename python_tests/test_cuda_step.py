@@ -271,8 +271,8 @@ def test_prr_rows_in_shared_memory(launch_override, shape, dt):
     """PRR_CUDA_SMEMROW=1: temperature-shaped rows bulk-copied into shared memory, both sweeps read from there
     (launch_shape.h; test_launch_shape.py checks which shapes take the path). The default 4-CTA clusters and forced
     shapes (2 CTAs, 8 CTAs of one warp with 8 tiles each, and one CTA per row with a small vocabulary), random,
-    tie-heavy and late-maximum rows, block-only logits, sampling, fp64 confidence, more rows than co-resident clusters
-    (so each cluster walks rows and the barriers' phase flips) and CUDA-graph replay; an odd V keeps the register
+    tie-heavy and late-maximum rows, block-only logits, sampling, more rows than co-resident clusters (so each cluster
+    walks rows and the barriers' phase flips) and CUDA-graph replay; fp64 confidence and an odd V keep the register
     path."""
     launch_override("PRR_CUDA_SMEMROW", "1")
     cs, nt = {"cs4": (None, None), "cs2": ("2", None), "cs8nt32": ("8", "32"), "cs1": ("1", "64")}[shape]
