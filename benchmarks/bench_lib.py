@@ -79,7 +79,7 @@ RULES = ["LocalLeap", "SlowFast", "KLASS", "R2"]
 # prr_ext._C.reload_launch_overrides()); launch_overrides() accepts these names only, so that a misspelt knob cannot
 # silently time the default launch.
 LAUNCH_OVERRIDES = ("PRR_CUDA_CS", "PRR_CUDA_NT", "PRR_CUDA_PACKED", "PRR_CUDA_SELECT_SORT", "PRR_CUDA_PERSIST",
-                    "PRR_CUDA_DYNROWS", "PRR_CUDA_SMEMROW")
+                    "PRR_CUDA_DYNROWS")
 
 
 def _reload_launch_overrides() -> None:

@@ -18,7 +18,7 @@ with an fp32 confidence softmax, µs / ours), × eager fp64 (the same step with 
 V = 126464.
 
 --variants times each case again under the CUDA launcher's overrides (PRR_CUDA_CS, PRR_CUDA_NT, PRR_CUDA_PACKED,
-PRR_CUDA_SELECT_SORT, PRR_CUDA_PERSIST, PRR_CUDA_DYNROWS, PRR_CUDA_SMEMROW), in the same process: the side-by-side measure of a launch
+PRR_CUDA_SELECT_SORT, PRR_CUDA_PERSIST, PRR_CUDA_DYNROWS), in the same process: the side-by-side measure of a launch
 choice. PRR_COMMIT / PRR_KERNEL override the recorded commit / kernel tag where the checkout's git metadata is not the
 tree's.
 """
@@ -117,7 +117,7 @@ def main(argv=None):
                          f"prr_ext.has_cuda_kernels() = {prr_ext.has_cuda_kernels()})")
     now = datetime.datetime.now(datetime.timezone.utc)
     props = torch.cuda.get_device_properties(0)
-    out = output_path(args, props.name, now.strftime("%Y%m%d-%H%M"))
+    out = output_path(args, props.name, now.strftime("%Y%m%d-%H%M%S"))  # two runs in a minute keep both
     l2 = getattr(props, "L2_cache_size", 50 << 20)
     bw = BL.read_bandwidth()
     print(f"device {props.name}, {props.multi_processor_count} SMs, L2 {l2 / (1 << 20):g} MiB; torch "

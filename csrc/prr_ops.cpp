@@ -109,15 +109,14 @@ PyObject* reload_launch_overrides(PyObject*, PyObject*) {
   Py_RETURN_NONE;
 }
 
-// launch_shape(B, block_length, V, elem_bytes, policy, shaping, sms, max_threads, row_smem_bytes, aligned_rows)
-// -> (cluster_size, threads, vectors_per_cta, tiles, smem_rows): the CUDA launcher's shape for one step, from the
-// pure functions of launch_shape.h under the PRR_CUDA_* overrides now in the environment. Plain C++, so the launch
-// shape is testable in every build; policy and shaping are prr/params.h's codes (prr_ext.constants).
+// launch_shape(B, block_length, V, elem_bytes, policy, shaping, sms, max_threads) -> (cluster_size, threads,
+// vectors_per_cta, tiles): the CUDA launcher's shape for one step, from the pure functions of launch_shape.h under
+// the PRR_CUDA_* overrides now in the environment. Plain C++, so the launch shape is testable in every build; policy
+// and shaping are prr/params.h's codes (prr_ext.constants).
 PyObject* launch_shape(PyObject*, PyObject* args) {
-  long long B = 0, block_length = 0, V = 0, row_smem_bytes = 0;
-  int elem_bytes = 0, policy = 0, shaping = 0, sms = 0, max_threads = 0, aligned_rows = 0;
-  if (!PyArg_ParseTuple(args, "LLLiiiiiLp", &B, &block_length, &V, &elem_bytes, &policy, &shaping, &sms,
-                        &max_threads, &row_smem_bytes, &aligned_rows))
+  long long B = 0, block_length = 0, V = 0;
+  int elem_bytes = 0, policy = 0, shaping = 0, sms = 0, max_threads = 0;
+  if (!PyArg_ParseTuple(args, "LLLiiiii", &B, &block_length, &V, &elem_bytes, &policy, &shaping, &sms, &max_threads))
     return nullptr;
   if (B < 1 || block_length < 1 || V < 1 || sms < 1 || max_threads < 32 ||
       (elem_bytes != 2 && elem_bytes != 4 && elem_bytes != 8)) {
@@ -132,22 +131,18 @@ PyObject* launch_shape(PyObject*, PyObject* args) {
   p.V = V;
   p.policy = policy;
   p.shaping = shaping;
-  const int vec = 16 / elem_bytes;
-  prr::gpu::DeviceInfo dev{sms, max_threads};
-  dev.row_smem_bytes = row_smem_bytes;
-  const prr::gpu::LaunchOverrides overrides = prr::gpu::read_launch_overrides();
-  prr::gpu::LaunchShape s = prr::gpu::choose_launch_shape(p, vec, dev, overrides);
-  if (const auto held = prr::gpu::smem_row_shape(p, vec, dev, overrides, s, aligned_rows != 0)) s = *held;
-  return Py_BuildValue("(iiLiO)", s.cluster_size, s.threads, static_cast<long long>(s.vectors_per_cta), s.tiles,
-                       s.smem_rows ? Py_True : Py_False);
+  const prr::gpu::DeviceInfo dev{sms, max_threads};
+  const prr::gpu::LaunchShape s =
+      prr::gpu::choose_launch_shape(p, 16 / elem_bytes, dev, prr::gpu::read_launch_overrides());
+  return Py_BuildValue("(iiLi)", s.cluster_size, s.threads, static_cast<long long>(s.vectors_per_cta), s.tiles);
 }
 
 PyMethodDef kMethods[] = {
     {"constants", constants, METH_NOARGS, "The compiled values of the constants prr_ext/constants.py mirrors."},
     {"workspace_words", workspace_words, METH_VARARGS, "workspace_words(B, block_length): State.workspace size."},
     {"launch_shape", launch_shape, METH_VARARGS,
-     "launch_shape(B, block_length, V, elem_bytes, policy, shaping, sms, max_threads, row_smem_bytes, aligned_rows): "
-     "the CUDA launch shape (cluster_size, threads, vectors_per_cta, tiles, smem_rows) under the current overrides."},
+     "launch_shape(B, block_length, V, elem_bytes, policy, shaping, sms, max_threads): the CUDA launch shape "
+     "(cluster_size, threads, vectors_per_cta, tiles) under the current PRR_CUDA_* overrides."},
     {"reload_launch_overrides", reload_launch_overrides, METH_NOARGS,
      "Re-read the PRR_CUDA_* launch overrides from the environment (a no-op without the CUDA kernels)."},
     {nullptr, nullptr, 0, nullptr},

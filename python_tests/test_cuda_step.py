@@ -265,36 +265,6 @@ def test_prr_one_cta_per_row(launch_override, dt):
         decode_compare(policies()["prr_temp"], V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, T=0.8, loops=2, seed=24)
 
 
-@pytest.mark.parametrize("shape", ["cs4", "cs2", "cs8nt32", "cs1"])
-@pytest.mark.parametrize("dt", [torch.bfloat16, torch.float16, torch.float32])
-def test_prr_rows_in_shared_memory(launch_override, shape, dt):
-    """PRR_CUDA_SMEMROW=1: temperature-shaped rows bulk-copied into shared memory, both sweeps read from there
-    (launch_shape.h; test_launch_shape.py checks which shapes take the path). The default 4-CTA clusters and forced
-    shapes (2 CTAs, 8 CTAs of one warp with 8 tiles each, and one CTA per row with a small vocabulary), random,
-    tie-heavy and late-maximum rows, block-only logits, sampling, more rows than co-resident clusters (so each cluster
-    walks rows and the barriers' phase flips) and CUDA-graph replay; fp64 confidence and an odd V keep the register
-    path."""
-    launch_override("PRR_CUDA_SMEMROW", "1")
-    cs, nt = {"cs4": (None, None), "cs2": ("2", None), "cs8nt32": ("8", "32"), "cs1": ("1", "64")}[shape]
-    if cs:
-        launch_override("PRR_CUDA_CS", cs)
-    if nt:
-        launch_override("PRR_CUDA_NT", nt)
-    pol = policies()["prr_temp"]
-    V = 5000 if shape == "cs1" else 126464  # one CTA per row holds at most ~200 KB
-    decode_compare(pol, V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=61)
-    decode_compare(pol, logits_fn=late_max_logits, V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=62)
-    if dt == torch.bfloat16:
-        decode_compare(pol, logits_fn=tie_logits, V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=63)
-        decode_compare(pol, V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, T=0.8, loops=2, seed=64)
-        decode_compare(pol, V=V, B=2, P=3, G=64, BL=32, steps=4, dt=dt, full=False, loops=3, seed=65)
-        decode_compare(pol, V=V, B=2, P=3, G=32, BL=32, steps=2, dt=dt, cdt=torch.float64, loops=2, seed=66)
-        big = prr_ext.PRR(prr_ext.Controller.init(3, hidden=(64, 64)), tau=0.5)  # a larger controller before the slice
-        decode_compare(big, V=V, B=12, P=3, G=32, BL=32, steps=4, dt=dt, loops=3, seed=67)  # 384 rows: clusters walk
-        decode_compare(pol, V=V + 1, B=2, P=3, G=32, BL=32, steps=2, dt=dt, loops=2, seed=68)  # odd V: registers
-        graph_replay_compare(pol, B=2, P=3, G=32, BL=32, steps=4, V=V, N=2, trials=2, dt=dt, seed=69)
-
-
 @pytest.mark.parametrize("dyn", ["0", "1"])
 @pytest.mark.parametrize("B", [1, 3])
 def test_persistent_rows(launch_override, dyn, B):

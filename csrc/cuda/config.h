@@ -22,7 +22,5 @@ constexpr int kSortCap = 1024;
 constexpr int kThreads = 256;
 constexpr int kMinCtas = 2;
 constexpr int kMaxWarps = kThreads / 32;
-// Rows held in shared memory (launch_shape.h): at most this many tiles per CTA slice, one mbarrier each.
-constexpr int kMaxRowTiles = 64;
 
 }  // namespace prr::gpu

@@ -43,7 +43,6 @@ struct KernelArgs {
   int packed;            // 16-bit logits: top-2 on packed pairs, then one exponential sweep (tile_stats_packed)
   int select_sort;       // blocks of 33 .. kSortCap positions always sort (else a radix select where the rule allows)
   int claim_rows;        // persistent one-CTA rows: each CTA claims its next row from a counter (else a static walk)
-  int row_smem_offset;      // rows held in shared memory: the slice's byte offset in dynamic shared memory (-1: off)
   int64_t vectors_per_cta;  // 16-byte vectors of the row in each CTA's slice
   float log_vocab;          // float(log(double(V))), a controller feature
 };

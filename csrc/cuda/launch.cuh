@@ -13,7 +13,6 @@
 #include <map>
 #include <mutex>
 #include <tuple>
-#include <type_traits>
 
 #include "config.h"
 #include "kernel_args.cuh"
@@ -61,83 +60,32 @@ inline int device_sms(int device) {
   return sms;
 }
 
-// The shared memory a CTA of `device` may opt into (227 KB on an H100 / H200; 48 KB if the query fails).
-inline int device_smem_optin(int device) {
-  static OnceCache<int, int> cache;
-  int bytes = 48 * 1024;
-  (void)cache.get(device, bytes, [&](int& v) {
-    v = 48 * 1024;
-    (void)cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    return cudaSuccess;
-  });
-  return bytes;
-}
-
-// What a launch needs to know about one compiled kernel on one device.
-struct KernelInfo {
-  int max_threads;  // its threads-per-CTA limit (its launch bound, or fewer if registers bind)
-  int static_smem;  // bytes of its static shared memory
-};
-
-template <typename T, typename C, bool kSmemRows>
-cudaError_t kernel_info(int device, KernelInfo& out) {
-  static OnceCache<int, KernelInfo> cache;  // per instantiation and device
-  return cache.get(device, out, [&](KernelInfo& v) {
-    cudaFuncAttributes attr{};
-    const cudaError_t e = cudaFuncGetAttributes(&attr, step_kernel<T, C, kSmemRows>);
-    v.max_threads = attr.maxThreadsPerBlock;
-    v.static_smem = static_cast<int>(attr.sharedSizeBytes);
-    return e;
-  });
-}
-
-// The instantiations with rows held in shared memory: 16-bit and fp32 logits with fp32 confidence (PRR's usual
-// case); the others keep their rows in registers.
-template <typename T, typename C>
-constexpr bool kHasSmemRows = std::is_same_v<C, float> && !std::is_same_v<T, double>;
-
-// Launch step_kernel on `device` (the current device) and `stream`: the launch shape from launch_shape.h, then a
-// persistent grid when fewer clusters than rows fit at once. `args` carries everything but the shape.
+// Launch step_kernel<T, C> on `device` (the current device) and `stream`: the launch shape from launch_shape.h,
+// then a persistent grid when fewer clusters than rows fit at once. `args` carries everything but the shape.
 template <typename T, typename C>
 cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const LaunchOverrides& overrides) {
-  KernelInfo info{};
-  cudaError_t err = kernel_info<T, C, false>(device, info);
+  const auto kernel = step_kernel<T, C>;
+  static OnceCache<int, int> max_threads_cache;  // per instantiation and device
+  DeviceInfo dev{device_sms(device), 0};
+  cudaError_t err = max_threads_cache.get(device, dev.max_threads, [&](int& v) {
+    cudaFuncAttributes attr{};
+    const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
+    v = attr.maxThreadsPerBlock;
+    return e;
+  });
   if (err != cudaSuccess) return err;
 
   const StepParams& p = args.p;
-  constexpr int vec = static_cast<int>(16 / sizeof(T));
-  // dynamic shared memory: the controller's weights, then (rows held in shared memory) the CTA's slice of the row
-  const size_t controller_bytes = static_cast<size_t>(args.controller_words) * sizeof(float);
-  const size_t slice_offset = (controller_bytes + 15) / 16 * 16;
-  DeviceInfo dev{device_sms(device), info.max_threads};
-  if constexpr (kHasSmemRows<T, C>) {
-    if (overrides.smem_rows) {
-      KernelInfo held{};
-      err = kernel_info<T, C, true>(device, held);
-      if (err != cudaSuccess) return err;
-      dev.row_smem_bytes = std::max<int64_t>(0, static_cast<int64_t>(device_smem_optin(device)) -
-                                                    held.static_smem - static_cast<int64_t>(slice_offset));
-    }
-  }
-  LaunchShape shape = choose_launch_shape(p, vec, dev, overrides);
-  const bool aligned_rows = reinterpret_cast<uintptr_t>(args.logits) % 16 == 0 && p.V % vec == 0 &&
-                            p.stride_b % vec == 0 && p.stride_r % vec == 0;
-  if (const auto held = smem_row_shape(p, vec, dev, overrides, shape, aligned_rows)) shape = *held;
-  auto kernel = step_kernel<T, C, false>;
-  if constexpr (kHasSmemRows<T, C>) {
-    if (shape.smem_rows) kernel = step_kernel<T, C, true>;
-  }
+  const LaunchShape shape = choose_launch_shape(p, static_cast<int>(16 / sizeof(T)), dev, overrides);
   args.cluster_size = shape.cluster_size;
   args.vectors_per_cta = shape.vectors_per_cta;
   args.tiles = shape.tiles;
   args.packed = overrides.packed ? 1 : 0;
   args.select_sort = overrides.select_sort ? 1 : 0;
-  args.row_smem_offset = shape.smem_rows ? static_cast<int>(slice_offset) : -1;
 
   cudaLaunchConfig_t cfg{};
   cfg.blockDim = dim3(static_cast<unsigned>(shape.threads), 1, 1);
-  cfg.dynamicSmemBytes = shape.smem_rows ? slice_offset + static_cast<size_t>(shape.vectors_per_cta) * 16
-                                         : controller_bytes;
+  cfg.dynamicSmemBytes = static_cast<size_t>(args.controller_words) * sizeof(float);  // the controller's weights
   if (cfg.dynamicSmemBytes > 0) {
     err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(cfg.dynamicSmemBytes));
@@ -155,10 +103,9 @@ cudaError_t launch_step(KernelArgs args, int device, cudaStream_t stream, const 
   // How many clusters of this shape are co-resident (0 if the query fails: one cluster per row).
   int max_active_clusters = 0;
   if (overrides.persistent) {
-    static OnceCache<std::tuple<int, int, int, size_t, bool>, int> occupancy;  // per kernel, device and shape
+    static OnceCache<std::tuple<int, int, int, size_t>, int> occupancy;  // per instantiation, device and shape
     cfg.gridDim = dim3(static_cast<unsigned>(shape.cluster_size), 1, 1);
-    (void)occupancy.get({device, shape.cluster_size, shape.threads, cfg.dynamicSmemBytes, shape.smem_rows},
-                        max_active_clusters,
+    (void)occupancy.get({device, shape.cluster_size, shape.threads, cfg.dynamicSmemBytes}, max_active_clusters,
                         [&](int& v) {
                           if (cudaOccupancyMaxActiveClusters(&v, kernel, &cfg) != cudaSuccess) {
                             (void)cudaGetLastError();

@@ -25,7 +25,6 @@ struct LaunchOverrides {
   bool select_sort = false;         // PRR_CUDA_SELECT_SORT=1: blocks of 33 .. kSortCap positions always sort
   bool persistent = true;           // PRR_CUDA_PERSIST=0: one cluster per row instead of a persistent grid
   bool claim_rows = true;           // PRR_CUDA_DYNROWS=0: persistent one-CTA grids walk their rows statically
-  bool smem_rows = false;           // PRR_CUDA_SMEMROW=1: temperature-shaped rows held in shared memory (below)
 };
 
 // An integer environment variable (std::atoi), or nullopt when it is unset or empty.
@@ -43,7 +42,6 @@ inline LaunchOverrides read_launch_overrides() {
   o.select_sort = env_int("PRR_CUDA_SELECT_SORT").value_or(0) != 0;
   o.persistent = env_int("PRR_CUDA_PERSIST").value_or(1) != 0;
   o.claim_rows = env_int("PRR_CUDA_DYNROWS").value_or(1) != 0;
-  o.smem_rows = env_int("PRR_CUDA_SMEMROW").value_or(0) != 0;
   return o;
 }
 
@@ -55,7 +53,6 @@ void reload_launch_overrides();
 struct DeviceInfo {
   int sms;          // streaming multiprocessors
   int max_threads;  // the kernel's threads-per-CTA limit (its launch bound, or fewer if registers bind)
-  int64_t row_smem_bytes = 0;  // dynamic shared memory a CTA may give to its slice of a row (0: none)
 };
 
 struct LaunchShape {
@@ -63,18 +60,7 @@ struct LaunchShape {
   int threads;              // threads per CTA: whole warps (the selection's shuffles use full masks)
   int64_t vectors_per_cta;  // 16-byte vectors of the row in each CTA's slice
   int tiles;                // register tiles per thread (a row longer than one tile per thread loops over tiles)
-  bool smem_rows = false;   // each CTA's slice is bulk-copied into shared memory, one copy per tile (below)
 };
-
-// Rows held in shared memory (PRR_CUDA_SMEMROW=1; temperature shaping only). A shaped row is swept twice: the
-// statistics give T, then sum exp((l - m) / T) needs the row again. Where a CTA holds its slice in more than one
-// register tile, the second sweep otherwise re-reads all but the last tile from L2 or HBM. Here each CTA's slice is
-// bulk-copied (cp.async.bulk, one copy and one mbarrier per tile, all in flight at once) into shared memory, and both
-// sweeps load their tiles from there: the row crosses HBM once. The slice must fit the shared memory the device
-// leaves the CTA, so rows are split over a cluster of kSmemRowCluster CTAs (the slice of a 126464-entry bf16 row is
-// then 62 KB: 3 CTAs per SM).
-constexpr int kSmemRowCluster = 4;
-constexpr int kSmemRowThreads = 128;
 
 // The launch shape of one step: `vec` logits per 16-byte vector (16 / sizeof(logit)).
 //
@@ -132,31 +118,6 @@ inline LaunchShape choose_launch_shape(const StepParams& p, int vec, const Devic
   s.vectors_per_cta = (vectors + cluster_size - 1) / cluster_size;
   const int64_t tile_vectors = static_cast<int64_t>(kTileVecs) * threads;  // vectors per tile of the CTA
   s.tiles = static_cast<int>(std::max<int64_t>(1, (s.vectors_per_cta + tile_vectors - 1) / tile_vectors));
-  return s;
-}
-
-// The shape of a launch whose rows are held in shared memory, or nullopt where `shape` (choose_launch_shape's) keeps
-// them in registers: the override is off, the rule has no second sweep (temperature shaping), the row fits one
-// register tile per thread already, `aligned_rows` is false (every row 16-byte aligned, V a multiple of the vector:
-// the bulk copies' condition) or the slice does not fit dev.row_smem_bytes / kMaxRowTiles tiles. The overrides'
-// cluster size and thread count apply here too.
-inline std::optional<LaunchShape> smem_row_shape(const StepParams& p, int vec, const DeviceInfo& dev,
-                                                 const LaunchOverrides& overrides, const LaunchShape& shape,
-                                                 bool aligned_rows) {
-  if (!overrides.smem_rows || !prr::temperature_shaped(p) || shape.tiles == 1 || !aligned_rows) return std::nullopt;
-  int cluster_size = std::min(kMaxCluster, std::max(1, overrides.cluster_size.value_or(kSmemRowCluster)));
-  while (cluster_size & (cluster_size - 1)) cluster_size &= cluster_size - 1;
-  const int thread_cap = std::min(1024, (dev.max_threads / 32) * 32);
-  const int threads = std::max(32, std::min(overrides.threads.value_or(kSmemRowThreads), thread_cap)) & ~31;
-  const int64_t vectors = (p.V + vec - 1) / vec;
-  LaunchShape s;
-  s.cluster_size = cluster_size;
-  s.threads = threads;
-  s.vectors_per_cta = (vectors + cluster_size - 1) / cluster_size;
-  const int64_t tile_vectors = static_cast<int64_t>(kTileVecs) * threads;
-  s.tiles = static_cast<int>(std::max<int64_t>(1, (s.vectors_per_cta + tile_vectors - 1) / tile_vectors));
-  s.smem_rows = true;
-  if (s.vectors_per_cta * 16 > dev.row_smem_bytes || s.tiles > kMaxRowTiles) return std::nullopt;
   return s;
 }
 

@@ -40,50 +40,6 @@ __device__ __forceinline__ void cluster_wait() {
   asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
 
-// Bulk copies into shared memory, each completing on an mbarrier (rows held in shared memory, launch_shape.h). One
-// thread initialises the barriers (arrival count 1) and issues the copies: arrive.expect_tx, then the copy, whose
-// bytes complete the barrier's phase; every reader waits on the phase's parity. A phase is used once per row, so the
-// parity flips from one row to the next.
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbarrier_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-// The barriers' initialisation, visible to the async proxy (the bulk copies) before their first use.
-__device__ __forceinline__ void fence_mbarrier_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-// This thread's earlier shared-memory accesses (the previous row's reads, after a barrier) ordered before the
-// async proxy's writes that follow (the next row's bulk copies into the same buffer).
-__device__ __forceinline__ void fence_proxy_async_shared() {
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// Global -> this CTA's shared memory, `bytes` (a multiple of 16; both addresses 16-byte aligned), completing on `bar`,
-// whose arrival this thread makes with the expected byte count.
-__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-}
-// An arrival without bytes (a tile past the slice's end: nothing to copy, the phase completes at once).
-__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-// Wait until the phase of `bar` with this parity has completed (its copy has landed).
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
-  uint32_t done = 0;
-  while (!done) {
-    asm volatile(
-        "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\tselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  }
-}
-
 // __shfl_down_sync of a trivially copyable struct, one 32-bit word at a time.
 template <typename S>
 __device__ __forceinline__ S shfl_down_struct(const S& s, int delta) {

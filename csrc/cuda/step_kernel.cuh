@@ -258,9 +258,7 @@ __device__ __noinline__ double kl_sweep(const T* row, int32_t V, int32_t first_v
 //
 // partials: the cluster's partials (in the leader's shared memory), leader_info: the row's feature inputs
 // (likewise), controller: the controller's weights (this CTA's shared memory), mlp_*: scratch of its layers.
-// kCopy: one copy per kernel instantiation (step_kernel's kSmemRows), so that the two kernels of a (T, C) do not
-// share one compiled body, whose register allocation would then serve both.
-template <typename T, typename C, bool kCopy>
+template <typename T, typename C>
 __device__ __noinline__ void finalize_row(const KernelArgs& args, const RowContext& ctx, const Stats<C>* partials,
                                           const RowInfo* leader_info, RowResult& out, const float* controller,
                                           float* mlp_f, float* mlp_h1, float* mlp_h2, const T* row, int64_t b,
@@ -406,17 +404,10 @@ __device__ __noinline__ void finalize_row(const KernelArgs& args, const RowConte
   TL(kTlFinDone);
 }
 
-// Rows held in shared memory: the CTA's slice of the row, behind the controller's weights in dynamic shared memory.
-__device__ __forceinline__ uint4* row_slice_smem(float* dynamic_smem, const KernelArgs& args) {
-  return reinterpret_cast<uint4*>(reinterpret_cast<char*>(dynamic_smem) + args.row_smem_offset);
-}
-
 // The kernel. T: the logits' element type; C: the compute type of the statistics (double for fp64 confidence).
 // static: the kernel has internal linkage, as the one translation unit that launches it needs. ptxas compiles an
 // externally visible kernel (.visible .entry) differently, with more spills in finalize_row.
-// kSmemRows: the rows are held in shared memory (launch_shape.h's smem_row_shape), a separate instantiation because
-// the bulk copies and barriers in the hot loop cost the register path spills.
-template <typename T, typename C, bool kSmemRows>
+template <typename T, typename C>
 static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const __grid_constant__ KernelArgs args) {
   using TileT = Tile<T>;
   constexpr int VEC = TileT::VEC;
@@ -426,9 +417,8 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
   const int rank = static_cast<int>(cluster.block_rank());
   const bool leader = rank == 0;
   const int64_t BL = p.block_length, total = p.B * BL, grid_clusters = gridDim.x / args.cluster_size;
-  // the launcher takes the kSmemRows kernel for temperature-shaped PRR only (launch_shape.h)
-  const bool temperature_shaping = kSmemRows || prr::temperature_shaped(p);
-  const bool klass = !kSmemRows && p.policy == prr::kKLASS;
+  const bool temperature_shaping = prr::temperature_shaped(p);
+  const bool klass = p.policy == prr::kKLASS;
   // the rules whose row needs a second sweep in every CTA of its cluster (from the merged statistics)
   const bool second_sweep = temperature_shaping || klass;
 
@@ -447,12 +437,8 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
   __shared__ RowResult out;
   __shared__ RowContext ctx;
   __shared__ float mlp_f[prr::kMaxFeatures], mlp_h1[prr::kMaxHidden], mlp_h2[prr::kMaxHidden];
-  // the controller's weights (its matvecs would otherwise wait on L2 per weight); 16-byte aligned for cp.async;
-  // with rows held in shared memory, the CTA's slice of the row follows at args.row_smem_offset
+  // the controller's weights (its matvecs would otherwise wait on L2 per weight); 16-byte aligned for cp.async
   extern __shared__ __align__(16) float ctrl_smem[];
-  // Rows held in shared memory: one mbarrier per tile of the slice. A barrier's phase is used once per masked row,
-  // so its parity is the row parity below.
-  __shared__ uint64_t row_bars[kSmemRows ? kMaxRowTiles : 1];
 
   // DSMEM rule: no CTA writes into another's shared memory before the whole cluster has started. Arrive now, wait
   // right before the first remote write, so the barrier overlaps the prologue (compute-sanitizer's racecheck reports
@@ -519,12 +505,6 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
     __syncthreads();
     return s_next_row;
   };
-  if constexpr (kSmemRows) {
-    if (tid == 0) {  // visible to the CTA after the row loop's first barrier
-      for (int u = 0; u < args.tiles; ++u) mbarrier_init(&row_bars[u], 1);
-      fence_mbarrier_init();
-    }
-  }
   int parity = 0;
   for (int64_t row_id = blockIdx.x / args.cluster_size; row_id < total; row_id = next_row(row_id)) {
     const int64_t b = row_id / BL, j = row_id % BL;
@@ -581,23 +561,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
     const T* row = static_cast<const T*>(args.logits) + b * p.stride_b + r * p.stride_r;  // int64 offsets
     const bool vec_ok = (reinterpret_cast<uintptr_t>(row) % 16 == 0) && (p.V % VEC == 0);
     TileT tile;
-    if constexpr (kSmemRows) {
-      // every tile of the slice in flight at once, each a bulk copy into shared memory completing on its mbarrier;
-      // the previous row's reads of the buffer ended at the row loop's barrier
-      if (tid == 0) {
-        fence_proxy_async_shared();
-        for (int u = 0; u < args.tiles; ++u) {
-          const int32_t v = slice_begin + u * tile_stride, n = min(tile_stride, slice_end - v);
-          if (n > 0)
-            bulk_copy_to_shared(row_slice_smem(ctrl_smem, args) + (v - slice_begin), reinterpret_cast<const uint4*>(row) + v,
-                                static_cast<uint32_t>(n) * 16u, &row_bars[u]);
-          else
-            mbarrier_arrive(&row_bars[u]);
-        }
-      }
-    } else {
-      tile.load(row, V32, slice_begin + tid, threads, slice_end, vec_ok);
-    }
+    tile.load(row, V32, slice_begin + tid, threads, slice_end, vec_ok);
     // L2 prefetch (cp.async.bulk, one instruction for a whole tile of this CTA's slice) of tile u of row rp: of this
     // row, or of the cluster's next row (persistent grids).
     const auto prefetch_tile = [&](const T* rp, int u) {
@@ -623,7 +587,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
                             (lo + next_j - row_offset) * p.stride_r, 0);
       }
     };
-    if constexpr (!kSmemRows) prefetch_next(0);
+    prefetch_next(0);
 
     const uint64_t seed = static_cast<uint64_t>(__ldg(args.seed + b));
     // leader: per-row controller inputs (overlaps the loads)
@@ -654,11 +618,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
     // fetch shows up in its stalls (ncu), so the hot loop is not duplicated for the first tile.
 #pragma unroll 1
     for (int u = 0; u < args.tiles; ++u) {  // rows longer than one register tile per thread loop
-      if constexpr (kSmemRows) {
-        mbarrier_wait(&row_bars[u], static_cast<uint32_t>(parity));
-        tile.load_shared(row_slice_smem(ctrl_smem, args), slice_begin, slice_begin + u * tile_stride + tid, threads, slice_end);
-        if (u + 1 == args.tiles) prefetch_next(u);  // the claim and the next row's first tile
-      } else if (u > 0) {
+      if (u > 0) {
         tile.load(row, V32, slice_begin + u * tile_stride + tid, threads, slice_end, vec_ok);
         prefetch_next(u);
       }
@@ -692,7 +652,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
       const Stats<C>* leader_partials = cluster.map_shared_rank(partials[parity], 0);
       const RowInfo* leader_info = cluster.map_shared_rank(&info, 0);
       if (warp == 0)
-        finalize_row<T, C, kSmemRows>(args, ctx, leader_partials, leader_info, out, ctrl_smem, mlp_f, mlp_h1, mlp_h2, row, b, j,
+        finalize_row<T, C>(args, ctx, leader_partials, leader_info, out, ctrl_smem, mlp_f, mlp_h1, mlp_h2, row, b, j,
                            seed, sample);
       __syncthreads();
     }
@@ -707,10 +667,7 @@ static __global__ void __launch_bounds__(kThreads, kMinCtas) step_kernel(const _
         // the last tile is still in registers; the others are read again (from L2 if still there)
         tempered_sum = C(prr::tempered_tile_sum<C, TileT::N>(getf, row_max, inv_t));
         for (int u = 0; u + 1 < args.tiles; ++u) {
-          if constexpr (kSmemRows)
-            tile.load_shared(row_slice_smem(ctrl_smem, args), slice_begin, slice_begin + u * tile_stride + tid, threads, slice_end);
-          else
-            tile.load(row, V32, slice_begin + u * tile_stride + tid, threads, slice_end, vec_ok);
+          tile.load(row, V32, slice_begin + u * tile_stride + tid, threads, slice_end, vec_ok);
           tempered_sum += C(prr::tempered_tile_sum<C, TileT::N>(getf, row_max, inv_t));
         }
       }

@@ -73,25 +73,6 @@ struct Tile {
       }
     }
   }
-  // Load the same vectors from a copy of the CTA's slice in shared memory (`slice`: its vector 0 is the row's
-  // vector slice_begin; rows held in shared memory are 16-byte aligned with V a multiple of VEC, so only vectors past
-  // slice_end need the -inf fill). Consecutive threads read consecutive 16-byte vectors: no bank conflicts.
-  __device__ __forceinline__ void load_shared(const uint4* slice, int32_t slice_begin, int32_t first, int32_t stride,
-                                              int32_t slice_end) {
-    first_vec = first;
-    vec_stride = stride;
-    const T ninf = T(-std::numeric_limits<float>::infinity());
-#pragma unroll
-    for (int i = 0; i < kTileVecs; ++i) {
-      const int32_t v = first + i * stride;
-      if (v < slice_end) {
-        *reinterpret_cast<uint4*>(&packs[i]) = slice[v - slice_begin];
-      } else {
-#pragma unroll
-        for (int e = 0; e < VEC; ++e) packs[i].v[e] = ninf;
-      }
-    }
-  }
   // The vocabulary index of the tile's k-th logit (k = vector * VEC + element).
   __device__ __forceinline__ int32_t index(int k) const {
     return (first_vec + (k / VEC) * vec_stride) * VEC + (k % VEC);
