@@ -17,15 +17,15 @@ The shipped model's three families (FAMILY_NAMES), each with dependencies betwee
 Every response is followed by <eos> up to the family's generation length (LLaDA style); response lengths differ
 between and within families (arith 11-22, words 20-35, sudoku 19 characters); prompt + canvas <= 128 tokens.
 
-Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 70 characters that
-are written out step by step, each step computed from the ones before it:
+Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 105 characters
+that are written out step by step, each step computed from the ones before it:
 
-  mul     1-6 digits times 1-4 digits, partial products, the carries of their sum, the sum:
-                                                          "347*28="  ->  "p:2776+6940 c:0110 s:9716"
+  mul     1-6 digits times 1-4 digits, partial products, the carries of their sum, the sum, in columns of
+          the product's width:                            "12*305="  ->  "p:0060+0000+3600 c:0000 s:3660"
   cumsum  running sums of 2-16 numbers below 100:         "cumsum 3 8 1 9="  ->  "3 11 12 21"
   sort    2-20 numbers below 1000, ascending:             "sort 53 7 21 7="  ->  "7 7 21 53"
-  trace   2-8 assignments over a, b, c, d, each written out with its value:
-                                                          "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=a+4=7 a=b-a=4"
+  trace   2-8 assignments over a, b, c, d, each written out with the values it reads and assigns:
+                                                "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=a+4=3+4=7 a=b-a=7-3=4"
 
 each checked exactly against the answer recomputed from the prompt. They are the workload on which the commit rules
 separate: a rule that commits a step's tokens before the steps they depend on are settled loses accuracy.
@@ -385,27 +385,29 @@ class Sudoku(TaskFamily):
 # ---------------------------------------------------------------------------------------------------------------
 # long families: variable-length answers whose tokens depend on each other, under one 160-slot canvas
 # ---------------------------------------------------------------------------------------------------------------
-LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~70 characters, then <eos>
+LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~105 characters, then <eos>
 LONG_BLOCK_LENGTH = 32
 
 
 def mul_response(a: int, b: int) -> str:
-    """The written long multiplication: the partial products a * d * 10^i of b's digits d, least significant first,
-    then the carry out of each column of their sum (msb first, over the longest partial product's columns; up to 3
-    with four partials) and the sum: 347*28 -> "p:2776+6940 c:0110 s:9716". The carries make each digit of the sum
-    a function of its column and the carry beside it, as in arith."""
-    partials = [a * int(d) * 10 ** i for i, d in enumerate(reversed(str(b)))]
-    cols = [[int(c) for c in reversed(str(p))] for p in partials]
+    """The written long multiplication in columns: the partial products a * d * 10^i of b's digits d, least
+    significant first, then the carry out of each column of their sum and the sum, every field zero-padded to the
+    product's width W (carries msb first): 347*28 -> "p:2776+6940 c:0110 s:9716", 12*305 -> "p:0060+0000+3600
+    c:0000 s:3660". Equal widths put column j at the same offset in every field, so each digit of the sum is a
+    function of the digits above it and the carry beside it, as in arith."""
+    W = len(str(a * b))
+    partials = [str(a * int(d) * 10 ** i).zfill(W) for i, d in enumerate(reversed(str(b)))]
     carry, carries = 0, []
-    for j in range(max(len(c) for c in cols)):
-        carry = (sum(c[j] for c in cols if j < len(c)) + carry) // 10
+    for j in range(W):
+        carry = (sum(int(p[W - 1 - j]) for p in partials) + carry) // 10
         carries.append(carry)
-    return "p:" + "+".join(map(str, partials)) + " c:" + "".join(map(str, carries[::-1])) + f" s:{a * b}"
+    return "p:" + "+".join(partials) + " c:" + "".join(map(str, carries[::-1])) + f" s:{a * b}"
 
 
 class Mul(TaskFamily):
     """Multi-digit multiplication (1-6 digits by 1-4 digits) with its written partial products and the carries of
-    their sum: the carries and the sum must agree with every partial product before them."""
+    their sum, in columns of one width: the carries and the sum must agree with every partial product before
+    them."""
 
     name = "mul"
     gen_length = LONG_GEN_LENGTH
@@ -489,30 +491,32 @@ TRACE_MAX_STATEMENTS = 8
 
 
 def trace_response(program: str) -> str:
-    """Each statement of a straight-line program in order, with the value it assigns: a constant as written, any
-    other statement followed by "=value": "a=3;b=a+4;a=b-a" -> "a=3 b=a+4=7 a=b-a=4". Statements: x=N (one digit),
-    x=y+N, x=y+z, x=y-z. Writing the statement out anchors each value to the statement it belongs to."""
+    """Each statement of a straight-line program in order, with the values it reads and the value it assigns: a
+    constant as written, any other statement followed by "=operands=value": "a=3;b=a+4;a=b-a" -> "a=3 b=a+4=3+4=7
+    a=b-a=7-3=4". Statements: x=N (one digit), x=y+N, x=y+z, x=y-z. Writing the operands' values out makes the
+    lookup of each variable's latest value a step of its own, before the arithmetic that uses it."""
     env: Dict[str, int] = {}
     out = []
     for stmt in program.split(";"):
         target, expr = stmt.split("=")
         m = re.fullmatch(r"([a-z])([+-])([a-z]|\d)", expr)
         if expr.isdigit():
-            value = int(expr)
+            env[target] = int(expr)
+            out.append(stmt)
         elif m:
             lhs, rhs = env[m.group(1)], int(m.group(3)) if m.group(3).isdigit() else env[m.group(3)]
             value = lhs + rhs if m.group(2) == "+" else lhs - rhs
+            env[target] = value
+            out.append(f"{stmt}={lhs}{m.group(2)}{rhs}={value}")
         else:
             raise ValueError(f"not a trace statement: {stmt!r}")
-        env[target] = value
-        out.append(stmt if expr.isdigit() else f"{stmt}={value}")
     return " ".join(out)
 
 
 class Trace(TaskFamily):
     """Program tracing: 2-8 assignments over four variables (constants, +constant, sums and differences of
-    variables); the answer writes out each statement with the value it assigns, each computed from values listed
-    before it."""
+    variables); the answer writes out each statement with the values it reads and the value it assigns, each read
+    from the statements listed before it."""
 
     name = "trace"
     gen_length = LONG_GEN_LENGTH

@@ -17,14 +17,17 @@ from prr_testbed.tokenizer import CharTokenizer
 
 def test_hand_computed_answers():
     assert T.mul_response(347, 28) == "p:2776+6940 c:0110 s:9716"
-    assert T.mul_response(12, 305) == "p:60+0+3600 c:0000 s:3660"
-    assert T.mul_response(86, 9867) == "p:602+5160+68800+774000 c:011100 s:848562"  # column sums 2 6 15 18 14 7
-    assert T.mul_response(999999, 9999) == ("p:8999991+89999910+899999100+8999991000 c:0123333210 "
+    assert T.mul_response(12, 305) == "p:0060+0000+3600 c:0000 s:3660"  # every field the product's width
+    # column sums 2 6 15 18 14 7
+    assert T.mul_response(86, 9867) == "p:000602+005160+068800+774000 c:011100 s:848562"
+    assert T.mul_response(999999, 9999) == ("p:0008999991+0089999910+0899999100+8999991000 c:0123333210 "
                                             "s:9998990001")  # a carry of 3 (four partial products)
+    assert T.mul_response(99, 11) == "p:0099+0990 c:0110 s:1089"  # the product one digit wider than any partial
     assert T.get_family("cumsum").answer_of([3, 8, 1, 9, 4]) == [3, 11, 12, 21, 25]
     assert T.get_family("sort").answer_of([53, 7, 21, 7, 90]) == [7, 7, 21, 53, 90]
-    assert T.trace_response("a=3;b=a+4;a=b-a;c=a+b;d=c+9") == "a=3 b=a+4=7 a=b-a=4 c=a+b=11 d=c+9=20"
-    assert T.trace_response("b=2;c=b-b;c=c-b") == "b=2 c=b-b=0 c=c-b=-2"
+    assert T.trace_response("a=3;b=a+4;a=b-a;c=a+b;d=c+9") == ("a=3 b=a+4=3+4=7 a=b-a=7-3=4 c=a+b=4+7=11 "
+                                                             "d=c+9=11+9=20")
+    assert T.trace_response("b=2;c=b-b;c=c-b;d=c+5") == "b=2 c=b-b=2-2=0 c=c-b=0-2=-2 d=c+5=-2+5=3"
 
 
 @pytest.mark.parametrize("family,prompt,right,wrong", [
@@ -32,8 +35,8 @@ def test_hand_computed_answers():
     ("mul", "347*28=", "p:2776+6940 c:0110 s:9716", "p:2776+6940 c:0100 s:9716"),  # a wrong carry is wrong
     ("cumsum", "cumsum 3 8 1=", "3 11 12", "3 11 13"),
     ("sort", "sort 53 7 21 7=", "7 7 21 53", "7 21 53"),          # a dropped repeat is wrong
-    ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=a+4=7 a=b-a=4", "a=3 b=a+4=7 a=b-a=7"),
-    ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=a+4=7 a=b-a=4", "a=3 b=7 a=4"),  # the statements are part of it
+    ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=a+4=3+4=7 a=b-a=7-3=4", "a=3 b=a+4=3+4=7 a=b-a=7-3=7"),
+    ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=a+4=3+4=7 a=b-a=7-3=4", "a=3 b=a+4=7 a=b-a=4"),  # operands are part of it
 ])
 def test_checkers_recompute_from_the_prompt(family, prompt, right, wrong):
     fam = T.get_family(family)
