@@ -96,16 +96,18 @@ def steps_for(family: T.TaskFamily, steps_frac: float, gen_length: int, block_le
 
 
 def decode_batch(model: Callable, x: torch.Tensor, prompt_lens: torch.Tensor, *, block_length: int, steps: int,
-                 policy: prr_ext.Policy, mask_id: int, pad_id: int = 0, temperature: float = 0.0):
+                 policy: prr_ext.Policy, mask_id: int, pad_id: int = 0, temperature: float = 0.0,
+                 eos_id: Optional[int] = None):
     """Decode one left-padded batch (canvas `x` from `make_canvas`) with `prr_ext.generate`, the pads masked by
-    attention_mask: (final canvas, nfe [B], seconds)."""
+    attention_mask: (final canvas, nfe [B], seconds). eos_id: EOS early exit (generate's eos_fill with this id): a
+    row whose answer and its EOS are committed gets EOS everywhere after and takes no more forwards."""
     P = int(prompt_lens.max())
     G = x.shape[1] - P
     prompt_ids = x[:, :P]
     out = prr_ext.generate(model, prompt_ids, gen_length=G, block_length=block_length, steps=steps,
                            policy=policy, temperature=temperature, mask_id=mask_id,
                            attention_mask=(prompt_ids != pad_id).to(torch.int64),
-                           confidence_dtype=torch.float32)
+                           confidence_dtype=torch.float32, eos_id=eos_id, eos_fill=eos_id is not None)
     return out.tokens, out.nfe, out.seconds
 
 
@@ -113,8 +115,11 @@ def decode_batch(model: Callable, x: torch.Tensor, prompt_lens: torch.Tensor, *,
 def evaluate(model: MaskedDiffusionLM, family: str, examples: Sequence[T.Example], spec: RunSpec, *,
              batch_size: int = 64, device="cpu", controller=None, gen_length: Optional[int] = None,
              block_length: Optional[int] = None, on_batch: Optional[Callable[[], None]] = None,
-             keep_responses: bool = False) -> Dict:
+             keep_responses: bool = False, eos_exit: bool = False) -> Dict:
     """Decode `examples` of `family` with one sweep point; accuracy, NFE, TPF, tokens/s.
+
+    eos_exit: EOS early exit (`decode_batch`), so that a row's forwards stop with its answer: the NFE of answers
+    shorter than the canvas then count the answer's slots, not the canvas's (off: every slot is decoded).
 
     The result also keeps, in the order of `examples`, `correct` (1 when the checker accepts the response, else 0)
     and `nfe_per_prompt` (the forwards that prompt's row took): the bootstrap intervals and paired comparisons
@@ -134,7 +139,8 @@ def evaluate(model: MaskedDiffusionLM, family: str, examples: Sequence[T.Example
         chunk = examples[i:i + batch_size]
         x, plens = make_canvas(tok, [e.prompt for e in chunk], G, device)
         final, row_nfe, secs = decode_batch(model, x, plens, block_length=BL, steps=steps, policy=policy,
-                                            mask_id=tok.mask_id, pad_id=tok.pad_id)
+                                            mask_id=tok.mask_id, pad_id=tok.pad_id,
+                                            eos_id=tok.eos_id if eos_exit else None)
         seconds += secs
         gs = final.shape[1] - G
         resp = decode_responses(tok, final, gs)
@@ -151,7 +157,8 @@ def evaluate(model: MaskedDiffusionLM, family: str, examples: Sequence[T.Example
            "steps_frac": spec.steps_frac, "steps": steps, "gen_length": G, "block_length": BL, "n": n,
            "accuracy": 100.0 * sum(correct) / n, "mean_nfe": mean_nfe, "tokens_per_forward": G / mean_nfe,
            "answer_tokens_per_forward": answer_tokens / sum(nfe), "tokens_per_s": n * G / seconds,
-           "seconds": seconds, "batch_size": batch_size, "correct": correct, "nfe_per_prompt": nfe}
+           "seconds": seconds, "batch_size": batch_size, "eos_exit": bool(eos_exit), "correct": correct,
+           "nfe_per_prompt": nfe}
     if keep_responses:
         out["responses"] = responses
     return out

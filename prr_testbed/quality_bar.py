@@ -83,6 +83,8 @@ def main(argv=None) -> int:
         rows = check(doc["results"])
     except (OSError, ValueError, KeyError) as e:
         ap.error(f"argument results: {args.results}: {e}")
+    eos_exit = bool(doc.get("meta", {}).get("eos_exit"))
+    print(f"[quality_bar] NFE {'with EOS early exit (--eos-exit)' if eos_exit else 'over every slot of the canvas'}")
     for name, holds, detail in rows:
         print(f"{'PASS' if holds else 'FAIL'}  {name}: {detail}")
     ok = all(h for _, h, _ in rows)

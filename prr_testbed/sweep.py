@@ -123,8 +123,9 @@ def dumps_compact(doc: Dict) -> str:
 
 def run_sweep(model: MaskedDiffusionLM, tasks: Sequence[str], specs: Sequence[RunSpec], *, n: int,
               batch_size: int = 64, device="cpu", controller=None, show_progress: bool = True,
-              log: Callable[[str], None] = print) -> List[Dict]:
-    """Evaluate every spec on the first `n` test prompts of every task; one result dict per (task, spec)."""
+              log: Callable[[str], None] = print, eos_exit: bool = False) -> List[Dict]:
+    """Evaluate every spec on the first `n` test prompts of every task; one result dict per (task, spec).
+    eos_exit: EOS early exit in every decode (harness.evaluate)."""
     sets = {t: T.heldout_set(t, "test", n) for t in tasks}
     total = sum(math.ceil(len(sets[t]) / batch_size) for t in tasks) * len(specs)
     results = []
@@ -133,7 +134,7 @@ def run_sweep(model: MaskedDiffusionLM, tasks: Sequence[str], specs: Sequence[Ru
             for spec in specs:
                 bar.set_description(f"{t} {spec.label}")
                 r = evaluate(model, t, sets[t], spec, batch_size=batch_size, device=device, controller=controller,
-                             on_batch=lambda: bar.update(1))
+                             on_batch=lambda: bar.update(1), eos_exit=eos_exit)
                 results.append(r)
                 msg = (f"{t:7s} {r['label']:34s} acc {r['accuracy']:6.2f}%  NFE {r['mean_nfe']:6.2f}  "
                        f"TPF {r['tokens_per_forward']:5.2f}  {r['tokens_per_s']:8.1f} tok/s")
@@ -202,6 +203,10 @@ def parse_args(argv=None):
                     help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller)")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
     ap.add_argument("--batch-size", type=int, default=64, help="prompts decoded together")
+    ap.add_argument("--eos-exit", action="store_true",
+                    help="EOS early exit (generate's eos_fill): a row stops taking forwards once its answer and EOS "
+                         "are committed, so NFE counts the answer's slots, not the whole canvas's (default: every "
+                         "slot is decoded)")
     ap.add_argument("--device", type=device_arg, default="auto", help="auto (the GPU when there is one), cpu, cuda, "
                     "cuda:<index>")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -271,7 +276,7 @@ def main(argv=None) -> Dict:
     model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
     t0 = time.time()
     results = run_sweep(model, tasks, specs, n=args.n, batch_size=args.batch_size, device=device,
-                        controller=controller, show_progress=not args.no_progress)
+                        controller=controller, show_progress=not args.no_progress, eos_exit=args.eos_exit)
     summ = summarize(results)
     if args.bootstrap:
         add_accuracy_intervals(results, n_boot=args.bootstrap, level=LEVEL, seed=args.seed)
@@ -283,6 +288,7 @@ def main(argv=None) -> Dict:
             "prr_ext": prr_ext.__version__, "model": args.model or "prr_testbed/assets/model", "n": args.n,
             "batch_size": args.batch_size, "split": "test", "temperature": 0.0,
             "wall_seconds": round(time.time() - t0, 1),
+            "eos_exit": args.eos_exit,
             "tpf": "gen_length / mean NFE (<eos> slots included)", "tokens_per_s": "gen_length * n / decode seconds",
             "bootstrap": args.bootstrap, "seed": args.seed, "level": LEVEL,
             "intervals": "percentile bootstrap over the n prompts; AUP: the same resample for every point of a "

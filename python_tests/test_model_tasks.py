@@ -383,3 +383,15 @@ def test_demo_smoke(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "LowConfidence" in text and "EntropyBound" in text and "tokens/s" in text
     assert (tmp_path / "demo.png").exists() and len(doc["results"]) >= 4
+
+
+def test_eos_exit_stops_each_row_with_its_answer(shipped):
+    """evaluate(eos_exit=True): vanilla decoding takes fewer forwards on answers shorter than the canvas and gives the
+    same responses (a row retires only once its answer and EOS are committed, and the response ends at that EOS)."""
+    exs = T.heldout_set("words", n=6)
+    full = evaluate(shipped, "words", exs, RunSpec("lowconf"), batch_size=6, keep_responses=True)
+    short = evaluate(shipped, "words", exs, RunSpec("lowconf"), batch_size=6, keep_responses=True, eos_exit=True)
+    assert full["nfe_per_prompt"] == [full["gen_length"]] * 6 and not full["eos_exit"] and short["eos_exit"]
+    assert all(s <= f for s, f in zip(short["nfe_per_prompt"], full["nfe_per_prompt"]))
+    assert sum(short["nfe_per_prompt"]) < sum(full["nfe_per_prompt"])
+    assert short["responses"] == full["responses"] and short["correct"] == full["correct"]
