@@ -27,8 +27,9 @@ that are written out step by step, each step computed from the ones before it:
   trace   2-8 assignments over a, b, c, d, each written out with the values it reads and assigns:
                                                 "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=a+4=3+4=7 a=b-a=7-3=4"
 
-each checked exactly against the answer recomputed from the prompt. They are the workload on which the commit rules
-separate: a rule that commits a step's tokens before the steps they depend on are settled loses accuracy.
+each checked exactly against the answer recomputed from the prompt (docs/long_families.md: why these formats). They
+are the workload on which the commit rules separate: a rule that commits a step's tokens before the steps they depend
+on are settled loses accuracy.
 
 Splits: a prompt belongs to "test" / "valid" / "train" by a hash of (family, prompt) (5% / 5% / 90%). Training data
 is drawn from the train split only (rejection sampling), so the held-out sets are disjoint from training by
