@@ -46,12 +46,13 @@ GEMMA_VOCAB, GEMMA_CANVAS = 262144, 256
 
 def median_ms(fn: Callable[[], None], device: str, repeats: int) -> float:
     fn()  # warm-up (first-call costs: imports, allocator)
+    dev = torch.device(device)
     out = []
     for _ in range(repeats):
-        sync_device(torch.device(device))
+        sync_device(dev)
         t0 = time.perf_counter()
         fn()
-        sync_device(torch.device(device))
+        sync_device(dev)
         out.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(out)
 

@@ -502,15 +502,15 @@ def trace_response(program: str) -> str:
         target, expr = stmt.split("=")
         m = re.fullmatch(r"([a-z])([+-])([a-z]|\d)", expr)
         if expr.isdigit():
-            env[target] = int(expr)
-            out.append(stmt)
+            value, written = int(expr), stmt
         elif m:
             lhs, rhs = env[m.group(1)], int(m.group(3)) if m.group(3).isdigit() else env[m.group(3)]
             value = lhs + rhs if m.group(2) == "+" else lhs - rhs
-            env[target] = value
-            out.append(f"{stmt}={lhs}{m.group(2)}{rhs}={value}")
+            written = f"{stmt}={lhs}{m.group(2)}{rhs}={value}"
         else:
             raise ValueError(f"not a trace statement: {stmt!r}")
+        env[target] = value
+        out.append(written)
     return " ".join(out)
 
 
