@@ -12,7 +12,8 @@
 // LocalLeap, SlowFast, KLASS and R2's passes (prr/rules.h) decide per block position, not by a prefix: when
 // StepParams::needs_rules the selection always sorts, commits the base rule's prefix (the rules before LocalLeap;
 // the newer base rules commit none there), and then one thread of the CTA runs the rules serially over the block
-// (run_block_rules), as the CPU op runs them per sequence.
+// (run_block_rules), as the CPU op runs them per sequence, reading the block's confidences and flags from shared
+// memory where the CTA has staged them (BlockStaged).
 #pragma once
 
 #include <cstdint>
@@ -39,6 +40,7 @@ struct SortSmem {
   double wsum[kMaxWarps][2];  // radix select: per-warp sums of the cut's entropies and their magnitudes (EntropyBound)
   uint64_t wred[kMaxWarps][3];  // per-warp partials of the block's counts and of its keys' lowest / highest order bits
 };
+static_assert(sizeof(SortSmem::hist) >= kSortCap, "run_block_rules stages a flag byte per position in hist");
 
 // The ranking of the candidates: key descending, then block position ascending (a total order).
 __device__ __forceinline__ bool ranks_before(double ka, int64_t pa, double kb, int64_t pb) {
@@ -344,6 +346,27 @@ struct BlockOnGpu {
   __device__ __forceinline__ void set_rule(int64_t j, int c, double v) { rule_row[j * prr::kRuleStateCols + c] = v; }
 };
 
+// The same block with its hottest records staged in the selecting CTA's shared memory (blocks of up to kSortCap
+// positions): each position's confidence (fp64) and a byte of flags (kStagedMasked / Usable / Committed). The rules
+// read them in loops, one after another, from thread 0: from shared memory each read costs tens of cycles instead of
+// an L2 round trip. Candidates, argmaxes, p1 and the rule state stay in global memory (read once per position).
+enum StagedFlag : uint8_t { kStagedMasked = 1, kStagedUsable = 2, kStagedCommitted = 4 };
+struct BlockStaged : BlockOnGpu {
+  const double* conf_s;
+  uint8_t* flag_s;
+
+  __device__ __forceinline__ bool masked(int64_t j) const { return (flag_s[j] & kStagedMasked) != 0; }
+  __device__ __forceinline__ bool usable(int64_t j) const { return (flag_s[j] & kStagedUsable) != 0; }
+  __device__ __forceinline__ bool committed(int64_t j) const { return (flag_s[j] & kStagedCommitted) != 0; }
+  __device__ __forceinline__ double conf(int64_t j) const { return conf_s[j]; }
+  __device__ __forceinline__ void commit(int64_t j, int64_t token) {
+    added += committed(j) ? 0 : 1;
+    flag_s[j] |= kStagedCommitted;
+    x_block[j] = token;
+    commit_block[j] = true;
+  }
+};
+
 // Entering a block (step 0) resets the sequence's rule state as the CPU op does, for every policy: no streak at any
 // position, no kept distribution (KLASS count -1) except at the masked positions under KLASS, whose rows have just
 // counted (step_kernel.cuh, phase 3), and a fresh SlowFast sub-cycle in row_state. By the selecting CTA, before the
@@ -366,31 +389,62 @@ __device__ inline void reset_rules_on_block_entry(const KernelArgs& args, const 
   for (int c = prr::kRsSpanStart + static_cast<int>(threadIdx.x); c < prr::kRsCols; c += blockDim.x) seq_state[c] = 0;
 }
 
+// The rules of prr/rules.h on sequence b's block (accessor Blk: BlockOnGpu or BlockStaged), in the CPU op's order.
+template <class Blk>
+__device__ __forceinline__ void run_rules_on(Blk& blk, const KernelArgs& args, int64_t b, int64_t lo, int64_t nfe,
+                                             int64_t n_usable, int64_t k_sched) {
+  const StepParams& p = args.p;
+  const int64_t BL = p.block_length;
+  int64_t* seq_state = args.row_state + b * prr::kRsCols;  // SlowFast's sub-cycle
+  const prr::RuleParams& rp = p.rule;
+  if (p.policy == prr::kLocalLeap)
+    prr::local_leap_select(blk, BL, n_usable, k_sched, p.param, rp.relaxed_tau, rp.radius);
+  if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k_sched, p.param, rp.kl_history);
+  if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, seq_state);
+  if (p.r2) prr::r2_select(blk, BL, rp, static_cast<uint64_t>(__ldg(args.seed + b)), lo, nfe);
+  if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, seq_state);
+}
+
 // The rules of prr/rules.h on sequence b's block, after the base rule's commits, in the CPU op's order; run by the
 // whole CTA (barriers), the rules themselves by thread 0. Returns how many positions the step commits in all:
-// n_base (the base rule's) plus the rules' new ones. Out of line: once per sequence and step, off the old rules' path.
+// n_base (the base rule's) plus the rules' new ones. conf_stage / flag_stage: BL entries of the selecting CTA's
+// shared memory that are free once the block is ranked (the sort's keys, the radix histograms), or nullptr (blocks
+// ranked through the workspace): the CTA stages the records there first (BlockStaged). Out of line: once per
+// sequence and step, off the old rules' path.
 static __device__ __noinline__ int64_t run_block_rules(const KernelArgs& args, const Workspace& ws, int64_t b,
                                                       int64_t lo, int64_t nfe, int64_t n_usable, int64_t k_sched,
                                                       int64_t n_base, const int32_t* order_smem,
-                                                      const int64_t* order_glob) {
+                                                      const int64_t* order_glob, double* conf_stage,
+                                                      uint8_t* flag_stage) {
   const StepParams& p = args.p;
   const int64_t BL = p.block_length, base = b * BL;
   __shared__ int64_t s_added;
+  bool* commit_row = args.commit + b * p.L + lo;
   __threadfence_block();
-  __syncthreads();  // the base rule's commits and the block-entry resets are visible to thread 0
+  __syncthreads();  // the base rule's commits and the block-entry resets are visible to the CTA
+  if (conf_stage != nullptr) {
+    for (int64_t j = threadIdx.x; j < BL; j += blockDim.x) {
+      const int64_t f = __ldcg(ws.flags + base + j);
+      conf_stage[j] = __longlong_as_double(__ldcg(ws.conf + base + j));
+      flag_stage[j] = static_cast<uint8_t>(((f & kFlagMasked) ? kStagedMasked : 0) |
+                                           ((f & kFlagUsable) ? kStagedUsable : 0) |
+                                           (__ldcg(reinterpret_cast<const unsigned char*>(commit_row + j)) != 0
+                                                ? kStagedCommitted
+                                                : 0));
+    }
+    __syncthreads();
+  }
   if (threadIdx.x == 0) {
     BlockOnGpu blk{ws.flags + base, ws.cand + base, ws.conf + base, ws.argmax + base, ws.p1 + base, order_smem,
-                   order_glob, args.x + b * p.L + lo, args.commit + b * p.L + lo,
-                   args.rule_state + base * prr::kRuleStateCols, 0};
-    int64_t* seq_state = args.row_state + b * prr::kRsCols;  // SlowFast's sub-cycle
-    const prr::RuleParams& rp = p.rule;
-    if (p.policy == prr::kLocalLeap)
-      prr::local_leap_select(blk, BL, n_usable, k_sched, p.param, rp.relaxed_tau, rp.radius);
-    if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k_sched, p.param, rp.kl_history);
-    if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, seq_state);
-    if (p.r2) prr::r2_select(blk, BL, rp, static_cast<uint64_t>(__ldg(args.seed + b)), lo, nfe);
-    if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, seq_state);
-    s_added = blk.added;
+                   order_glob, args.x + b * p.L + lo, commit_row, args.rule_state + base * prr::kRuleStateCols, 0};
+    if (conf_stage != nullptr) {
+      BlockStaged staged{blk, conf_stage, flag_stage};
+      run_rules_on(staged, args, b, lo, nfe, n_usable, k_sched);
+      s_added = staged.added;
+    } else {
+      run_rules_on(blk, args, b, lo, nfe, n_usable, k_sched);
+      s_added = blk.added;
+    }
   }
   __syncthreads();
   return n_base + s_added;
@@ -611,7 +665,8 @@ static __device__ __noinline__ void select_and_commit(const KernelArgs& args, co
   if (step == 0) reset_rules_on_block_entry(args, ws, b);
   if (p.needs_rules)
     n_commit = run_block_rules(args, ws, b, lo, nfe, n_usable, k_sched, n_commit, in_smem ? pos_smem : nullptr,
-                               pos_glob);
+                               pos_glob, in_smem ? sort.key : nullptr,
+                               in_smem ? reinterpret_cast<uint8_t*>(sort.hist) : nullptr);
 
   TL(kTlSelCommitted);
   // bookkeeping: the step is consumed; leave the block after block_cap steps, or once it is empty (adaptive)
