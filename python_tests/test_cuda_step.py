@@ -689,7 +689,7 @@ def test_opcheck_cuda():
 
 # ---------------------------------------------------------------------------------------------------------------
 # The rules of prr/rules.h (LocalLeap, SlowFast, KLASS, R2's passes over any base rule): the selecting CTA runs them
-# serially after the base rule's prefix; KLASS's KL is a second sweep over every row.
+# after the base rule's prefix, a thread per position (rules_cta.cuh); KLASS's KL is a second sweep over every row.
 # ---------------------------------------------------------------------------------------------------------------
 def rule_policy(name, salt=0):
     """helpers.make_policy's random settings for one of SET_RULE_NAMES, seeded by the name (and salt)."""
@@ -717,10 +717,11 @@ def test_rules_match_reference(name):
 
 
 @pytest.mark.parametrize("name", SET_RULE_NAMES)
-@pytest.mark.parametrize("BL", [32, 33, 100, 1100])
+@pytest.mark.parametrize("BL", [32, 33, 100, 600, 1100])
 def test_rules_block_lengths(launch_override, name, BL):
     """Blocks of one warp's sort (32), of the shared-memory bitonic sort (33, 100: the radix select is off for these
-    rules) and beyond kSortCap (1100: the workspace rank sort, order() read from the workspace); tie-heavy rows
+    rules; 600: several positions per thread of the rules' CTA passes) and beyond kSortCap (1100: the workspace rank
+    sort, order() read from the workspace, the rules' serial drivers in one thread); tie-heavy rows
     (duplicated rows: equal confidences, runs of one argmax for R2's token clusters) and random ones."""
     steps = 4
     for salt in range(2):

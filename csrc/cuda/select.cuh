@@ -11,9 +11,8 @@
 //   * longer blocks: a rank sort through the workspace.
 // LocalLeap, SlowFast, KLASS and R2's passes (prr/rules.h) decide per block position, not by a prefix: when
 // StepParams::needs_rules the selection always sorts, commits the base rule's prefix (the rules before LocalLeap;
-// the newer base rules commit none there), and then one thread of the CTA runs the rules serially over the block
-// (run_block_rules), as the CPU op runs them per sequence, reading the block's confidences and flags from shared
-// memory where the CTA has staged them (BlockStaged).
+// the newer base rules commit none there), and then the CTA runs the rules over the block (run_block_rules): a thread
+// per position on the confidences and flags it has staged in shared memory (BlockStaged, rules_cta.cuh).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +21,7 @@
 #include "config.h"
 #include "kernel_args.cuh"
 #include "primitives.cuh"
+#include "rules_cta.cuh"
 #include "prr/params.h"
 #include "prr/rules.h"
 #include "prr/select.h"
@@ -347,9 +347,9 @@ struct BlockOnGpu {
 };
 
 // The same block with its hottest records staged in the selecting CTA's shared memory (blocks of up to kSortCap
-// positions): each position's confidence (fp64) and a byte of flags (kStagedMasked / Usable / Committed). The rules
-// read them in loops, one after another, from thread 0: from shared memory each read costs tens of cycles instead of
-// an L2 round trip. Candidates, argmaxes, p1 and the rule state stay in global memory (read once per position).
+// positions): each position's confidence (fp64) and a byte of flags (kStagedMasked / Usable / Committed), which the
+// rules read across positions (neighbourhoods, windows, runs). Candidates, argmaxes, p1 and the rule state stay in
+// global memory: a position's own thread reads them.
 enum StagedFlag : uint8_t { kStagedMasked = 1, kStagedUsable = 2, kStagedCommitted = 4 };
 struct BlockStaged : BlockOnGpu {
   const double* conf_s;
@@ -389,65 +389,63 @@ __device__ inline void reset_rules_on_block_entry(const KernelArgs& args, const 
   for (int c = prr::kRsSpanStart + static_cast<int>(threadIdx.x); c < prr::kRsCols; c += blockDim.x) seq_state[c] = 0;
 }
 
-// The rules of prr/rules.h on sequence b's block (accessor Blk: BlockOnGpu or BlockStaged), in the CPU op's order.
-template <class Blk>
-__device__ __forceinline__ void run_rules_on(Blk& blk, const KernelArgs& args, int64_t b, int64_t lo, int64_t nfe,
-                                             int64_t n_usable, int64_t k_sched) {
-  const StepParams& p = args.p;
-  const int64_t BL = p.block_length;
-  int64_t* seq_state = args.row_state + b * prr::kRsCols;  // SlowFast's sub-cycle
-  const prr::RuleParams& rp = p.rule;
-  if (p.policy == prr::kLocalLeap)
-    prr::local_leap_select(blk, BL, n_usable, k_sched, p.param, rp.relaxed_tau, rp.radius);
-  if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k_sched, p.param, rp.kl_history);
-  if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, seq_state);
-  if (p.r2) prr::r2_select(blk, BL, rp, static_cast<uint64_t>(__ldg(args.seed + b)), lo, nfe);
-  if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, seq_state);
-}
-
 // The rules of prr/rules.h on sequence b's block, after the base rule's commits, in the CPU op's order; run by the
-// whole CTA (barriers), the rules themselves by thread 0. Returns how many positions the step commits in all:
-// n_base (the base rule's) plus the rules' new ones. conf_stage / flag_stage: BL entries of the selecting CTA's
-// shared memory that are free once the block is ranked (the sort's keys, the radix histograms), or nullptr (blocks
-// ranked through the workspace): the CTA stages the records there first (BlockStaged). Out of line: once per
-// sequence and step, off the old rules' path.
+// whole CTA. Returns how many positions the step commits in all: n_base (the base rule's) plus the rules' new ones.
+// conf_stage / flag_stage: BL entries of the selecting CTA's shared memory that are free once the block is ranked
+// (the sort's keys, the radix histograms): the CTA stages the records there and runs the rules a thread per position
+// (rules_cta.cuh). nullptr (blocks of more than kSortCap positions, ranked through the workspace): thread 0 runs
+// rules.h's serial drivers on the workspace. Out of line: once per sequence and step, off the old rules' path.
 static __device__ __noinline__ int64_t run_block_rules(const KernelArgs& args, const Workspace& ws, int64_t b,
                                                       int64_t lo, int64_t nfe, int64_t n_usable, int64_t k_sched,
                                                       int64_t n_base, const int32_t* order_smem,
                                                       const int64_t* order_glob, double* conf_stage,
                                                       uint8_t* flag_stage) {
   const StepParams& p = args.p;
+  const prr::RuleParams& rp = p.rule;
   const int64_t BL = p.block_length, base = b * BL;
-  __shared__ int64_t s_added;
+  const uint64_t seed = static_cast<uint64_t>(__ldg(args.seed + b));
+  int64_t* seq_state = args.row_state + b * prr::kRsCols;  // SlowFast's sub-cycle
+  __shared__ unsigned long long s_added;
+  __shared__ RulesSmem rules_smem;
   bool* commit_row = args.commit + b * p.L + lo;
+  BlockOnGpu blk{ws.flags + base, ws.cand + base, ws.conf + base, ws.argmax + base, ws.p1 + base, order_smem,
+                 order_glob, args.x + b * p.L + lo, commit_row, args.rule_state + base * prr::kRuleStateCols, 0};
+  if (threadIdx.x == 0) s_added = 0;
   __threadfence_block();
   __syncthreads();  // the base rule's commits and the block-entry resets are visible to the CTA
-  if (conf_stage != nullptr) {
-    for (int64_t j = threadIdx.x; j < BL; j += blockDim.x) {
-      const int64_t f = __ldcg(ws.flags + base + j);
-      conf_stage[j] = __longlong_as_double(__ldcg(ws.conf + base + j));
-      flag_stage[j] = static_cast<uint8_t>(((f & kFlagMasked) ? kStagedMasked : 0) |
-                                           ((f & kFlagUsable) ? kStagedUsable : 0) |
-                                           (__ldcg(reinterpret_cast<const unsigned char*>(commit_row + j)) != 0
-                                                ? kStagedCommitted
-                                                : 0));
-    }
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) {
-    BlockOnGpu blk{ws.flags + base, ws.cand + base, ws.conf + base, ws.argmax + base, ws.p1 + base, order_smem,
-                   order_glob, args.x + b * p.L + lo, commit_row, args.rule_state + base * prr::kRuleStateCols, 0};
-    if (conf_stage != nullptr) {
-      BlockStaged staged{blk, conf_stage, flag_stage};
-      run_rules_on(staged, args, b, lo, nfe, n_usable, k_sched);
-      s_added = staged.added;
-    } else {
-      run_rules_on(blk, args, b, lo, nfe, n_usable, k_sched);
+  if (conf_stage == nullptr) {
+    if (threadIdx.x == 0) {
+      if (p.policy == prr::kLocalLeap)
+        prr::local_leap_select(blk, BL, n_usable, k_sched, p.param, rp.relaxed_tau, rp.radius);
+      if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k_sched, p.param, rp.kl_history);
+      if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, seq_state);
+      if (p.r2) prr::r2_select(blk, BL, rp, seed, lo, nfe);
+      if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, seq_state);
       s_added = blk.added;
     }
+    __syncthreads();
+    return n_base + static_cast<int64_t>(s_added);
+  }
+  for (int64_t j = threadIdx.x; j < BL; j += blockDim.x) {
+    const int64_t f = __ldcg(ws.flags + base + j);
+    conf_stage[j] = __longlong_as_double(__ldcg(ws.conf + base + j));
+    flag_stage[j] = static_cast<uint8_t>(((f & kFlagMasked) ? kStagedMasked : 0) |
+                                         ((f & kFlagUsable) ? kStagedUsable : 0) |
+                                         (__ldcg(reinterpret_cast<const unsigned char*>(commit_row + j)) != 0
+                                              ? kStagedCommitted
+                                              : 0));
   }
   __syncthreads();
-  return n_base + s_added;
+  BlockStaged staged{blk, conf_stage, flag_stage};  // a copy per thread: `added` counts this thread's commits
+  if (p.policy == prr::kLocalLeap)
+    cta_local_leap(staged, rules_smem, BL, n_usable, k_sched, p.param, rp.relaxed_tau, rp.radius);
+  if (p.policy == prr::kKLASS) cta_klass(staged, BL, n_usable, k_sched, p.param, rp.kl_history);
+  if (p.policy == prr::kSlowFast) cta_slow_fast(staged, rules_smem, BL, n_usable, rp, p.param, seq_state);
+  if (p.r2) cta_r2(staged, rules_smem, BL, rp, seed, lo, nfe);
+  if (p.policy == prr::kSlowFast) cta_slow_fast_next_cycle(staged, rules_smem, rp, seq_state);
+  if (staged.added) atomicAdd(&s_added, static_cast<unsigned long long>(staged.added));
+  __syncthreads();
+  return n_base + static_cast<int64_t>(s_added);
 }
 
 // Select and commit the tokens of sequence b, whose active block is `active`, then do its bookkeeping: advance its
