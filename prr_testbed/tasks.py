@@ -24,7 +24,7 @@ that are written out step by step, each step computed from the ones before it:
           the product's width:                            "12*305="  ->  "p:0060+0000+3600 c:0000 s:3660"
   cumsum  running sums of 2-16 numbers below 100:         "cumsum 3 8 1 9="  ->  "3 11 12 21"
   sort    2-20 numbers below 1000, ascending:             "sort 53 7 21 7="  ->  "7 7 21 53"
-  trace   2-8 assignments over a, b, c, d, each written out with the values it reads and assigns:
+  trace   2-6 assignments over a, b, c, d, each written out with the values it reads and assigns:
                                                 "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=a+4=3+4=7 a=b-a=7-3=4"
 
 each checked exactly against the answer recomputed from the prompt (docs/long_families.md: why these formats). They
@@ -488,7 +488,7 @@ class Sort(_ListFamily):
 
 
 TRACE_VARS = "abcd"
-TRACE_MAX_STATEMENTS = 8
+TRACE_MAX_STATEMENTS = 6
 
 
 def trace_response(program: str) -> str:
@@ -515,7 +515,7 @@ def trace_response(program: str) -> str:
 
 
 class Trace(TaskFamily):
-    """Program tracing: 2-8 assignments over four variables (constants, +constant, sums and differences of
+    """Program tracing: 2-6 assignments over four variables (constants, +constant, sums and differences of
     variables); the answer writes out each statement with the values it reads and the value it assigns, each read
     from the statements listed before it."""
 

@@ -157,3 +157,47 @@ def test_quality_bar_criteria(tmp_path, capsys):
     assert Q.main([str(path)]) == 1 and "FAIL" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no vanilla point"):
         Q.check([r for r in passing if r["policy"] != "lowconf"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# python -m prr_testbed.failures: accuracy by instance size
+# ---------------------------------------------------------------------------------------------------------------
+def test_instance_sizes_of_each_family():
+    from prr_testbed.failures import instance_size
+    assert instance_size(T.Example("mul", "12*305=", "", "")) == "2x3 digits"
+    assert instance_size(T.Example("cumsum", "cumsum 3 8 1 9=", "", "")) == "4 numbers"
+    assert instance_size(T.Example("sort", "sort 53 7=", "", "")) == "2 numbers"
+    assert instance_size(T.Example("trace", "run a=3;b=a+4;a=b-a?", "", "")) == "3 statements"
+    assert instance_size(T.Example("arith", "1+2=", "x" * 24, "")) == "20+ chars"
+
+
+def test_failures_command_tables_every_prompt(tmp_path, capsys):
+    """A random-weight model on two families: every prompt lands in one size row, the JSON keeps each verdict."""
+    from prr_testbed import failures
+    from prr_testbed.model import MaskedDiffusionLM, ModelConfig
+    from prr_testbed.tokenizer import CharTokenizer
+
+    cfg = ModelConfig.for_tokenizer(CharTokenizer(), d_model=32, n_layers=1, n_heads=2, d_ff=64, max_seq_len=256)
+    m = MaskedDiffusionLM(cfg)
+    m.reset_parameters(torch.Generator().manual_seed(0))
+    m.save_pretrained(str(tmp_path / "m"))
+    out = tmp_path / "f.json"
+    rep = failures.main(["--model", str(tmp_path / "m"), "--tasks", "trace,sort", "--n", "3", "--batch-size", "2",
+                         "--device", "cpu", "--no-progress", "--out", str(out)])
+    for task in ("trace", "sort"):
+        t = rep["tasks"][task]
+        assert sum(r["n"] for r in t["by_size"]) == 3 and len(t["records"]) == 3
+        assert sum(r["correct"] for r in t["records"]) == sum(r["correct"] for r in t["by_size"])
+        assert [r["prompt"] for r in t["records"]] == [e.prompt for e in T.heldout_set(task, "valid", n=3)]
+    assert json.load(open(out))["tasks"].keys() == {"trace", "sort"}
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_failures_command_rejects_bad_arguments(tmp_path, capsys):
+    from prr_testbed import failures
+    with pytest.raises(SystemExit):
+        failures.main(["--tasks", "trace,nope", "--no-progress"])
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        failures.main(["--out", str(tmp_path / "missing" / "f.json"), "--no-progress"])
+    assert "--out" in capsys.readouterr().err
