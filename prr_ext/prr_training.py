@@ -22,6 +22,7 @@ from . import reference as R
 from .constants import NUM_BASE_FEATURES
 from .controller import Controller
 from .decode_common import hidden_states_of, logits_of
+from .generate import fill_after_eos
 from .ops import step
 from .policies import PRR, LowConfidence, Policy
 from .state import State
@@ -88,7 +89,7 @@ def _features_after_step(state: State, snap_x, snap_rs, snap_prev, lo: int, voca
 @torch.no_grad()
 def rollout(model: Callable, x: torch.Tensor, prompt_length, *, policy: Policy, block_length: int, steps: int,
             mask_id: int, max_steps: Optional[int] = None, block_continuation: bool = False,
-            hidden_features=None) -> Rollout:
+            hidden_features=None, eos_id: Optional[int] = None) -> Rollout:
     """Decode canvas `x` [R, L] with `policy` and record every candidate of every step.
 
     block_continuation: the labels' targets are what full refinement (LowConfidence, one schedule per block) makes
@@ -96,7 +97,10 @@ def rollout(model: Callable, x: torch.Tensor, prompt_length, *, policy: Policy, 
     final tokens (right when `policy` is itself full refinement).
     hidden_features: a prr_ext.HiddenFeatures: the model is called as model(x, output_hidden_states=True), the r
     features of each candidate's last hidden state (same forward as its logits) follow its 13 base features in the
-    records, and a PRR policy whose controller takes r extra features gets them as `step`'s extra_features."""
+    records, and a PRR policy whose controller takes r extra features gets them as `step`'s extra_features.
+    eos_id: EOS early exit, as generate(eos_fill=True): after every step a row whose answer and EOS are committed
+    gets the rest of its canvas as EOS and takes no more steps, so the records cover what such a decode decides
+    (the answer, its EOS), not the padding after it."""
     n_extra = policy.base_rule.controller.extra_features if isinstance(policy.base_rule, PRR) else 0
     if hidden_features is not None and n_extra not in (0, hidden_features.r):
         raise ValueError(f"the policy's controller takes {n_extra} extra features but hidden_features gives "
@@ -133,6 +137,8 @@ def rollout(model: Callable, x: torch.Tensor, prompt_length, *, policy: Policy, 
             extra = hidden_features(hidden)  # [R, Lr, r]
         commit = step(logits, state, extra_features=extra if n_extra else None)
         feats, cand_mask = _features_after_step(state, snap_x, snap_rs, snap_prev, lo, logits.shape[-1])
+        if eos_id is not None:  # after the features: they read the step's own commits
+            fill_after_eos(state, eos_id)
         if extra is not None:  # the candidates' rows of the logits: the block's columns of a whole-canvas forward
             r0 = 0 if logits.shape[1] == BL else lo
             feats = torch.cat([feats.float(), extra[:, r0:r0 + BL].to(feats.device)], -1)

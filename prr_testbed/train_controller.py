@@ -50,7 +50,8 @@ from .model import MaskedDiffusionLM, make_canvas
 PROG = "python -m prr_testbed.train_controller"
 # The settings that define a run's rounds; a resumed run must have the same ones (run.json).
 RUN_SETTINGS = ("model", "families", "train_prompts", "val_prompts", "test_prompts", "label", "hidden", "epochs",
-                "t_max_grid", "t_min_grid", "tau_grid", "select", "seed")
+                "t_max_grid", "t_min_grid", "tau_grid", "select", "seed", "eos_exit")
+RUN_SETTING_DEFAULTS = {"eos_exit": False}  # what a run.json written before a setting existed ran with
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -73,15 +74,18 @@ def training_examples(family: str, n: int, seed: int) -> List[T.Example]:
 
 
 def collect(model, family: str, examples: Sequence[T.Example], policy, *, batch_size: int, device,
-            block_continuation: bool, on_batch: Optional[Callable[[], None]] = None) -> Rollout:
-    """Rollouts of `examples` in batches (prr_ext.prr_training.rollout), as one Rollout."""
+            block_continuation: bool, on_batch: Optional[Callable[[], None]] = None,
+            eos_exit: bool = False) -> Rollout:
+    """Rollouts of `examples` in batches (prr_ext.prr_training.rollout), as one Rollout; eos_exit: each row's
+    rollout stops once its answer and EOS are committed (rollout's eos_id)."""
     fam = T.get_family(family)
     tok = model.tokenizer
     parts = []
     for i in range(0, len(examples), batch_size):
         x, plens = make_canvas(tok, [e.prompt for e in examples[i:i + batch_size]], fam.gen_length, device)
         parts.append(rollout(model, x, plens, policy=policy, block_length=fam.block_length, steps=fam.gen_length,
-                             mask_id=tok.mask_id, block_continuation=block_continuation))
+                             mask_id=tok.mask_id, block_continuation=block_continuation,
+                             eos_id=tok.eos_id if eos_exit else None))
         if on_batch is not None:
             on_batch()
     return _concat_padded(parts)
@@ -101,14 +105,14 @@ def _concat_padded(parts: Sequence[Rollout]) -> Rollout:
 
 def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T.Example]], vanilla: Dict[str, float],
          *, t_max_grid, t_min_grid, tau_grid, batch_size: int, device, select: str = "aup",
-         on_batch: Optional[Callable[[], None]] = None) -> Dict:
+         on_batch: Optional[Callable[[], None]] = None, eos_exit: bool = False) -> Dict:
     """Choose the temperature map (t_max, t_min) and the default tau on the validation split.
 
     select="nfe": the (map, tau) with the fewest NFE whose accuracy stays within 1 point of full refinement on every
     family (else the most accurate). select="aup": the map whose tau sweep has the largest validation AUP (each
     family's AUP divided by its gen_length, the largest possible tokens per forward, then averaged), because the map
     shapes the whole accuracy-parallelism curve while tau only picks a point on it; then that map's tau by the "nfe"
-    rule. Both only ever look at validation prompts.
+    rule. Both only ever look at validation prompts. eos_exit: the decodes use EOS early exit (harness.evaluate).
     """
     if select not in ("aup", "nfe"):
         raise ValueError(f"select must be 'aup' or 'nfe', got {select!r}")
@@ -119,7 +123,7 @@ def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T
             for tau in tau_grid:
                 grid.append((t_max, t_min, tau, {f: E.evaluate(model, f, val[f], E.RunSpec("prr", tau), controller=c,
                                                                batch_size=batch_size, device=device,
-                                                               on_batch=on_batch)
+                                                               on_batch=on_batch, eos_exit=eos_exit)
                                                  for f in families}))
 
     def point(t_max, t_min, tau, res):
@@ -152,11 +156,11 @@ def tune(model, ctrl: Controller, families: Sequence[str], val: Dict[str, List[T
 
 
 def evaluate_round(model, ctrl: Controller, tau: float, families, test, *, batch_size, device,
-                   on_batch: Optional[Callable[[], None]] = None) -> Dict[str, Dict]:
+                   on_batch: Optional[Callable[[], None]] = None, eos_exit: bool = False) -> Dict[str, Dict]:
     out = {}
     for f in families:
         r = E.evaluate(model, f, test[f], E.RunSpec("prr", tau), controller=ctrl, batch_size=batch_size, device=device,
-                       on_batch=on_batch)
+                       on_batch=on_batch, eos_exit=eos_exit)
         out[f] = {k: r[k] for k in ("accuracy", "mean_nfe", "tokens_per_forward", "gen_length", "n")}
     return out
 
@@ -213,6 +217,10 @@ def parse_args(argv=None):
     p.add_argument("--device", type=device_arg, default="auto",
                    help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
     p.add_argument("--seed", type=int, default=0, help="seeds the training prompts and the fits")
+    p.add_argument("--eos-exit", action="store_true",
+                   help="EOS early exit in the rollouts and every evaluation (generate's eos_fill): a row stops once "
+                        "its answer and EOS are committed, so the records and the NFE cover answers, not the canvas's "
+                        "padding; for the long families, whose quality bar is judged this way (default: off)")
     p.add_argument("--install", action="store_true",
                    help="copy the final controller to prr_testbed/assets/controller (the shipped one)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -223,7 +231,7 @@ def parse_args(argv=None):
     check_outputs(p, args, dirs=("out",))
     check_input_dir(p, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.model = MODEL_DIR if args.model is None else args.model
-    problem = R.check_run_settings(args.out, run_settings(args))
+    problem = R.check_run_settings(args.out, run_settings(args), RUN_SETTING_DEFAULTS)
     if problem:
         p.error(f"argument --out: {problem}; its finished rounds would be reused. Choose another --out, or delete "
                 f"{args.out} to start over")
@@ -265,9 +273,10 @@ def main(argv=None) -> Dict:
             total = sum(batches(val[f]) + batches(test[f]) for f in families)
             with progress(total, "full refinement (val, test)", disable=quiet) as bar:
                 vanilla_val = {f: E.evaluate(model, f, val[f], spec, batch_size=args.batch_size, device=device,
-                                             on_batch=lambda: bar.update(1))["accuracy"] for f in families}
+                                             on_batch=lambda: bar.update(1), eos_exit=args.eos_exit)["accuracy"]
+                               for f in families}
                 vt = {f: E.evaluate(model, f, test[f], spec, batch_size=args.batch_size, device=device,
-                                    on_batch=lambda: bar.update(1)) for f in families}
+                                    on_batch=lambda: bar.update(1), eos_exit=args.eos_exit) for f in families}
             summary["vanilla_test"] = {f: {k: vt[f][k] for k in ("accuracy", "mean_nfe", "gen_length", "n")}
                                        for f in families}
             summary["vanilla_val_accuracy"] = vanilla_val
@@ -278,7 +287,8 @@ def main(argv=None) -> Dict:
         mine = {f: train[f][rank::world] for f in families}
         with progress(sum(batches(mine[f]) for f in families), f"round {r}: rollouts", disable=quiet) as bar:
             return {f: collect(model, f, mine[f], policy, batch_size=args.batch_size, device=device,
-                               block_continuation=r > 0, on_batch=lambda: bar.update(1)) for f in families}
+                               block_continuation=r > 0, on_batch=lambda: bar.update(1), eos_exit=args.eos_exit)
+                    for f in families}
 
     def finish_round(r: int, cdir: str, t0: float) -> Dict:
         feats, labels = R.load_labelled(args.out, range(r + 1), args.label)
@@ -289,14 +299,15 @@ def main(argv=None) -> Dict:
                       disable=quiet) as bar:
             choice = tune(model, fitted, families, val, vanilla_val, t_max_grid=args.t_max_grid,
                           t_min_grid=args.t_min_grid, tau_grid=args.tau_grid, batch_size=args.batch_size,
-                          device=device, select=args.select, on_batch=lambda: bar.update(1))
+                          device=device, select=args.select, on_batch=lambda: bar.update(1),
+                          eos_exit=args.eos_exit)
         fitted = Controller(fitted.tensors, extra_features=fitted.extra_features, t_max=choice["t_max"],
                             t_min=choice["t_min"])
         fitted.save(cdir)
         R.write_json(os.path.join(cdir, TUNED_TAU_FILE), {"tau": choice["tau"], "trained_by": PROG, "round": r})
         with progress(sum(batches(test[f]) for f in families), f"round {r}: test", disable=quiet) as bar:
             test_res = evaluate_round(model, fitted, choice["tau"], families, test, batch_size=args.batch_size,
-                                      device=device, on_batch=lambda: bar.update(1))
+                                      device=device, on_batch=lambda: bar.update(1), eos_exit=args.eos_exit)
         entry = {"round": r, "records": int(feats.shape[0]), "label": args.label, **choice, "test": test_res,
                  "seconds": time.time() - t0}
         summary["rounds"] = [e for e in summary["rounds"] if e["round"] != r] + [entry]

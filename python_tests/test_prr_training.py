@@ -85,6 +85,33 @@ def test_block_continuation_targets_are_full_refinement_of_the_entered_block():
     assert ro.nfe.tolist() == [2] * x.shape[0]  # tau = 0 commits a whole block per step
 
 
+def test_eos_exit_rollout_records_what_the_early_exit_decode_decides():
+    """rollout(eos_id=...): a row stops once its answer and EOS are committed (generate's eos_fill): its records are
+    those of the full rollout up to that step, its canvas is filled with EOS after the first one, and it takes
+    fewer forwards. The model's EOS grows likelier along the canvas, so rows end early."""
+    from tiny_models import TinyLM
+    eos, mask, P, G = 1, 2, 6, 24
+    model = TinyLM(vocab_size=83, mask_id=mask, max_len=P + G, tail_bias={eos: (P + 8, 1.5)}, seed=3)
+    g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
+    x = torch.cat([torch.randint(3, 83, (6, P), generator=g), torch.full((6, G), mask)], 1)
+    kw = dict(policy=prr_ext.LowConfidence(), block_length=8, steps=G, mask_id=mask)
+    full = PT.rollout(model, x, P, **kw)
+    early = PT.rollout(model, x, P, eos_id=eos, **kw)
+    assert bool((early.nfe <= full.nfe).all()) and bool((early.nfe < full.nfe).any())
+    for b in range(x.shape[0]):
+        def recs(ro, upto):
+            keep = (ro.row == b) & (ro.t < upto)
+            return sorted(zip(ro.col[keep].tolist(), ro.t[keep].tolist(), ro.cand[keep].tolist(),
+                              ro.committed[keep].tolist()))
+        assert recs(early, int(early.nfe[b])) == recs(full, int(early.nfe[b])) and recs(early, 10 ** 9) == recs(
+            early, int(early.nfe[b]))
+        gen = early.final[b, P:]
+        assert not bool((gen == mask).any())
+        first = int((gen == eos).nonzero()[0]) if bool((gen == eos).any()) else G
+        if int(early.nfe[b]) < int(full.nfe[b]):  # retired: everything the fill wrote is EOS
+            assert bool((gen[first:][full.final[b, P + first:] != gen[first:]] == eos).all())
+
+
 def test_fit_controller_learns_a_feature_rule():
     g = torch.Generator().manual_seed(int(torch.randint(0, 2 ** 31, ())))
     feats = torch.rand(4000, prr_ext.controller.NUM_BASE_FEATURES, generator=g)
@@ -125,6 +152,26 @@ def test_pipeline_two_rounds_single_process(tiny_model_dir, tmp_path):
     # resumable: a second run loads both rounds instead of redoing them
     again = train.main(["--model", tiny_model_dir, "--out", out] + ARGS)
     assert [e["seconds"] for e in again["rounds"]] == [e["seconds"] for e in first["rounds"]]
+
+
+def test_pipeline_eos_exit_is_a_setting_of_the_run(tiny_model_dir, tmp_path, capsys):
+    """--eos-exit runs the rounds with EOS early exit, is stored in run.json, and a resumed run must keep it; a
+    run.json written before the setting existed reads as eos_exit False."""
+    from prr_testbed import train_controller as train
+    out = str(tmp_path / "run")
+    args = ["--model", tiny_model_dir, "--out", out] + ARGS[:ARGS.index("--rounds")] + ["--rounds", "0"] + \
+        ARGS[ARGS.index("--rounds") + 2:]
+    train.main(args + ["--eos-exit"])
+    assert json.load(open(os.path.join(out, "run.json")))["settings"]["eos_exit"] is True
+    with pytest.raises(SystemExit):
+        train.main(args)
+    assert "eos_exit True there, False now" in capsys.readouterr().err
+    run = json.load(open(os.path.join(out, "run.json")))
+    del run["settings"]["eos_exit"]
+    json.dump(run, open(os.path.join(out, "run.json"), "w"))
+    train.main(args)  # an older run.json: eos_exit False, the same as now
+    with pytest.raises(SystemExit):
+        train.main(args + ["--eos-exit"])
 
 
 def test_pipeline_torchrun_two_gloo_ranks(tiny_model_dir, tmp_path):
