@@ -390,18 +390,25 @@ static void allow_cluster_smem() {  // once, before timing: the slice exceeds th
   CK(cudaFuncSetAttribute(smem_cluster_kernel<CS, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (V / CS) * 2));
 }
 
-template <int CS, bool kPoly>
-static int pipe_grid(int rows) {  // persistent: as many clusters as fit at once, at most one per row
-  CK(cudaFuncSetAttribute(smem_pipe_kernel<CS, kPoly>, cudaFuncAttributeMaxDynamicSharedMemorySize, 2 * (V / CS) * 2));
+// A launch of clusters of cs CTAs of NT threads; `attr` holds the cluster shape and must outlive the launch.
+static cudaLaunchConfig_t cluster_config(int ctas, int cs, size_t smem, cudaLaunchAttribute* attr) {
   cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(CS);
+  cfg.gridDim = dim3(ctas);
   cfg.blockDim = dim3(NT);
-  cfg.dynamicSmemBytes = size_t(2) * (V / CS) * 2;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = CS, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+  cfg.dynamicSmemBytes = smem;
+  attr->id = cudaLaunchAttributeClusterDimension;
+  attr->val.clusterDim.x = cs, attr->val.clusterDim.y = 1, attr->val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
+  return cfg;
+}
+
+template <int CS, bool kPoly>
+static int pipe_grid(int rows) {  // persistent: as many clusters as fit at once, at most one per row
+  constexpr size_t smem = size_t(2) * (V / CS) * 2;
+  CK(cudaFuncSetAttribute(smem_pipe_kernel<CS, kPoly>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(CS, CS, smem, &attr);
   int n = 0;
   CK(cudaOccupancyMaxActiveClusters(&n, smem_pipe_kernel<CS, kPoly>, &cfg));
   return std::min(n, rows);
@@ -409,30 +416,15 @@ static int pipe_grid(int rows) {  // persistent: as many clusters as fit at once
 
 template <int CS, bool kPoly>
 static void launch_pipe(const __nv_bfloat16* d, RowOut* o, int rows, int nclusters) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(nclusters * CS);
-  cfg.blockDim = dim3(NT);
-  cfg.dynamicSmemBytes = size_t(2) * (V / CS) * 2;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = CS, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(nclusters * CS, CS, size_t(2) * (V / CS) * 2, &attr);
   CK(cudaLaunchKernelEx(&cfg, smem_pipe_kernel<CS, kPoly>, d, o, rows));
 }
 
 template <int CS, bool kTempered = true>
 static void launch_cluster(const __nv_bfloat16* d, RowOut* o, int rows) {
-  constexpr size_t smem = size_t(V / CS) * 2;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(rows * CS);
-  cfg.blockDim = dim3(NT);
-  cfg.dynamicSmemBytes = smem;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeClusterDimension;
-  attr[0].val.clusterDim.x = CS, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cudaLaunchAttribute attr;
+  const cudaLaunchConfig_t cfg = cluster_config(rows * CS, CS, size_t(V / CS) * 2, &attr);
   CK(cudaLaunchKernelEx(&cfg, smem_cluster_kernel<CS, kTempered>, d, o));
 }
 
