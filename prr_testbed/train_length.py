@@ -5,7 +5,9 @@
 
 Labels are the model's own: each train-split prompt is decoded with full refinement (LowConfidence, one token per
 step) on the longest canvas (--max-length, default the families' longest), and its length is the position of the
-first <eos> + 1 (the response and its <eos>; --max-length when the canvas holds none). Features are the model's
+first <eos> + 1 (the response and its <eos>; --max-length when the canvas holds none). The decodes exit early
+(generate's eos_fill): a row stops once its first <eos> and everything before it are committed, which is where full
+refinement leaves them, so the labels are full refinement's at a fraction of the forwards. Features are the model's
 last hidden states of the prompt, mean-pooled (prr_ext.query_features: one forward of the prompt). The predictor is
 a ridge regression of log length, its margin the split-conformal quantile of held-out residuals
 (--calibration-fraction of the pairs). Then it reports, on test-split prompts labelled the same way, the achieved
@@ -115,7 +117,8 @@ def label_and_features(model: MaskedDiffusionLM, examples: Sequence[Tuple[str, T
             feats.append(prr_ext.query_features(model, prompt, am).cpu())
             out = prr_ext.generate(model, prompt, gen_length=max_length, block_length=block_length,
                                    steps=max_length, policy=prr_ext.LowConfidence(), mask_id=tok.mask_id,
-                                   eos_id=tok.eos_id, attention_mask=am, confidence_dtype=torch.float32)
+                                   eos_id=tok.eos_id, attention_mask=am, confidence_dtype=torch.float32,
+                                   eos_fill=True)  # a row stops once everything before its first <eos> is settled
             gen = out.generated.cpu()
             is_eos = gen == tok.eos_id
             first = torch.where(is_eos.any(1), is_eos.to(torch.int8).argmax(1) + 1, torch.full_like(plens.cpu(),
