@@ -7,14 +7,14 @@
 Every strategy decodes the same test-split prompts of --families (mixed in one batch stream, greedy):
   vanilla      every canvas at --max-length, one token per step (LowConfidence, steps = canvas length)
   fixed        every canvas at --max-length, the base rule (--tau: Threshold)
-  fixed+prr    every canvas at --max-length, the shipped PRR controller (tau: its tuned value)
+  fixed+prr    every canvas at --max-length, PRR with --controller (tau: its tuned value)
   eos_exit     fixed, with prr_ext.generate(eos_fill=True): rows stop once their EOS is settled
   oracle       each canvas at the model's own length (first EOS + 1 under full refinement, as train_length labels),
                rounded up to a block
   predictor    gen_length="auto" with the predictor (--target-truncation, --truncation recovery)
   predictor+vanilla   the predicted canvases, one token per step
   predictor+eos_exit  the same with eos_fill=True: each predicted canvas also stops once its EOS is settled
-  predictor+prr       the same with the shipped PRR controller (tau: its tuned value)
+  predictor+prr       the same with PRR (--controller, its tuned tau)
   predictor+prr+r2    the same with R2 over PRR
 --counts draws a length-skewed mix instead (e.g. mostly short answers with a long tail).
 Whether the predictor's and PRR's savings multiply: vanilla / predictor+prr against (vanilla / predictor+vanilla) x
@@ -65,6 +65,8 @@ def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--predictor", required=True, help="a length-predictor folder (python -m prr_testbed.train_length)")
     ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--controller", default=None, help="PRR controller folder, trained for --model (default: the "
+                    "shipped one, prr_testbed/assets/controller, trained for the shipped model)")
     ap.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--n", type=int, default=200, help="test prompts per family")
     ap.add_argument("--counts", type=_counts, default=None,
@@ -83,6 +85,7 @@ def parse_args(argv=None):
         ap.error("argument --n/--batch-size: must be >= 1")
     check_input_dir(ap, "--predictor", args.predictor, ("config.json", "model.safetensors"), "length predictor")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
     check_outputs(ap, args, files=("out",))
     args.device, args.device_note = pick_device_arg(ap, args.device)
     return ap, args
@@ -101,8 +104,8 @@ def main(argv=None) -> Dict:
     if not (isinstance(G, int) and isinstance(BL, int) and G % BL == 0):
         ap.error("argument --max-length/--block-length: give both (a multiple of the block) when the predictor "
                  "records none")
-    controller = load_controller(CONTROLLER_DIR)
-    prr_tau = tuned_tau(CONTROLLER_DIR) or 0.9
+    controller = load_controller(args.controller or CONTROLLER_DIR)
+    prr_tau = tuned_tau(args.controller or CONTROLLER_DIR) or 0.9
     tok = model.tokenizer
     counts = args.counts or {f: args.n for f in args.families}
     args.families = list(counts)
@@ -171,6 +174,7 @@ def main(argv=None) -> Dict:
                     "max_length": G, "block_length": BL, "target_truncation": args.target_truncation,
                     "truncation": args.truncation, "predictor": args.predictor,
                     "model": args.model or "prr_testbed/assets/model",
+                    "controller": args.controller or "prr_testbed/assets/controller", "prr_tau": prr_tau,
                     "oracle_mean_length": float(oracle_len.double().mean()),
                     "oracle_min_length": int(oracle_len.min()), "oracle_max_length": int(oracle_len.max())},
            "multiplicative": multiplicative, "strategies": rows}

@@ -107,7 +107,7 @@ def label_and_features(model: MaskedDiffusionLM, examples: Sequence[Tuple[str, T
     model's full-refinement decode (max_length when there is none)."""
     tok = model.tokenizer
     feats, lengths = [], []
-    with progress(len(examples), disable=not show_progress) as bar:
+    with progress(len(examples), disable=not show_progress, unit="prompt") as bar:
         for i in range(0, len(examples), batch_size):
             chunk = examples[i:i + batch_size]
             x, plens = make_canvas(tok, [e.prompt for _, e in chunk], max_length, device)

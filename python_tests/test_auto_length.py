@@ -188,9 +188,11 @@ def test_length_bench_measures_every_strategy(tmp_path, capsys):
 
     train_length.main(["--families", "sudoku", "--train", "8", "--test", "2", "--device", "cpu", "--no-progress",
                        "--out", str(tmp_path / "lp")])
+    from prr_testbed import CONTROLLER_DIR
     doc = length_bench.main(["--predictor", str(tmp_path / "lp"), "--families", "sudoku", "--n", "2", "--device",
-                             "cpu", "--out", str(tmp_path / "b.json")])
+                             "cpu", "--out", str(tmp_path / "b.json"), "--controller", CONTROLLER_DIR])
     assert [r["strategy"] for r in doc["strategies"]] == list(length_bench.STRATEGIES)
+    assert doc["meta"]["controller"] == CONTROLLER_DIR and 0 < doc["meta"]["prr_tau"] < 1
     row = {r["strategy"]: r for r in doc["strategies"]}
     fixed, vanilla = row["fixed"], row["vanilla"]
     assert fixed["compute_vs_fixed"] == 1.0 and fixed["token_forwards_per_query"] > 0
@@ -219,3 +221,7 @@ def test_length_bench_counts_draw_a_skewed_mix(tmp_path, capsys):
             length_bench.parse_args(["--predictor", str(tmp_path / "lp"), "--counts", bad, "--out",
                                      str(tmp_path / "c.json")])
         assert "argument --counts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a folder that holds no controller
+        length_bench.parse_args(["--predictor", str(tmp_path / "lp"), "--controller", str(tmp_path), "--out",
+                                 str(tmp_path / "c.json")])
+    assert "argument --controller" in capsys.readouterr().err
