@@ -3,7 +3,7 @@ confident on the canvases an aggressive adaptive commit rule actually visits, so
 less threshold tuning. The design and its reasons: docs/r2_finetune.md.
 
     python -m prr_testbed.finetune_r2 --out runs/model_r2ft                 # the shipped model, a few CPU minutes
-    python -m prr_testbed.finetune_r2 --init-from runs/long --families mul,cumsum,sort,trace --out runs/long_r2ft
+    python -m prr_testbed.finetune_r2 --init-from runs/long --families mul,cumsum,sort,trace,chain --out runs/long_r2ft
 
 Each round:
   1. collect: decode --prompts *train-split* prompts per family (never valid / test) with prr_ext.Threshold(tau),

@@ -17,7 +17,7 @@ The shipped model's three families (FAMILY_NAMES), each with dependencies betwee
 Every response is followed by <eos> up to the family's generation length (LLaDA style); response lengths differ
 between and within families (arith 11-22, words 20-35, sudoku 19 characters); prompt + canvas <= 128 tokens.
 
-Four long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to about 105 characters
+Five long families (LONG_FAMILY_NAMES) share one 160-slot canvas, with answers of 3 to 89 characters
 that are written out step by step, each step computed from the ones before it:
 
   mul     1-6 digits times 1-4 digits, partial products, the carries of their sum, the sum, in columns of
@@ -26,6 +26,8 @@ that are written out step by step, each step computed from the ones before it:
   sort    2-20 numbers below 1000, ascending:             "sort 53 7 21 7="  ->  "7 7 21 53"
   trace   2-6 assignments over a, b, c, d, each written out with the values it reads and assigns:
                                                 "run a=3;b=a+4;a=b-a?"  ->  "a=3 b=a+4=3+4=7 a=b-a=7-3=4"
+  chain   from a start of 2-4 digits, 2-16 times add the current value's digit sum:
+                                                          "chain 37 4="  ->  "47 58 71 79"
 
 each checked exactly against the answer recomputed from the prompt (docs/long_families.md: why these formats). They
 are the workload on which the commit rules separate: a rule that commits a step's tokens before the steps they depend
@@ -386,7 +388,7 @@ class Sudoku(TaskFamily):
 # ---------------------------------------------------------------------------------------------------------------
 # long families: variable-length answers whose tokens depend on each other, under one 160-slot canvas
 # ---------------------------------------------------------------------------------------------------------------
-LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to ~105 characters, then <eos>
+LONG_GEN_LENGTH = 160   # one maximum canvas for every long family: answers of 3 to 89 characters, then <eos>
 LONG_BLOCK_LENGTH = 32
 
 
@@ -550,12 +552,45 @@ class Trace(TaskFamily):
         return response.strip() == trace_response(m.group(1))
 
 
+def digit_chain(start: int, steps: int) -> List[int]:
+    """x_1 .. x_steps of x_{k+1} = x_k + (the sum of x_k's digits), from x_0 = start: 37 -> 47 58 71 79 95."""
+    out, x = [], start
+    for _ in range(steps):
+        x += sum(map(int, str(x)))
+        out.append(x)
+    return out
+
+
+class Chain(TaskFamily):
+    """A digit-sum chain: from a start of 2-4 digits, 2-16 times add the current value's digit sum ("chain 37 4=" ->
+    "47 58 71 79"). Each value is computed from the exact digits of the one before, and no closed form skips a step,
+    so a value can be settled only once its predecessor is: however deep the model, at most a step or two of the
+    chain fit in one forward, and a rule that commits later values early commits guesses."""
+
+    name = "chain"
+    gen_length = LONG_GEN_LENGTH
+    block_length = LONG_BLOCK_LENGTH
+    _re = re.compile(r"^chain (\d+) (\d+)=$")
+
+    def sample(self, rng: random.Random) -> Example:
+        start, steps = _rand_int_digits(rng, rng.randint(2, 4)), rng.randint(2, 16)
+        ans = " ".join(map(str, digit_chain(start, steps)))
+        return Example(self.name, f"chain {start} {steps}=", ans, ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not a chain prompt: {example.prompt!r}")
+        return response.strip() == " ".join(map(str, digit_chain(int(m.group(1)), int(m.group(2)))))
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # registry and held-out sets
 # ---------------------------------------------------------------------------------------------------------------
-FAMILIES: Dict[str, TaskFamily] = {f.name: f for f in (Arith(), Words(), Sudoku(), Mul(), CumSum(), Sort(), Trace())}
+FAMILIES: Dict[str, TaskFamily] = {f.name: f for f in (Arith(), Words(), Sudoku(), Mul(), CumSum(), Sort(), Trace(),
+                                                        Chain())}
 FAMILY_NAMES = ("arith", "words", "sudoku")                 # the shipped model's families (the commands' default)
-LONG_FAMILY_NAMES = ("mul", "cumsum", "sort", "trace")      # variable-length answers, one 160-slot canvas
+LONG_FAMILY_NAMES = ("mul", "cumsum", "sort", "trace", "chain")  # variable-length answers, one 160-slot canvas
 
 
 def get_family(name: str) -> TaskFamily:

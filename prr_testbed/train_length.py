@@ -1,7 +1,7 @@
 """Fit a Predict-then-Diffuse length predictor (prr_ext.LengthPredictor) for a testbed model.
 
     python -m prr_testbed.train_length --out runs/length                        # the shipped model, its families
-    python -m prr_testbed.train_length --model runs/long --families mul,cumsum,sort,trace --out runs/length_long
+    python -m prr_testbed.train_length --model runs/long --families mul,cumsum,sort,trace,chain --out runs/length_long
 
 Labels are the model's own: each train-split prompt is decoded with full refinement (LowConfidence, one token per
 step) on the longest canvas (--max-length, default the families' longest), and its length is the position of the

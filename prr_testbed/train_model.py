@@ -318,7 +318,8 @@ def main(argv=None) -> Dict:
     families = [f.strip() for f in args.families.split(",") if f.strip()]
     weights = [float(w) for w in args.mix.split(",")]
     if len(weights) != len(families):
-        raise SystemExit("--mix needs one weight per family")
+        raise SystemExit(f"--mix: {len(weights)} weights for {len(families)} families ({','.join(families)}); give one "
+                         "weight per family, in the same order")
     max_len = max(len(e.prompt) for f in families for e in T.heldout_set(f, "valid", 200)) + max(
         T.get_family(f).gen_length for f in families)
     cfg = ModelConfig.for_tokenizer(tok, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,

@@ -28,6 +28,8 @@ def test_hand_computed_answers():
     assert T.trace_response("a=3;b=a+4;a=b-a;c=a+b;d=c+9") == ("a=3 b=a+4=3+4=7 a=b-a=7-3=4 c=a+b=4+7=11 "
                                                              "d=c+9=11+9=20")
     assert T.trace_response("b=2;c=b-b;c=c-b;d=c+5") == "b=2 c=b-b=2-2=0 c=c-b=0-2=-2 d=c+5=-2+5=3"
+    assert T.digit_chain(37, 5) == [47, 58, 71, 79, 95]  # 37+10, 47+11, 58+13, 71+8, 79+16
+    assert T.digit_chain(9999, 2) == [10035, 10044]      # the values may outgrow the start's digits
 
 
 @pytest.mark.parametrize("family,prompt,right,wrong", [
@@ -37,6 +39,8 @@ def test_hand_computed_answers():
     ("sort", "sort 53 7 21 7=", "7 7 21 53", "7 21 53"),          # a dropped repeat is wrong
     ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=a+4=3+4=7 a=b-a=7-3=4", "a=3 b=a+4=3+4=7 a=b-a=7-3=7"),
     ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=a+4=3+4=7 a=b-a=7-3=4", "a=3 b=a+4=7 a=b-a=4"),  # operands are part of it
+    ("chain", "chain 37 3=", "47 58 71", "47 58 72"),
+    ("chain", "chain 37 3=", "47 58 71", "47 58"),                 # every step is part of it
 ])
 def test_checkers_recompute_from_the_prompt(family, prompt, right, wrong):
     fam = T.get_family(family)
@@ -50,6 +54,8 @@ def test_checkers_reject_foreign_prompts():
         T.get_family("sort").check(T.Example("sort", "cumsum 1 2=", "1 3", "1 3"), "1 3")
     with pytest.raises(ValueError, match="not a trace prompt"):
         T.get_family("trace").check(T.Example("trace", "a=1?", "a=1", "a=1"), "a=1")
+    with pytest.raises(ValueError, match="not a chain prompt"):
+        T.get_family("chain").check(T.Example("chain", "chain 37=", "47", "47"), "47")
 
 
 def test_lengths_vary_at_least_five_fold_under_one_canvas():
@@ -80,7 +86,8 @@ def test_trace_programs_read_only_assigned_variables():
 def test_train_model_runs_on_the_long_families(tmp_path):
     out = tmp_path / "long"
     meta = TM.main(["--tiny", "--steps", "2", "--batch-size", "4", "--workers", "0", "--eval-every", "0",
-                    "--final-eval-n", "1", "--families", ",".join(T.LONG_FAMILY_NAMES), "--mix", "1,1,1,1",
+                    "--final-eval-n", "1", "--families", ",".join(T.LONG_FAMILY_NAMES),
+                    "--mix", ",".join("1" for _ in T.LONG_FAMILY_NAMES),
                     "--out", str(out), "--device", "cpu", "--no-progress"])
     assert meta["steps_done"] == 2 and set(meta["final_valid_acc"]) == set(T.LONG_FAMILY_NAMES)
     m = MaskedDiffusionLM.from_pretrained(str(out))
