@@ -1,8 +1,8 @@
 """Measure Predict-then-Diffuse on a mixed-length workload: compute, time, accuracy and truncations per strategy.
 
     python -m prr_testbed.length_bench --predictor runs/length --out runs/length_bench.json
-    python -m prr_testbed.length_bench --model runs/long --families mul,cumsum,sort,trace,chain --predictor runs/lp_long \
-        --out benchmarks/results/length_<device>.json
+    python -m prr_testbed.length_bench --model runs/long --families mul,cumsum,sort,trace,chain \
+        --predictor runs/lp_long --out benchmarks/results/length_<device>.json
 
 Every strategy decodes the same test-split prompts of --families (mixed in one batch stream, greedy):
   vanilla      every canvas at --max-length, one token per step (LowConfidence, steps = canvas length)

@@ -29,9 +29,9 @@ that are written out step by step, each step computed from the ones before it:
   chain   from a start of 2-4 digits, 2-16 times add the current value's digit sum:
                                                           "chain 37 4="  ->  "47 58 71 79"
 
-each checked exactly against the answer recomputed from the prompt (docs/long_families.md: why these formats). They
-are the workload on which the commit rules separate: a rule that commits a step's tokens before the steps they depend
-on are settled loses accuracy.
+each checked exactly against the answer recomputed from the prompt (docs/long_families.md: why these formats, and how
+far the commit rules separate on them). They are meant as the workload on which the rules separate: a rule that
+commits a step's tokens before the steps they depend on are settled loses accuracy.
 
 Splits: a prompt belongs to "test" / "valid" / "train" by a hash of (family, prompt) (5% / 5% / 90%). Training data
 is drawn from the train split only (rejection sampling), so the held-out sets are disjoint from training by
@@ -564,8 +564,8 @@ def digit_chain(start: int, steps: int) -> List[int]:
 class Chain(TaskFamily):
     """A digit-sum chain: from a start of 2-4 digits, 2-16 times add the current value's digit sum ("chain 37 4=" ->
     "47 58 71 79"). Each value is computed from the exact digits of the one before, and no closed form skips a step,
-    so a value can be settled only once its predecessor is: however deep the model, at most a step or two of the
-    chain fit in one forward, and a rule that commits later values early commits guesses."""
+    so a value can be settled only once its predecessor is: a forward of a model of the testbed's depth holds a step
+    or two of the chain, and a rule that commits later values early commits guesses."""
 
     name = "chain"
     gen_length = LONG_GEN_LENGTH
