@@ -20,21 +20,45 @@ from typing import Optional
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 MODEL_DIR = os.path.join(ASSETS_DIR, "model")            # config.json + model.safetensors
+LONG_MODEL_DIR = os.path.join(ASSETS_DIR, "long_model")  # the long-family model, shipped once it reaches the bar
 CONTROLLER_DIR = os.path.join(ASSETS_DIR, "controller")  # config.json + model.safetensors + policy.json (its tau)
 
-__all__ = ["ASSETS_DIR", "MODEL_DIR", "CONTROLLER_DIR", "load_model", "load_controller", "tuned_tau"]
+# The testbed's models by name: what `load_model(name=...)` and every command's --model accept besides a folder.
+MODELS = {
+    "demo": (MODEL_DIR, "the 4.8M demo model of arith, words and sudoku"),
+    "long": (LONG_MODEL_DIR, "the long-family model of mul, cumsum, sort, trace and chain (issue 21)"),
+}
+
+__all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "CONTROLLER_DIR", "MODELS", "model_dir", "load_model",
+           "load_controller", "tuned_tau"]
 
 
-def load_model(device="cpu", dtype=None):
-    """The shipped masked-diffusion LM (prr_testbed.model.MaskedDiffusionLM) on `device`, weights in `dtype`
-    (default torch.float32), in eval mode. Needs torch and safetensors, not prr_ext."""
-    from .model import load_default
+def model_dir(name: str) -> str:
+    """The folder of the model called `name` (a key of MODELS).
 
-    if dtype is None:
-        import torch
+    Raises ValueError naming the known models for another name, and FileNotFoundError when that model's files are
+    not in this installation."""
+    if name not in MODELS:
+        raise ValueError(f"no testbed model called {name!r}; known: {', '.join(MODELS)} (or pass a model folder)")
+    path, what = MODELS[name]
+    missing = [f for f in ("config.json", "model.safetensors") if not os.path.isfile(os.path.join(path, f))]
+    if missing:
+        raise FileNotFoundError(f"model {name!r} ({what}) is not in this installation: {path} lacks "
+                                f"{', '.join(missing)}; train one with `python -m prr_testbed.train_model` and pass "
+                                "its folder")
+    return path
 
-        dtype = torch.float32
-    return load_default(device=device, dtype=dtype)
+
+def load_model(device="cpu", dtype=None, name: str = "demo"):
+    """A testbed model (prr_testbed.model.MaskedDiffusionLM) by name (MODELS: "demo", the shipped 4.8M model, or
+    "long") on `device`, weights in `dtype` (default torch.float32), in eval mode. Needs torch and safetensors,
+    not prr_ext. Errors as model_dir."""
+    import torch
+
+    from .model import MaskedDiffusionLM
+
+    return MaskedDiffusionLM.from_pretrained(model_dir(name), device=device,
+                                             dtype=torch.float32 if dtype is None else dtype)
 
 
 def load_controller(path: Optional[str] = None):

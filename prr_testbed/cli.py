@@ -36,6 +36,25 @@ def device_arg(text: str) -> str:
     raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose one of {DEVICE_CHOICES}")
 
 
+def model_arg(text: str) -> str:
+    """--model: a model folder, or the name of a testbed model (prr_testbed.MODELS), given as its folder."""
+    from . import MODELS, model_dir
+
+    if text not in MODELS:
+        return text
+    try:
+        return model_dir(text)
+    except FileNotFoundError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def model_help() -> str:
+    """--model's help text, with the names of prr_testbed.MODELS."""
+    from . import MODELS
+
+    return f"a model folder, or a testbed model's name ({', '.join(MODELS)}; default: demo, the shipped one)"
+
+
 def resolve_device(requested: str) -> torch.device:
     """The torch device for a --device value; ValueError saying what is missing when CUDA was asked for and torch
     cannot use it. "auto" is the first GPU when torch sees one, else the CPU."""

@@ -23,7 +23,7 @@ import prr_ext
 
 from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
 from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize
 from .model import MaskedDiffusionLM, default_model_available, load_default, make_canvas
 
@@ -77,7 +77,7 @@ def parse_args(argv=None):
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
     ap.add_argument("--controller", default=None,
                     help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller)")
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
+    ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]

@@ -20,7 +20,7 @@ from typing import Dict, List
 import torch
 
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
 from .harness import RunSpec, evaluate, pick_device_arg
 from .model import MaskedDiffusionLM, load_default
 
@@ -52,7 +52,7 @@ def by_size(records: List[Dict]) -> List[Dict]:
 
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
+    ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--tasks", default=",".join(T.LONG_FAMILY_NAMES), help="task families (comma-separated)")
     ap.add_argument("--split", default="valid", choices=["valid", "test"], help="held-out split")
     ap.add_argument("--n", type=int, default=60, help="prompts per task (the first n of the split's set)")

@@ -27,7 +27,7 @@ import torch
 import prr_ext
 
 from . import tasks as T
-from .cli import check_outputs, device_arg, parser
+from .cli import check_outputs, device_arg, model_arg, model_help, parser
 from .harness import pick_device_arg
 from .model import CachedLM, MaskedDiffusionLM, decode_responses, load_default, make_canvas
 from .sweep import git_commit
@@ -49,7 +49,7 @@ def _list(choices):
 
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--families", type=_list(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--policies", type=_list(POLICIES), default="threshold",
                     help=f"comma list of {', '.join(POLICIES)} (threshold: Threshold(--tau); lowconf: LowConfidence, "

@@ -38,7 +38,7 @@ from prr_ext.auto_length import generate_auto
 
 from . import CONTROLLER_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, parser
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser
 from .harness import pick_device_arg
 from .model import MaskedDiffusionLM, decode_responses, load_default, make_canvas
 from .train_length import _families, label_and_features
@@ -64,7 +64,7 @@ def _counts(text: str) -> Dict[str, int]:
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--predictor", required=True, help="a length-predictor folder (python -m prr_testbed.train_length)")
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--controller", default=None, help="PRR controller folder, trained for --model (default: the "
                     "shipped one, prr_testbed/assets/controller, trained for the shipped model)")
     ap.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES))

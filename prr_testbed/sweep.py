@@ -34,7 +34,7 @@ import prr_ext
 
 from . import CONTROLLER_DIR, load_controller
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
 from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
                       evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_default
@@ -201,7 +201,7 @@ def parse_args(argv=None):
                     "gen_length) of the adaptive policies (< 1 raises their per-step floor)")
     ap.add_argument("--controller", default=None,
                     help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller)")
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
+    ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--batch-size", type=int, default=64, help="prompts decoded together")
     ap.add_argument("--eos-exit", action="store_true",
                     help="EOS early exit (generate's eos_fill): a row stops taking forwards once its answer and EOS "

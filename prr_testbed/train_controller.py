@@ -44,7 +44,7 @@ from . import CONTROLLER_DIR, MODEL_DIR
 from . import harness as E
 from .stats import aup
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
 from .model import MaskedDiffusionLM, make_canvas
 
 PROG = "python -m prr_testbed.train_controller"
@@ -197,7 +197,7 @@ def parse_args(argv=None):
     p = parser(PROG, __doc__)
     p.add_argument("--out", default=os.path.join("runs", "prr"),
                    help="the run's folder (resumable; its parent must exist, except for the default's)")
-    p.add_argument("--model", default=None, help="model folder (default: the shipped one, prr_testbed/assets/model)")
+    p.add_argument("--model", default=None, type=model_arg, help=model_help())
     p.add_argument("--rounds", type=int, default=3, help="self-evolving rounds after round 0 (total = rounds + 1)")
     p.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES), help="task families")
     p.add_argument("--train-prompts", type=int, default=512, help="training prompts per family")

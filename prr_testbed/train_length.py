@@ -28,7 +28,7 @@ import torch
 import prr_ext
 
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
 from .harness import pick_device_arg
 from .model import MaskedDiffusionLM, load_default, make_canvas
 
@@ -47,7 +47,7 @@ def _families(s: str) -> List[str]:
 
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
-    ap.add_argument("--model", default=None, help="model folder (default: the shipped one)")
+    ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--train", type=int, default=400, help="train-split prompts per family (fit + calibration)")
     ap.add_argument("--test", type=int, default=200, help="test-split prompts per family (the report)")

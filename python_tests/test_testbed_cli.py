@@ -111,6 +111,31 @@ def test_public_loaders_and_token_ids():
         prr_testbed.load_controller(os.path.join(prr_testbed.ASSETS_DIR, "missing"))
 
 
+def test_models_load_by_name(tmp_path, monkeypatch, capsys):
+    """load_model(name=) and every command's --model take a testbed model's name; a named model missing from the
+    installation, or an unknown name, is an error that says which and what to do instead."""
+    from prr_testbed.cli import model_arg
+    from prr_testbed.model import MaskedDiffusionLM, ModelConfig
+    from prr_testbed.tokenizer import CharTokenizer
+
+    assert model_arg("demo") == prr_testbed.MODEL_DIR and model_arg(str(tmp_path)) == str(tmp_path)
+    demo = prr_testbed.load_model(name="demo")
+    assert demo.config.d_model == prr_testbed.load_model().config.d_model
+    with pytest.raises(ValueError, match="no testbed model called 'nope'; known: demo, long"):
+        prr_testbed.load_model(name="nope")
+    long_dir = tmp_path / "long_model"
+    monkeypatch.setitem(prr_testbed.MODELS, "long", (str(long_dir), "the long-family model"))
+    with pytest.raises(FileNotFoundError, match="model 'long' .* is not in this installation"):
+        prr_testbed.load_model(name="long")
+    with pytest.raises(SystemExit):  # a command's --model says the same
+        sweep.parse_args(["--model", "long", "--out", str(tmp_path / "r.json")])
+    assert "argument --model: model 'long'" in capsys.readouterr().err
+    m = MaskedDiffusionLM(ModelConfig.for_tokenizer(CharTokenizer(), d_model=32, n_layers=1, n_heads=2, d_ff=64))
+    m.save_pretrained(str(long_dir))
+    assert prr_testbed.load_model(name="long").config.d_model == 32
+    assert sweep.parse_args(["--model", "long", "--out", str(tmp_path / "r.json")])[1].model == str(long_dir)
+
+
 def test_forwarding_shims_run_the_testbed_commands():
     res = _python(
         "import runpy, sys\n"
