@@ -57,7 +57,8 @@ CHECKPOINT_DIR = "checkpoint"  # under --out: the state a resumed run continues 
 # The settings a resumed run must share with the run that wrote the checkpoint (they fix the model, the data stream
 # and the schedule).
 RESUME_SETTINGS = ("families", "mix", "seed", "batch_size", "lr", "warmup", "weight_decay", "d_model", "n_layers",
-                   "n_heads", "d_ff", "steps", "budget_minutes", "init_from")
+                   "n_heads", "d_ff", "steps", "budget_minutes", "init_from", "canvas_jitter")
+RESUME_DEFAULTS = {"canvas_jitter": 0.0}  # what a checkpoint written before a setting existed ran with
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -72,15 +73,23 @@ def encode_example(tok: CharTokenizer, ex: T.Example, gen_length: int) -> Tuple[
 
 
 def make_batch(seed: int, index: int, batch_size: int, families: Sequence[str], weights: Sequence[float],
-               tok: CharTokenizer, pad_to: int = 0) -> Dict[str, torch.Tensor]:
+               tok: CharTokenizer, pad_to: int = 0, canvas_jitter: float = 0.0) -> Dict[str, torch.Tensor]:
     """Batch `index`: left-padded ids [B, T], response mask [B, T], generation lengths [B], family index [B].
-    T is the longest sequence's length, or pad_to if that is more (one shape for a compiled model)."""
+    T is the longest sequence's length, or pad_to if that is more (one shape for a compiled model).
+
+    canvas_jitter: the fraction of examples whose canvas is cut to a uniform length between the answer plus its <eos>
+    and the family's canvas (<eos> after the answer as always), so that the model also decodes canvases sized to
+    the answer, as a length predictor gives them (issue 23); 0 draws nothing extra (the stream is unchanged)."""
     rng = random.Random(f"prr_ext.train_model/{seed}/{index}")  # this string seeds the training data
     seqs, plens, fams = [], [], []
     for _ in range(batch_size):
         fi = rng.choices(range(len(families)), weights)[0]
         fam = T.get_family(families[fi])
-        ids, plen = encode_example(tok, fam.sample_split(rng, "train"), fam.gen_length)
+        ex = fam.sample_split(rng, "train")
+        gen_length = fam.gen_length
+        if canvas_jitter and rng.random() < canvas_jitter:
+            gen_length = rng.randint(len(tok.encode(ex.response)) + 1, fam.gen_length)
+        ids, plen = encode_example(tok, ex, gen_length)
         seqs.append(ids)
         plens.append(plen)
         fams.append(fi)
@@ -99,17 +108,17 @@ class BatchStream(torch.utils.data.IterableDataset):
     """Batches start, start+1, ... ; worker w of W makes the batches with index = w (mod W). The DataLoader returns
     them round-robin, i.e. in index order, so the stream does not depend on the number of workers."""
 
-    def __init__(self, seed, start, batch_size, families, weights, tok, pad_to=0):
+    def __init__(self, seed, start, batch_size, families, weights, tok, pad_to=0, canvas_jitter=0.0):
         super().__init__()
-        self.args = (seed, start, batch_size, tuple(families), tuple(weights), tok, pad_to)
+        self.args = (seed, start, batch_size, tuple(families), tuple(weights), tok, pad_to, canvas_jitter)
 
     def __iter__(self):
-        seed, start, bs, fams, ws, tok, pad_to = self.args
+        seed, start, bs, fams, ws, tok, pad_to, jitter = self.args
         info = torch.utils.data.get_worker_info()
         w, n = (info.id, info.num_workers) if info else (0, 1)
         i = start + w
         while True:
-            yield make_batch(seed, i, bs, fams, ws, tok, pad_to)
+            yield make_batch(seed, i, bs, fams, ws, tok, pad_to, jitter)
             i += n
 
 
@@ -209,6 +218,10 @@ def parse_args(argv=None):
     ap.add_argument("--families", default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--mix", default="1.5,2.5,0.5", help="sampling weights of the families")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--canvas-jitter", type=float, default=0.0,
+                    help="the fraction of examples trained on a canvas cut to a random length between the answer plus "
+                         "its <eos> and the family's canvas, so that the model also decodes the canvases a length "
+                         "predictor sizes (prr_ext.generate(gen_length=\"auto\"))")
     ap.add_argument("--device", type=device_arg, default="auto",
                     help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
     ap.add_argument("--workers", type=int, default=None, help="data worker processes (default: min(12, cores - 1))")
@@ -226,6 +239,8 @@ def parse_args(argv=None):
                     "the same logits at the real positions), faster on a GPU after a minute of compiling")
     args = ap.parse_args(argv)
     check_outputs(ap, args, dirs=("out",))
+    if not 0.0 <= args.canvas_jitter <= 1.0:
+        ap.error(f"argument --canvas-jitter: {args.canvas_jitter} is not a fraction in [0, 1]")
     if os.path.realpath(args.out) == os.path.realpath(MODEL_DIR):
         ap.error(f"argument --out: {args.out} is the shipped model's folder; train into another folder and add "
                  "--install to copy the result there")
@@ -282,8 +297,8 @@ def checkpoint_settings_problem(out: str, args) -> Optional[str]:
         return None
     with open(path) as f:
         stored = json.load(f)["settings"]
-    diff = [f"{k} {stored.get(k)!r} -> {getattr(args, k)!r}" for k in RESUME_SETTINGS
-            if stored.get(k) != getattr(args, k)]
+    diff = [f"{k} {stored.get(k, RESUME_DEFAULTS.get(k))!r} -> {getattr(args, k)!r}" for k in RESUME_SETTINGS
+            if stored.get(k, RESUME_DEFAULTS.get(k)) != getattr(args, k)]
     return ("it holds a checkpoint of a run with other settings (" + "; ".join(diff) + ")") if diff else None
 
 
@@ -351,7 +366,8 @@ def main(argv=None) -> Dict:
 
     workers = args.workers if args.workers is not None else max(0, min(12, (os.cpu_count() or 1) - 1))
     pad_to = cfg.max_seq_len if args.compile else 0
-    ds = BatchStream(args.seed, step, args.batch_size, families, weights, tok, pad_to)  # batch i: index i of the stream
+    ds = BatchStream(args.seed, step, args.batch_size, families, weights, tok, pad_to,  # batch i: index i of the stream
+                     args.canvas_jitter)
     ctx = None
     if workers > 0 and sys.platform.startswith("linux"):
         import multiprocessing as mp

@@ -131,6 +131,14 @@ def test_train_model_resumes_where_it_stopped(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         TM.main(args + ["--steps", "6", "--out", str(resumed)])  # the last --steps wins: other settings
     assert "other settings (steps 4 -> 6" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        TM.main(args + ["--canvas-jitter", "0.5", "--out", str(resumed)])
+    assert "other settings (canvas_jitter 0.0 -> 0.5" in capsys.readouterr().err
+    state = resumed / "checkpoint" / "state.json"  # a checkpoint from before --canvas-jitter existed: 0.0
+    doc = json.loads(state.read_text())
+    del doc["settings"]["canvas_jitter"]
+    state.write_text(json.dumps(doc))
+    assert TM.main(args + ["--out", str(resumed)])["steps_done"] == 4
 
 
 def _point(task, policy, accuracy, nfe, param=None, steps_frac=1.0):

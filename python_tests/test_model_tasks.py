@@ -228,6 +228,24 @@ def test_training_batches_come_from_the_train_split_and_are_reproducible():
         assert int(resp.sum()) == T.get_family(fam).gen_length
 
 
+def test_canvas_jitter_cuts_canvases_between_the_answer_and_the_family_canvas():
+    """--canvas-jitter: a share of the examples get a shorter canvas, never shorter than the answer and its <eos>;
+    0 leaves the batch exactly as without the option."""
+    tok = CharTokenizer()
+    fams = list(T.LONG_FAMILY_NAMES)
+    plain = TM.make_batch(3, 2, 64, fams, [1] * len(fams), tok)
+    assert all(torch.equal(plain[k], TM.make_batch(3, 2, 64, fams, [1] * len(fams), tok, canvas_jitter=0.0)[k])
+               for k in plain)
+    cut = TM.make_batch(3, 2, 64, fams, [1] * len(fams), tok, canvas_jitter=1.0)
+    G = T.LONG_GEN_LENGTH
+    assert bool((cut["gen_len"] <= G).all()) and bool((cut["gen_len"] < G).sum() > 32)
+    for row, resp, glen in zip(cut["ids"], cut["resp"], cut["gen_len"]):
+        canvas = row[resp].tolist()
+        assert len(canvas) == int(glen) and canvas[-1] == tok.eos_id
+        answer = canvas[:canvas.index(tok.eos_id)]
+        assert len(answer) + 1 <= int(glen) and all(t == tok.eos_id for t in canvas[len(answer):])
+
+
 def test_padded_batches_hold_the_same_sequences():
     """--compile pads every batch to one length: the same sequences, left-padded further, and the same logits at
     their positions (pads are never attended to, and RoPE sees only relative positions)."""
