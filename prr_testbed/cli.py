@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Iterable, Optional
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import torch
 
@@ -34,6 +34,16 @@ def device_arg(text: str) -> str:
     if t.startswith("cuda:") and t[5:].isdigit():
         return t
     raise argparse.ArgumentTypeError(f"{text!r} is not a device; choose one of {DEVICE_CHOICES}")
+
+
+def names_arg(known: Sequence[str]) -> Callable[[str], List[str]]:
+    """An argparse type: a comma-separated, non-empty subset of `known` (task families, policies), as a list."""
+    def parse(text: str) -> List[str]:
+        names = [v.strip() for v in text.split(",") if v.strip()]
+        if not names or any(v not in known for v in names):
+            raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated subset of {','.join(known)}")
+        return names
+    return parse
 
 
 def model_arg(text: str) -> str:

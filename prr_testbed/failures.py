@@ -20,7 +20,7 @@ from typing import Dict, List
 import torch
 
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
 from .harness import RunSpec, evaluate, pick_device_arg
 from .model import MaskedDiffusionLM, load_default
 
@@ -53,7 +53,8 @@ def by_size(records: List[Dict]) -> List[Dict]:
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--tasks", default=",".join(T.LONG_FAMILY_NAMES), help="task families (comma-separated)")
+    ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.LONG_FAMILY_NAMES),
+                    help="task families (comma-separated)")
     ap.add_argument("--split", default="valid", choices=["valid", "test"], help="held-out split")
     ap.add_argument("--n", type=int, default=60, help="prompts per task (the first n of the split's set)")
     ap.add_argument("--show", type=int, default=5, help="failures printed per task")
@@ -63,10 +64,6 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=None, help="JSON of every prompt's verdict (default: none)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [t for t in args.tasks if t not in T.FAMILIES]
-    if bad or not args.tasks:
-        ap.error(f"argument --tasks: {','.join(bad) or '(none)'}: choose from {','.join(T.FAMILIES)}")
     if args.n < 1 or args.batch_size < 1 or args.show < 0:
         ap.error("arguments --n and --batch-size must be >= 1, --show >= 0")
     if args.out is not None:

@@ -20,14 +20,14 @@ import os
 import platform
 import sys
 import time
-from typing import Dict, List
+from typing import Dict
 
 import torch
 
 import prr_ext
 
 from . import tasks as T
-from .cli import check_outputs, device_arg, model_arg, model_help, parser
+from .cli import check_outputs, device_arg, model_arg, model_help, names_arg, parser
 from .harness import pick_device_arg
 from .model import CachedLM, MaskedDiffusionLM, decode_responses, load_default, make_canvas
 from .sweep import git_commit
@@ -37,21 +37,11 @@ CACHES = ("none", "prefix", "dual")
 POLICIES = ("threshold", "lowconf")
 
 
-def _list(choices):
-    def parse(text: str) -> List[str]:
-        items = [t.strip() for t in text.split(",") if t.strip()]
-        bad = [t for t in items if t not in choices]
-        if bad or not items:
-            raise ValueError(f"choose from {', '.join(choices)}")
-        return items
-    return parse
-
-
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--families", type=_list(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
-    ap.add_argument("--policies", type=_list(POLICIES), default="threshold",
+    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--policies", type=names_arg(POLICIES), default="threshold",
                     help=f"comma list of {', '.join(POLICIES)} (threshold: Threshold(--tau); lowconf: LowConfidence, "
                          "one token per step)")
     ap.add_argument("--tau", type=float, default=0.9, help="Threshold's tau")

@@ -38,10 +38,10 @@ from prr_ext.auto_length import generate_auto
 
 from . import CONTROLLER_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser
 from .harness import pick_device_arg
 from .model import MaskedDiffusionLM, decode_responses, load_default, make_canvas
-from .train_length import _families, label_and_features
+from .train_length import label_and_features
 
 PROG = "python -m prr_testbed.length_bench"
 STRATEGIES = ("vanilla", "fixed", "fixed+prr", "eos_exit", "oracle", "predictor", "predictor+vanilla",
@@ -67,7 +67,7 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--controller", default=None, help="PRR controller folder, trained for --model (default: the "
                     "shipped one, prr_testbed/assets/controller, trained for the shipped model)")
-    ap.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--n", type=int, default=200, help="test prompts per family")
     ap.add_argument("--counts", type=_counts, default=None,
                     help="test prompts per family for a skewed mix, e.g. arith=96,sudoku=12,words=12 (replaces "
@@ -104,8 +104,9 @@ def main(argv=None) -> Dict:
     if not (isinstance(G, int) and isinstance(BL, int) and G % BL == 0):
         ap.error("argument --max-length/--block-length: give both (a multiple of the block) when the predictor "
                  "records none")
-    controller = load_controller(args.controller or CONTROLLER_DIR)
-    prr_tau = tuned_tau(args.controller or CONTROLLER_DIR) or 0.9
+    controller_dir = args.controller or CONTROLLER_DIR
+    controller = load_controller(controller_dir)
+    prr_tau = tuned_tau(controller_dir) or 0.9
     tok = model.tokenizer
     counts = args.counts or {f: args.n for f in args.families}
     args.families = list(counts)

@@ -17,7 +17,6 @@ decoding 3 x 500 prompts, which wants a GPU.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -34,7 +33,7 @@ import prr_ext
 
 from . import CONTROLLER_DIR, load_controller
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
 from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
                       evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_default
@@ -159,22 +158,12 @@ def _floats(s):
     return tuple(float(v) for v in s.split(",") if v.strip())
 
 
-def _names(known: Sequence[str]):
-    def parse(s: str) -> List[str]:
-        names = [v.strip() for v in s.split(",") if v.strip()]
-        bad = [v for v in names if v not in known]
-        if bad or not names:
-            raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated subset of {','.join(known)}")
-        return names
-    return parse
-
-
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
-    ap.add_argument("--tasks", type=_names(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
+    ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
                     help="task families (comma-separated; the long families mul, cumsum, sort and trace need a model "
                          "trained on them, --model)")
-    ap.add_argument("--policies", type=_names(POLICY_NAMES), default=",".join(POLICY_NAMES),
+    ap.add_argument("--policies", type=names_arg(POLICY_NAMES), default=",".join(POLICY_NAMES),
                     help="policies (comma-separated); prr uses --controller")
     ap.add_argument("--n", type=int, default=T.DEFAULT_HELDOUT_SIZE, help="test prompts per task (the first n of 500)")
     ap.add_argument("--quick", action="store_true", help="the smaller default grids (20 points instead of 41)")

@@ -25,7 +25,6 @@ shards, rank 0 fits, tunes and writes.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import random
@@ -44,7 +43,7 @@ from . import CONTROLLER_DIR, MODEL_DIR
 from . import harness as E
 from .stats import aup
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
 from .model import MaskedDiffusionLM, make_canvas
 
 PROG = "python -m prr_testbed.train_controller"
@@ -186,20 +185,13 @@ def _ints(s: str) -> List[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 
 
-def _families(s: str) -> List[str]:
-    names = [v.strip() for v in s.split(",") if v.strip()]
-    if not names or any(v not in T.FAMILIES for v in names):
-        raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated subset of {','.join(T.FAMILIES)}")
-    return names
-
-
 def parse_args(argv=None):
     p = parser(PROG, __doc__)
     p.add_argument("--out", default=os.path.join("runs", "prr"),
                    help="the run's folder (resumable; its parent must exist, except for the default's)")
     p.add_argument("--model", default=None, type=model_arg, help=model_help())
     p.add_argument("--rounds", type=int, default=3, help="self-evolving rounds after round 0 (total = rounds + 1)")
-    p.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES), help="task families")
+    p.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES), help="task families")
     p.add_argument("--train-prompts", type=int, default=512, help="training prompts per family")
     p.add_argument("--val-prompts", type=int, default=128, help="validation prompts per family (tuning)")
     p.add_argument("--test-prompts", type=int, default=500, help="held-out test prompts per family (evaluation)")

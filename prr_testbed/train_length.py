@@ -28,27 +28,17 @@ import torch
 import prr_ext
 
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
+from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
 from .harness import pick_device_arg
 from .model import MaskedDiffusionLM, load_default, make_canvas
 
 PROG = "python -m prr_testbed.train_length"
 
 
-def _families(s: str) -> List[str]:
-    import argparse
-
-    names = [v.strip() for v in s.split(",") if v.strip()]
-    bad = [v for v in names if v not in T.FAMILIES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(f"{s!r}: choose a comma-separated subset of {','.join(T.FAMILIES)}")
-    return names
-
-
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--families", type=_families, default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--train", type=int, default=400, help="train-split prompts per family (fit + calibration)")
     ap.add_argument("--test", type=int, default=200, help="test-split prompts per family (the report)")
     ap.add_argument("--max-length", type=int, default=None, help="the longest canvas (default: the families' max)")
