@@ -396,13 +396,7 @@ StepOutputs step_cpu(const StepArgs& a) {
       }
       if (p.policy >= prr::kLocalLeap || p.r2) {  // the rules of prr/rules.h, on this sequence's block
         BlockOnCpu blk(toks, s, order, BL, lo, xb, cm + b * L, rst + b * BL * prr::kRuleStateCols);
-        const prr::RuleParams& rp = p.rule;
-        if (p.policy == prr::kLocalLeap)
-          prr::local_leap_select(blk, BL, n_usable, k, p.param, rp.relaxed_tau, rp.radius);
-        if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k, p.param, rp.kl_history);
-        if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, r);
-        if (p.r2) prr::r2_select(blk, BL, rp, static_cast<uint64_t>(in.seed[b]), lo, s.nfe);
-        if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, r);
+        prr::run_rules(blk, p, n_usable, k, static_cast<uint64_t>(in.seed[b]), lo, s.nfe, r);
       }
       // bookkeeping: the step is consumed; leave the block after block_cap steps, or once it is empty (adaptive)
       r[prr::kRsStep] = s.step + 1;

@@ -415,12 +415,7 @@ static __device__ __noinline__ int64_t run_block_rules(const KernelArgs& args, c
   __syncthreads();  // the base rule's commits and the block-entry resets are visible to the CTA
   if (conf_stage == nullptr) {
     if (threadIdx.x == 0) {
-      if (p.policy == prr::kLocalLeap)
-        prr::local_leap_select(blk, BL, n_usable, k_sched, p.param, rp.relaxed_tau, rp.radius);
-      if (p.policy == prr::kKLASS) prr::klass_select(blk, BL, n_usable, k_sched, p.param, rp.kl_history);
-      if (p.policy == prr::kSlowFast) prr::slow_fast_select(blk, BL, n_usable, rp, p.param, seq_state);
-      if (p.r2) prr::r2_select(blk, BL, rp, seed, lo, nfe);
-      if (p.policy == prr::kSlowFast) prr::slow_fast_next_cycle(blk, rp, seq_state);
+      prr::run_rules(blk, p, n_usable, k_sched, seed, lo, nfe, seq_state);
       s_added = blk.added;
     }
     __syncthreads();

@@ -322,4 +322,19 @@ PRR_HD void r2_select(Blk& blk, int64_t n, const RuleParams& r, uint64_t seed, i
     for (int64_t j = 0; j < n; ++j) r2_temporal_at(blk, j, r);
 }
 
+// The rules on one sequence's block in the CPU op's order: the base rule (LocalLeap, KLASS or SlowFast), R²'s passes,
+// then SlowFast's sub-cycle update; k: the step's commit floor, sf: the sequence's row_state, seed / col0 / nfe: as
+// r2_select. The serial drivers of both backends (the CPU op; CUDA blocks ranked through the workspace).
+template <class Blk>
+PRR_HD void run_rules(Blk& blk, const StepParams& p, int64_t n_usable, int64_t k, uint64_t seed, int64_t col0,
+                      int64_t nfe, int64_t* sf) {
+  const int64_t n = p.block_length;
+  const RuleParams& r = p.rule;
+  if (p.policy == kLocalLeap) local_leap_select(blk, n, n_usable, k, p.param, r.relaxed_tau, r.radius);
+  if (p.policy == kKLASS) klass_select(blk, n, n_usable, k, p.param, r.kl_history);
+  if (p.policy == kSlowFast) slow_fast_select(blk, n, n_usable, r, p.param, sf);
+  if (p.r2) r2_select(blk, n, r, seed, col0, nfe);
+  if (p.policy == kSlowFast) slow_fast_next_cycle(blk, r, sf);
+}
+
 }  // namespace prr
