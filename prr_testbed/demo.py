@@ -25,7 +25,7 @@ from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
 from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize
-from .model import MaskedDiffusionLM, default_model_available, load_default, make_canvas
+from .model import default_model_available, load_model_arg, make_canvas
 
 PROG = "python -m prr_testbed.demo"
 DEMO_SPECS = (RunSpec("lowconf", None, 1.0), RunSpec("threshold", 0.9), RunSpec("threshold", 0.5),
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
     print(f"prr_ext {prr_ext.__version__} demo  |  torch {torch.__version__}  |  python {sys.version.split()[0]}")
     if args.device_note:
         print(f"NOTE: {args.device_note}")
-    model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
+    model = load_model_arg(args.model, device)
     if args.threads:
         torch.set_num_threads(args.threads)
         threads = f"{args.threads} CPU threads"

@@ -22,7 +22,7 @@ import torch
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
 from .harness import RunSpec, evaluate, pick_device_arg
-from .model import MaskedDiffusionLM, load_default
+from .model import load_model_arg
 
 PROG = "python -m prr_testbed.failures"
 
@@ -76,8 +76,7 @@ def parse_args(argv=None):
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     device = torch.device(args.device)
-    model = (load_default(device=device) if args.model is None
-             else MaskedDiffusionLM.from_pretrained(args.model, device=device))
+    model = load_model_arg(args.model, device)
     report: Dict = dict(model=args.model or "shipped", split=args.split, n=args.n, tasks={})
     batches = sum(-(-args.n // args.batch_size) for _ in args.tasks)
     with progress(batches, desc="failures", disable=args.no_progress) as bar:

@@ -39,7 +39,7 @@ from . import MODEL_DIR
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
 from .harness import RunSpec, decode_batch, evaluate, pick_device_arg
-from .model import MaskedDiffusionLM, decode_responses, load_default, make_canvas
+from .model import MaskedDiffusionLM, decode_responses, load_model_arg, make_canvas
 from .train_model import diffusion_loss, encode_example, lr_at, make_batch
 
 PROG = "python -m prr_testbed.finetune_r2"
@@ -320,7 +320,7 @@ def main(argv=None) -> Dict:
         print(f"[finetune_r2] NOTE: {args.device_note}")
     dev = args.device
     torch.manual_seed(args.seed)
-    model = load_default(dev) if args.init_from is None else MaskedDiffusionLM.from_pretrained(args.init_from, dev)
+    model = load_model_arg(args.init_from, dev)
     parent = getattr(model, "metadata", {})
     tok = model.tokenizer
     autocast_dtype = torch.bfloat16 if dev.type == "cuda" else None

@@ -29,7 +29,7 @@ import prr_ext
 from . import tasks as T
 from .cli import check_outputs, device_arg, model_arg, model_help, names_arg, parser
 from .harness import pick_device_arg
-from .model import CachedLM, MaskedDiffusionLM, decode_responses, load_default, make_canvas
+from .model import CachedLM, MaskedDiffusionLM, decode_responses, load_model_arg, make_canvas
 from .sweep import git_commit
 
 PROG = "python -m prr_testbed.kv_bench"
@@ -92,7 +92,7 @@ def main(argv=None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device, dev_txt = pick_device_arg(ap, args.device)
-    model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
+    model = load_model_arg(args.model, device)
     t0 = time.time()
     rows = []
     for policy in args.policies:

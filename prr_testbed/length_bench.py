@@ -40,7 +40,7 @@ from . import CONTROLLER_DIR, load_controller, tuned_tau
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser
 from .harness import pick_device_arg
-from .model import MaskedDiffusionLM, decode_responses, load_default, make_canvas
+from .model import decode_responses, load_model_arg, make_canvas
 from .train_length import label_and_features
 
 PROG = "python -m prr_testbed.length_bench"
@@ -94,7 +94,7 @@ def parse_args(argv=None):
 def main(argv=None) -> Dict:
     ap, args = parse_args(argv)
     device = args.device
-    model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
+    model = load_model_arg(args.model, device)
     try:
         lp = prr_ext.LengthPredictor.load(args.predictor, fingerprint=prr_ext.model_fingerprint(model))
     except prr_ext.length.LengthPredictorFormatError as e:

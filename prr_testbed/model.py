@@ -290,6 +290,12 @@ def load_default(device: Union[str, torch.device] = "cpu", dtype: torch.dtype = 
     return MaskedDiffusionLM.from_pretrained(MODEL_DIR, device=device, dtype=dtype)
 
 
+def load_model_arg(folder: Optional[str], device: Union[str, torch.device] = "cpu") -> MaskedDiffusionLM:
+    """The model a command's --model names: the one in `folder` (cli.model_arg has already turned a model's name
+    into its folder), or the shipped demo model when it is None."""
+    return load_default(device) if folder is None else MaskedDiffusionLM.from_pretrained(folder, device=device)
+
+
 def default_model_available() -> bool:
     """Whether the shipped model's two files are present."""
     return all(os.path.isfile(os.path.join(MODEL_DIR, f)) for f in ("config.json", "model.safetensors"))

@@ -36,7 +36,7 @@ from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
 from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
                       evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
-from .model import MaskedDiffusionLM, load_default
+from .model import MaskedDiffusionLM, load_model_arg
 from .stats import BOOTSTRAP_RESAMPLES
 
 PROG = "python -m prr_testbed.sweep"
@@ -262,7 +262,7 @@ def main(argv=None) -> Dict:
                         r2_taus=args.r2_taus or (R2_TAUS_QUICK if q else R2_TAUS))
     print(f"[sweep] {len(specs)} points x {len(tasks)} tasks, n={args.n} test prompts each, batch {args.batch_size}, "
           f"on {device_label(device)}", flush=True)
-    model = load_default(device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model, device)
+    model = load_model_arg(args.model, device)
     t0 = time.time()
     results = run_sweep(model, tasks, specs, n=args.n, batch_size=args.batch_size, device=device,
                         controller=controller, show_progress=not args.no_progress, eos_exit=args.eos_exit)

@@ -30,7 +30,7 @@ import prr_ext
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
 from .harness import pick_device_arg
-from .model import MaskedDiffusionLM, load_default, make_canvas
+from .model import MaskedDiffusionLM, load_model_arg, make_canvas
 
 PROG = "python -m prr_testbed.train_length"
 
@@ -140,8 +140,7 @@ def main(argv=None) -> Dict:
     ap, args = parse_args(argv)
     if args.device_note:
         print(f"[train_length] NOTE: {args.device_note}")
-    model = load_default(args.device) if args.model is None else MaskedDiffusionLM.from_pretrained(args.model,
-                                                                                                    args.device)
+    model = load_model_arg(args.model, args.device)
     t0 = time.time()
     train = prompts_of(args.families, "train", args.train, args.seed)
     test = prompts_of(args.families, "test", args.test, args.seed)

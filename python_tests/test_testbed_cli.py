@@ -36,7 +36,7 @@ def no_work(monkeypatch):
         raise AssertionError("the command started its work before rejecting its arguments")
 
     for mod in (demo, sweep):
-        monkeypatch.setattr(mod, "load_default", reached)
+        monkeypatch.setattr(mod, "load_model_arg", reached)
     monkeypatch.setattr(prr_testbed.model.MaskedDiffusionLM, "from_pretrained", classmethod(reached))
 
 
