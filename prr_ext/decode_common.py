@@ -14,7 +14,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 __all__ = ["GenerateResult", "logits_of", "sync_device", "check_inputs", "make_result", "model_token_id",
-           "resolve_token_id", "model_vocab_size", "check_mask_id", "resolve_mask_id", "first_forward"]
+           "resolve_token_id", "model_vocab_size", "check_mask_id", "resolve_mask_id", "first_forward", "is_int"]
 
 
 @dataclass
@@ -118,7 +118,8 @@ def make_result(x: torch.Tensor, prompt_length: int, nfe: torch.Tensor, mask_id:
 # ---------------------------------------------------------------------------------------------------------------
 # token ids
 # ---------------------------------------------------------------------------------------------------------------
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """Whether v is a Python int and not a bool (argument checks: True is not a length)."""
     return isinstance(v, int) and not isinstance(v, bool)
 
 
@@ -132,9 +133,9 @@ def model_token_id(model: Any, attr: str) -> Tuple[Optional[int], str]:
         if value is None:
             continue
         where = f"model.{owner_name}.{attr}"
-        if isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value):
+        if isinstance(value, (list, tuple)) and value and all(is_int(v) for v in value):
             value = value[0]
-        if not _is_int(value) or value < 0:
+        if not is_int(value) or value < 0:
             raise TypeError(f"{where} is {value!r}, not a token id (a non-negative int); pass the id explicitly")
         return value, where
     return None, ""
@@ -161,7 +162,7 @@ def resolve_token_id(name: str, explicit: Optional[int], model: Any, attr: str, 
 def model_vocab_size(model: Any) -> Optional[int]:
     """`model.config.vocab_size` when the model declares it (HF models, the testbed model), else None."""
     v = getattr(getattr(model, "config", None), "vocab_size", None)
-    return v if _is_int(v) and v > 0 else None
+    return v if is_int(v) and v > 0 else None
 
 
 def check_mask_id(mask_id: int, where: str, vocab_size: int, vocab_from: str) -> None:

@@ -12,7 +12,7 @@ from typing import Optional, Union
 import torch
 
 from .constants import CONFIDENCE_DTYPES, RS_BLOCK, RS_COLS, RS_NFE, RULE_STATE_COLS, workspace_words
-from .decode_common import _is_int
+from .decode_common import is_int
 from .policies import KLASS, PRR, EntropyBound, Factor, LocalLeap, Policy, Threshold
 from .reference import advance_block
 
@@ -81,9 +81,9 @@ class State:
             raise ValueError("x must be contiguous (it is updated in place)")
         B, L = x.shape
         uniform = mask_id is None
-        if not uniform and (not _is_int(mask_id) or mask_id < 0):
+        if not uniform and (not is_int(mask_id) or mask_id < 0):
             raise ValueError(f"mask_id must be a non-negative int (or None for a uniform canvas), got {mask_id!r}")
-        if _is_int(prompt_length):
+        if is_int(prompt_length):
             prompt_lens = torch.full((B,), prompt_length, dtype=torch.int64, device="cpu")
         elif isinstance(prompt_length, torch.Tensor):
             if prompt_length.dim() != 1 or prompt_length.shape[0] != B or prompt_length.dtype not in (
@@ -93,23 +93,23 @@ class State:
             prompt_lens = prompt_length.detach().to("cpu", torch.int64)
         else:
             raise TypeError(f"prompt_length must be an int or a [B] tensor, got {type(prompt_length).__name__}")
-        longest = int(prompt_lens.max()) if B > 0 else int(prompt_length) if _is_int(prompt_length) else 0
+        longest = int(prompt_lens.max()) if B > 0 else int(prompt_length) if is_int(prompt_length) else 0
         if B > 0 and int(prompt_lens.min()) < 0:
             raise ValueError("prompt_length must be >= 0")
         if gen_start is None:
             gen_start = longest
-        elif not _is_int(gen_start) or gen_start < longest:
+        elif not is_int(gen_start) or gen_start < longest:
             raise ValueError(f"gen_start must be an int >= max(prompt_length)={longest}, got {gen_start!r}")
         gen_start = int(gen_start)
         if not 0 <= gen_start < L:
             raise ValueError(f"prompt_length must be < the canvas length L={L} (G must be > 0), got {gen_start}")
         G = L - gen_start
-        if not _is_int(block_length) or block_length <= 0:
+        if not is_int(block_length) or block_length <= 0:
             raise ValueError(f"block_length must be a positive int, got {block_length!r}")
         if G % block_length:
             raise ValueError(f"block_length={block_length} must divide the generation length G={G}")
         num_blocks = G // block_length
-        if not _is_int(steps) or steps <= 0:
+        if not is_int(steps) or steps <= 0:
             raise ValueError(f"steps must be a positive int, got {steps!r}")
         if steps % num_blocks:
             raise ValueError(f"steps={steps} must be divisible by the number of blocks {num_blocks} "

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
                       "LLaDA2Pipeline): pip install 'prr_ext[diffusers]'") from exc
 
 from ..constants import CONFIDENCE_DTYPES
-from ..decode_common import _is_int
+from ..decode_common import is_int
 from ..ops import step as prr_step
 from ..policies import PRR, R2, Policy, RandomRemask
 from ..reference import STAT_CONF, block_cap
@@ -57,7 +57,7 @@ def _is_number(v) -> bool:
 
 
 def _positive_int(name: str, v) -> int:
-    if not _is_int(v) or v <= 0:
+    if not is_int(v) or v <= 0:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
     return int(v)
 
@@ -539,7 +539,7 @@ class PolicyScheduler:
             raise ValueError(f"mask_token_id={mask_token_id!r}: this scheduler was built with canvas='uniform' "
                              "(DiffusionGemmaPipeline, which passes mask_token_id=None); build it with "
                              "canvas='auto' or 'masked' for a masked canvas (LLaDA2Pipeline)")
-        elif not _is_int(mask_token_id) or mask_token_id < 0:
+        elif not is_int(mask_token_id) or mask_token_id < 0:
             raise ValueError(f"mask_token_id must be a non-negative int (or None for a uniform canvas), got "
                              f"{mask_token_id!r}")
         if not isinstance(sample, torch.Tensor) or sample.dim() != 2 or sample.dtype != torch.long:
@@ -560,7 +560,7 @@ class PolicyScheduler:
             if timestep.numel() != 1:
                 raise ValueError(f"timestep must be an int or a one-element tensor, got shape {tuple(timestep.shape)}")
             timestep = int(timestep.item())
-        if not _is_int(timestep) or timestep < 0:
+        if not is_int(timestep) or timestep < 0:
             raise ValueError(f"timestep must be an int >= 0 (the step index within the block), got {timestep!r}")
         if editing_threshold is not None:
             if not _is_number(editing_threshold):
@@ -573,11 +573,11 @@ class PolicyScheduler:
             raise ValueError(f"sampling_method must be one of {SAMPLING_METHODS}, got {sampling_method!r}")
         if not _is_number(temperature) or not (temperature >= 0) or math.isinf(temperature):
             raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
-        if top_k is not None and (not _is_int(top_k) or top_k < 0):
+        if top_k is not None and (not is_int(top_k) or top_k < 0):
             raise ValueError(f"top_k must be None or an int >= 0 (0 = no top-k filtering), got {top_k!r}")
         if top_p is not None and (not _is_number(top_p) or not (0.0 < top_p <= 1.0)):
             raise ValueError(f"top_p must be None or a number in (0, 1], got {top_p!r}")
-        if minimal_topk is not None and (not _is_int(minimal_topk) or minimal_topk <= 0):
+        if minimal_topk is not None and (not is_int(minimal_topk) or minimal_topk <= 0):
             raise ValueError(f"minimal_topk must be None or a positive int, got {minimal_topk!r}")
         if prompt_mask is not None and (not isinstance(prompt_mask, torch.Tensor) or prompt_mask.dtype != torch.bool
                                         or tuple(prompt_mask.shape) != (L,)):
