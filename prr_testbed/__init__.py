@@ -20,7 +20,7 @@ from typing import Optional
 
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 MODEL_DIR = os.path.join(ASSETS_DIR, "model")            # config.json + model.safetensors
-LONG_MODEL_DIR = os.path.join(ASSETS_DIR, "long_model")  # the long-family model, shipped once it reaches the bar
+LONG_MODEL_DIR = os.path.join(ASSETS_DIR, "long_model")  # the long-family model (docs/long_families.md: its stage)
 CONTROLLER_DIR = os.path.join(ASSETS_DIR, "controller")  # config.json + model.safetensors + policy.json (its tau)
 
 # The testbed's models by name: what `load_model(name=...)` and every command's --model accept besides a folder.

@@ -16,7 +16,9 @@ Every strategy decodes the same test-split prompts of --families (mixed in one b
   predictor+eos_exit  the same with eos_fill=True: each predicted canvas also stops once its EOS is settled
   predictor+prr       the same with PRR (--controller, its tuned tau)
   predictor+prr+r2    the same with R2 over PRR
---counts draws a length-skewed mix instead (e.g. mostly short answers with a long tail).
+--counts draws a length-skewed mix by family (e.g. mostly the family of the shortest answers); --short-share P draws one
+within every family: P of each family's queries from the shortest third of its answers, the rest from the other two
+thirds (mostly short answers with a long tail, for families whose lengths overlap).
 Whether the predictor's and PRR's savings multiply: vanilla / predictor+prr against (vanilla / predictor+vanilla) x
 (vanilla / fixed+prr), each saving measured alone (the JSON's "multiplicative").
 Per strategy: mean token-forwards per query (sum over a query's forwards of the canvas length covered; the feature
@@ -61,6 +63,17 @@ def _counts(text: str) -> Dict[str, int]:
     return out
 
 
+def skewed_draw(family: str, n: int, short_share: float) -> List[T.Example]:
+    """n test prompts of `family`, round(short_share * n) of them from the shortest third of its first 3n test prompts
+    (by the reference answer's length; ties in the set's order) and the rest from the other two thirds, each part in
+    the set's order."""
+    pool = T.heldout_set(family, "test", 3 * n)
+    by_length = sorted(range(len(pool)), key=lambda i: (len(pool[i].response), i))
+    k = round(short_share * n)
+    short, rest = sorted(by_length[:n])[:k], sorted(by_length[n:])[:n - k]
+    return [pool[i] for i in sorted(short + rest)]
+
+
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--predictor", required=True, help="a length-predictor folder (python -m prr_testbed.train_length)")
@@ -72,6 +85,9 @@ def parse_args(argv=None):
     ap.add_argument("--counts", type=_counts, default=None,
                     help="test prompts per family for a skewed mix, e.g. arith=96,sudoku=12,words=12 (replaces "
                          "--families and --n)")
+    ap.add_argument("--short-share", type=float, default=None,
+                    help="a length-skewed mix within each family: this share of its --n prompts from the shortest "
+                         "third of its answers, the rest from the longer two thirds (e.g. 0.8)")
     ap.add_argument("--max-length", type=int, default=None, help="the fixed canvas (default: the predictor's)")
     ap.add_argument("--block-length", type=int, default=None, help="(default: the predictor's)")
     ap.add_argument("--tau", type=float, default=0.9, help="Threshold's tau (fixed, eos_exit, oracle, predictor)")
@@ -83,6 +99,10 @@ def parse_args(argv=None):
     args = ap.parse_args(argv)
     if args.n < 1 or args.batch_size < 1:
         ap.error("argument --n/--batch-size: must be >= 1")
+    if args.short_share is not None and not 0.0 <= args.short_share <= 1.0:
+        ap.error(f"argument --short-share: a share between 0 and 1, got {args.short_share}")
+    if args.short_share is not None and args.counts is not None:
+        ap.error("argument --short-share: not with --counts (give one way of skewing the mix)")
     check_input_dir(ap, "--predictor", args.predictor, ("config.json", "model.safetensors"), "length predictor")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
@@ -110,7 +130,8 @@ def main(argv=None) -> Dict:
     tok = model.tokenizer
     counts = args.counts or {f: args.n for f in args.families}
     args.families = list(counts)
-    examples = [(f, e) for f, n in counts.items() for e in T.heldout_set(f, "test", n)]
+    examples = [(f, e) for f, n in counts.items()
+                for e in (T.heldout_set(f, "test", n) if args.short_share is None else skewed_draw(f, n, args.short_share))]
     print(f"[length_bench] {len(examples)} test prompts of {','.join(args.families)}; canvas {G}, block {BL}; "
           "labelling the oracle lengths ...", flush=True)
     _, oracle_len = label_and_features(model, examples, max_length=G, block_length=BL, batch_size=args.batch_size,
@@ -171,7 +192,7 @@ def main(argv=None) -> Dict:
           "(product {product_of_the_two:.2f}x); both {predictor_and_prr:.2f}x".format(**multiplicative), flush=True)
     doc = {"meta": {"command": " ".join([PROG] + list(argv if argv is not None else __import__("sys").argv[1:])),
                     "device": str(device), "torch": torch.__version__, "families": args.families, "n": args.n,
-                    "counts": counts,
+                    "counts": counts, "short_share": args.short_share,
                     "max_length": G, "block_length": BL, "target_truncation": args.target_truncation,
                     "truncation": args.truncation, "predictor": args.predictor,
                     "model": args.model or "prr_testbed/assets/model",

@@ -461,9 +461,11 @@ def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) 
                 ("steps", total), ("batch_size", args.batch_size), ("lr", args.lr), ("warmup", args.warmup),
                 ("weight_decay", args.weight_decay), ("d_model", args.d_model), ("n_layers", args.n_layers),
                 ("n_heads", args.n_heads), ("d_ff", args.d_ff), ("families", args.families), ("mix", args.mix),
-                ("seed", args.seed)] + ([("init_from", "<the model of 'parent'>")] if args.init_from else []))
+                ("seed", args.seed)] + ([("canvas_jitter", args.canvas_jitter)] if args.canvas_jitter else [])
+            + ([("init_from", "<the model of 'parent'>")] if args.init_from else []))
         + (" --compile" if args.compile else ""),
         "steps": total, "steps_done": step, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
+        "canvas_jitter": args.canvas_jitter,
         "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
         "torch": torch.__version__, "python": platform.python_version(),
         "train_seconds": round(train_s, 1) if train_s is not None else round(time.time() - t_start, 1),

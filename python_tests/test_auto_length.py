@@ -225,3 +225,33 @@ def test_length_bench_counts_draw_a_skewed_mix(tmp_path, capsys):
         length_bench.parse_args(["--predictor", str(tmp_path / "lp"), "--controller", str(tmp_path), "--out",
                                  str(tmp_path / "c.json")])
     assert "argument --controller" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("share", [0.0, 0.8, 1.0])
+def test_short_share_draws_mostly_short_answers_with_a_tail(share):
+    from prr_testbed import tasks as T
+    from prr_testbed.length_bench import skewed_draw
+
+    n = 30
+    pool = T.heldout_set("cumsum", "test", 3 * n)
+    cut = sorted(len(e.response) for e in pool)[n - 1]  # the longest answer of the shortest third
+    drawn = skewed_draw("cumsum", n, share)
+    assert len(drawn) == n and len({e.prompt for e in drawn}) == n and set(drawn) <= set(pool)
+    short = sum(len(e.response) <= cut for e in drawn)
+    assert short >= round(share * n)  # ties at the cut may count a longer-third prompt as short
+    if share < 1.0:
+        assert max(len(e.response) for e in drawn) > cut  # the long tail stays
+    else:
+        assert short == n
+    assert [pool.index(e) for e in drawn] == sorted(pool.index(e) for e in drawn)  # the set's order
+
+
+def test_short_share_usage_errors(tmp_path, capsys):
+    from prr_testbed import length_bench, train_length
+
+    train_length.main(["--families", "sudoku", "--train", "8", "--test", "2", "--device", "cpu", "--no-progress",
+                       "--out", str(tmp_path / "lp")])
+    for extra in (["--short-share", "1.5"], ["--short-share", "-0.1"], ["--short-share", "0.5", "--counts", "arith=2"]):
+        with pytest.raises(SystemExit):
+            length_bench.parse_args(["--predictor", str(tmp_path / "lp"), "--out", str(tmp_path / "c.json"), *extra])
+        assert "argument --short-share" in capsys.readouterr().err
