@@ -23,13 +23,16 @@ Whether the predictor's and PRR's savings multiply: vanilla / predictor+prr agai
 (vanilla / fixed+prr), each saving measured alone (the JSON's "multiplicative").
 Per strategy: mean token-forwards per query (sum over a query's forwards of the canvas length covered; the feature
 forward counts), wall seconds, accuracy (the task checkers), the truncation rate (canvases without EOS at the first
-try) and the forwards. Writes --out (JSON) and prints a table.
+try) and the forwards; and its accuracy against the same rule on the fixed canvas, on the same prompts (a paired
+bootstrap interval and an exact McNemar test: prr_testbed.stats.paired_comparison). Writes --out (JSON) and prints a
+table.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import sys
 import time
 from typing import Dict, List
 
@@ -43,12 +46,16 @@ from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser
 from .harness import pick_device_arg
 from .model import decode_responses, load_model_arg, make_canvas
+from .stats import paired_comparison
 from .train_length import label_and_features
 
 PROG = "python -m prr_testbed.length_bench"
 STRATEGIES = ("vanilla", "fixed", "fixed+prr", "eos_exit", "oracle", "predictor", "predictor+vanilla",
               "predictor+eos_exit", "predictor+prr", "predictor+prr+r2")
 FIXED = ("vanilla", "fixed", "fixed+prr", "eos_exit")  # the strategies on the --max-length canvas
+# each strategy's accuracy is compared, on the same prompts, with the same rule on the fixed canvas
+SAME_RULE_FIXED = {"eos_exit": "fixed", "oracle": "fixed", "predictor": "fixed", "predictor+eos_exit": "fixed",
+                   "predictor+vanilla": "vanilla", "predictor+prr": "fixed+prr", "predictor+prr+r2": "fixed+prr"}
 
 
 def _counts(text: str) -> Dict[str, int]:
@@ -61,6 +68,35 @@ def _counts(text: str) -> Dict[str, int]:
                                              f"({', '.join(T.FAMILY_NAMES)}), with a count >= 1")
         out[name] = int(n)
     return out
+
+
+def add_paired_comparisons(rows: List[Dict]) -> None:
+    """Give each strategy of SAME_RULE_FIXED its accuracy against the same rule on the fixed canvas, on the same
+    prompts ("vs_same_rule_fixed": prr_testbed.stats.paired_comparison plus "baseline"), and print them."""
+    correct_of = {r["strategy"]: r["correct"] for r in rows}
+    print("[length_bench] accuracy against the same rule on the fixed canvas, same prompts (points, 95% paired "
+          "bootstrap interval, exact McNemar p):", flush=True)
+    for r in rows:
+        base = SAME_RULE_FIXED.get(r["strategy"])
+        if base is not None:
+            c = paired_comparison(r["correct"], correct_of[base], names=(r["strategy"], base))
+            r["vs_same_rule_fixed"] = dict(c, baseline=base)
+            print(f"  {r['strategy']:18s} - {base:9s} {c['difference']:+6.2f} [{c['interval'][0]:+6.2f}, "
+                  f"{c['interval'][1]:+6.2f}]  p {c['p_value']:.3g}  {c['verdict']}", flush=True)
+
+
+def compare_written(path: str) -> Dict:
+    """--compare-only: add the paired comparisons to a JSON that this command wrote before they existed."""
+    with open(path) as f:
+        doc = json.load(f)
+    if not (isinstance(doc, dict) and isinstance(doc.get("strategies"), list)
+            and all("strategy" in r and "correct" in r for r in doc["strategies"])):
+        raise SystemExit(f"{PROG}: {path} is not a JSON this command wrote (no strategies with per-prompt results)")
+    add_paired_comparisons(doc["strategies"])
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+    print(f"[length_bench] wrote {path}")
+    return doc
 
 
 def skewed_draw(family: str, n: int, short_share: float) -> List[T.Example]:
@@ -76,7 +112,9 @@ def skewed_draw(family: str, n: int, short_share: float) -> List[T.Example]:
 
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
-    ap.add_argument("--predictor", required=True, help="a length-predictor folder (python -m prr_testbed.train_length)")
+    ap.add_argument("--predictor", help="a length-predictor folder (python -m prr_testbed.train_length); required")
+    ap.add_argument("--compare-only", metavar="RESULT_JSON",
+                    help="measure nothing: add the paired comparisons to a JSON this command wrote without them")
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--controller", default=None, help="PRR controller folder, trained for --model (default: the "
                     "shipped one, prr_testbed/assets/controller, trained for the shipped model)")
@@ -97,6 +135,12 @@ def parse_args(argv=None):
     ap.add_argument("--device", type=device_arg, default="auto")
     ap.add_argument("--out", default=os.path.join("runs", "length_bench.json"))
     args = ap.parse_args(argv)
+    if args.compare_only:
+        if not os.path.isfile(args.compare_only):
+            ap.error(f"argument --compare-only: {args.compare_only} is not a file")
+        return ap, args
+    if args.predictor is None:
+        ap.error("argument --predictor: required (a folder written by python -m prr_testbed.train_length)")
     if args.n < 1 or args.batch_size < 1:
         ap.error("argument --n/--batch-size: must be >= 1")
     if args.short_share is not None and not 0.0 <= args.short_share <= 1.0:
@@ -112,7 +156,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> Dict:
+    argv = list(argv if argv is not None else sys.argv[1:])
     ap, args = parse_args(argv)
+    if args.compare_only:
+        return compare_written(args.compare_only)
     device = args.device
     model = load_model_arg(args.model, device)
     try:
@@ -184,13 +231,14 @@ def main(argv=None) -> Dict:
     for r in rows:
         r["compute_vs_fixed"] = tf_of["fixed"] / r["token_forwards_per_query"]
         r["compute_vs_vanilla"] = tf_of["vanilla"] / r["token_forwards_per_query"]
+    add_paired_comparisons(rows)
     saving = {k: tf_of["vanilla"] / tf_of[k] for k in ("predictor+vanilla", "fixed+prr", "predictor+prr")}
     multiplicative = {"predictor_alone": saving["predictor+vanilla"], "prr_alone": saving["fixed+prr"],
                       "product_of_the_two": saving["predictor+vanilla"] * saving["fixed+prr"],
                       "predictor_and_prr": saving["predictor+prr"]}
     print("[length_bench] savings against vanilla: predictor alone {predictor_alone:.2f}x, PRR alone {prr_alone:.2f}x "
           "(product {product_of_the_two:.2f}x); both {predictor_and_prr:.2f}x".format(**multiplicative), flush=True)
-    doc = {"meta": {"command": " ".join([PROG] + list(argv if argv is not None else __import__("sys").argv[1:])),
+    doc = {"meta": {"command": " ".join([PROG] + argv),
                     "device": str(device), "torch": torch.__version__, "families": args.families, "n": args.n,
                     "counts": counts, "short_share": args.short_share,
                     "max_length": G, "block_length": BL, "target_truncation": args.target_truncation,

@@ -203,6 +203,20 @@ def test_length_bench_measures_every_strategy(tmp_path, capsys):
     assert m["product_of_the_two"] == pytest.approx(row["predictor+vanilla"]["compute_vs_vanilla"]
                                                     * row["fixed+prr"]["compute_vs_vanilla"])
     assert all(len(r["correct"]) == 2 and 0 <= r["truncation_rate"] <= 100 for r in doc["strategies"])
+    for name, base in length_bench.SAME_RULE_FIXED.items():  # paired with the same rule on the fixed canvas
+        c = row[name]["vs_same_rule_fixed"]
+        assert c["baseline"] == base and c["n"] == 2
+        assert c["difference"] == pytest.approx(row[name]["accuracy"] - row[base]["accuracy"])
+    assert "vs_same_rule_fixed" not in row["fixed"]
+    older = json.loads((tmp_path / "b.json").read_text())  # a JSON from before the comparisons: --compare-only
+    for r in older["strategies"]:
+        r.pop("vs_same_rule_fixed", None)
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    again = length_bench.main(["--compare-only", str(tmp_path / "old.json")])
+    assert again["strategies"] == json.loads((tmp_path / "b.json").read_text())["strategies"]
+    (tmp_path / "other.json").write_text(json.dumps({"points": []}))
+    with pytest.raises(SystemExit, match="not a JSON this command wrote"):
+        length_bench.main(["--compare-only", str(tmp_path / "other.json")])
     assert json.loads((tmp_path / "b.json").read_text())["meta"]["max_length"] == 20
     assert f"wrote {tmp_path / 'b.json'}" in capsys.readouterr().out
 
