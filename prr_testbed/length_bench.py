@@ -19,8 +19,9 @@ Every strategy decodes the same test-split prompts of --families (mixed in one b
 --counts draws a length-skewed mix by family (e.g. mostly the family of the shortest answers); --short-share P draws one
 within every family: P of each family's queries from the shortest third of its answers, the rest from the other two
 thirds (mostly short answers with a long tail, for families whose lengths overlap).
+--strategies runs a subset (e.g. fixed,predictor with --truncation extend, then rerun: what each recovery costs).
 Whether the predictor's and PRR's savings multiply: vanilla / predictor+prr against (vanilla / predictor+vanilla) x
-(vanilla / fixed+prr), each saving measured alone (the JSON's "multiplicative").
+(vanilla / fixed+prr), each saving measured alone (the JSON's "multiplicative", when all four strategies ran).
 Per strategy: mean token-forwards per query (sum over a query's forwards of the canvas length covered; the feature
 forward counts), wall seconds, accuracy (the task checkers), the truncation rate (canvases without EOS at the first
 try) and the forwards; and its accuracy against the same rule on the fixed canvas, on the same prompts (a paired
@@ -74,11 +75,13 @@ def add_paired_comparisons(rows: List[Dict]) -> None:
     """Give each strategy of SAME_RULE_FIXED its accuracy against the same rule on the fixed canvas, on the same
     prompts ("vs_same_rule_fixed": prr_testbed.stats.paired_comparison plus "baseline"), and print them."""
     correct_of = {r["strategy"]: r["correct"] for r in rows}
+    if not any(SAME_RULE_FIXED.get(name) in correct_of for name in correct_of):
+        return
     print("[length_bench] accuracy against the same rule on the fixed canvas, same prompts (points, 95% paired "
           "bootstrap interval, exact McNemar p):", flush=True)
     for r in rows:
         base = SAME_RULE_FIXED.get(r["strategy"])
-        if base is not None:
+        if base in correct_of:
             c = paired_comparison(r["correct"], correct_of[base], names=(r["strategy"], base))
             r["vs_same_rule_fixed"] = dict(c, baseline=base)
             print(f"  {r['strategy']:18s} - {base:9s} {c['difference']:+6.2f} [{c['interval'][0]:+6.2f}, "
@@ -126,6 +129,9 @@ def parse_args(argv=None):
     ap.add_argument("--short-share", type=float, default=None,
                     help="a length-skewed mix within each family: this share of its --n prompts from the shortest "
                          "third of its answers, the rest from the longer two thirds (e.g. 0.8)")
+    ap.add_argument("--strategies", type=names_arg(STRATEGIES), default=",".join(STRATEGIES),
+                    help="which strategies to run, comma-separated (the savings and comparisons need their "
+                         "reference strategies among them)")
     ap.add_argument("--max-length", type=int, default=None, help="the fixed canvas (default: the predictor's)")
     ap.add_argument("--block-length", type=int, default=None, help="(default: the predictor's)")
     ap.add_argument("--tau", type=float, default=0.9, help="Threshold's tau (fixed, eos_exit, oracle, predictor)")
@@ -179,10 +185,12 @@ def main(argv=None) -> Dict:
     args.families = list(counts)
     examples = [(f, e) for f, n in counts.items()
                 for e in (T.heldout_set(f, "test", n) if args.short_share is None else skewed_draw(f, n, args.short_share))]
-    print(f"[length_bench] {len(examples)} test prompts of {','.join(args.families)}; canvas {G}, block {BL}; "
-          "labelling the oracle lengths ...", flush=True)
-    _, oracle_len = label_and_features(model, examples, max_length=G, block_length=BL, batch_size=args.batch_size,
-                                       device=device, show_progress=False)
+    print(f"[length_bench] {len(examples)} test prompts of {','.join(args.families)}; canvas {G}, block {BL}"
+          + ("; labelling the oracle lengths ..." if "oracle" in args.strategies else ""), flush=True)
+    oracle_len = None
+    if "oracle" in args.strategies:
+        _, oracle_len = label_and_features(model, examples, max_length=G, block_length=BL,
+                                           batch_size=args.batch_size, device=device, show_progress=False)
     trunc = None if args.truncation == "none" else args.truncation
     prr = prr_ext.PRR(controller, tau=prr_tau)
     policies = {"vanilla": prr_ext.LowConfidence(), "fixed": prr_ext.Threshold(args.tau), "fixed+prr": prr,
@@ -191,7 +199,7 @@ def main(argv=None) -> Dict:
                 "predictor+eos_exit": prr_ext.Threshold(args.tau),
                 "predictor+prr": prr, "predictor+prr+r2": prr_ext.R2(base=prr)}
     rows: List[Dict] = []
-    for name in STRATEGIES:
+    for name in args.strategies:
         tf, correct, truncated, forwards, secs = [], [], [], 0, 0.0
         for i in range(0, len(examples), args.batch_size):
             chunk = examples[i:i + args.batch_size]
@@ -229,15 +237,19 @@ def main(argv=None) -> Dict:
               f"truncated {r['truncation_rate']:5.2f}%  {r['seconds']:7.2f} s", flush=True)
     tf_of = {r["strategy"]: r["token_forwards_per_query"] for r in rows}
     for r in rows:
-        r["compute_vs_fixed"] = tf_of["fixed"] / r["token_forwards_per_query"]
-        r["compute_vs_vanilla"] = tf_of["vanilla"] / r["token_forwards_per_query"]
+        for ref in ("fixed", "vanilla"):
+            if ref in tf_of:
+                r[f"compute_vs_{ref}"] = tf_of[ref] / r["token_forwards_per_query"]
     add_paired_comparisons(rows)
-    saving = {k: tf_of["vanilla"] / tf_of[k] for k in ("predictor+vanilla", "fixed+prr", "predictor+prr")}
-    multiplicative = {"predictor_alone": saving["predictor+vanilla"], "prr_alone": saving["fixed+prr"],
-                      "product_of_the_two": saving["predictor+vanilla"] * saving["fixed+prr"],
-                      "predictor_and_prr": saving["predictor+prr"]}
-    print("[length_bench] savings against vanilla: predictor alone {predictor_alone:.2f}x, PRR alone {prr_alone:.2f}x "
-          "(product {product_of_the_two:.2f}x); both {predictor_and_prr:.2f}x".format(**multiplicative), flush=True)
+    multiplicative = None
+    if {"vanilla", "predictor+vanilla", "fixed+prr", "predictor+prr"} <= set(tf_of):
+        saving = {k: tf_of["vanilla"] / tf_of[k] for k in ("predictor+vanilla", "fixed+prr", "predictor+prr")}
+        multiplicative = {"predictor_alone": saving["predictor+vanilla"], "prr_alone": saving["fixed+prr"],
+                          "product_of_the_two": saving["predictor+vanilla"] * saving["fixed+prr"],
+                          "predictor_and_prr": saving["predictor+prr"]}
+        print("[length_bench] savings against vanilla: predictor alone {predictor_alone:.2f}x, PRR alone "
+              "{prr_alone:.2f}x (product {product_of_the_two:.2f}x); both {predictor_and_prr:.2f}x"
+              .format(**multiplicative), flush=True)
     doc = {"meta": {"command": " ".join([PROG] + argv),
                     "device": str(device), "torch": torch.__version__, "families": args.families, "n": args.n,
                     "counts": counts, "short_share": args.short_share,
@@ -245,9 +257,11 @@ def main(argv=None) -> Dict:
                     "truncation": args.truncation, "predictor": args.predictor,
                     "model": args.model or "prr_testbed/assets/model",
                     "controller": args.controller or "prr_testbed/assets/controller", "prr_tau": prr_tau,
-                    "oracle_mean_length": float(oracle_len.double().mean()),
-                    "oracle_min_length": int(oracle_len.min()), "oracle_max_length": int(oracle_len.max())},
+                    "strategies": list(args.strategies)},
            "multiplicative": multiplicative, "strategies": rows}
+    if oracle_len is not None:
+        doc["meta"].update(oracle_mean_length=float(oracle_len.double().mean()),
+                           oracle_min_length=int(oracle_len.min()), oracle_max_length=int(oracle_len.max()))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(doc, f, indent=1)

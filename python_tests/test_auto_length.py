@@ -269,3 +269,21 @@ def test_short_share_usage_errors(tmp_path, capsys):
         with pytest.raises(SystemExit):
             length_bench.parse_args(["--predictor", str(tmp_path / "lp"), "--out", str(tmp_path / "c.json"), *extra])
         assert "argument --short-share" in capsys.readouterr().err
+
+
+def test_length_bench_runs_a_subset_of_strategies(tmp_path):
+    from prr_testbed import length_bench, train_length
+
+    train_length.main(["--families", "sudoku", "--train", "8", "--test", "2", "--device", "cpu", "--no-progress",
+                       "--out", str(tmp_path / "lp")])
+    doc = length_bench.main(["--predictor", str(tmp_path / "lp"), "--families", "sudoku", "--n", "2", "--device",
+                             "cpu", "--strategies", "fixed,predictor", "--truncation", "rerun",
+                             "--out", str(tmp_path / "b.json")])
+    assert [r["strategy"] for r in doc["strategies"]] == ["fixed", "predictor"]
+    assert doc["multiplicative"] is None and "oracle_mean_length" not in doc["meta"]  # no oracle run, no labels
+    pred = doc["strategies"][1]
+    assert "compute_vs_vanilla" not in pred and pred["vs_same_rule_fixed"]["baseline"] == "fixed"
+    assert doc["meta"]["truncation"] == "rerun" and doc["meta"]["strategies"] == ["fixed", "predictor"]
+    with pytest.raises(SystemExit):
+        length_bench.parse_args(["--predictor", str(tmp_path / "lp"), "--strategies", "fixed,fastest",
+                                 "--out", str(tmp_path / "c.json")])
