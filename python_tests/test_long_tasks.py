@@ -32,6 +32,8 @@ def test_hand_computed_answers():
     assert T.trace_response("b=2;c=b-b;c=c-b;d=c+5") == "b=2 c=b-b=2-2=0 c=c-b=0-2=-2 d=c+5=-2+5=3"
     assert T.digit_chain(37, 5) == [47, 58, 71, 79, 95]  # 37+10, 47+11, 58+13, 71+8, 79+16
     assert T.digit_chain(9999, 2) == [10035, 10044]      # the values may outgrow the start's digits
+    assert T.cups_track(1, [(1, 3), (3, 4), (2, 4), (1, 2)]) == [3, 4, 2, 1]  # the ball moves with every swap
+    assert T.cups_track(2, [(1, 2), (3, 4), (4, 3), (2, 4)]) == [1, 1, 1, 1]  # swaps of other cups leave it
 
 
 @pytest.mark.parametrize("family,prompt,right,wrong", [
@@ -43,6 +45,8 @@ def test_hand_computed_answers():
     ("trace", "run a=3;b=a+4;a=b-a?", "a=3 b=a+4=3+4=7 a=b-a=7-3=4", "a=3 b=a+4=7 a=b-a=4"),  # operands are part of it
     ("chain", "chain 37 3=", "47 58 71", "47 58 72"),
     ("chain", "chain 37 3=", "47 58 71", "47 58"),                 # every step is part of it
+    ("cups", "cups 1:13 34 24 12=", "3421", "3441"),
+    ("cups", "cups 1:13 34 24 12=", "3421", "1111"),                # the start is not the answer
 ])
 def test_checkers_recompute_from_the_prompt(family, prompt, right, wrong):
     fam = T.get_family(family)
@@ -66,7 +70,7 @@ def test_lengths_vary_at_least_five_fold_under_one_canvas():
     tokenizer's vocabulary."""
     tok = CharTokenizer()
     spans = []
-    for family in T.LONG_FAMILY_NAMES:
+    for family in T.LONG_FAMILY_NAMES + T.CANDIDATE_FAMILY_NAMES:
         fam = T.get_family(family)
         assert (fam.gen_length, fam.block_length) == (T.LONG_GEN_LENGTH, T.LONG_BLOCK_LENGTH)
         lengths = [len(e.response) for e in T.heldout_set(family, n=500)]
@@ -241,3 +245,16 @@ def test_the_shipped_long_model_loads_by_name_and_decodes_every_family():
         assert 1 <= r["mean_nfe"] < 20  # whole answers, not one slot per forward
         solved[family] = sum(r["correct"])
     assert sum(solved.values()) >= 15, solved  # 20 of 30 on CPU; an untrained model solves none
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.LONG_MODEL_DIR, "config.json")),
+                    reason="the long-family model is not in this installation")
+def test_candidate_families_fit_the_long_model():
+    """A candidate family trains into the shipped long model (--init-from): its prompts and the 160-slot canvas fit
+    that model's positions, as the long families' do."""
+    with open(os.path.join(prr_testbed.LONG_MODEL_DIR, "config.json")) as f:
+        max_seq_len = json.load(f)["model"]["max_seq_len"]
+    for family in T.LONG_FAMILY_NAMES + T.CANDIDATE_FAMILY_NAMES:
+        longest = max(len(e.prompt) for split in ("test", "valid") for e in T.heldout_set(family, split, 500))
+        assert longest + T.LONG_GEN_LENGTH <= max_seq_len, (family, longest)
+    assert not set(T.CANDIDATE_FAMILY_NAMES) & set(T.LONG_FAMILY_NAMES)
