@@ -58,6 +58,19 @@ def model_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def shipped_controller_mismatch(model: Optional[str]) -> Optional[str]:
+    """Why the shipped PRR controller does not fit --model, or None when it does (--model absent or the demo's).
+
+    A controller learns from one model's decodes (its confidences, its convergence), so the shipped one, trained on
+    the demo model's, would give another model's PRR numbers that mean nothing."""
+    from . import CONTROLLER_DIR, MODEL_DIR
+
+    if model is None or os.path.realpath(model) == os.path.realpath(MODEL_DIR):
+        return None
+    return (f"the shipped PRR controller ({CONTROLLER_DIR}) was trained on the demo model's decodes, not on those of "
+            f"{model}; pass --controller with one trained for it (python -m prr_testbed.train_controller --model ...)")
+
+
 def model_help() -> str:
     """--model's help text, with the names of prr_testbed.MODELS."""
     from . import MODELS

@@ -23,7 +23,8 @@ import prr_ext
 
 from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress
+from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress,
+                  shipped_controller_mismatch)
 from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize
 from .model import default_model_available, load_model_arg, make_canvas
 
@@ -122,12 +123,16 @@ def main(argv=None) -> dict:
     specs = list(DEMO_SPECS)
     controller_dir = args.controller or CONTROLLER_DIR
     controller = None
-    if os.path.isfile(os.path.join(controller_dir, "config.json")):
+    mismatch = shipped_controller_mismatch(args.model) if args.controller is None else None
+    if mismatch:
+        print(f"NOTE: {mismatch}. PRR skipped.")
+        specs = [s for s in specs if s.policy != "prr"]
+    elif os.path.isfile(os.path.join(controller_dir, "config.json")):
         controller = load_controller(controller_dir)
         tau = tuned_tau(controller_dir)
         if tau is not None:  # the tau the controller was tuned with on the validation split
             specs = [RunSpec("prr", tau) if s.policy == "prr" else s for s in specs]
-    if controller is None or controller.extra_features:
+    if not mismatch and (controller is None or controller.extra_features):
         why = "no PRR controller is shipped" if controller is None else "the controller needs extra features"
         if args.controller is not None:
             ap.error(f"argument --controller: {why} ({controller_dir})")

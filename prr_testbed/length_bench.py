@@ -44,7 +44,8 @@ from prr_ext.auto_length import generate_auto
 
 from . import CONTROLLER_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser
+from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser,
+                  shipped_controller_mismatch)
 from .harness import pick_device_arg
 from .model import decode_responses, load_model_arg, make_canvas
 from .stats import paired_comparison
@@ -119,8 +120,9 @@ def parse_args(argv=None):
     ap.add_argument("--compare-only", metavar="RESULT_JSON",
                     help="measure nothing: add the paired comparisons to a JSON this command wrote without them")
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--controller", default=None, help="PRR controller folder, trained for --model (default: the "
-                    "shipped one, prr_testbed/assets/controller, trained for the shipped model)")
+    ap.add_argument("--controller", default=None,
+                    help="PRR controller folder, trained for --model (default: the shipped one, "
+                         "prr_testbed/assets/controller, trained for the demo model; another --model needs its own)")
     ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--n", type=int, default=200, help="test prompts per family")
     ap.add_argument("--counts", type=_counts, default=None,
@@ -156,6 +158,9 @@ def parse_args(argv=None):
     check_input_dir(ap, "--predictor", args.predictor, ("config.json", "model.safetensors"), "length predictor")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
+    mismatch = shipped_controller_mismatch(args.model) if args.controller is None else None
+    if mismatch and any("prr" in name for name in args.strategies):
+        ap.error(f"argument --controller: {mismatch}, or run --strategies without the prr ones")
     check_outputs(ap, args, files=("out",))
     args.device, args.device_note = pick_device_arg(ap, args.device)
     return ap, args
@@ -183,8 +188,9 @@ def main(argv=None) -> Dict:
     tok = model.tokenizer
     counts = args.counts or {f: args.n for f in args.families}
     args.families = list(counts)
-    examples = [(f, e) for f, n in counts.items()
-                for e in (T.heldout_set(f, "test", n) if args.short_share is None else skewed_draw(f, n, args.short_share))]
+    draw = (lambda f, n: T.heldout_set(f, "test", n)) if args.short_share is None else (
+        lambda f, n: skewed_draw(f, n, args.short_share))
+    examples = [(f, e) for f, n in counts.items() for e in draw(f, n)]
     print(f"[length_bench] {len(examples)} test prompts of {','.join(args.families)}; canvas {G}, block {BL}"
           + ("; labelling the oracle lengths ..." if "oracle" in args.strategies else ""), flush=True)
     oracle_len = None

@@ -33,7 +33,8 @@ import prr_ext
 
 from . import CONTROLLER_DIR, load_controller
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
+from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress,
+                  shipped_controller_mismatch)
 from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
                       evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_model_arg
@@ -163,8 +164,9 @@ def parse_args(argv=None):
     ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
                     help="task families (comma-separated; the long families mul, cumsum, sort and trace need a model "
                          "trained on them, --model)")
-    ap.add_argument("--policies", type=names_arg(POLICY_NAMES), default=",".join(POLICY_NAMES),
-                    help="policies (comma-separated); prr uses --controller")
+    ap.add_argument("--policies", type=names_arg(POLICY_NAMES), default=None,
+                    help=f"policies (comma-separated; default: all, {','.join(POLICY_NAMES)}); prr and r2prr use "
+                         "--controller")
     ap.add_argument("--n", type=int, default=T.DEFAULT_HELDOUT_SIZE, help="test prompts per task (the first n of 500)")
     ap.add_argument("--quick", action="store_true", help="the smaller default grids (20 points instead of 41)")
     ap.add_argument("--taus", type=_floats, default=None,
@@ -189,7 +191,8 @@ def parse_args(argv=None):
     ap.add_argument("--adaptive-steps-fracs", type=_floats, default="1", help="step budgets (fractions of "
                     "gen_length) of the adaptive policies (< 1 raises their per-step floor)")
     ap.add_argument("--controller", default=None,
-                    help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller)")
+                    help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller, trained for "
+                         "the demo model; another --model needs its own)")
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--batch-size", type=int, default=64, help="prompts decoded together")
     ap.add_argument("--eos-exit", action="store_true",
@@ -217,6 +220,14 @@ def parse_args(argv=None):
     if args.plot != os.path.splitext(args.out)[0] + ".png":
         check_outputs(ap, args, files=("plot",))
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    chosen, args.policies = args.policies is not None, args.policies or list(POLICY_NAMES)
+    args.controller_note = None
+    mismatch = shipped_controller_mismatch(args.model) if args.controller is None else None
+    if mismatch and any(p in args.policies for p in NEEDS_CONTROLLER):
+        if chosen:  # asked for by name: an error, not a silent skip
+            ap.error(f"argument --controller: {mismatch}, or leave {' and '.join(NEEDS_CONTROLLER)} out of --policies")
+        args.policies = [p for p in args.policies if p not in NEEDS_CONTROLLER]
+        args.controller_note = f"{mismatch}. PRR skipped"
     if any(p in args.policies for p in NEEDS_CONTROLLER):
         check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
     args.device, args.device_note = pick_device_arg(ap, args.device)
@@ -230,6 +241,8 @@ def main(argv=None) -> Dict:
     device = args.device
     if args.device_note:
         print(f"[sweep] NOTE: {args.device_note}")
+    if args.controller_note:
+        print(f"[sweep] NOTE: {args.controller_note}")
     plot = have_matplotlib()
     if not plot:
         print("[sweep] NOTE: matplotlib is not installed: no plot (pip install matplotlib)")

@@ -136,6 +136,35 @@ def test_models_load_by_name(tmp_path, monkeypatch, capsys):
     assert sweep.parse_args(["--model", "long", "--out", str(tmp_path / "r.json")])[1].model == str(long_dir)
 
 
+def test_the_shipped_controller_is_not_used_for_another_model(tmp_path, capsys):
+    """PRR's shipped controller learned from the demo model's decodes: with another --model and no --controller,
+    a sweep of the default policies drops PRR with a note, one that asks for prr by name is refused, and so is
+    length_bench with its PRR strategies; --model demo, or a --controller, keeps PRR."""
+    from prr_testbed import length_bench
+    from prr_testbed.harness import NEEDS_CONTROLLER
+
+    other = tmp_path / "other"
+    prr_testbed.model.MaskedDiffusionLM(prr_testbed.model.ModelConfig.for_tokenizer(
+        prr_testbed.tokenizer.CharTokenizer(), d_model=32, n_layers=1, n_heads=2, d_ff=64)).save_pretrained(str(other))
+    out = ["--out", str(tmp_path / "r.json")]
+    _, args = sweep.parse_args(["--model", str(other)] + out)
+    assert not set(NEEDS_CONTROLLER) & set(args.policies) and "PRR skipped" in args.controller_note
+    assert "trained on the demo model's decodes" in args.controller_note
+    with pytest.raises(SystemExit):
+        sweep.parse_args(["--model", str(other), "--policies", "threshold,prr"] + out)
+    assert "argument --controller: the shipped PRR controller" in capsys.readouterr().err
+    for argv in (["--model", "demo"], ["--model", str(other), "--controller", prr_testbed.CONTROLLER_DIR], []):
+        _, args = sweep.parse_args(argv + out)
+        assert "prr" in args.policies and args.controller_note is None
+    lp = tmp_path / "lp"  # the argument checks look for the predictor's files only
+    lp.mkdir()
+    (lp / "config.json").write_text("{}")
+    (lp / "model.safetensors").write_bytes(b"")
+    with pytest.raises(SystemExit):
+        length_bench.parse_args(["--model", str(other), "--predictor", str(lp)] + out)
+    assert "argument --controller: the shipped PRR controller" in capsys.readouterr().err
+
+
 def test_forwarding_shims_run_the_testbed_commands():
     res = _python(
         "import runpy, sys\n"
