@@ -162,8 +162,8 @@ def _floats(s):
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
-                    help="task families (comma-separated; the long families mul, cumsum, sort and trace need a model "
-                         "trained on them, --model)")
+                    help="task families (comma-separated; the long families, " + ",".join(T.LONG_FAMILY_NAMES)
+                         + ", need a model trained on them: --model long)")
     ap.add_argument("--policies", type=names_arg(POLICY_NAMES), default=None,
                     help=f"policies (comma-separated; default: all, {','.join(POLICY_NAMES)}); prr and r2prr use "
                          "--controller")
