@@ -308,6 +308,12 @@ def main(argv=None) -> Dict:
             f"tau={choice['tau']}; test " + ", ".join(
                 f"{f} acc {v['accuracy']:.1f} nfe {v['mean_nfe']:.1f}/{v['gen_length']}" for f, v in
                 test_res.items()), flush=True)
+        if not choice["within_1pt"]:
+            scope = "the chosen temperature map's" if args.select == "aup" else "the grids'"
+            log(f"NOTE: round {r}: none of {scope} (map, tau) points kept every family within 1 point of full "
+                f"refinement on the validation split, so the most accurate was taken (tau {choice['tau']}). A tau "
+                "grid reaching higher (--tau-grid ...,0.99), larger t_min values, or --select nfe (every map) may find "
+                "one.", flush=True)
         return entry
 
     _, tau = R.run_rounds(args.out, args.rounds, collect=collect_round, finish=finish_round, log=log)

@@ -154,6 +154,22 @@ def test_pipeline_two_rounds_single_process(tiny_model_dir, tmp_path):
     assert [e["seconds"] for e in again["rounds"]] == [e["seconds"] for e in first["rounds"]]
 
 
+def test_a_round_without_a_point_near_full_refinement_says_so(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """When no tuned point keeps every family within 1 point of full refinement, the most accurate one is taken and
+    the log says so and what to try; a round that found one says nothing."""
+    from prr_testbed import train_controller as train
+
+    real = train.tune
+    monkeypatch.setattr(train, "tune", lambda *a, **k: dict(real(*a, **k), within_1pt=False))
+    train.main(["--model", tiny_model_dir, "--out", str(tmp_path / "far"), "--rounds", "0"] + ARGS[:2] + ARGS[4:])
+    out = capsys.readouterr().out
+    assert "NOTE: round 0: none of the chosen temperature map's (map, tau) points kept every family" in out
+    assert "--tau-grid" in out and "--select nfe" in out
+    monkeypatch.setattr(train, "tune", lambda *a, **k: dict(real(*a, **k), within_1pt=True))
+    train.main(["--model", tiny_model_dir, "--out", str(tmp_path / "near"), "--rounds", "0"] + ARGS[:2] + ARGS[4:])
+    assert "NOTE: round 0" not in capsys.readouterr().out
+
+
 def test_pipeline_eos_exit_is_a_setting_of_the_run(tiny_model_dir, tmp_path, capsys):
     """--eos-exit runs the rounds with EOS early exit, is stored in run.json, and a resumed run must keep it; a
     run.json written before the setting existed reads as eos_exit False."""
