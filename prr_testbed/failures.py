@@ -5,8 +5,8 @@ beside their references.
 
 Each task's prompts (the first --n of the --split held-out set) are decoded one token per step (LowConfidence, steps
 = the family's canvas) with EOS early exit, as the quality bar's vanilla point. Per task it prints the accuracy by
-instance size (mul: digits of each factor; cumsum and sort: numbers in the list; trace: statements; the other
-families: the reference's length in characters, by tens) and the first --show failures; --out keeps every prompt's
+instance size (mul: digits of each factor; cumsum and sort: numbers in the list; trace: statements; chain: steps;
+cups: swaps; the other families: the reference's length in characters, by tens) and the first --show failures; --out keeps every prompt's
 reference, response and verdict. The long families' format changes came from reading these tables
 (docs/long_families.md).
 """
@@ -37,6 +37,10 @@ def instance_size(example: T.Example) -> str:
         return f"{len(p.rstrip('=').split()) - 1} numbers"
     if example.family == "trace":
         return f"{p.count(';') + 1} statements"
+    if example.family == "chain":
+        return f"{p.rstrip('=').split()[2]} steps"
+    if example.family == "cups":
+        return f"{len(p.split(':', 1)[1].split())} swaps"
     return f"{len(example.response) // 10 * 10}+ chars"
 
 

@@ -190,6 +190,8 @@ def test_instance_sizes_of_each_family():
     assert instance_size(T.Example("cumsum", "cumsum 3 8 1 9=", "", "")) == "4 numbers"
     assert instance_size(T.Example("sort", "sort 53 7=", "", "")) == "2 numbers"
     assert instance_size(T.Example("trace", "run a=3;b=a+4;a=b-a?", "", "")) == "3 statements"
+    assert instance_size(T.Example("chain", "chain 37 4=", "", "")) == "4 steps"
+    assert instance_size(T.Example("cups", "cups 2:12 34 24=", "", "")) == "3 swaps"
     assert instance_size(T.Example("arith", "1+2=", "x" * 24, "")) == "20+ chars"
 
 
