@@ -191,7 +191,8 @@ def parse_args(argv=None):
                    help="the run's folder (resumable; its parent must exist, except for the default's)")
     p.add_argument("--model", default=None, type=model_arg, help=model_help())
     p.add_argument("--rounds", type=int, default=3, help="self-evolving rounds after round 0 (total = rounds + 1)")
-    p.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES), help="task families")
+    p.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
+                   help="task families")
     p.add_argument("--train-prompts", type=int, default=512, help="training prompts per family")
     p.add_argument("--val-prompts", type=int, default=128, help="validation prompts per family (tuning)")
     p.add_argument("--test-prompts", type=int, default=500, help="held-out test prompts per family (evaluation)")
