@@ -454,16 +454,27 @@ def main(argv=None) -> Dict:
     return meta
 
 
+def recorded_command(args, total: int) -> str:
+    """The command line that reproduces the run: every setting a resumed run must share (RESUME_SETTINGS, so a new
+    one is recorded with no edit here), --steps resolved from --budget-minutes, a setting at the value that runs from
+    before it existed used (RESUME_DEFAULTS) left out, the parent model named by the record's 'parent'."""
+    pairs = []
+    for k in RESUME_SETTINGS:
+        v = total if k == "steps" else getattr(args, k)
+        if k == "budget_minutes" or (k in RESUME_DEFAULTS and v == RESUME_DEFAULTS[k]):
+            continue
+        if k == "init_from":
+            if v:
+                pairs.append((k, "<the model of 'parent'>"))
+            continue
+        pairs.append((k, v))
+    flags = [f"--{k.replace('_', '-')} {v}" for k, v in pairs] + (["--compile"] if args.compile else [])
+    return " ".join([PROG] + flags)
+
+
 def _save(model, args, total, step, log, t_start, dev, final_acc, train_s=None) -> Dict:
     meta = {
-        "command": PROG + " " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in [
-                ("steps", total), ("batch_size", args.batch_size), ("lr", args.lr), ("warmup", args.warmup),
-                ("weight_decay", args.weight_decay), ("d_model", args.d_model), ("n_layers", args.n_layers),
-                ("n_heads", args.n_heads), ("d_ff", args.d_ff), ("families", args.families), ("mix", args.mix),
-                ("seed", args.seed)] + ([("canvas_jitter", args.canvas_jitter)] if args.canvas_jitter else [])
-            + ([("init_from", "<the model of 'parent'>")] if args.init_from else []))
-        + (" --compile" if args.compile else ""),
+        "command": recorded_command(args, total),
         "steps": total, "steps_done": step, "seed": args.seed, "batch_size": args.batch_size, "lr": args.lr,
         "canvas_jitter": args.canvas_jitter,
         "device": str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
