@@ -97,6 +97,11 @@ def compare_written(path: str) -> Dict:
             and all("strategy" in r and "correct" in r for r in doc["strategies"])):
         raise SystemExit(f"{PROG}: {path} is not a JSON this command wrote (no strategies with per-prompt results)")
     add_paired_comparisons(doc["strategies"])
+    return _write(path, doc)
+
+
+def _write(path: str, doc: Dict) -> Dict:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(doc, f, indent=1)
     print(f"[length_bench] wrote {path}")
@@ -268,11 +273,7 @@ def main(argv=None) -> Dict:
     if oracle_len is not None:
         doc["meta"].update(oracle_mean_length=float(oracle_len.double().mean()),
                            oracle_min_length=int(oracle_len.min()), oracle_max_length=int(oracle_len.max()))
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"[length_bench] wrote {args.out}")
-    return doc
+    return _write(args.out, doc)
 
 
 if __name__ == "__main__":
