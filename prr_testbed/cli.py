@@ -3,6 +3,7 @@ work, progress bars. Imports torch and tqdm only (not prr_ext), so train_model c
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Callable, Iterable, List, Optional, Sequence
 
@@ -152,6 +153,17 @@ def check_outputs(ap: argparse.ArgumentParser, args: argparse.Namespace, files: 
                 check(value, create_parent=value == ap.get_default(dest))
             except ValueError as e:
                 ap.error(f"argument --{dest.replace('_', '-')}: {e}")
+
+
+def write_json(path: str, doc: dict, prog: str) -> dict:
+    """Write a command's JSON result to `path` (its folders made as needed; `check_outputs` has vetted it before the
+    work) and say where, as every command's last line does."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"[{prog}] wrote {os.path.abspath(path)}")
+    return doc
 
 
 def check_input_dir(ap: argparse.ArgumentParser, option: str, path: Optional[str], must_hold: Iterable[str],

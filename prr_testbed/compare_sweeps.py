@@ -12,12 +12,11 @@ applied to every point of both curves). Prints a markdown table; --out also writ
 from __future__ import annotations
 
 import json
-import os
 from typing import Dict, List, Sequence
 
 import numpy as np
 
-from .cli import check_outputs, parser
+from .cli import check_outputs, parser, write_json
 from .stats import BOOTSTRAP_RESAMPLES, aup, bootstrap_counts, bootstrap_interval, paired_comparison
 
 PROG = "python -m prr_testbed.compare_sweeps"
@@ -152,9 +151,7 @@ def main(argv=None) -> Dict:
     doc["before"], doc["after"] = args.before, args.after
     print("\n".join(markdown(doc)))
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
-        print(f"[compare_sweeps] wrote {os.path.abspath(args.out)}")
+        write_json(args.out, doc, "compare_sweeps")
     return doc
 
 

@@ -12,7 +12,6 @@ reference, response and verdict. The long families' format changes came from rea
 """
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
 from typing import Dict, List
@@ -20,7 +19,8 @@ from typing import Dict, List
 import torch
 
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
+from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress,
+                  write_json)
 from .harness import RunSpec, evaluate, pick_device_arg
 from .model import load_model_arg
 
@@ -98,9 +98,7 @@ def main(argv=None) -> Dict:
         for rec in [x for x in t["records"] if not x["correct"]][:args.show]:
             print(f"  {rec['prompt']}\n    want {rec['reference']}\n    got  {rec['response']}")
     if args.out is not None:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
-        print(f"[failures] wrote {args.out}")
+        write_json(args.out, report, "failures")
     return report
 
 

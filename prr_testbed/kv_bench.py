@@ -15,7 +15,6 @@ approximate by design (cached K/V go stale while a block is decoded), so agreeme
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -27,7 +26,7 @@ import torch
 import prr_ext
 
 from . import tasks as T
-from .cli import check_outputs, device_arg, model_arg, model_help, names_arg, parser
+from .cli import check_outputs, device_arg, model_arg, model_help, names_arg, parser, write_json
 from .harness import pick_device_arg
 from .model import CachedLM, MaskedDiffusionLM, decode_responses, load_model_arg, make_canvas
 from .sweep import git_commit
@@ -133,10 +132,6 @@ def main(argv=None) -> Dict:
                     "seconds": "decode seconds summed over batches, the minimum over --repeats runs",
                     "token_agreement": "fraction of generated slots equal to the no-cache run's"},
            "results": rows}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
-        f.write("\n")
     print(f"{'policy':<10} {'task':<7} {'cache':<7} {'tok.agree':>9} {'row.agree':>9} {'acc':>6} {'acc(no)':>7} "
           f"{'NFE':>5} {'prefill':>7} {'block':>5} {'sec':>7} {'speedup':>7}")
     for r in rows:
@@ -145,8 +140,7 @@ def main(argv=None) -> Dict:
               f"{'-' if r['prefills'] is None else r['prefills']:>7} "
               f"{'-' if r['block_calls'] is None else r['block_calls']:>5} {r['seconds']:>7.3f} "
               f"{r['speedup']:>7.2f}")
-    print(f"wrote {args.out}")
-    return doc
+    return write_json(args.out, doc, "kv_bench")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from prr_ext.auto_length import generate_auto
 from . import CONTROLLER_DIR, load_controller, tuned_tau
 from . import tasks as T
 from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser,
-                  shipped_controller_mismatch)
+                  shipped_controller_mismatch, write_json)
 from .harness import pick_device_arg
 from .model import decode_responses, load_model_arg, make_canvas
 from .stats import paired_comparison
@@ -97,15 +97,8 @@ def compare_written(path: str) -> Dict:
             and all("strategy" in r and "correct" in r for r in doc["strategies"])):
         raise SystemExit(f"{PROG}: {path} is not a JSON this command wrote (no strategies with per-prompt results)")
     add_paired_comparisons(doc["strategies"])
-    return _write(path, doc)
+    return write_json(path, doc, "length_bench")
 
-
-def _write(path: str, doc: Dict) -> Dict:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
-    print(f"[length_bench] wrote {path}")
-    return doc
 
 
 def skewed_draw(family: str, n: int, short_share: float) -> List[T.Example]:
@@ -273,7 +266,7 @@ def main(argv=None) -> Dict:
     if oracle_len is not None:
         doc["meta"].update(oracle_mean_length=float(oracle_len.double().mean()),
                            oracle_min_length=int(oracle_len.min()), oracle_max_length=int(oracle_len.max()))
-    return _write(args.out, doc)
+    return write_json(args.out, doc, "length_bench")
 
 
 if __name__ == "__main__":
