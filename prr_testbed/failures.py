@@ -6,7 +6,7 @@ beside their references.
 Each task's prompts (the first --n of the --split held-out set) are decoded one token per step (LowConfidence, steps
 = the family's canvas) with EOS early exit, as the quality bar's vanilla point. Per task it prints the accuracy by
 instance size (mul: digits of each factor; cumsum and sort: numbers in the list; trace: statements; chain: steps;
-cups: swaps; the other families: the reference's length in characters, by tens) and the first --show failures; --out keeps every prompt's
+cups and balls: swaps, ring: moves, dial: turns; the other families: the reference's length in characters, by tens) and the first --show failures; --out keeps every prompt's
 reference, response and verdict. The long families' format changes came from reading these tables
 (docs/long_families.md).
 """
@@ -39,8 +39,12 @@ def instance_size(example: T.Example) -> str:
         return f"{p.count(';') + 1} statements"
     if example.family == "chain":
         return f"{p.rstrip('=').split()[2]} steps"
-    if example.family == "cups":
+    if example.family in ("cups", "balls"):
         return f"{len(p.split(':', 1)[1].split())} swaps"
+    if example.family == "ring":
+        return f"{len(p.rstrip('=').split(':', 1)[1])} moves"
+    if example.family == "dial":
+        return f"{len(p.split(':', 1)[1].split())} turns"
     return f"{len(example.response) // 10 * 10}+ chars"
 
 

@@ -162,8 +162,9 @@ def _floats(s):
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
-                    help="task families (comma-separated; the long families, " + ",".join(T.LONG_FAMILY_NAMES)
-                         + ", need a model trained on them: --model long)")
+                    help="task families (comma-separated; the step families, " + ",".join(T.STEP_FAMILY_NAMES)
+                         + ", and the long ones, " + ",".join(T.LONG_FAMILY_NAMES)
+                         + ", need a model trained on them: --model steps or --model long)")
     ap.add_argument("--policies", type=names_arg(POLICY_NAMES), default=None,
                     help=f"policies (comma-separated; default: all, {','.join(POLICY_NAMES)}); prr and r2prr use "
                          "--controller")

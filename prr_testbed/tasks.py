@@ -29,9 +29,14 @@ that are written out step by step, each step computed from the ones before it:
   chain   from a start of 2-4 digits, 2-16 times add the current value's digit sum:
                                                           "chain 37 4="  ->  "47 58 71 79"
 
-and a candidate on the same canvas (CANDIDATE_FAMILY_NAMES), not yet learned by the shipped long model:
+and four step families (STEP_FAMILY_NAMES) on the same canvas, whose dependent steps are one or two characters each,
+so that decoding one token per forward and a rule's forwards count the same units (docs/long_families.md, stages 9-11:
+why); they are the families on which the rules separate in the paper's regime (issue 21's bar):
 
   cups    the ball's cup (of four) after each of 3-30 swaps, one digit per swap:  "cups 2:12 34 24="  ->  "111"
+  balls   two balls' cups after each of 3-30 swaps, a pair of digits per swap:   "balls 13:12 34 24="  ->  "232442"
+  ring    the cell of a ring of ten after each of 3-30 moves, one digit per move:    "ring 3:4729="  ->  "7465"
+  dial    a dial's position (00-99) after each of 3-30 turns, two digits per turn:  "dial 37:12 95 40="  ->  "494484"
 
 each checked exactly against the answer recomputed from the prompt (docs/long_families.md: why these formats, and how
 far the commit rules separate on them). They are meant as the workload on which the rules separate: a rule that
@@ -625,15 +630,103 @@ class Cups(TaskFamily):
         return response.strip() == "".join(map(str, cups_track(int(m.group(1)), swaps)))
 
 
+def balls_response(a: int, b: int, swaps: Sequence[Tuple[int, int]]) -> str:
+    """A's and B's cups after each swap, from cups a and b: 1, 3, [(1, 2), (3, 4), (2, 4)] -> "232442"."""
+    return "".join(f"{x}{y}" for x, y in zip(cups_track(a, swaps), cups_track(b, swaps)))
+
+
+class Balls(Cups):
+    """The shell game with two balls, A and B, under different cups of four: after each of 3-30 swaps the answer
+    writes A's cup and B's cup, two digits per swap ("balls 13:12 34 24=" -> "232442"). A step's two digits must
+    agree with each other (never the same cup; a swap of their two cups exchanges them), so a rule that commits them
+    from separate marginals can write a pair that no track allows."""
+
+    name = "balls"
+    _re = re.compile(r"^balls ([1-4])([1-4]):((?:[1-4][1-4] )*[1-4][1-4])=$")
+
+    def sample(self, rng: random.Random) -> Example:
+        a, b = rng.sample(range(1, self.CUPS + 1), 2)
+        swaps = [tuple(rng.sample(range(1, self.CUPS + 1), 2)) for _ in range(rng.randint(3, 30))]
+        ans = balls_response(a, b, swaps)
+        return Example(self.name, f"balls {a}{b}:{' '.join(f'{x}{y}' for x, y in swaps)}=", ans, ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not a balls prompt: {example.prompt!r}")
+        swaps = [(int(w[0]), int(w[1])) for w in m.group(3).split()]
+        return response.strip() == balls_response(int(m.group(1)), int(m.group(2)), swaps)
+
+
+def ring_walk(start: int, moves: Sequence[int], cells: int = 10) -> List[int]:
+    """The cell after each move on a ring of `cells` cells, from cell `start`: 3, [4, 7, 2, 9] -> [7, 4, 6, 5]."""
+    out, at = [], start
+    for m in moves:
+        at = (at + m) % cells
+        out.append(at)
+    return out
+
+
+def dial_response(start: int, turns: Sequence[int]) -> str:
+    """The dial's position after each turn, two digits each, from `start`: 37, [12, 95, 40] -> "494484"."""
+    return "".join(f"{at:02d}" for at in ring_walk(start, turns, cells=100))
+
+
+class Ring(TaskFamily):
+    """A walk on a ring of ten cells: from a start cell, 3-30 moves of 1-9 cells clockwise, and the answer is the
+    cell after each move, one digit per move ("ring 3:4729=" -> "7465"): running sums modulo ten, each digit the
+    one before plus a move. The group is abelian (unlike cups'), so a model could in principle sum a prefix of moves
+    in one forward; how many digits a forward settles measures how far it does."""
+
+    name = "ring"
+    gen_length = LONG_GEN_LENGTH
+    block_length = LONG_BLOCK_LENGTH
+    _re = re.compile(r"^ring (\d):([1-9]+)=$")
+
+    def sample(self, rng: random.Random) -> Example:
+        start, moves = rng.randint(0, 9), [rng.randint(1, 9) for _ in range(rng.randint(3, 30))]
+        ans = "".join(map(str, ring_walk(start, moves)))
+        return Example(self.name, f"ring {start}:{''.join(map(str, moves))}=", ans, ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not a ring prompt: {example.prompt!r}")
+        return response.strip() == "".join(map(str, ring_walk(int(m.group(1)), [int(c) for c in m.group(2)])))
+
+
+class Dial(TaskFamily):
+    """A dial of a hundred positions (00-99): from a start, 3-30 turns of 1-99 positions clockwise, and the answer is
+    the position after each turn, two digits per turn ("dial 37:12 95 40=" -> "494484"). A step's two digits must
+    agree with each other: the tens digit changes with the units' carry, so a model torn between 49 and 50 whose
+    rule commits the two digits from their separate marginals can write 40 or 59, which no turn reaches."""
+
+    name = "dial"
+    gen_length = LONG_GEN_LENGTH
+    block_length = LONG_BLOCK_LENGTH
+    _re = re.compile(r"^dial (\d\d):((?:\d\d )*\d\d)=$")
+
+    def sample(self, rng: random.Random) -> Example:
+        start, turns = rng.randint(0, 99), [rng.randint(1, 99) for _ in range(rng.randint(3, 30))]
+        ans = dial_response(start, turns)
+        return Example(self.name, f"dial {start:02d}:{' '.join(f'{t:02d}' for t in turns)}=", ans, ans)
+
+    def check(self, example: Example, response: str) -> bool:
+        m = self._re.match(example.prompt)
+        if not m:
+            raise ValueError(f"not a dial prompt: {example.prompt!r}")
+        return response.strip() == dial_response(int(m.group(1)), [int(t) for t in m.group(2).split()])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # registry and held-out sets
 # ---------------------------------------------------------------------------------------------------------------
 FAMILIES: Dict[str, TaskFamily] = {f.name: f for f in (Arith(), Words(), Sudoku(), Mul(), CumSum(), Sort(), Trace(),
-                                                        Chain(), Cups())}
+                                                        Chain(), Cups(), Balls(), Ring(), Dial())}
 FAMILY_NAMES = ("arith", "words", "sudoku")                 # the shipped model's families (the commands' default)
 LONG_FAMILY_NAMES = ("mul", "cumsum", "sort", "trace", "chain")  # variable-length answers, one 160-slot canvas
-# on the same canvas, not yet learned by the shipped long model: the next training run's candidates
-CANDIDATE_FAMILY_NAMES = ("cups",)
+# one or two tokens per dependent step, on the same canvas: the families on which issue 21's bar holds
+STEP_FAMILY_NAMES = ("cups", "balls", "ring", "dial")
 
 
 def get_family(name: str) -> TaskFamily:

@@ -34,6 +34,12 @@ def test_hand_computed_answers():
     assert T.digit_chain(9999, 2) == [10035, 10044]      # the values may outgrow the start's digits
     assert T.cups_track(1, [(1, 3), (3, 4), (2, 4), (1, 2)]) == [3, 4, 2, 1]  # the ball moves with every swap
     assert T.cups_track(2, [(1, 2), (3, 4), (4, 3), (2, 4)]) == [1, 1, 1, 1]  # swaps of other cups leave it
+    assert T.balls_response(1, 3, [(1, 2), (3, 4), (2, 4)]) == "232442"   # the last swap exchanges A and B
+    assert T.balls_response(2, 1, [(3, 4), (1, 2)]) == "2112"
+    assert T.ring_walk(3, [4, 7, 2, 9]) == [7, 4, 6, 5]
+    assert T.ring_walk(0, [9, 1, 5]) == [9, 0, 5]                         # round the ring through 0
+    assert T.dial_response(37, [12, 95, 40]) == "494484"                  # 49, 144 -> 44, 84
+    assert T.dial_response(95, [5, 99, 1]) == "009900"                     # through 00 both ways round
 
 
 @pytest.mark.parametrize("family,prompt,right,wrong", [
@@ -47,6 +53,11 @@ def test_hand_computed_answers():
     ("chain", "chain 37 3=", "47 58 71", "47 58"),                 # every step is part of it
     ("cups", "cups 1:13 34 24 12=", "3421", "3441"),
     ("cups", "cups 1:13 34 24 12=", "3421", "1111"),                # the start is not the answer
+    ("balls", "balls 13:12 34 24=", "232442", "232424"),             # A and B the wrong way round
+    ("balls", "balls 13:12 34 24=", "232442", "2324"),
+    ("ring", "ring 3:4729=", "7465", "7466"),
+    ("dial", "dial 37:12 95 40=", "494484", "494485"),
+    ("dial", "dial 37:12 95 40=", "494484", "49 44 84"),               # two digits per turn, no spaces
 ])
 def test_checkers_recompute_from_the_prompt(family, prompt, right, wrong):
     fam = T.get_family(family)
@@ -70,7 +81,7 @@ def test_lengths_vary_at_least_five_fold_under_one_canvas():
     tokenizer's vocabulary."""
     tok = CharTokenizer()
     spans = []
-    for family in T.LONG_FAMILY_NAMES + T.CANDIDATE_FAMILY_NAMES:
+    for family in T.LONG_FAMILY_NAMES + T.STEP_FAMILY_NAMES:
         fam = T.get_family(family)
         assert (fam.gen_length, fam.block_length) == (T.LONG_GEN_LENGTH, T.LONG_BLOCK_LENGTH)
         lengths = [len(e.response) for e in T.heldout_set(family, n=500)]
@@ -192,6 +203,9 @@ def test_instance_sizes_of_each_family():
     assert instance_size(T.Example("trace", "run a=3;b=a+4;a=b-a?", "", "")) == "3 statements"
     assert instance_size(T.Example("chain", "chain 37 4=", "", "")) == "4 steps"
     assert instance_size(T.Example("cups", "cups 2:12 34 24=", "", "")) == "3 swaps"
+    assert instance_size(T.Example("balls", "balls 13:12 34 24 31=", "", "")) == "4 swaps"
+    assert instance_size(T.Example("ring", "ring 3:4729=", "", "")) == "4 moves"
+    assert instance_size(T.Example("dial", "dial 37:12 95 40=", "", "")) == "3 turns"
     assert instance_size(T.Example("arith", "1+2=", "x" * 24, "")) == "20+ chars"
 
 
@@ -249,14 +263,39 @@ def test_the_shipped_long_model_loads_by_name_and_decodes_every_family():
     assert sum(solved.values()) >= 15, solved  # 20 of 30 on CPU; an untrained model solves none
 
 
-@pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.LONG_MODEL_DIR, "config.json")),
-                    reason="the long-family model is not in this installation")
-def test_candidate_families_fit_the_long_model():
-    """A candidate family trains into the shipped long model (--init-from): its prompts and the 160-slot canvas fit
-    that model's positions, as the long families' do."""
-    with open(os.path.join(prr_testbed.LONG_MODEL_DIR, "config.json")) as f:
+@pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.STEP_MODEL_DIR, "model.safetensors")),
+                    reason="the step-family model is not in this installation")
+def test_the_shipped_step_model_loads_by_name_and_decodes_every_step_family():
+    """prr_testbed.load_model(name="steps"): its training record chains back through every stage to the first, and
+    Threshold(0.95) with EOS early exit decodes test prompts of each step family right, in fewer forwards than the
+    answers have digits (the model settles several steps per forward, not all of them)."""
+    from prr_testbed.harness import RunSpec, evaluate
+
+    model = prr_testbed.load_model(name="steps")
+    record, stages = model.metadata, 0
+    while record:
+        assert record["command"].startswith("python -m prr_testbed.train_model")
+        record, stages = record.get("parent"), stages + 1
+    assert stages >= 11
+    assert set(T.STEP_FAMILY_NAMES) <= set(model.metadata["final_valid_acc"])
+    solved = {}
+    for family in T.STEP_FAMILY_NAMES:
+        examples = T.heldout_set(family, n=6)
+        r = evaluate(model, family, examples, RunSpec("threshold", 0.95), eos_exit=True)
+        assert 2 <= r["mean_nfe"] < sum(len(e.response) for e in examples) / len(examples), family
+        solved[family] = sum(r["correct"])
+    assert sum(solved.values()) >= 22, solved  # 24 of 24 on CPU; an untrained model solves none
+
+
+@pytest.mark.parametrize("model_dir", [prr_testbed.LONG_MODEL_DIR, prr_testbed.STEP_MODEL_DIR])
+def test_every_long_and_step_family_fits_the_shipped_models(model_dir):
+    """Every long and step family's prompts and the 160-slot canvas fit the positions of both shipped models, so
+    either trains further on any of them (--init-from)."""
+    if not os.path.isfile(os.path.join(model_dir, "config.json")):
+        pytest.skip(f"{model_dir} is not in this installation")
+    with open(os.path.join(model_dir, "config.json")) as f:
         max_seq_len = json.load(f)["model"]["max_seq_len"]
-    for family in T.LONG_FAMILY_NAMES + T.CANDIDATE_FAMILY_NAMES:
+    for family in T.LONG_FAMILY_NAMES + T.STEP_FAMILY_NAMES:
         longest = max(len(e.prompt) for split in ("test", "valid") for e in T.heldout_set(family, split, 500))
         assert longest + T.LONG_GEN_LENGTH <= max_seq_len, (family, longest)
-    assert not set(T.CANDIDATE_FAMILY_NAMES) & set(T.LONG_FAMILY_NAMES)
+    assert not set(T.STEP_FAMILY_NAMES) & set(T.LONG_FAMILY_NAMES)
