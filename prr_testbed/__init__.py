@@ -21,15 +21,18 @@ from typing import Optional
 ASSETS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 MODEL_DIR = os.path.join(ASSETS_DIR, "model")            # config.json + model.safetensors
 LONG_MODEL_DIR = os.path.join(ASSETS_DIR, "long_model")  # the long-family model (docs/long_families.md: its stage)
+STEP_MODEL_DIR = os.path.join(ASSETS_DIR, "step_model")  # the step-family model, on which issue 21's bar holds
 CONTROLLER_DIR = os.path.join(ASSETS_DIR, "controller")  # config.json + model.safetensors + policy.json (its tau)
 
 # The testbed's models by name: what `load_model(name=...)` and every command's --model accept besides a folder.
 MODELS = {
     "demo": (MODEL_DIR, "the 4.8M demo model of arith, words and sudoku"),
     "long": (LONG_MODEL_DIR, "the long-family model of mul, cumsum, sort, trace and chain (issue 21)"),
+    "steps": (STEP_MODEL_DIR, "the step-family model of cups, balls, ring and dial (issue 21's bar; it also decodes "
+                              "the long families)"),
 }
 
-__all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "CONTROLLER_DIR", "MODELS", "model_dir", "load_model",
+__all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "STEP_MODEL_DIR", "CONTROLLER_DIR", "MODELS", "model_dir", "load_model",
            "load_controller", "tuned_tau"]
 
 
@@ -50,8 +53,8 @@ def model_dir(name: str) -> str:
 
 
 def load_model(device="cpu", dtype=None, name: str = "demo"):
-    """A testbed model (prr_testbed.model.MaskedDiffusionLM) by name (MODELS: "demo", the shipped 4.8M model, or
-    "long") on `device`, weights in `dtype` (default torch.float32), in eval mode. Needs torch and safetensors,
+    """A testbed model (prr_testbed.model.MaskedDiffusionLM) by name (MODELS: "demo", the shipped 4.8M model, "long"
+    or "steps") on `device`, weights in `dtype` (default torch.float32), in eval mode. Needs torch and safetensors,
     not prr_ext. Errors as model_dir."""
     import torch
 

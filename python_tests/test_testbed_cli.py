@@ -121,7 +121,7 @@ def test_models_load_by_name(tmp_path, monkeypatch, capsys):
     assert model_arg("demo") == prr_testbed.MODEL_DIR and model_arg(str(tmp_path)) == str(tmp_path)
     demo = prr_testbed.load_model(name="demo")
     assert demo.config.d_model == prr_testbed.load_model().config.d_model
-    with pytest.raises(ValueError, match="no testbed model called 'nope'; known: demo, long"):
+    with pytest.raises(ValueError, match="no testbed model called 'nope'; known: demo, long, steps"):
         prr_testbed.load_model(name="nope")
     long_dir = tmp_path / "long_model"
     monkeypatch.setitem(prr_testbed.MODELS, "long", (str(long_dir), "the long-family model"))
