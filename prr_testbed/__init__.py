@@ -32,8 +32,8 @@ MODELS = {
                               "the long families)"),
 }
 
-__all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "STEP_MODEL_DIR", "CONTROLLER_DIR", "MODELS", "model_dir", "load_model",
-           "load_controller", "tuned_tau"]
+__all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "STEP_MODEL_DIR", "CONTROLLER_DIR", "MODELS", "model_dir",
+           "load_model", "load_controller", "tuned_tau"]
 
 
 def model_dir(name: str) -> str:

@@ -6,9 +6,9 @@ beside their references.
 Each task's prompts (the first --n of the --split held-out set) are decoded one token per step (LowConfidence, steps
 = the family's canvas) with EOS early exit, as the quality bar's vanilla point. Per task it prints the accuracy by
 instance size (mul: digits of each factor; cumsum and sort: numbers in the list; trace: statements; chain: steps;
-cups and balls: swaps, ring: moves, dial: turns; the other families: the reference's length in characters, by tens) and the first --show failures; --out keeps every prompt's
-reference, response and verdict. The long families' format changes came from reading these tables
-(docs/long_families.md).
+cups and balls: swaps; ring: moves; dial: turns; the other families: the reference's length in characters, by tens)
+and the first --show failures; --out keeps every prompt's reference, response and verdict. The long families'
+format changes came from reading these tables (docs/long_families.md).
 """
 from __future__ import annotations
 
