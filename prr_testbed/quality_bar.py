@@ -5,7 +5,8 @@
 Three criteria, on every family of the sweep:
   1. vanilla (LowConfidence, one token per step) reaches >= 90% accuracy;
   2. parallelism pays but is not free: the best training-free rule (Threshold, Factor, EntropyBound) within 1 point
-     of vanilla's accuracy needs between 1/8 and 1/2 of vanilla's NFE (its fewest-NFE such point);
+     of vanilla's accuracy needs between 1/8 and 1/2 of vanilla's NFE (its fewest-NFE such point; printed with the
+     answer tokens, <eos> excluded, that it settles per forward);
   3. the rules separate: Threshold(0.7) loses at least 3 points against vanilla on at least two families.
 The sweep needs the vanilla point, Threshold with tau 0.7 among its taus, and enough points of the other rules to
 find their cheapest point within 1 point of vanilla (the sweep's defaults hold all of these). Exit status 0 when
@@ -59,9 +60,13 @@ def check(results: Sequence[Dict]) -> List[Tuple[str, bool, str]]:
                         False, "no training-free point within 1 point of vanilla"))
         else:
             ratio = best["mean_nfe"] / van["mean_nfe"]
+            # vanilla's NFE also counts the <eos> slots of the answer's last block; the answer tokens the point
+            # settles per forward say what the ratio would be against one forward per answer token
+            per_forward = best.get("answer_tokens_per_forward")
             out.append((f"{task}: best training-free rule within {WITHIN_POINTS:g} point at 1/8..1/2 of vanilla NFE",
                         lo <= ratio <= hi, f"{best['label']}: {best['accuracy']:.1f}%, NFE {best['mean_nfe']:.2f} = "
-                        f"1/{1 / ratio:.1f} of vanilla's {van['mean_nfe']:.2f}"))
+                        f"1/{1 / ratio:.1f} of vanilla's {van['mean_nfe']:.2f}"
+                        + ("" if per_forward is None else f"; {per_forward:.2f} answer tokens per forward")))
         th = [r for r in results if r["task"] == task and r["policy"] == "threshold"
               and r["param"] is not None and abs(float(r["param"]) - SEPARATING_TAU) < 1e-9]
         if th:

@@ -175,6 +175,9 @@ def test_quality_bar_criteria(tmp_path, capsys):
                     _point(task, "threshold", th07, 20.0, 0.7),
                     _point(task, "factor", 96.0, 100.0, 1.0)]
     assert all(h for _, h, _ in Q.check(passing))
+    with_tokens = [dict(r, answer_tokens_per_forward=2.5) if r["param"] == 0.9 else r for r in passing]
+    assert "Threshold(0.9): 95.5%, NFE 40.00 = 1/4.0 of vanilla's 160.00; 2.50 answer tokens per forward" in [
+        d for _, _, d in Q.check(with_tokens)]
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps({"results": passing}))
     assert Q.main([str(path)]) == 0 and "every criterion holds" in capsys.readouterr().out
