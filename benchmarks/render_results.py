@@ -242,12 +242,17 @@ def render_policies(run: dict, installed_tau) -> list:
     tasks = list(bt)
     policies = list(next(iter(d["aup"].values())))
     model = meta.get("model", "prr_testbed/assets/model")
-    on = ("the shipped model and controller" if model == "prr_testbed/assets/model"
-          else f"the model `{model}` and the shipped controller")
+    # runs before the sweep recorded its controller used the shipped one
+    controller = meta.get("controller", "prr_testbed/assets/controller")
+    shipped = (model, controller) == ("prr_testbed/assets/model", "prr_testbed/assets/controller")
+    on = ("the shipped model and controller" if shipped else f"the model `{model}`"
+          + (f" and the controller `{controller}`" if controller else ""))
     iv = "accuracy_interval" in d["results"][0]  # runs with bootstrap intervals (sweep --bootstrap > 0)
     lines = [f"### Decoding policies on {on} (test split)", "",
              f"Commit {meta['commit']}, {meta['date']}; {run['device']}, torch {meta['torch']}; {meta['n']} prompts "
-             f"per task family, temperature {meta['temperature']:g}; {meta.get('controller', 'PRR: the shipped controller')}.",
+             f"per task family, temperature {meta['temperature']:g}; "
+             + ("PRR not swept." if not controller else "PRR: the shipped controller."
+                if controller == "prr_testbed/assets/controller" else f"PRR: the controller `{controller}`."),
              f"Command: `{meta['command']}`. Data: `{rel(run['path'])}`.", "",
              f"Each policy at its best setting: the fewest forward passes (NFE) within {WITHIN:g} point of vanilla's "
              "accuracy; accuracy %" + (f" [{meta.get('level', 0.95):.0%} bootstrap interval over the prompts]"

@@ -59,6 +59,14 @@ def model_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def shown_path(path: str) -> str:
+    """`path` as a result file records it: relative to the folder that holds the prr_testbed package when it lies
+    under it (the shipped models and controllers: "prr_testbed/assets/step_model"), else as given."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full = os.path.abspath(path)
+    return os.path.relpath(full, root).replace(os.sep, "/") if full.startswith(root + os.sep) else path
+
+
 def shipped_controller_mismatch(model: Optional[str]) -> Optional[str]:
     """Why the shipped PRR controller does not fit --model, or None when it does (--model absent or the demo's).
 

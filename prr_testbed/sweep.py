@@ -31,10 +31,10 @@ import torch
 
 import prr_ext
 
-from . import CONTROLLER_DIR, load_controller
+from . import CONTROLLER_DIR, MODEL_DIR, load_controller
 from . import tasks as T
 from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress,
-                  shipped_controller_mismatch)
+                  shipped_controller_mismatch, shown_path)
 from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
                       evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_model_arg
@@ -288,7 +288,8 @@ def main(argv=None) -> Dict:
     meta = {"command": " ".join([PROG] + list(sys.argv[1:] if argv is None else argv)),
             "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
             "device": dev_txt, "torch": torch.__version__, "python": platform.python_version(),
-            "prr_ext": prr_ext.__version__, "model": args.model or "prr_testbed/assets/model", "n": args.n,
+            "prr_ext": prr_ext.__version__, "model": shown_path(args.model or MODEL_DIR),
+            "controller": None if controller is None else shown_path(args.controller or CONTROLLER_DIR), "n": args.n,
             "batch_size": args.batch_size, "split": "test", "temperature": 0.0,
             "wall_seconds": round(time.time() - t0, 1),
             "eos_exit": args.eos_exit,

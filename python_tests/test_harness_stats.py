@@ -428,6 +428,19 @@ def test_sweep_bootstrap_zero_turns_the_intervals_off(tmp_path, capsys):
     assert "aup_interval" not in doc and all("accuracy_interval" not in r for r in doc["results"])
     assert [c["interval"] for c in doc["paired"]["arith"]] == [None]
     assert "resamples" not in text and "paired comparisons" in text
+    # the model and controller as the renderer names them: shipped files relative to the package's folder
+    assert doc["meta"]["model"] == "prr_testbed/assets/model" and doc["meta"]["controller"] is None
+
+
+@needs_model
+def test_sweep_records_the_controller_it_swept_prr_with(tmp_path, capsys):
+    from prr_testbed.cli import shown_path
+
+    doc = sweep.main(["--n", "2", "--tasks", "arith", "--policies", "lowconf,prr", "--prr-taus", "0.9",
+                      "--steps-fracs", "1", "--batch-size", "2", "--device", "cpu", "--out",
+                      str(tmp_path / "sweep.json"), "--no-progress", "--bootstrap", "0"])
+    assert doc["meta"]["controller"] == "prr_testbed/assets/controller"
+    assert shown_path(str(tmp_path / "c")) == str(tmp_path / "c")  # a folder elsewhere stays as given
 
 
 def test_sweep_rejects_a_negative_bootstrap(capsys, tmp_path):
