@@ -244,6 +244,16 @@ def test_failures_command_rejects_bad_arguments(tmp_path, capsys):
     assert "--out" in capsys.readouterr().err
 
 
+def _training_stages(model) -> int:
+    """How many train_model runs a shipped model's record chains back through (each stage's parent), checking that
+    each recorded its command."""
+    record, stages = model.metadata, 0
+    while record:
+        assert record["command"].startswith("python -m prr_testbed.train_model")
+        record, stages = record.get("parent"), stages + 1
+    return stages
+
+
 @pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.LONG_MODEL_DIR, "model.safetensors")),
                     reason="the long-family model is not in this installation")
 def test_the_shipped_long_model_loads_by_name_and_decodes_every_family():
@@ -253,11 +263,7 @@ def test_the_shipped_long_model_loads_by_name_and_decodes_every_family():
     from prr_testbed.harness import RunSpec, evaluate
 
     model = prr_testbed.load_model(name="long")
-    record, stages = model.metadata, 0
-    while record:
-        assert record["command"].startswith("python -m prr_testbed.train_model")
-        record, stages = record.get("parent"), stages + 1
-    assert stages >= 2
+    assert _training_stages(model) >= 2
     solved = {}
     for family in T.LONG_FAMILY_NAMES:
         r = evaluate(model, family, T.heldout_set(family, n=6), RunSpec("threshold", 0.9), eos_exit=True)
@@ -275,11 +281,7 @@ def test_the_shipped_step_model_loads_by_name_and_decodes_every_step_family():
     from prr_testbed.harness import RunSpec, evaluate
 
     model = prr_testbed.load_model(name="steps")
-    record, stages = model.metadata, 0
-    while record:
-        assert record["command"].startswith("python -m prr_testbed.train_model")
-        record, stages = record.get("parent"), stages + 1
-    assert stages >= 11
+    assert _training_stages(model) >= 11
     assert set(T.STEP_FAMILY_NAMES) <= set(model.metadata["final_valid_acc"])
     solved = {}
     for family in T.STEP_FAMILY_NAMES:
