@@ -2,9 +2,11 @@
 
     python -m prr_testbed.demo               # 64 test prompts per task on a CPU (minutes), all 500 on a GPU
     python -m prr_testbed.demo --n 8         # a quick look
+    python -m prr_testbed.demo --model steps # the step families, where the rules separate (8 prompts on a CPU)
 
-Loads the shipped model (prr_testbed/assets/model) and PRR controller (prr_testbed/assets/controller), decodes the
-first --n prompts of each task's fixed test set with LowConfidence (LLaDA vanilla, one token per step), Threshold
+Loads the shipped model (prr_testbed/assets/model, or --model) and PRR controller (prr_testbed/assets/controller),
+decodes the first --n prompts of each task's fixed test set (default tasks: the demo families, or for another model
+the step or long families it was trained on) with LowConfidence (LLaDA vanilla, one token per step), Threshold
 (Fast-dLLM; tau 0.9 and an aggressive 0.5), Factor (Fast-dLLM), EntropyBound (EB-Sampler) and PRR (at the tau its
 controller was tuned with), prints one table (accuracy, NFE, tokens per forward, tokens/s per policy) and saves the
 accuracy-vs-NFE plot (--plot; skipped with a note when matplotlib is not installed) and, with --json, the results.
@@ -23,7 +25,7 @@ import prr_ext
 
 from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, parser, progress,
+from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress,
                   shipped_controller_mismatch)
 from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize
 from .model import default_model_available, load_model_arg, make_canvas
@@ -32,7 +34,8 @@ PROG = "python -m prr_testbed.demo"
 DEMO_SPECS = (RunSpec("lowconf", None, 1.0), RunSpec("threshold", 0.9), RunSpec("threshold", 0.5),
               RunSpec("factor", 1.0), RunSpec("eb", 0.1), RunSpec("prr", 0.9), RunSpec("localleap", 0.9),
               RunSpec("slowfast", 0.9), RunSpec("klass", 0.9), RunSpec("r2", 0.9))
-CPU_N = 64  # test prompts per task on the CPU
+CPU_N = 64       # test prompts per task on the CPU
+CPU_N_LONG = 8   # ... for the 160-slot families (about 3 minutes of 2 cores for the 10M step model)
 GPU_N = T.DEFAULT_HELDOUT_SIZE
 
 
@@ -63,11 +66,28 @@ def _auto_threads(model, device) -> str:
     return f"{n} CPU threads"
 
 
+def trained_tasks(model, asked) -> list:
+    """The task families to decode: `asked` (--tasks), or the first of the testbed's sets (the demo families, the
+    step families, the long ones) that the model's training record holds. ValueError naming the families the model
+    was not trained on, when its record says which it was."""
+    trained = set(model.metadata.get("final_valid_acc", {}))
+    if asked is None:
+        return next((list(names) for names in (T.FAMILY_NAMES, T.STEP_FAMILY_NAMES, T.LONG_FAMILY_NAMES)
+                     if set(names) <= trained), list(T.FAMILY_NAMES))
+    untrained = [t for t in asked if trained and t not in trained]
+    if untrained:
+        raise ValueError(f"the model was not trained on {','.join(untrained)} (its record: {','.join(sorted(trained))})"
+                         "; choose among those, or another --model")
+    return list(asked)
+
+
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--n", type=int, default=None,
                     help=f"test prompts per task (default: {CPU_N} on the CPU, {GPU_N} on a GPU)")
-    ap.add_argument("--tasks", default=",".join(T.FAMILY_NAMES), help="task families (comma-separated)")
+    ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=None,
+                    help="task families (comma-separated; default: " + ",".join(T.FAMILY_NAMES) + ", or for another "
+                         "--model the step or long families it was trained on)")
     ap.add_argument("--device", type=device_arg, default="auto",
                     help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
     ap.add_argument("--batch-size", type=int, default=None, help="prompts decoded together (default: 64 on the CPU, "
@@ -81,10 +101,6 @@ def parse_args(argv=None):
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
-    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    bad = [t for t in args.tasks if t not in T.FAMILY_NAMES]
-    if bad or not args.tasks:
-        ap.error(f"argument --tasks: choose a comma-separated subset of {','.join(T.FAMILY_NAMES)}")
     for name in ("n", "batch_size", "threads"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"argument --{name.replace('_', '-')}: must be >= 1")
@@ -116,10 +132,16 @@ def main(argv=None) -> dict:
     print(f"model: {model.num_parameters() / 1e6:.2f} M parameters ({cfg.n_layers} layers, d_model {cfg.d_model}, "
           f"{cfg.n_heads} heads, char vocabulary of {cfg.vocab_size}), device: {dev_txt}")
 
+    try:
+        tasks = trained_tasks(model, args.tasks)
+    except ValueError as e:
+        ap.error(f"argument --tasks: {e}")
+    # the 160-slot families retire each row once its answer and <eos> are committed, so NFE counts answers, as their
+    # quality bar does (docs/long_families.md)
+    long_canvas = {t: t in T.LONG_FAMILY_NAMES + T.STEP_FAMILY_NAMES for t in tasks}
     on_gpu = device.type == "cuda"
-    n = args.n or (GPU_N if on_gpu else CPU_N)
+    n = args.n or (GPU_N if on_gpu else CPU_N_LONG if any(long_canvas.values()) else CPU_N)
     bs = args.batch_size or (500 if on_gpu else 64)
-    tasks = args.tasks
     specs = list(DEMO_SPECS)
     controller_dir = args.controller or CONTROLLER_DIR
     controller = None
@@ -153,7 +175,7 @@ def main(argv=None) -> dict:
             for t in tasks:
                 bar.set_description(f"{spec.label} on {t}")
                 results.append(evaluate(model, t, sets[t], spec, batch_size=bs, device=device, controller=controller,
-                                        on_batch=lambda: bar.update(1)))
+                                        on_batch=lambda: bar.update(1), eos_exit=long_canvas[t]))
             msg = f"  {spec.label:24s} done ({time.time() - t_start:5.1f} s)"
             if args.no_progress:
                 print(msg, flush=True)
@@ -163,8 +185,9 @@ def main(argv=None) -> dict:
     # ---- the table
     print()
     fams = " / ".join(tasks)
-    head = (f"{'policy':24s} | {'accuracy % (' + fams + ')':^33s} | {'mean NFE (' + fams + ')':^33s} | "
-            f"{'TPF':>5s} | {'tokens/s':>8s}")
+    acc_head, nfe_head = f"accuracy % ({fams})", f"mean NFE ({fams})"
+    w = max(33, len(acc_head), len(nfe_head))
+    head = f"{'policy':24s} | {acc_head:^{w}s} | {nfe_head:^{w}s} | {'TPF':>5s} | {'tokens/s':>8s}"
     print(head)
     print("-" * len(head))
     for spec in specs:
@@ -174,11 +197,13 @@ def main(argv=None) -> dict:
         tokens = sum(r["n"] * r["gen_length"] for r in rows)
         forwards = sum(r["n"] * r["mean_nfe"] for r in rows)
         secs = sum(r["seconds"] for r in rows)
-        print(f"{spec.label:24s} | {acc:^33s} | {nfe:^33s} | {tokens / forwards:5.2f} | {tokens / secs:8.0f}")
+        print(f"{spec.label:24s} | {acc:^{w}s} | {nfe:^{w}s} | {tokens / forwards:5.2f} | {tokens / secs:8.0f}")
     print("-" * len(head))
     G = ", ".join(f"{t} {T.get_family(t).gen_length}" for t in tasks)
-    print(f"n = {n} test prompts per task; generation lengths {G} (NFE of one-token-per-step decoding); TPF = "
-          f"tokens per forward; tokens/s on {dev_txt}, batch {bs}, no KV cache, <eos> slots counted.")
+    exits = [t for t in tasks if long_canvas[t]]
+    print(f"n = {n} test prompts per task; generation lengths {G} (NFE of one-token-per-step decoding"
+          + (f"; {', '.join(exits)}: each row stops once its answer and <eos> are committed" if exits else "")
+          + f"); TPF = tokens per forward; tokens/s on {dev_txt}, batch {bs}, no KV cache, <eos> slots counted.")
 
     doc = {"device": dev_txt, "n": n, "results": results, **summarize(results)}
     written = []

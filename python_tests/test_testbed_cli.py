@@ -14,6 +14,7 @@ import torch
 
 import prr_testbed
 from prr_testbed import demo, sweep
+from prr_testbed import tasks as T
 from prr_testbed import train_controller as TC
 from prr_testbed import train_model as TM
 
@@ -286,3 +287,46 @@ def test_demo_without_matplotlib_skips_the_plot_with_a_note(monkeypatch, capsys,
     assert not (tmp_path / "demo.png").exists()
     assert json.loads((tmp_path / "demo.json").read_text())["n"] == 1 and len(doc["results"]) == len(demo.DEMO_SPECS)
     assert f"wrote json {tmp_path / 'demo.json'}" in out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the demo on another model's families
+# ---------------------------------------------------------------------------------------------------------------
+def test_demo_tasks_follow_the_model_it_loads():
+    """Without --tasks the demo decodes the set of families the model was trained on (its record's validation
+    accuracies): the demo families, else the step families, else the long ones; --tasks outside the record is an
+    error that names them. A model without a record gets the demo families, and any --tasks."""
+    from types import SimpleNamespace
+
+    def model(*families):
+        return SimpleNamespace(metadata={"final_valid_acc": {f: 1.0 for f in families}} if families else {})
+
+    assert demo.trained_tasks(model("arith", "words", "sudoku"), None) == list(T.FAMILY_NAMES)
+    assert demo.trained_tasks(model(*T.LONG_FAMILY_NAMES, *T.STEP_FAMILY_NAMES), None) == list(T.STEP_FAMILY_NAMES)
+    assert demo.trained_tasks(model(*T.LONG_FAMILY_NAMES), None) == list(T.LONG_FAMILY_NAMES)
+    assert demo.trained_tasks(model(), None) == list(T.FAMILY_NAMES)
+    assert demo.trained_tasks(model(), ["dial"]) == ["dial"]
+    assert demo.trained_tasks(model(*T.LONG_FAMILY_NAMES), ["trace"]) == ["trace"]
+    with pytest.raises(ValueError, match="not trained on cups,dial"):
+        demo.trained_tasks(model(*T.LONG_FAMILY_NAMES), ["cups", "trace", "dial"])
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.STEP_MODEL_DIR, "model.safetensors")),
+                    reason="the step-family model is not in this installation")
+def test_demo_on_the_step_model(capsys, tmp_path):
+    """`demo --model steps` decodes a step family with every rule but PRR (no controller for that model), each row
+    stopping at its answer: vanilla's NFE is the answer's block, not the 160-slot canvas."""
+    threads = torch.get_num_threads()
+    try:
+        doc = demo.main(["--model", "steps", "--tasks", "cups", "--n", "2", "--device", "cpu", "--threads", "1",
+                         "--no-progress", "--plot", str(tmp_path / "demo.png")])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "PRR skipped" in out and "each row stops once its answer and <eos> are committed" in out
+    assert len(doc["results"]) == len(demo.DEMO_SPECS) - 1 and {r["task"] for r in doc["results"]} == {"cups"}
+    vanilla = next(r for r in doc["results"] if r["policy"] == "lowconf")
+    assert vanilla["accuracy"] == 100.0 and vanilla["mean_nfe"] == 32.0  # one block of one-token steps
+    with pytest.raises(SystemExit):
+        demo.main(["--model", "long", "--tasks", "cups", "--n", "1", "--device", "cpu", "--no-progress"])
+    assert "argument --tasks: the model was not trained on cups" in capsys.readouterr().err
