@@ -289,7 +289,7 @@ def test_the_shipped_step_model_loads_by_name_and_decodes_every_step_family():
         r = evaluate(model, family, examples, RunSpec("threshold", 0.95), eos_exit=True)
         assert 2 <= r["mean_nfe"] < sum(len(e.response) for e in examples) / len(examples), family
         solved[family] = sum(r["correct"])
-    assert sum(solved.values()) >= 22, solved  # 24 of 24 on CPU; an untrained model solves none
+    assert sum(solved.values()) >= 22, solved  # 23 of 24 on CPU; an untrained model solves none
 
 
 @pytest.mark.parametrize("model_dir", [prr_testbed.LONG_MODEL_DIR, prr_testbed.STEP_MODEL_DIR])
