@@ -84,7 +84,8 @@ def trained_tasks(model, asked) -> list:
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--n", type=int, default=None,
-                    help=f"test prompts per task (default: {CPU_N} on the CPU, {GPU_N} on a GPU)")
+                    help=f"test prompts per task (default: {CPU_N} on the CPU, {CPU_N_LONG} for the 160-slot families, "
+                         f"{GPU_N} on a GPU)")
     ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=None,
                     help="task families (comma-separated; default: " + ",".join(T.FAMILY_NAMES) + ", or for another "
                          "--model the step or long families it was trained on)")
