@@ -39,12 +39,10 @@ def instance_size(example: T.Example) -> str:
         return f"{p.count(';') + 1} statements"
     if example.family == "chain":
         return f"{p.rstrip('=').split()[2]} steps"
-    if example.family in ("cups", "balls"):
-        return f"{len(p.split(':', 1)[1].split())} swaps"
+    if example.family in ("cups", "balls", "dial"):  # space-separated steps after the colon
+        return f"{len(p.split(':', 1)[1].split())} {'turns' if example.family == 'dial' else 'swaps'}"
     if example.family == "ring":
         return f"{len(p.rstrip('=').split(':', 1)[1])} moves"
-    if example.family == "dial":
-        return f"{len(p.split(':', 1)[1].split())} turns"
     return f"{len(example.response) // 10 * 10}+ chars"
 
 

@@ -667,9 +667,11 @@ def ring_walk(start: int, moves: Sequence[int], cells: int = 10) -> List[int]:
     return out
 
 
-def dial_response(start: int, turns: Sequence[int]) -> str:
-    """The dial's position after each turn, two digits each, from `start`: 37, [12, 95, 40] -> "494484"."""
-    return "".join(f"{at:02d}" for at in ring_walk(start, turns, cells=100))
+def dial_response(start: int, turns: Sequence[int], cells: int = 100) -> str:
+    """The position after each turn on a dial of `cells` positions, each written with the digits of the largest:
+    37, [12, 95, 40] -> "494484"; cells=10 gives ring's one digit per move (3, [4, 7, 2, 9] -> "7465")."""
+    width = len(str(cells - 1))
+    return "".join(f"{at:0{width}d}" for at in ring_walk(start, turns, cells))
 
 
 class Ring(TaskFamily):
@@ -681,41 +683,34 @@ class Ring(TaskFamily):
     name = "ring"
     gen_length = LONG_GEN_LENGTH
     block_length = LONG_BLOCK_LENGTH
+    CELLS, SEP = 10, ""   # a move of 1..CELLS-1, written with the digits of CELLS-1; SEP between moves
     _re = re.compile(r"^ring (\d):([1-9]+)=$")
 
     def sample(self, rng: random.Random) -> Example:
-        start, moves = rng.randint(0, 9), [rng.randint(1, 9) for _ in range(rng.randint(3, 30))]
-        ans = "".join(map(str, ring_walk(start, moves)))
-        return Example(self.name, f"ring {start}:{''.join(map(str, moves))}=", ans, ans)
+        start, moves = rng.randint(0, self.CELLS - 1), [rng.randint(1, self.CELLS - 1)
+                                                        for _ in range(rng.randint(3, 30))]
+        w = len(str(self.CELLS - 1))
+        ans = dial_response(start, moves, self.CELLS)
+        return Example(self.name, f"{self.name} {start:0{w}d}:{self.SEP.join(f'{m:0{w}d}' for m in moves)}=", ans,
+                       ans)
 
     def check(self, example: Example, response: str) -> bool:
         m = self._re.match(example.prompt)
         if not m:
-            raise ValueError(f"not a ring prompt: {example.prompt!r}")
-        return response.strip() == "".join(map(str, ring_walk(int(m.group(1)), [int(c) for c in m.group(2)])))
+            raise ValueError(f"not a {self.name} prompt: {example.prompt!r}")
+        moves = m.group(2).split(self.SEP) if self.SEP else list(m.group(2))
+        return response.strip() == dial_response(int(m.group(1)), [int(v) for v in moves], self.CELLS)
 
 
-class Dial(TaskFamily):
+class Dial(Ring):
     """A dial of a hundred positions (00-99): from a start, 3-30 turns of 1-99 positions clockwise, and the answer is
     the position after each turn, two digits per turn ("dial 37:12 95 40=" -> "494484"). A step's two digits must
     agree with each other: the tens digit changes with the units' carry, so a model torn between 49 and 50 whose
     rule commits the two digits from their separate marginals can write 40 or 59, which no turn reaches."""
 
     name = "dial"
-    gen_length = LONG_GEN_LENGTH
-    block_length = LONG_BLOCK_LENGTH
+    CELLS, SEP = 100, " "
     _re = re.compile(r"^dial (\d\d):((?:\d\d )*\d\d)=$")
-
-    def sample(self, rng: random.Random) -> Example:
-        start, turns = rng.randint(0, 99), [rng.randint(1, 99) for _ in range(rng.randint(3, 30))]
-        ans = dial_response(start, turns)
-        return Example(self.name, f"dial {start:02d}:{' '.join(f'{t:02d}' for t in turns)}=", ans, ans)
-
-    def check(self, example: Example, response: str) -> bool:
-        m = self._re.match(example.prompt)
-        if not m:
-            raise ValueError(f"not a dial prompt: {example.prompt!r}")
-        return response.strip() == dial_response(int(m.group(1)), [int(t) for t in m.group(2).split()])
 
 
 # ---------------------------------------------------------------------------------------------------------------
