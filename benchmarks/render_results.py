@@ -235,7 +235,7 @@ def setting(r: dict) -> str:
     return f"{PARAM_NAMES.get(r['policy'], 'param')}={r['param']:g}"
 
 
-def render_policies(run: dict, installed_tau) -> list:
+def render_policies(run: dict) -> list:
     d = run["data"]
     meta = d["meta"]
     bt = by_task(d["results"])
@@ -275,12 +275,13 @@ def render_policies(run: dict, installed_tau) -> list:
         title = POLICY_TITLES.get(pol, pol) + (" (vanilla)" if pol == "lowconf" else "")
         rows.append([title] + cells)
     lines += table(["policy"] + tasks, rows, ["l"] + ["l"] * len(tasks))
-    if installed_tau is not None:
-        at = [next((r for r in bt[t] if r["policy"] == "prr" and r["param"] == installed_tau), None) for t in tasks]
+    tuned_tau = controller_tau(controller)
+    if tuned_tau is not None:
+        at = [next((r for r in bt[t] if r["policy"] == "prr" and r["param"] == tuned_tau), None) for t in tasks]
         if all(at):
             parts = [f"{t} {r['accuracy']:.1f} / {r['mean_nfe']:.2f} ({vanilla(bt[t])['mean_nfe'] / r['mean_nfe']:.1f}× "
                      "fewer NFE)" for t, r in zip(tasks, at)]
-            lines += ["", f"At the installed controller's τ = {installed_tau:g} (chosen on the validation split), PRR "
+            lines += ["", f"At its controller's τ = {tuned_tau:g} (tuned on the validation split), PRR "
                           "gives " + ", ".join(parts) + "."]
     lines += ["", "AUP (area under the accuracy-parallelism curve; y_max = the best accuracy on the task: "
                   + ", ".join(f"{t} {d['y_max'][t]:g}" for t in tasks) + "):", ""]
@@ -303,12 +304,13 @@ def render_policies(run: dict, installed_tau) -> list:
     return lines + [""]
 
 
-def installed_round(runs: list):
-    """(tau of the last round) of the controller run that installed the shipped controller, if there is one."""
-    for r in runs:
-        if "--install" in r["data"]["meta"]["command"].split():
-            return r["data"]["rounds"][-1]["tau"]
-    return None
+def controller_tau(controller) -> "float | None":
+    """The τ a sweep's controller (its path in the repository) was tuned with: its policy.json, when it is here."""
+    path = os.path.join(os.path.dirname(HERE), controller or "", "policy.json")
+    if not controller or not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f).get("tau")
 
 
 def render_rounds(runs: list) -> list:
@@ -363,7 +365,7 @@ def render(results_dir: str = RESULTS_DIR) -> str:
             out += render_candidates(cands)
         rounds = [r for r in rs if r["kind"] == "controller_rounds"]
         for r in (r for r in rs if r["kind"] == "policies"):
-            out += render_policies(r, installed_round(rounds))
+            out += render_policies(r)
         if rounds:
             out += render_rounds(rounds)
     return "\n".join(out).rstrip("\n") + "\n"

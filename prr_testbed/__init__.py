@@ -23,6 +23,7 @@ MODEL_DIR = os.path.join(ASSETS_DIR, "model")            # config.json + model.s
 LONG_MODEL_DIR = os.path.join(ASSETS_DIR, "long_model")  # the long-family model (docs/long_families.md: its stage)
 STEP_MODEL_DIR = os.path.join(ASSETS_DIR, "step_model")  # the step-family model, on which issue 21's bar holds
 CONTROLLER_DIR = os.path.join(ASSETS_DIR, "controller")  # config.json + model.safetensors + policy.json (its tau)
+STEP_CONTROLLER_DIR = os.path.join(ASSETS_DIR, "step_controller")  # the same, trained on the step model's decodes
 
 # The testbed's models by name: what `load_model(name=...)` and every command's --model accept besides a folder.
 MODELS = {
@@ -32,8 +33,12 @@ MODELS = {
                               "the long families)"),
 }
 
-__all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "STEP_MODEL_DIR", "CONTROLLER_DIR", "MODELS", "model_dir",
-           "load_model", "load_controller", "tuned_tau"]
+# The PRR controller that ships beside a model, by the model's folder: a controller learns from one model's decodes
+# (its confidences, its convergence), so it is only used with that model. `long` has none.
+SHIPPED_CONTROLLERS = {MODEL_DIR: CONTROLLER_DIR, STEP_MODEL_DIR: STEP_CONTROLLER_DIR}
+
+__all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "STEP_MODEL_DIR", "CONTROLLER_DIR", "STEP_CONTROLLER_DIR",
+           "MODELS", "SHIPPED_CONTROLLERS", "model_dir", "load_model", "load_controller", "tuned_tau"]
 
 
 def model_dir(name: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -67,17 +67,27 @@ def shown_path(path: str) -> str:
     return os.path.relpath(full, root).replace(os.sep, "/") if full.startswith(root + os.sep) else path
 
 
-def shipped_controller_mismatch(model: Optional[str]) -> Optional[str]:
-    """Why the shipped PRR controller does not fit --model, or None when it does (--model absent or the demo's).
+CONTROLLER_HELP = ("PRR controller folder, trained for --model (default: the one that ships beside --model; the demo "
+                   "and step models have one, another --model needs its own)")
 
-    A controller learns from one model's decodes (its confidences, its convergence), so the shipped one, trained on
-    the demo model's, would give another model's PRR numbers that mean nothing."""
-    from . import CONTROLLER_DIR, MODEL_DIR
 
-    if model is None or os.path.realpath(model) == os.path.realpath(MODEL_DIR):
-        return None
-    return (f"the shipped PRR controller ({CONTROLLER_DIR}) was trained on the demo model's decodes, not on those of "
-            f"{model}; pass --controller with one trained for it (python -m prr_testbed.train_controller --model ...)")
+def controller_for(model: Optional[str], controller: Optional[str] = None) -> Tuple[Optional[str], Optional[str]]:
+    """(the PRR controller folder to use, None): --controller when given, else the one that ships beside --model
+    (absent: the demo model); or (None, why none fits) for a model that has none.
+
+    A controller learns from one model's decodes (its confidences, its convergence), so another model's PRR numbers
+    from it would mean nothing (prr_testbed.SHIPPED_CONTROLLERS)."""
+    from . import MODEL_DIR, SHIPPED_CONTROLLERS
+
+    if controller is not None:
+        return controller, None
+    real = os.path.realpath(model or MODEL_DIR)
+    for model_dir, controller_dir in SHIPPED_CONTROLLERS.items():
+        if real == os.path.realpath(model_dir):
+            return controller_dir, None
+    return None, (f"no PRR controller ships for {model} (the shipped ones were trained on the demo and step models' "
+                  "decodes); pass --controller with one trained for it (python -m prr_testbed.train_controller "
+                  "--model ...)")
 
 
 def model_help() -> str:

@@ -4,12 +4,13 @@
     python -m prr_testbed.demo --n 8         # a quick look
     python -m prr_testbed.demo --model steps # the step families, where the rules separate (8 prompts on a CPU)
 
-Loads the shipped model (prr_testbed/assets/model, or --model) and PRR controller (prr_testbed/assets/controller),
-decodes the first --n prompts of each task's fixed test set (default tasks: the demo families, or for another model
-the step or long families it was trained on) with LowConfidence (LLaDA vanilla, one token per step), Threshold
-(Fast-dLLM; tau 0.9 and an aggressive 0.5), Factor (Fast-dLLM), EntropyBound (EB-Sampler) and PRR (at the tau its
-controller was tuned with), prints one table (accuracy, NFE, tokens per forward, tokens/s per policy) and saves the
-accuracy-vs-NFE plot (--plot; skipped with a note when matplotlib is not installed) and, with --json, the results.
+Loads the shipped model (prr_testbed/assets/model, or --model) and the PRR controller that ships beside it
+(prr_testbed.SHIPPED_CONTROLLERS; --controller for another model), decodes the first --n prompts of each task's
+fixed test set (default tasks: the demo families, or for another model the step or long families it was trained on)
+with LowConfidence (LLaDA vanilla, one token per step), Threshold (Fast-dLLM; tau 0.9 and an aggressive 0.5), Factor
+(Fast-dLLM), EntropyBound (EB-Sampler), PRR (at the tau its controller was tuned with), LocalLeap, SlowFast, KLASS
+and R2, prints one table (accuracy, NFE, tokens per forward, tokens/s per policy) and saves the accuracy-vs-NFE plot
+(--plot; skipped with a note when matplotlib is not installed) and, with --json, the results.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ import torch
 
 import prr_ext
 
-from . import CONTROLLER_DIR, MODEL_DIR, load_controller, tuned_tau
+from . import MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress,
-                  shipped_controller_mismatch)
+from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help,
+                  names_arg, parser, progress)
 from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize
 from .model import default_model_available, load_model_arg, make_canvas
 
@@ -97,8 +98,7 @@ def parse_args(argv=None):
                     help="torch CPU threads (default: the faster of torch's choice and 1, timed)")
     ap.add_argument("--plot", default="prr_testbed_demo.png", help="where to save the accuracy-vs-NFE plot")
     ap.add_argument("--json", default=None, help="also write the results as JSON here")
-    ap.add_argument("--controller", default=None,
-                    help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller)")
+    ap.add_argument("--controller", default=None, help=CONTROLLER_HELP)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
@@ -144,9 +144,8 @@ def main(argv=None) -> dict:
     n = args.n or (GPU_N if on_gpu else CPU_N_LONG if any(long_canvas.values()) else CPU_N)
     bs = args.batch_size or (500 if on_gpu else 64)
     specs = list(DEMO_SPECS)
-    controller_dir = args.controller or CONTROLLER_DIR
+    controller_dir, mismatch = controller_for(args.model, args.controller)
     controller = None
-    mismatch = shipped_controller_mismatch(args.model) if args.controller is None else None
     if mismatch:
         print(f"NOTE: {mismatch}. PRR skipped.")
         specs = [s for s in specs if s.policy != "prr"]

@@ -42,10 +42,10 @@ import torch
 import prr_ext
 from prr_ext.auto_length import generate_auto
 
-from . import CONTROLLER_DIR, load_controller, tuned_tau
+from . import load_controller, tuned_tau
 from . import tasks as T
-from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser,
-                  shipped_controller_mismatch, write_json)
+from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help,
+                  names_arg, parser, shown_path, write_json)
 from .harness import pick_device_arg
 from .model import decode_responses, load_model_arg, make_canvas
 from .stats import paired_comparison
@@ -118,9 +118,7 @@ def parse_args(argv=None):
     ap.add_argument("--compare-only", metavar="RESULT_JSON",
                     help="measure nothing: add the paired comparisons to a JSON this command wrote without them")
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--controller", default=None,
-                    help="PRR controller folder, trained for --model (default: the shipped one, "
-                         "prr_testbed/assets/controller, trained for the demo model; another --model needs its own)")
+    ap.add_argument("--controller", default=None, help=CONTROLLER_HELP)
     ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
     ap.add_argument("--n", type=int, default=200, help="test prompts per family")
     ap.add_argument("--counts", type=_counts, default=None,
@@ -156,7 +154,7 @@ def parse_args(argv=None):
     check_input_dir(ap, "--predictor", args.predictor, ("config.json", "model.safetensors"), "length predictor")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
-    mismatch = shipped_controller_mismatch(args.model) if args.controller is None else None
+    args.controller_dir, mismatch = controller_for(args.model, args.controller)
     if mismatch and any("prr" in name for name in args.strategies):
         ap.error(f"argument --controller: {mismatch}, or run --strategies without the prr ones")
     check_outputs(ap, args, files=("out",))
@@ -180,9 +178,8 @@ def main(argv=None) -> Dict:
     if not (isinstance(G, int) and isinstance(BL, int) and G % BL == 0):
         ap.error("argument --max-length/--block-length: give both (a multiple of the block) when the predictor "
                  "records none")
-    controller_dir = args.controller or CONTROLLER_DIR
-    controller = load_controller(controller_dir)
-    prr_tau = tuned_tau(controller_dir) or 0.9
+    controller_dir = args.controller_dir  # None: --model has no controller, and no prr strategy runs (parse_args)
+    prr_tau = (tuned_tau(controller_dir) or 0.9) if controller_dir else None
     tok = model.tokenizer
     counts = args.counts or {f: args.n for f in args.families}
     args.families = list(counts)
@@ -196,12 +193,13 @@ def main(argv=None) -> Dict:
         _, oracle_len = label_and_features(model, examples, max_length=G, block_length=BL,
                                            batch_size=args.batch_size, device=device, show_progress=False)
     trunc = None if args.truncation == "none" else args.truncation
-    prr = prr_ext.PRR(controller, tau=prr_tau)
-    policies = {"vanilla": prr_ext.LowConfidence(), "fixed": prr_ext.Threshold(args.tau), "fixed+prr": prr,
+    policies = {"vanilla": prr_ext.LowConfidence(), "fixed": prr_ext.Threshold(args.tau),
                 "predictor+vanilla": prr_ext.LowConfidence(), "eos_exit": prr_ext.Threshold(args.tau),
                 "oracle": prr_ext.Threshold(args.tau), "predictor": prr_ext.Threshold(args.tau),
-                "predictor+eos_exit": prr_ext.Threshold(args.tau),
-                "predictor+prr": prr, "predictor+prr+r2": prr_ext.R2(base=prr)}
+                "predictor+eos_exit": prr_ext.Threshold(args.tau)}
+    if controller_dir:
+        prr = prr_ext.PRR(load_controller(controller_dir), tau=prr_tau)
+        policies.update({"fixed+prr": prr, "predictor+prr": prr, "predictor+prr+r2": prr_ext.R2(base=prr)})
     rows: List[Dict] = []
     for name in args.strategies:
         tf, correct, truncated, forwards, secs = [], [], [], 0, 0.0
@@ -260,7 +258,7 @@ def main(argv=None) -> Dict:
                     "max_length": G, "block_length": BL, "target_truncation": args.target_truncation,
                     "truncation": args.truncation, "predictor": args.predictor,
                     "model": args.model or "prr_testbed/assets/model",
-                    "controller": args.controller or "prr_testbed/assets/controller", "prr_tau": prr_tau,
+                    "controller": shown_path(controller_dir) if controller_dir else None, "prr_tau": prr_tau,
                     "strategies": list(args.strategies)},
            "multiplicative": multiplicative, "strategies": rows}
     if oracle_len is not None:

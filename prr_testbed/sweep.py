@@ -31,10 +31,10 @@ import torch
 
 import prr_ext
 
-from . import CONTROLLER_DIR, MODEL_DIR, load_controller
+from . import MODEL_DIR, load_controller
 from . import tasks as T
-from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress,
-                  shipped_controller_mismatch, shown_path)
+from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help,
+                  names_arg, parser, progress, shown_path)
 from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
                       evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_model_arg
@@ -191,9 +191,7 @@ def parse_args(argv=None):
                     f"gen_length (default: {STEPS_FRACS}, --quick {STEPS_FRACS_QUICK})")
     ap.add_argument("--adaptive-steps-fracs", type=_floats, default="1", help="step budgets (fractions of "
                     "gen_length) of the adaptive policies (< 1 raises their per-step floor)")
-    ap.add_argument("--controller", default=None,
-                    help="PRR controller folder (default: the shipped one, prr_testbed/assets/controller, trained for "
-                         "the demo model; another --model needs its own)")
+    ap.add_argument("--controller", default=None, help=CONTROLLER_HELP)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--batch-size", type=int, default=64, help="prompts decoded together")
     ap.add_argument("--eos-exit", action="store_true",
@@ -223,7 +221,8 @@ def parse_args(argv=None):
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     chosen, args.policies = args.policies is not None, args.policies or list(POLICY_NAMES)
     args.controller_note = None
-    mismatch = shipped_controller_mismatch(args.model) if args.controller is None else None
+    # the controller: --controller, else the one that ships beside --model (none: PRR is dropped, or refused)
+    args.controller_dir, mismatch = controller_for(args.model, args.controller)
     if mismatch and any(p in args.policies for p in NEEDS_CONTROLLER):
         if chosen:  # asked for by name: an error, not a silent skip
             ap.error(f"argument --controller: {mismatch}, or leave {' and '.join(NEEDS_CONTROLLER)} out of --policies")
@@ -251,7 +250,7 @@ def main(argv=None) -> Dict:
     tasks, policies = list(args.tasks), list(args.policies)
     controller = None
     if any(p in policies for p in NEEDS_CONTROLLER):
-        where = args.controller or CONTROLLER_DIR
+        where = args.controller_dir
         if args.controller is None and not os.path.isfile(os.path.join(where, "config.json")):
             print(f"[sweep] NOTE: no PRR controller is shipped ({where}): PRR skipped")
             policies = [p for p in policies if p not in NEEDS_CONTROLLER]
@@ -289,7 +288,7 @@ def main(argv=None) -> Dict:
             "commit": git_commit(), "date": time.strftime("%Y-%m-%d"),
             "device": dev_txt, "torch": torch.__version__, "python": platform.python_version(),
             "prr_ext": prr_ext.__version__, "model": shown_path(args.model or MODEL_DIR),
-            "controller": None if controller is None else shown_path(args.controller or CONTROLLER_DIR), "n": args.n,
+            "controller": None if controller is None else shown_path(args.controller_dir), "n": args.n,
             "batch_size": args.batch_size, "split": "test", "temperature": 0.0,
             "wall_seconds": round(time.time() - t0, 1),
             "eos_exit": args.eos_exit,

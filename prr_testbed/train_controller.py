@@ -1,7 +1,7 @@
 """Train PRR's controller on the testbed's model, end to end (docs/prr_training.md).
 
     python -m prr_testbed.train_controller --out runs/prr              # GPU minutes; hours on a CPU
-    python -m prr_testbed.train_controller --out runs/prr --install    # ... and make it the shipped controller
+    python -m prr_testbed.train_controller --out runs/prr --install    # ... and ship it beside its model
     torchrun --nproc_per_node N -m prr_testbed.train_controller ...    # rollouts sharded over N processes
 
     round 0      full-refinement rollouts (LowConfidence, one token per step) of training prompts
@@ -13,8 +13,9 @@
 
 Writes under --out: run.json (the settings that define the rounds), rounds.json (every round's choice and test
 numbers), round<r>/controller (config.json, model.safetensors, policy.json with the tuned tau: a --controller folder
-for the demo and the sweep), round<r>/round.json and the rollout shards. Only --install writes into
-prr_testbed/assets/controller.
+for the demo and the sweep), round<r>/round.json and the rollout shards. Only --install writes into the package:
+the controller slot beside --model (prr_testbed.SHIPPED_CONTROLLERS: assets/controller for the demo model,
+assets/step_controller for the step model).
 
 Resumable: finished rounds of the same run are loaded, not redone, and --rounds can grow. A run in --out with other
 settings (--families, --model, --label, --seed, the prompt counts, the grids, ...) is an error, not silently reused:
@@ -39,11 +40,12 @@ from prr_ext import prr_rounds as R
 from prr_ext.controller import TUNED_TAU_FILE
 from prr_ext.prr_training import Rollout, fit_controller, rollout
 
-from . import CONTROLLER_DIR, MODEL_DIR
+from . import MODEL_DIR
 from . import harness as E
 from .stats import aup
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
+from .cli import (check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help, names_arg,
+                  parser, progress)
 from .model import MaskedDiffusionLM, make_canvas
 
 PROG = "python -m prr_testbed.train_controller"
@@ -215,7 +217,9 @@ def parse_args(argv=None):
                         "its answer and EOS are committed, so the records and the NFE cover answers, not the canvas's "
                         "padding; for the long families, whose quality bar is judged this way (default: off)")
     p.add_argument("--install", action="store_true",
-                   help="copy the final controller to prr_testbed/assets/controller (the shipped one)")
+                   help="copy the final controller beside --model in the package, where the demo and the sweep "
+                        "find it (prr_testbed/assets/controller for the demo model, assets/step_controller for "
+                        "--model steps; other models have no slot)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     for name in ("rounds", "train_prompts", "val_prompts", "test_prompts", "epochs", "batch_size"):
@@ -224,6 +228,12 @@ def parse_args(argv=None):
     check_outputs(p, args, dirs=("out",))
     check_input_dir(p, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.model = MODEL_DIR if args.model is None else args.model
+    args.install_dir = None
+    if args.install:
+        args.install_dir, why = controller_for(args.model)
+        if why:
+            p.error(f"argument --install: {args.model} has no shipped controller slot (the demo and step models "
+                    "have one); train without --install and pass the round's controller folder as --controller")
     problem = R.check_run_settings(args.out, run_settings(args), RUN_SETTING_DEFAULTS)
     if problem:
         p.error(f"argument --out: {problem}; its finished rounds would be reused. Choose another --out, or delete "
@@ -321,14 +331,14 @@ def main(argv=None) -> Dict:
 
     final = os.path.join(args.out, f"round{args.rounds}", "controller")
     if rank == 0 and args.install:
-        if os.path.isdir(CONTROLLER_DIR):
-            shutil.rmtree(CONTROLLER_DIR)
-        shutil.copytree(final, CONTROLLER_DIR)
-        R.write_json(os.path.join(CONTROLLER_DIR, TUNED_TAU_FILE),
+        if os.path.isdir(args.install_dir):
+            shutil.rmtree(args.install_dir)
+        shutil.copytree(final, args.install_dir)
+        R.write_json(os.path.join(args.install_dir, TUNED_TAU_FILE),
                     {"tau": tau, "trained_by": PROG, "rounds": args.rounds + 1})
-        log(f"installed the controller in {CONTROLLER_DIR}")
+        log(f"installed the controller in {args.install_dir}")
     log(f"[train_controller] done in {time.time() - t_start:.0f} s; wrote {os.path.abspath(summary_path)} and the "
-        f"final controller {os.path.abspath(final)} (tau={tau})" + (f", installed in {CONTROLLER_DIR}"
+        f"final controller {os.path.abspath(final)} (tau={tau})" + (f", installed in {args.install_dir}"
                                                                     if args.install else ""))
     R.shutdown()
     return summary

@@ -137,10 +137,11 @@ def test_models_load_by_name(tmp_path, monkeypatch, capsys):
     assert sweep.parse_args(["--model", "long", "--out", str(tmp_path / "r.json")])[1].model == str(long_dir)
 
 
-def test_the_shipped_controller_is_not_used_for_another_model(tmp_path, capsys):
-    """PRR's shipped controller learned from the demo model's decodes: with another --model and no --controller,
-    a sweep of the default policies drops PRR with a note, one that asks for prr by name is refused, and so is
-    length_bench with its PRR strategies; --model demo, or a --controller, keeps PRR."""
+def test_each_model_gets_its_own_shipped_controller(tmp_path, capsys):
+    """A controller learns from one model's decodes: --model demo and --model steps take the controller that ships
+    beside each; with another --model and no --controller, a sweep of the default policies drops PRR with a note,
+    one that asks for prr by name is refused, and so is length_bench with its PRR strategies and train_controller
+    --install; a --controller keeps PRR."""
     from prr_testbed import length_bench
     from prr_testbed.harness import NEEDS_CONTROLLER
 
@@ -150,20 +151,31 @@ def test_the_shipped_controller_is_not_used_for_another_model(tmp_path, capsys):
     out = ["--out", str(tmp_path / "r.json")]
     _, args = sweep.parse_args(["--model", str(other)] + out)
     assert not set(NEEDS_CONTROLLER) & set(args.policies) and "PRR skipped" in args.controller_note
-    assert "trained on the demo model's decodes" in args.controller_note
+    assert f"no PRR controller ships for {other}" in args.controller_note and args.controller_dir is None
     with pytest.raises(SystemExit):
         sweep.parse_args(["--model", str(other), "--policies", "threshold,prr"] + out)
-    assert "argument --controller: the shipped PRR controller" in capsys.readouterr().err
-    for argv in (["--model", "demo"], ["--model", str(other), "--controller", prr_testbed.CONTROLLER_DIR], []):
+    assert f"argument --controller: no PRR controller ships for {other}" in capsys.readouterr().err
+    own = str(tmp_path / "controller")
+    prr_testbed.load_controller().save(own)
+    for argv, want in ((["--model", "demo"], prr_testbed.CONTROLLER_DIR), ([], prr_testbed.CONTROLLER_DIR),
+                       (["--model", "steps"], prr_testbed.STEP_CONTROLLER_DIR),
+                       (["--model", str(other), "--controller", own], own)):
         _, args = sweep.parse_args(argv + out)
-        assert "prr" in args.policies and args.controller_note is None
+        assert "prr" in args.policies and args.controller_note is None and args.controller_dir == want
+    assert set(prr_testbed.SHIPPED_CONTROLLERS.values()) == {prr_testbed.CONTROLLER_DIR,
+                                                             prr_testbed.STEP_CONTROLLER_DIR}
     lp = tmp_path / "lp"  # the argument checks look for the predictor's files only
     lp.mkdir()
     (lp / "config.json").write_text("{}")
     (lp / "model.safetensors").write_bytes(b"")
     with pytest.raises(SystemExit):
         length_bench.parse_args(["--model", str(other), "--predictor", str(lp)] + out)
-    assert "argument --controller: the shipped PRR controller" in capsys.readouterr().err
+    assert f"argument --controller: no PRR controller ships for {other}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        TC.parse_args(["--model", str(other), "--install", "--out", str(tmp_path / "prr"), "--device", "cpu"])
+    assert "argument --install: " in capsys.readouterr().err
+    args = TC.parse_args(["--model", "steps", "--install", "--out", str(tmp_path / "prr"), "--device", "cpu"])
+    assert args.install_dir == prr_testbed.STEP_CONTROLLER_DIR
 
 
 def test_forwarding_shims_run_the_testbed_commands():
@@ -314,8 +326,9 @@ def test_demo_tasks_follow_the_model_it_loads():
 @pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.STEP_MODEL_DIR, "model.safetensors")),
                     reason="the step-family model is not in this installation")
 def test_demo_on_the_step_model(capsys, tmp_path):
-    """`demo --model steps` decodes a step family with every rule but PRR (no controller for that model), each row
-    stopping at its answer: vanilla's NFE is the answer's block, not the 160-slot canvas."""
+    """`demo --model steps` decodes a step family with every rule, PRR with the controller that ships beside the
+    step model at its tuned tau, each row stopping at its answer: vanilla's NFE is the answer's block, not the
+    160-slot canvas."""
     threads = torch.get_num_threads()
     try:
         doc = demo.main(["--model", "steps", "--tasks", "cups", "--n", "2", "--device", "cpu", "--threads", "1",
@@ -323,8 +336,10 @@ def test_demo_on_the_step_model(capsys, tmp_path):
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
-    assert "PRR skipped" in out and "each row stops once its answer and <eos> are committed" in out
-    assert len(doc["results"]) == len(demo.DEMO_SPECS) - 1 and {r["task"] for r in doc["results"]} == {"cups"}
+    assert "PRR skipped" not in out and "each row stops once its answer and <eos> are committed" in out
+    assert len(doc["results"]) == len(demo.DEMO_SPECS) and {r["task"] for r in doc["results"]} == {"cups"}
+    prr = next(r for r in doc["results"] if r["policy"] == "prr")
+    assert prr["param"] == prr_testbed.tuned_tau(prr_testbed.STEP_CONTROLLER_DIR) and prr["accuracy"] == 100.0
     vanilla = next(r for r in doc["results"] if r["policy"] == "lowconf")
     assert vanilla["accuracy"] == 100.0 and vanilla["mean_nfe"] == 32.0  # one block of one-token steps
     with pytest.raises(SystemExit):
