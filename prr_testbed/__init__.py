@@ -38,7 +38,8 @@ MODELS = {
 SHIPPED_CONTROLLERS = {MODEL_DIR: CONTROLLER_DIR, STEP_MODEL_DIR: STEP_CONTROLLER_DIR}
 
 __all__ = ["ASSETS_DIR", "MODEL_DIR", "LONG_MODEL_DIR", "STEP_MODEL_DIR", "CONTROLLER_DIR", "STEP_CONTROLLER_DIR",
-           "MODELS", "SHIPPED_CONTROLLERS", "model_dir", "load_model", "load_controller", "tuned_tau"]
+           "MODELS", "SHIPPED_CONTROLLERS", "model_dir", "controller_dir", "load_model", "load_controller",
+           "tuned_tau"]
 
 
 def model_dir(name: str) -> str:
@@ -69,11 +70,25 @@ def load_model(device="cpu", dtype=None, name: str = "demo"):
                                              dtype=torch.float32 if dtype is None else dtype)
 
 
-def load_controller(path: Optional[str] = None):
-    """The PRR controller (a `prr_ext.Controller`) saved at `path`; default: the shipped one.
+def controller_dir(name: str = "demo") -> str:
+    """The folder of the PRR controller that ships beside the model called `name` (a key of MODELS).
 
-    Raises FileNotFoundError naming the directory when it holds no controller."""
-    path = CONTROLLER_DIR if path is None else path
+    Raises ValueError for an unknown name or a model that ships without one (`long`)."""
+    if name not in MODELS:
+        raise ValueError(f"no testbed model called {name!r}; known: {', '.join(MODELS)}")
+    path = SHIPPED_CONTROLLERS.get(MODELS[name][0])
+    if path is None:
+        raise ValueError(f"no PRR controller ships for the {name!r} model; train one with `python -m "
+                         f"prr_testbed.train_controller --model {name}` and pass its folder")
+    return path
+
+
+def load_controller(path: Optional[str] = None, name: str = "demo"):
+    """The PRR controller (a `prr_ext.Controller`) saved at `path`; default: the one that ships beside the model
+    called `name` (controller_dir: "demo" or "steps").
+
+    Raises FileNotFoundError naming the directory when it holds no controller, ValueError as controller_dir."""
+    path = controller_dir(name) if path is None else path
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise FileNotFoundError(f"no PRR controller in {path} (no config.json there); a controller directory is what "
                                 "`python -m prr_testbed.train_controller` writes (runs/prr/round<r>/controller)")
@@ -82,8 +97,9 @@ def load_controller(path: Optional[str] = None):
     return Controller.load(path)
 
 
-def tuned_tau(path: Optional[str] = None) -> Optional[float]:
-    """The PRR threshold tau the controller at `path` (default: the shipped one) was tuned with on the validation
-    split (its policy.json, written by train_controller), or None when the directory has no policy.json."""
+def tuned_tau(path: Optional[str] = None, name: str = "demo") -> Optional[float]:
+    """The PRR threshold tau the controller at `path` (default: the one that ships beside the model called `name`)
+    was tuned with on the validation split (its policy.json, written by train_controller), or None when the
+    directory has no policy.json."""
     from prr_ext.controller import tuned_tau as read_tuned_tau
-    return read_tuned_tau(CONTROLLER_DIR if path is None else path)
+    return read_tuned_tau(controller_dir(name) if path is None else path)

@@ -5,11 +5,13 @@ prompts with the shipped model through prr_ext.step.
 """
 import json
 import math
+import os
 import random
 
 import pytest
 import torch
 
+import prr_testbed
 from prr_testbed import tasks as T
 from prr_testbed import train_model as TM
 from prr_testbed.harness import RunSpec, evaluate, steps_for, summarize
@@ -352,7 +354,6 @@ def test_prr_ext_loop_equals_the_training_monitor(shipped):
 def test_readme_example():
     """The README's testbed example prints what the README says, with the token ids taken from the model."""
     import prr_ext
-    import prr_testbed
 
     model = prr_testbed.load_model()
     policy = prr_ext.PRR(prr_testbed.load_controller(), tau=prr_testbed.tuned_tau())
@@ -360,6 +361,28 @@ def test_readme_example():
     out = prr_ext.generate(model, x[:, :-24], gen_length=24, block_length=12, steps=24, policy=policy)
     assert decode_responses(model.tokenizer, out.tokens, x.shape[1] - 24) == ["c:1110 s:12216"]
     assert out.nfe.tolist() == [2]
+
+
+@pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.STEP_MODEL_DIR, "model.safetensors")),
+                    reason="the step-family model is not in this installation")
+def test_readme_step_model_example():
+    """The README's second example: the step model with the controller that ships beside it settles a 14-digit
+    dial answer in 4 forwards; a model that ships without a controller is an error that says how to train one."""
+    import prr_ext
+
+    model = prr_testbed.load_model(name="steps")
+    policy = prr_ext.PRR(prr_testbed.load_controller(name="steps"), tau=prr_testbed.tuned_tau(name="steps"))
+    x, _ = make_canvas(model.tokenizer, ["dial 88:40 87 74 69 81 24 02="], gen_length=160)
+    out = prr_ext.generate(model, x[:, :-160], gen_length=160, block_length=32, steps=160, policy=policy,
+                           eos_fill=True)
+    assert decode_responses(model.tokenizer, out.tokens, x.shape[1] - 160) == ["28158958396365"]
+    assert out.nfe.tolist() == [4]
+    ref = next(e for e in T.heldout_set("dial", n=40) if e.prompt == "dial 88:40 87 74 69 81 24 02=")
+    assert ref.response == "28158958396365"  # a held-out test prompt, answered right
+    assert prr_testbed.controller_dir("steps") == prr_testbed.STEP_CONTROLLER_DIR
+    for name, err in (("long", "no PRR controller ships for the 'long' model"), ("nope", "no testbed model")):
+        with pytest.raises(ValueError, match=err):
+            prr_testbed.load_controller(name=name)
 
 
 @needs_model
