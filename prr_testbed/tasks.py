@@ -602,6 +602,11 @@ def cups_track(start: int, swaps: Sequence[Tuple[int, int]]) -> List[int]:
     return out
 
 
+def _swaps_text(swaps: Sequence[Tuple[int, int]]) -> str:
+    """[(1, 2), (3, 4)] -> "12 34": the swaps as a cups or balls prompt writes them."""
+    return " ".join(f"{a}{b}" for a, b in swaps)
+
+
 class Cups(TaskFamily):
     """The shell game: a ball starts under one of four cups, 3-30 swaps of two cups follow, and the answer is the
     ball's cup after each swap, one digit per swap ("cups 2:12 34 24=" -> "111"). A digit needs the one before it
@@ -618,16 +623,25 @@ class Cups(TaskFamily):
 
     def sample(self, rng: random.Random) -> Example:
         start = rng.randint(1, self.CUPS)
-        swaps = [tuple(rng.sample(range(1, self.CUPS + 1), 2)) for _ in range(rng.randint(3, 30))]
+        swaps = self._draw_swaps(rng)
         ans = "".join(map(str, cups_track(start, swaps)))
-        return Example(self.name, f"cups {start}:{' '.join(f'{a}{b}' for a, b in swaps)}=", ans, ans)
+        return Example(self.name, f"cups {start}:{_swaps_text(swaps)}=", ans, ans)
 
     def check(self, example: Example, response: str) -> bool:
-        m = self._re.match(example.prompt)
+        (start,), swaps = self._parse(example.prompt)
+        return response.strip() == "".join(map(str, cups_track(start, swaps)))
+
+    # shared with Balls, whose prompts start with two cups instead of one
+    def _draw_swaps(self, rng: random.Random) -> List[Tuple[int, int]]:
+        return [tuple(rng.sample(range(1, self.CUPS + 1), 2)) for _ in range(rng.randint(3, 30))]
+
+    def _parse(self, prompt: str) -> Tuple[Tuple[int, ...], List[Tuple[int, int]]]:
+        """(the starting cups, the swaps) of a prompt; ValueError naming the family for another prompt."""
+        m = self._re.match(prompt)
         if not m:
-            raise ValueError(f"not a cups prompt: {example.prompt!r}")
-        swaps = [(int(w[0]), int(w[1])) for w in m.group(2).split()]
-        return response.strip() == "".join(map(str, cups_track(int(m.group(1)), swaps)))
+            raise ValueError(f"not a {self.name} prompt: {prompt!r}")
+        *starts, swaps = m.groups()
+        return tuple(map(int, starts)), [(int(w[0]), int(w[1])) for w in swaps.split()]
 
 
 def balls_response(a: int, b: int, swaps: Sequence[Tuple[int, int]]) -> str:
@@ -646,16 +660,13 @@ class Balls(Cups):
 
     def sample(self, rng: random.Random) -> Example:
         a, b = rng.sample(range(1, self.CUPS + 1), 2)
-        swaps = [tuple(rng.sample(range(1, self.CUPS + 1), 2)) for _ in range(rng.randint(3, 30))]
+        swaps = self._draw_swaps(rng)
         ans = balls_response(a, b, swaps)
-        return Example(self.name, f"balls {a}{b}:{' '.join(f'{x}{y}' for x, y in swaps)}=", ans, ans)
+        return Example(self.name, f"balls {a}{b}:{_swaps_text(swaps)}=", ans, ans)
 
     def check(self, example: Example, response: str) -> bool:
-        m = self._re.match(example.prompt)
-        if not m:
-            raise ValueError(f"not a balls prompt: {example.prompt!r}")
-        swaps = [(int(w[0]), int(w[1])) for w in m.group(3).split()]
-        return response.strip() == balls_response(int(m.group(1)), int(m.group(2)), swaps)
+        (a, b), swaps = self._parse(example.prompt)
+        return response.strip() == balls_response(a, b, swaps)
 
 
 def ring_walk(start: int, moves: Sequence[int], cells: int = 10) -> List[int]:
