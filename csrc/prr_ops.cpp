@@ -74,7 +74,7 @@ PyObject* constants(PyObject*, PyObject*) {
       {"RP_R2_CLUSTER_SIZE", prr::kRpR2ClusterSize},  {"RP_R2_TEMPORAL_STEPS", prr::kRpR2TemporalSteps},
       {"RP_R2_TEMPORAL_THRESHOLD", prr::kRpR2TemporalThreshold}, {"RP_R2_TEMPORAL_EVAL", prr::kRpR2TemporalEval},
       {"NUM_RULE_PARAMS", prr::kNumRuleParams},       {"MAX_STABILITY_WINDOW", prr::kMaxStabilityWindow},
-      {"MAX_R2_WINDOW", prr::kMaxR2Window},
+      {"MAX_R2_WINDOW", prr::kMaxR2Window},           {"MAX_RULE_INT", prr::kMaxRuleInt},
       {"RULE_STREAK_TOKEN", prr::kRsStreakToken},     {"RULE_STREAK_COUNT", prr::kRsStreakCount},
       {"RULE_STREAK_SUM", prr::kRsStreakSum},         {"RULE_STREAK_MAX", prr::kRsStreakMax},
       {"RULE_KL_COUNT", prr::kRsKlCount},             {"RULE_STATE_COLS", prr::kRuleStateCols},

@@ -31,7 +31,8 @@ prr::RuleParams read_rule_params(const StepArgs& a) {
                   a.rule_params.size()));
   const auto& rp = a.rule_params;
   const auto unit = [](double v) { return v >= 0.0 && v <= 1.0; };
-  const auto whole = [](double v, double lo) { return std::isfinite(v) && v >= lo && v == std::floor(v); };
+  // (the upper bound keeps the casts below defined)
+  const auto whole = [](double v, double lo) { return v >= lo && v <= prr::kMaxRuleInt && v == std::floor(v); };
   prr::RuleParams r{};
   r.factor_variant = prr::kFactorPaper;
   r.r2_window_unmasked = -1;
@@ -46,12 +47,14 @@ prr::RuleParams read_rule_params(const StepArgs& a) {
     case prr::kLocalLeap:
       TORCH_CHECK(unit(rp[prr::kRpRelaxedTau]) && rp[prr::kRpRelaxedTau] <= a.param,
                   msg("rule_params: LocalLeap relaxed_tau must lie in [0, tau], got ", rp[prr::kRpRelaxedTau]));
-      TORCH_CHECK(whole(rp[prr::kRpRadius], 0), "rule_params: LocalLeap radius must be an int >= 0");
+      TORCH_CHECK(whole(rp[prr::kRpRadius], 0),
+                  msg("rule_params: LocalLeap radius must be an int in [0, ", prr::kMaxRuleInt, "]"));
       r.relaxed_tau = rp[prr::kRpRelaxedTau];
       r.radius = static_cast<int64_t>(rp[prr::kRpRadius]);
       break;
     case prr::kSlowFast:
-      TORCH_CHECK(whole(rp[prr::kRpExploreSteps], 1), "rule_params: SlowFast explore_steps must be an int >= 1");
+      TORCH_CHECK(whole(rp[prr::kRpExploreSteps], 1),
+                  msg("rule_params: SlowFast explore_steps must be an int in [1, ", prr::kMaxRuleInt, "]"));
       TORCH_CHECK(unit(rp[prr::kRpSpanThreshold]), "rule_params: SlowFast span_threshold must lie in [0, 1]");
       TORCH_CHECK(whole(rp[prr::kRpStabilityWindow], 1) && rp[prr::kRpStabilityWindow] <= prr::kMaxStabilityWindow,
                   msg("rule_params: SlowFast stability_window must be an int in [1, ", prr::kMaxStabilityWindow, "]"));
@@ -65,7 +68,8 @@ prr::RuleParams read_rule_params(const StepArgs& a) {
     case prr::kKLASS:
       TORCH_CHECK(std::isfinite(rp[prr::kRpKlThreshold]) && rp[prr::kRpKlThreshold] >= 0.0,
                   "rule_params: KLASS kl_threshold must be finite and >= 0");
-      TORCH_CHECK(whole(rp[prr::kRpKlHistory], 1), "rule_params: KLASS history must be an int >= 1");
+      TORCH_CHECK(whole(rp[prr::kRpKlHistory], 1),
+                  msg("rule_params: KLASS history must be an int in [1, ", prr::kMaxRuleInt, "]"));
       r.kl_threshold = rp[prr::kRpKlThreshold];
       r.kl_history = static_cast<int64_t>(rp[prr::kRpKlHistory]);
       break;
@@ -73,12 +77,15 @@ prr::RuleParams read_rule_params(const StepArgs& a) {
   }
   TORCH_CHECK(whole(rp[prr::kRpR2Window], 0) && rp[prr::kRpR2Window] <= prr::kMaxR2Window,
               msg("rule_params: R2 window must be an int in [0, ", prr::kMaxR2Window, "] (0: off)"));
-  TORCH_CHECK(whole(rp[prr::kRpR2WindowUnmasked], -1), "rule_params: R2 window_unmasked must be an int >= -1");
+  TORCH_CHECK(whole(rp[prr::kRpR2WindowUnmasked], -1),
+              msg("rule_params: R2 window_unmasked must be an int in [-1, ", prr::kMaxRuleInt, "]"));
   TORCH_CHECK(unit(rp[prr::kRpR2SpatialThreshold]), "rule_params: R2 spatial_threshold must lie in [0, 1]");
   TORCH_CHECK(whole(rp[prr::kRpR2Cluster], 0) && rp[prr::kRpR2Cluster] <= double(prr::kClusterRandom),
               msg("rule_params: unknown R2 token_cluster code ", rp[prr::kRpR2Cluster]));
-  TORCH_CHECK(whole(rp[prr::kRpR2ClusterSize], 2), "rule_params: R2 token_cluster_size must be an int >= 2");
-  TORCH_CHECK(whole(rp[prr::kRpR2TemporalSteps], 0), "rule_params: R2 temporal_steps must be an int >= 0 (0: off)");
+  TORCH_CHECK(whole(rp[prr::kRpR2ClusterSize], 2),
+              msg("rule_params: R2 token_cluster_size must be an int in [2, ", prr::kMaxRuleInt, "]"));
+  TORCH_CHECK(whole(rp[prr::kRpR2TemporalSteps], 0),
+              msg("rule_params: R2 temporal_steps must be an int in [0, ", prr::kMaxRuleInt, "] (0: off)"));
   TORCH_CHECK(unit(rp[prr::kRpR2TemporalThreshold]), "rule_params: R2 temporal_threshold must lie in [0, 1]");
   TORCH_CHECK(whole(rp[prr::kRpR2TemporalEval], 0) && rp[prr::kRpR2TemporalEval] <= double(prr::kTemporalMax),
               msg("rule_params: unknown R2 temporal_eval code ", rp[prr::kRpR2TemporalEval]));

@@ -54,6 +54,7 @@ RP_R2_TEMPORAL_EVAL = 11
 NUM_RULE_PARAMS = 12
 MAX_STABILITY_WINDOW = 8
 MAX_R2_WINDOW = 64
+MAX_RULE_INT = 2 ** 31 - 1  # the largest integer rule parameter (they travel as doubles)
 
 # Columns of State.rule_state[b, j, :] (float64, per block position; reset on entering a block).
 RULE_STREAK_TOKEN = 0   # R² temporal: top-1 of the running streak (-1: none)

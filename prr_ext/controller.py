@@ -66,7 +66,9 @@ class Controller:
 
     def __init__(self, tensors: Dict[str, torch.Tensor], *, extra_features: int = 0, t_max: float = 1.5,
                  t_min: float = 0.25):
-        self.extra_features = int(extra_features)
+        if isinstance(extra_features, bool) or not isinstance(extra_features, int):
+            raise TypeError(f"extra_features must be an int, got {extra_features!r}")
+        self.extra_features = extra_features
         self.t_max = float(t_max)
         self.t_min = float(t_min)
         self.tensors = {k: v.detach().to(torch.float32).contiguous() for k, v in tensors.items()}
@@ -77,13 +79,19 @@ class Controller:
     @classmethod
     def init(cls, seed: int = 0, hidden: Sequence[int] = (32, 32), extra_features: int = 0, t_max: float = 1.5,
              t_min: float = 0.25) -> "Controller":
-        """An untrained controller with PyTorch-default-like uniform init, drawn from `seed`."""
-        hidden = tuple(int(h) for h in hidden)
+        """An untrained controller with PyTorch-default-like uniform init, drawn from `seed`. `hidden`: the widths
+        of its 1 or 2 hidden layers, each in [1, MAX_HIDDEN]."""
+        if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence) or not all(
+                isinstance(h, int) and not isinstance(h, bool) for h in hidden):
+            raise TypeError(f"hidden must be a sequence of ints (the hidden layers' widths), got {hidden!r}")
+        if not 1 <= len(hidden) <= MAX_LAYERS or not all(1 <= h <= MAX_HIDDEN for h in hidden):
+            raise ValueError(f"hidden must hold 1 or 2 widths in [1, {MAX_HIDDEN}], got {tuple(hidden)}")
+        if isinstance(extra_features, bool) or not isinstance(extra_features, int) or extra_features < 0:
+            raise ValueError(f"extra_features must be an int >= 0, got {extra_features!r}")
+        hidden = tuple(hidden)
         g = torch.Generator().manual_seed(int(seed))
-        dims = (NUM_BASE_FEATURES + int(extra_features),) + hidden + (1,)
+        dims = (NUM_BASE_FEATURES + extra_features,) + hidden + (1,)
         names = [("w0", "b0"), ("w1", "b1")][: len(hidden)] + [("w_out", "b_out")]
-        if not 1 <= len(hidden) <= MAX_LAYERS:
-            raise ValueError(f"hidden must have 1 or 2 layers, got {hidden}")
         t = {"in_mean": torch.zeros(dims[0]), "in_std": torch.ones(dims[0])}
         for (wn, bn), fan_in, fan_out in zip(names, dims[:-1], dims[1:]):
             bound = 1.0 / math.sqrt(fan_in)

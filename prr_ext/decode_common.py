@@ -58,13 +58,13 @@ class GenerateResult:
 def logits_of(out: Any) -> torch.Tensor:
     """The logits tensor of a model's output: the output itself, its `.logits` (HF style), or the first element
     of a tuple / list."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
     if logits is None and isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
         logits = out[0]
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"the model must return a logits tensor or an object with .logits, got {type(out).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"the model returned {logits.dtype} logits; it must return floating-point logits")
     return logits
 
 
@@ -89,8 +89,8 @@ def sync_device(device: torch.device) -> None:
 
 
 def check_inputs(prompt_ids: torch.Tensor, attention_mask: Optional[torch.Tensor], gen_length: int) -> None:
-    """The checks every loop makes on its prompt ([B, P] int64/int32), attention mask ([B, P], same device) and
-    gen_length (a positive int)."""
+    """The checks every loop makes on its prompt ([B, P] int64/int32), attention mask ([B, P] of 0/1, same device,
+    left-padded) and gen_length (a positive int)."""
     if not isinstance(prompt_ids, torch.Tensor) or prompt_ids.dim() != 2:
         raise ValueError("prompt_ids must be a [B, P] tensor")
     if prompt_ids.dtype not in (torch.int64, torch.int32):
@@ -100,6 +100,11 @@ def check_inputs(prompt_ids: torch.Tensor, attention_mask: Optional[torch.Tensor
             raise ValueError(f"attention_mask must be a tensor shaped like prompt_ids {tuple(prompt_ids.shape)}")
         if attention_mask.device != prompt_ids.device:
             raise ValueError("attention_mask and prompt_ids must be on the same device")
+        am = attention_mask.to(torch.int64)
+        if not bool(((am == 0) | (am == 1)).all()) or not bool((am[:, 1:] >= am[:, :-1]).all()):
+            # the loops put the generation slots right after the last prompt column: pads must come first
+            raise ValueError("attention_mask must be a left-padded 0/1 mask (each row 0 ... 0 1 ... 1); pad on the "
+                             "left (Hugging Face tokenizers: tokenizer.padding_side = 'left')")
     if not isinstance(gen_length, int) or isinstance(gen_length, bool) or gen_length <= 0:
         raise ValueError(f"gen_length must be a positive int, got {gen_length!r}")
 

@@ -24,12 +24,28 @@ attention_mask=am4d, position_ids=tok_idx)` with Dream's [B, 1, L, L] boolean ma
 
 Deviation from the upstream code path: when no hook is given the shifted logits are never materialised
 (masked rows are gathered from the unshifted logits at j - 1); the values are identical.
+
+Input checks (they only reject inputs; on everything they accept the result is `_sample`'s, token for token):
+
+* arguments: steps a positive int, temperature finite >= 0, top_k a positive int or None, top_p in (0, 1] or None,
+  eps in (0, 1), alg_temp finite >= 0 or None (ValueError naming the argument);
+* every forward must return floating-point logits (float32, bfloat16, float16 or float64; else TypeError) of shape
+  [B, P + gen_length, V], V the same at every step (else ValueError); logits_hook must return the same;
+* non-finite logits: upstream `_sample` turns a masked position's logits row holding NaN or +Inf, or only -Inf, into
+  NaN probabilities and commits token 0 there (the argmax of an all-NaN row; topk ranks NaN confidences first),
+  and does the same when `logits / temperature` overflows. style="dream" does not follow Dream there: such a row
+  is a ValueError (naming the step and the position), checked on the logits of the masked positions (after
+  logits_hook) with one row max per position and one host sync per step. The op's rule (docs/semantics.md,
+  "Non-finite logits": such rows are never committed and stay masked) applies to style="llada", not here; neither
+  loop ever commits a token read from such a row. -Inf entries in a row with a finite maximum are ordinary
+  zero-probability tokens (a logits_hook may forbid tokens that way).
 """
 from __future__ import annotations
 
 import math
+import operator
 import time
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 import torch.distributions as dists
@@ -42,6 +58,7 @@ __all__ = ["dream_generate", "sample_tokens", "DREAM_MASK_ID"]
 
 DREAM_MASK_ID = 151666  # <|mask|>
 ALGS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+LOGITS_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 def _top_p_logits(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -100,15 +117,21 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
                    logits_hook: Optional[Callable] = None, tokens_hook: Optional[Callable] = None) -> GenerateResult:
     """Dream's `_sample` with max_length = P + gen_length. See the module docstring; returns a GenerateResult
     (nfe = steps for every row). mask_id None (default) takes the model's: `model.config.mask_token_id`, else
-    `model.tokenizer.mask_token_id`, else Dream's 151666; an id outside the model's vocabulary is a ValueError."""
+    `model.tokenizer.mask_token_id`, else Dream's 151666; an id outside the model's vocabulary is a ValueError.
+    Sampling options as in Dream: top_k a positive int (None: off), top_p in (0, 1] (None or 1: off), eps in (0, 1)
+    (the schedule's last timestep), alg_temp finite >= 0 (None or 0: the k most confident positions; > 0: sampled
+    from softmax(confidence / alg_temp)); anything else is a ValueError naming the argument. The model's logits
+    must be floating-point [B, P + gen_length, V]; a masked position whose logits row holds NaN or +Inf (or only
+    -Inf) is a ValueError, where Dream would commit token 0 (module docstring)."""
     check_inputs(prompt_ids, attention_mask, gen_length)
     if alg not in ALGS:
         raise ValueError(f"alg must be one of {ALGS}, got {alg!r}")
     if not isinstance(steps, int) or steps <= 0:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    temperature = float(temperature)
+    temperature = _as_float("temperature", temperature, "a finite number >= 0")
     if not (temperature >= 0.0) or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    top_k = check_sampling_args(top_k, top_p, eps, alg_temp)
     mask_id, mask_from = resolve_mask_id(mask_id, model, DREAM_MASK_ID, "Dream's mask id")
     dev = prompt_ids.device
     B, P = prompt_ids.shape
@@ -126,10 +149,14 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
         mask_index = x == mask_id  # [B, N]
         if i == 0:
             raw = first_forward(lambda: logits_of(model(x, **model_kwargs)), model, mask_id, mask_from, x)  # [B, N, V]
+            check_logits(raw, x, None, "the model")
             check_mask_id(mask_id, mask_from, raw.shape[-1], "the logits' last dimension V")
+            V = raw.shape[-1]
         else:
             raw = logits_of(model(x, **model_kwargs))
+            check_logits(raw, x, V, "the model")
         logits, mask_logits = masked_logits(raw, x, mask_index, i, logits_hook, shift_whole)  # mask_logits [M, V]
+        check_finite_rows(mask_logits, mask_index, temperature, i, logits_hook is not None)
         t, s = timesteps[i], timesteps[i + 1]
         if alg == "origin":
             p_transfer = 1 - s / t if i < steps - 1 else 1
@@ -144,6 +171,97 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
     sync_device(dev)
     nfe = torch.full((B,), steps, dtype=torch.int64, device=dev)
     return make_result(x, P, nfe, mask_id, time.perf_counter() - t0, steps)
+
+
+def _as_float(name: str, value: Any, what: str) -> float:
+    """float(value) for a real number (Python, NumPy, a one-element tensor); else a ValueError naming `name`."""
+    if not isinstance(value, (bool, str, bytes)):
+        try:
+            return float(value)
+        except (TypeError, ValueError, RuntimeError):
+            pass
+    raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_sampling_args(top_k: Any, top_p: Any, eps: Any, alg_temp: Any) -> Optional[int]:
+    """Dream's sampling options: top_k a positive int or None, top_p in (0, 1] or None, eps in (0, 1), alg_temp a
+    finite number >= 0 or None; a ValueError naming the argument otherwise. Returns top_k as an int (from a NumPy
+    or tensor integer); the loop uses the other values as passed."""
+    if top_k is not None:
+        try:  # ints, NumPy integers, one-element integer tensors; not bools, not floats
+            k = None if isinstance(top_k, bool) else operator.index(top_k)
+        except TypeError:
+            k = None
+        if k is None or k <= 0:
+            raise ValueError(f"top_k must be a positive int (the number of most likely tokens kept when sampling) "
+                             f"or None (no top-k filtering), got {top_k!r}")
+        top_k = k
+    if top_p is not None:
+        what = "a number in (0, 1] (the nucleus' probability mass; 1 keeps every token) or None (no top-p filtering)"
+        if not 0.0 < _as_float("top_p", top_p, what) <= 1.0:
+            raise ValueError(f"top_p must be {what}, got {top_p!r}")
+    what = "a number in (0, 1) (the schedule's last timestep: timesteps = linspace(1, eps, steps + 1); Dream's " \
+           "default 1e-3)"
+    if not 0.0 < _as_float("eps", eps, what) < 1.0:
+        raise ValueError(f"eps must be {what}, got {eps!r}")
+    if alg_temp is not None:
+        what = "a finite number >= 0 or None (None or 0: commit the k most confident positions; > 0: sample them " \
+               "from softmax(confidence / alg_temp))"
+        t = _as_float("alg_temp", alg_temp, what)
+        if not (t >= 0.0) or math.isinf(t):
+            raise ValueError(f"alg_temp must be {what}, got {alg_temp!r}")
+    return top_k
+
+
+def check_logits(logits: Any, x: torch.Tensor, V: Optional[int], who: str) -> None:
+    """The logits `who` ("the model", "logits_hook") returned for the canvas x [B, N]: a floating-point tensor of
+    shape [B, N, V] (V: the first forward's, when known). Dream reads one row per canvas position (right-shifted),
+    so logits of any other shape would be committed misaligned; integer logits have no softmax."""
+    B, N = x.shape
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{who} must return the logits as a tensor [{B}, {N}, V], got {type(logits).__name__}")
+    if logits.dim() != 3 or tuple(logits.shape[:2]) != (B, N) or (V is not None and logits.shape[2] != V):
+        raise ValueError(f"{who} returned logits of shape {tuple(logits.shape)}; expected [{B}, {N}, "
+                         f"{'V' if V is None else V}] (batch, canvas length P + gen_length, vocabulary"
+                         f"{'' if V is None else ' as at the first forward'}): style='dream' reads the logits of "
+                         f"every canvas position at every step, so return the full [B, L, V] logits")
+    if logits.dtype not in LOGITS_DTYPES:
+        names = ", ".join(str(d).replace("torch.", "") for d in LOGITS_DTYPES)
+        raise TypeError(f"{who} returned {str(logits.dtype).replace('torch.', '')} logits; expected floating-point "
+                        f"logits ({names}): return the model's raw float logits, not token ids or a cast of them")
+
+
+def check_finite_rows(mask_logits: torch.Tensor, mask_index: torch.Tensor, temperature: float, i: int,
+                      hooked: bool) -> None:
+    """The logits rows of the masked positions [M, V] must each have a finite maximum (no NaN, no +Inf, not only
+    -Inf), also after the division by temperature: Dream's `_sample` commits token 0 from such a row (NaN
+    probabilities); style="dream" raises a ValueError instead. One row max per position and one host sync;
+    nothing changes on finite input."""
+    if mask_logits.shape[0] == 0:
+        return
+    row_max = mask_logits.amax(-1)  # NaN propagates
+    finite = torch.isfinite(row_max)
+    scaled_ok = torch.isfinite(row_max / temperature) if temperature > 0 else finite  # logits / temperature
+    if bool((finite & scaled_ok).all()):
+        return
+    b_idx, j_idx = mask_index.nonzero(as_tuple=True)  # row-major: the order of mask_logits' rows
+    source = "the model's logits" + (" (after logits_hook)" if hooked else "")
+    if not bool(finite.all()):
+        bad = (~finite).nonzero()[:, 0]
+        first = int(bad[0])
+        raise ValueError(
+            f"{source} hold NaN or +Inf (or only -Inf) for {bad.numel()} of the {mask_logits.shape[0]} "
+            f"masked positions at step {i} (first: batch row {int(b_idx[first])}, canvas position "
+            f"{int(j_idx[first])}); Dream's _sample would commit token 0 there, style='dream' raises instead. "
+            f"Check the model's output (e.g. an fp16 overflow: run it in bfloat16 or float32)"
+            + (" and the logits_hook (forbid tokens with -Inf, never force one with +Inf)" if hooked else ""))
+    bad = (~scaled_ok).nonzero()[:, 0]
+    first = int(bad[0])
+    raise ValueError(
+        f"temperature={temperature} overflows {source} ({str(mask_logits.dtype).replace('torch.', '')}): logits / "
+        f"temperature is infinite for {bad.numel()} of the {mask_logits.shape[0]} masked positions at "
+        f"step {i} (first: batch row {int(b_idx[first])}, canvas position {int(j_idx[first])}), where Dream's "
+        f"_sample would commit token 0; use a larger temperature, or temperature=0 (greedy)")
 
 
 def dream_model_kwargs(attention_mask: Optional[torch.Tensor], gen_length: int) -> dict:
@@ -167,6 +285,7 @@ def masked_logits(raw: torch.Tensor, x: torch.Tensor, mask_index: torch.Tensor, 
         logits = torch.cat([raw[:, :1], raw[:, :-1]], dim=1)
         if logits_hook is not None:
             logits = logits_hook(i, x, logits)
+            check_logits(logits, x, raw.shape[-1], "logits_hook")
         return logits, logits[mask_index]
     b_idx, j_idx = mask_index.nonzero(as_tuple=True)
     return raw, raw[b_idx, (j_idx - 1).clamp_min(0)]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import time
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Tuple, Union
@@ -159,6 +160,8 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
     """
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if policy is not None and not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a prr_ext policy (e.g. prr_ext.Threshold(0.9)), got {policy!r}")
     _check_hidden_features(hidden_features, policy, style=style, gen_length=gen_length, cuda_graph=cuda_graph,
                            block_info=block_info, cfg_scale=cfg_scale, slow_fast_prefix=slow_fast_prefix)
     if gen_length == "auto" and style != "llada":
@@ -197,7 +200,7 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
     check_inputs(prompt_ids, attention_mask, gen_length)
     rules = TokenRules.resolve(model, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, logits_eos_inf=logits_eos_inf,
                                confidence_eos_eot_inf=confidence_eos_eot_inf, eos_fill=eos_fill)
-    return _llada_generate(model, prompt_ids, gen_length=gen_length, block_length=block_length or gen_length,
+    return _llada_generate(model, prompt_ids, gen_length=gen_length, block_length=gen_length if block_length is None else block_length,
                            steps=steps, policy=policy if policy is not None else LowConfidence(),
                            temperature=temperature, cfg_scale=cfg_scale, attention_mask=attention_mask, rules=rules,
                            confidence_dtype=confidence_dtype, generator=generator, rng=rng, cuda_graph=cuda_graph,
@@ -275,7 +278,12 @@ def _llada_generate(model, prompt_ids, *, gen_length, block_length, steps, polic
                       block_info=block_info, hidden_features=hidden_features)
     sync_device(x.device)
     t0 = time.perf_counter()
-    # [B, L, V]; the first forward runs before the State exists: its logits' dtype is the default confidence dtype
+    # [B, L, V]; the first forward runs before the State exists: its logits' dtype is the default confidence dtype.
+    # The State's arguments are checked first, so that a bad option costs no forward.
+    State.check_arguments(x, mask_id=rules.mask_id, prompt_length=prompt_length, gen_start=P,
+                          block_length=block_length, steps=steps, policy=policy, temperature=temperature,
+                          generator=generator, rng=rng, seed=seed,
+                          confidence_dtype=confidence_dtype if confidence_dtype is not None else torch.float32)
     logits = first_forward(functools.partial(forward, P), model, rules.mask_id, rules.mask_from, x)
     state = State(x, mask_id=rules.mask_id, prompt_length=prompt_length, gen_start=P, block_length=block_length,
                   steps=steps, policy=policy, temperature=temperature, generator=generator, rng=rng, seed=seed,
@@ -301,6 +309,8 @@ def _check_llada_options(device: torch.device, backend: str, cfg_scale: float, c
     """The LLaDA loop's option checks; returns cfg_scale as a float."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(cfg_scale, bool) or not isinstance(cfg_scale, numbers.Real):
+        raise TypeError(f"cfg_scale must be a number, got {cfg_scale!r}")
     cfg_scale = float(cfg_scale)
     if not (cfg_scale >= 0.0) or math.isinf(cfg_scale):
         raise ValueError(f"cfg_scale must be a finite number >= 0, got {cfg_scale}")

@@ -88,16 +88,19 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
               active block are read (of every block position on a uniform canvas, mask_id=None).
       state:  a `prr_ext.State`.
       scores: optional [B, Lr] PRR stability scores in (0, 1) that replace the controller MLP (e.g. from an external
-              hidden-state head).
+              hidden-state head). Their range is not checked (that would synchronise with the host): clamp them.
       extra_features: optional [B, Lr, F] extra controller inputs (F = controller.extra_features).
       candidates: optional [B, Lr] int64 tokens to commit instead of the op's own choice (e.g. from your own
               sampler); the op still computes their confidence. Out-of-range tokens or mask_id are never committed.
-      random_conf: optional [B, Lr] RandomRemask keys replacing the op's Philox draws.
+      random_conf: optional [B, Lr] RandomRemask keys replacing the op's Philox draws (RandomRemask only).
       With rng="torch" and neither given, both are LLaDA's draws from state.generator (see llada_draws).
 
     Returns the [B, L] bool mask of the positions committed at this step. The candidate tokens and per-token
     statistics of the step are left in `state.last_tokens` [B, Lr] and `state.last_stats` [B, Lr, 7]
     (columns: reference.STAT_*).
+
+    A step on a finished State (`state.done`) commits nothing. A State belongs to the canvas it was built for:
+    for a new batch or length, build a new State.
 
     CUDA: one kernel launch, no host synchronisation, safe to capture in a CUDA graph (with rng="philox").
     """
@@ -113,6 +116,11 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
     if logits.device != x.device:
         raise ValueError(f"logits are on {logits.device} but the state (x) is on {x.device}")
     B, L = x.shape
+    if (B, L) != (state.row_state.shape[0], state.gen_start + state.gen_length) or x.dtype != torch.int64 \
+            or not x.is_contiguous() or x.device != state.row_state.device:
+        raise ValueError(f"state.x is a {tuple(x.shape)} {x.dtype} tensor on {x.device}, but this State was built for "
+                         f"a contiguous ({state.row_state.shape[0]}, {state.gen_start + state.gen_length}) int64 "
+                         f"canvas on {state.row_state.device}; build a new prr_ext.State for a new canvas")
     Lr, V = logits.shape[1], logits.shape[2]
     if logits.shape[0] != B:
         raise ValueError(f"logits batch size {logits.shape[0]} does not match the state's B={B}")
@@ -129,6 +137,9 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
         raise ValueError("scores / extra_features are only used by the PRR policy")
     scores = _check_rows_tensor("scores", scores, B, Lr, x.device)
     n_extra = pol.controller.extra_features if is_prr else 0
+    if extra_features is not None and n_extra == 0:
+        raise ValueError("extra_features: this controller takes none (controller.extra_features = 0); leave it out, "
+                         "or train a controller with extra features")
     if is_prr and scores is None and n_extra and extra_features is None:
         raise ValueError(f"the controller expects {n_extra} extra_features per token; pass extra_features "
                          f"[B, Lr, {n_extra}] (or scores)")
@@ -138,9 +149,13 @@ def step(logits: torch.Tensor, state: State, *, scores: Optional[torch.Tensor] =
     if candidates is not None:
         if not isinstance(candidates, torch.Tensor) or tuple(candidates.shape) != (B, Lr):
             raise ValueError(f"candidates must be a [B, Lr]={(B, Lr)} tensor")
-        if candidates.device != x.device or candidates.is_floating_point():
-            raise ValueError(f"candidates must be an integer tensor on {x.device}")
+        if candidates.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"candidates must be int64 (or int32) token ids, got {candidates.dtype}")
+        if candidates.device != x.device:
+            raise ValueError(f"candidates are on {candidates.device} but the state (x) is on {x.device}")
         candidates = candidates.to(torch.int64).contiguous()
+    if random_conf is not None and state.policy.code != POLICY_RANDOM:
+        raise ValueError(f"random_conf is only used by RandomRemask, not {type(pol).__name__}; leave it out")
     random_conf = _check_rows_tensor("random_conf", random_conf, B, Lr, x.device)
     if state.rng == "torch" and candidates is None and random_conf is None:
         candidates, random_conf = llada_draws(logits, state)

@@ -41,20 +41,32 @@ def _check_finite_nonnegative(name: str, value) -> float:
     return value
 
 
-def _check_int(name: str, value, lo: int, hi: Optional[int] = None, allow_none: bool = False) -> Optional[int]:
+def _check_int(name: str, value, lo: int, hi: int = K.MAX_RULE_INT, allow_none: bool = False) -> Optional[int]:
+    """An int in [lo, hi]. The op receives rule parameters as doubles and casts them back, so every bound is at
+    most MAX_RULE_INT (2**31 - 1): far past any block, and exact in a double."""
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         none = " or None" if allow_none else ""
         raise TypeError(f"{name} must be an int{none}, got {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+    if not lo <= value <= hi:
+        bound = f">= {lo}" if value < lo and hi == K.MAX_RULE_INT else f"in [{lo}, {hi}]"
         raise ValueError(f"{name} must be an int {bound}, got {value}")
     return int(value)
 
 
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):  # bool("False") is True: a string from a config must not pass
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _check_choice(name: str, value, choices) -> None:
-    if value not in choices:
+    try:
+        known = value in choices
+    except TypeError:  # unhashable, e.g. a list
+        known = False
+    if not known:
         raise ValueError(f"{name} must be one of {sorted(choices, key=str)}, got {value!r}")
 
 
@@ -159,10 +171,7 @@ class EntropyBound(Policy):
     adaptive = True
 
     def __post_init__(self):
-        g = float(self.gamma)
-        if not (g >= 0.0) or math.isinf(g):
-            raise ValueError(f"gamma must be a finite number >= 0, got {self.gamma}")
-        object.__setattr__(self, "gamma", g)
+        object.__setattr__(self, "gamma", _check_finite_nonnegative("gamma", self.gamma))
 
     @property
     def param(self) -> float:
@@ -200,13 +209,9 @@ class PRR(Policy):
         if not isinstance(self.controller, Controller):
             raise TypeError(f"controller must be a prr_ext.Controller, got {type(self.controller).__name__}")
         object.__setattr__(self, "tau", _check_unit_interval("tau", self.tau))
-        if self.shaping not in SHAPINGS:
-            raise ValueError(f"shaping must be one of {sorted(SHAPINGS)}, got {self.shaping!r}")
-        a = float(self.alpha)
-        if not (0.0 <= a <= 1.0):
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
-        object.__setattr__(self, "alpha", a)
-        object.__setattr__(self, "union_schedule", bool(self.union_schedule))
+        _check_choice("shaping", self.shaping, SHAPINGS)
+        object.__setattr__(self, "alpha", _check_unit_interval("alpha", self.alpha))
+        object.__setattr__(self, "union_schedule", _check_bool("union_schedule", self.union_schedule))
 
     @property
     def param(self) -> float:

@@ -6,8 +6,10 @@ synchronisation (only `State.done` synchronises) and can be captured in a CUDA g
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 import warnings
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -17,6 +19,7 @@ from .policies import KLASS, PRR, EntropyBound, Factor, LocalLeap, Policy, Thres
 from .reference import advance_block
 
 RNGS = ("philox", "torch")
+MAX_STEPS = 2 ** 31 - 1  # keeps the schedule's products (positions x steps) inside int64
 # The rules that decide a step from that step's candidates alone (and PRR's per-position trajectory), and so also
 # accept on a uniform canvas.
 UNIFORM_POLICIES = (Threshold, Factor, EntropyBound, PRR, LocalLeap)
@@ -30,6 +33,97 @@ def uniform_canvas_refusal(policy: Policy) -> Optional[str]:
     return (f"a uniform canvas (mask_id=None) takes one of {', '.join(c.__name__ for c in UNIFORM_POLICIES)} as "
             f"policy, got {policy}: the others follow positions that stay masked across steps, which a uniform "
             "canvas does not have")
+
+
+class _Checked(NamedTuple):
+    """State's arguments after the checks, in the forms it keeps."""
+    uniform: bool
+    mask_id: Optional[int]
+    prompt_lens: torch.Tensor  # [B] int64, on the CPU
+    gen_start: int
+    G: int
+    block_length: int
+    num_blocks: int
+    steps: int
+    temperature: float
+
+
+def _check_arguments(x, mask_id, prompt_length, block_length, steps, policy, temperature, generator,
+                     confidence_dtype, rng, seed, gen_start) -> _Checked:
+    """Every check of State's arguments (the one place: State, and generate before its first forward)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise ValueError(f"x must be a [B, L] tensor, got shape {tuple(x.shape)}")
+    if x.dtype != torch.int64:
+        raise TypeError(f"x must be int64, got {x.dtype}")
+    if not x.is_contiguous():
+        raise ValueError("x must be contiguous (it is updated in place)")
+    B, L = x.shape
+    uniform, mask_id_arg = mask_id is None, mask_id
+    if not uniform:
+        try:  # ints and NumPy integers, as generate's mask_id; not bools, not floats
+            mask_id = None if isinstance(mask_id, bool) else operator.index(mask_id)
+        except TypeError:
+            mask_id = None
+        if mask_id is None or mask_id < 0:
+            raise ValueError("mask_id must be a non-negative int (or None for a uniform canvas), got "
+                             f"{mask_id_arg!r}")
+    if is_int(prompt_length):
+        prompt_lens = torch.full((B,), prompt_length, dtype=torch.int64, device="cpu")
+    elif isinstance(prompt_length, torch.Tensor):
+        if prompt_length.dim() != 1 or prompt_length.shape[0] != B or prompt_length.dtype not in (
+                torch.int32, torch.int64):
+            raise ValueError(f"prompt_length tensor must be [B]={B} int32/int64, got {tuple(prompt_length.shape)} "
+                             f"{prompt_length.dtype}")
+        prompt_lens = prompt_length.detach().to("cpu", torch.int64)
+    else:
+        raise TypeError(f"prompt_length must be an int or a [B] tensor, got {type(prompt_length).__name__}")
+    longest = int(prompt_lens.max()) if B > 0 else int(prompt_length) if is_int(prompt_length) else 0
+    if B > 0 and int(prompt_lens.min()) < 0:
+        raise ValueError("prompt_length must be >= 0")
+    name = "prompt_length"
+    if gen_start is None:
+        gen_start = longest
+    elif not is_int(gen_start) or gen_start < longest:
+        raise ValueError(f"gen_start must be an int >= max(prompt_length)={longest}, got {gen_start!r}")
+    else:
+        name = "gen_start"
+    gen_start = int(gen_start)
+    if not 0 <= gen_start < L:
+        raise ValueError(f"{name} must be < the canvas length L={L} (G must be > 0), got {gen_start}")
+    G = L - gen_start
+    if not is_int(block_length) or block_length <= 0:
+        raise ValueError(f"block_length must be a positive int, got {block_length!r}")
+    block_length = int(block_length)
+    if G % block_length:
+        raise ValueError(f"block_length={block_length} must divide the generation length G={G}")
+    num_blocks = G // block_length
+    if not is_int(steps) or not 0 < steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a positive int (at most {MAX_STEPS}), got {steps!r}")
+    steps = int(steps)
+    if steps % num_blocks:
+        raise ValueError(f"steps={steps} must be divisible by the number of blocks {num_blocks} "
+                         f"(G={G} / block_length={block_length})")
+    if not isinstance(policy, Policy):
+        raise TypeError(f"policy must be a prr_ext policy, got {type(policy).__name__}")
+    refusal = uniform_canvas_refusal(policy) if uniform else None
+    if refusal:
+        raise ValueError(refusal)
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(f"temperature must be a number, got {temperature!r}")
+    temperature = float(temperature)
+    if not (temperature >= 0.0) or math.isinf(temperature):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if confidence_dtype not in CONFIDENCE_DTYPES:
+        raise ValueError(f"confidence_dtype must be one of {list(CONFIDENCE_DTYPES)}, got {confidence_dtype}")
+    if rng not in RNGS:
+        raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if seed is not None and not (isinstance(seed, torch.Tensor) and seed.shape == (B,) and seed.dtype == torch.int64):
+        raise ValueError(f"seed must be a [B]={B} int64 tensor")
+    return _Checked(uniform, mask_id, prompt_lens, gen_start, G, block_length, num_blocks, steps, temperature)
 
 
 class State:
@@ -66,69 +160,26 @@ class State:
                        prompt_length, so that pads do not count in PRR's features. Must be >= max(prompt_length).
     """
 
+    @staticmethod
+    def check_arguments(x: torch.Tensor, mask_id: Optional[int], prompt_length: Union[int, torch.Tensor],
+                        block_length: int, steps: int, policy: Policy, temperature: float = 0.0,
+                        generator: Optional[torch.Generator] = None, confidence_dtype: torch.dtype = torch.float32,
+                        rng: str = "philox", seed: Optional[torch.Tensor] = None,
+                        gen_start: Optional[int] = None) -> None:
+        """Raise what `State(...)` with these arguments would raise, without building it (no allocation, no draw
+        from the generator): a loop checks its options before its first forward."""
+        _check_arguments(x, mask_id, prompt_length, block_length, steps, policy, temperature, generator,
+                         confidence_dtype, rng, seed, gen_start)
+
     def __init__(self, x: torch.Tensor, mask_id: Optional[int], prompt_length: Union[int, torch.Tensor],
                  block_length: int, steps: int, policy: Policy, temperature: float = 0.0,
                  generator: Optional[torch.Generator] = None,
                  confidence_dtype: torch.dtype = torch.float32, rng: str = "philox",
                  seed: Optional[torch.Tensor] = None, gen_start: Optional[int] = None):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if x.dim() != 2:
-            raise ValueError(f"x must be a [B, L] tensor, got shape {tuple(x.shape)}")
-        if x.dtype != torch.int64:
-            raise TypeError(f"x must be int64, got {x.dtype}")
-        if not x.is_contiguous():
-            raise ValueError("x must be contiguous (it is updated in place)")
-        B, L = x.shape
-        uniform = mask_id is None
-        if not uniform and (not is_int(mask_id) or mask_id < 0):
-            raise ValueError(f"mask_id must be a non-negative int (or None for a uniform canvas), got {mask_id!r}")
-        if is_int(prompt_length):
-            prompt_lens = torch.full((B,), prompt_length, dtype=torch.int64, device="cpu")
-        elif isinstance(prompt_length, torch.Tensor):
-            if prompt_length.dim() != 1 or prompt_length.shape[0] != B or prompt_length.dtype not in (
-                    torch.int32, torch.int64):
-                raise ValueError(f"prompt_length tensor must be [B]={B} int32/int64, got {tuple(prompt_length.shape)} "
-                                 f"{prompt_length.dtype}")
-            prompt_lens = prompt_length.detach().to("cpu", torch.int64)
-        else:
-            raise TypeError(f"prompt_length must be an int or a [B] tensor, got {type(prompt_length).__name__}")
-        longest = int(prompt_lens.max()) if B > 0 else int(prompt_length) if is_int(prompt_length) else 0
-        if B > 0 and int(prompt_lens.min()) < 0:
-            raise ValueError("prompt_length must be >= 0")
-        if gen_start is None:
-            gen_start = longest
-        elif not is_int(gen_start) or gen_start < longest:
-            raise ValueError(f"gen_start must be an int >= max(prompt_length)={longest}, got {gen_start!r}")
-        gen_start = int(gen_start)
-        if not 0 <= gen_start < L:
-            raise ValueError(f"prompt_length must be < the canvas length L={L} (G must be > 0), got {gen_start}")
-        G = L - gen_start
-        if not is_int(block_length) or block_length <= 0:
-            raise ValueError(f"block_length must be a positive int, got {block_length!r}")
-        if G % block_length:
-            raise ValueError(f"block_length={block_length} must divide the generation length G={G}")
-        num_blocks = G // block_length
-        if not is_int(steps) or steps <= 0:
-            raise ValueError(f"steps must be a positive int, got {steps!r}")
-        if steps % num_blocks:
-            raise ValueError(f"steps={steps} must be divisible by the number of blocks {num_blocks} "
-                             f"(G={G} / block_length={block_length})")
-        if not isinstance(policy, Policy):
-            raise TypeError(f"policy must be a prr_ext policy, got {type(policy).__name__}")
-        refusal = uniform_canvas_refusal(policy) if uniform else None
-        if refusal:
-            raise ValueError(refusal)
-        temperature = float(temperature)
-        if not (temperature >= 0.0) or math.isinf(temperature):
-            raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-        if confidence_dtype not in CONFIDENCE_DTYPES:
-            raise ValueError(f"confidence_dtype must be one of {list(CONFIDENCE_DTYPES)}, got {confidence_dtype}")
-        if rng not in RNGS:
-            raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
-
+        uniform, mask_id, prompt_lens, gen_start, G, block_length, num_blocks, steps, temperature = _check_arguments(
+            x, mask_id, prompt_length, block_length, steps, policy, temperature, generator, confidence_dtype, rng,
+            seed, gen_start)
+        B = x.shape[0]
         dev = x.device
         self.x = x
         self.uniform = uniform
@@ -146,8 +197,6 @@ class State:
             # (on the CPU whatever the default device, e.g. inside `with torch.device("meta")`)
             seed = (torch.zeros(B, dtype=torch.int64, device="cpu") if rng == "torch" else
                     torch.randint(0, 2 ** 62, (B,), generator=generator, dtype=torch.int64, device="cpu"))
-        elif not (isinstance(seed, torch.Tensor) and seed.shape == (B,) and seed.dtype == torch.int64):
-            raise ValueError(f"seed must be a [B]={B} int64 tensor")
         self.seed = seed.to(dev)
         # Device-side counters (prr_ext.constants.RS_*): block index, step in block, n of the schedule, NFE.
         self.row_state = torch.zeros(B, RS_COLS, dtype=torch.int64, device=dev)

@@ -215,9 +215,20 @@ CONTROLLER_ERRORS = [
     ("t_min-1", lambda: prr_ext.Controller(prr_ext.Controller.init(0).tensors, t_min=1.0), r"0 < t_min < 1"),
     ("t_min-0", lambda: prr_ext.Controller(prr_ext.Controller.init(0).tensors, t_min=0.0), r"0 < t_min < 1"),
     ("t_max-inf", lambda: prr_ext.Controller(prr_ext.Controller.init(0).tensors, t_max=math.inf), r"temperature map"),
-    ("three-layers", lambda: prr_ext.Controller.init(0, hidden=(8, 8, 8)), r"hidden must have 1 or 2 layers"),
-    ("no-layers", lambda: prr_ext.Controller.init(0, hidden=()), r"hidden must have 1 or 2 layers"),
-    ("too-wide", lambda: prr_ext.Controller.init(0, hidden=(65,)), r"hidden width must be in \[1, 64\]"),
+    ("three-layers", lambda: prr_ext.Controller.init(0, hidden=(8, 8, 8)),
+     r"hidden must hold 1 or 2 widths in \[1, 64\], got \(8, 8, 8\)"),
+    ("no-layers", lambda: prr_ext.Controller.init(0, hidden=()), r"hidden must hold 1 or 2 widths"),
+    ("too-wide", lambda: prr_ext.Controller.init(0, hidden=(65,)), r"hidden must hold 1 or 2 widths in \[1, 64\]"),
+    ("zero-wide", lambda: prr_ext.Controller.init(0, hidden=(0,)), r"hidden must hold 1 or 2 widths in \[1, 64\]"),
+    # a string would be read digit by digit: "32" -> layers of widths 3 and 2
+    ("hidden-str", lambda: prr_ext.Controller.init(0, hidden="32"), r"hidden must be a sequence of ints"),
+    ("hidden-int", lambda: prr_ext.Controller.init(0, hidden=32), r"hidden must be a sequence of ints"),
+    ("hidden-float", lambda: prr_ext.Controller.init(0, hidden=(32.0,)), r"hidden must be a sequence of ints"),
+    ("init-extra-float", lambda: prr_ext.Controller.init(0, extra_features=2.7),
+     r"extra_features must be an int >= 0, got 2\.7"),
+    ("init-extra-negative", lambda: prr_ext.Controller.init(0, extra_features=-1), r"extra_features must be an int"),
+    ("extra-str", lambda: prr_ext.Controller(prr_ext.Controller.init(0).tensors, extra_features="0"),
+     r"extra_features must be an int, got '0'"),
     ("w1-without-w0", lambda: prr_ext.Controller({k: v for k, v in prr_ext.Controller.init(0).tensors.items()
                                                   if k != "w0"}), r"controller needs w0"),
     ("extra-mismatch", lambda: prr_ext.Controller(prr_ext.Controller.init(0).tensors, extra_features=1),
@@ -227,7 +238,7 @@ CONTROLLER_ERRORS = [
 
 @pytest.mark.parametrize("name,make,match", CONTROLLER_ERRORS, ids=[e[0] for e in CONTROLLER_ERRORS])
 def test_controller_rejects(name, make, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         make()
 
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import prr_ext
+from prr_ext import constants
 from prr_ext import reference as R
 from prr_ext.ops import op_arguments
 
@@ -70,6 +71,10 @@ STATE_ERRORS = [
     ("policy", dict(policy="low_confidence"), TypeError, r"policy must be a prr_ext policy"),
     ("generator", dict(generator=0), TypeError, r"generator must be a torch\.Generator"),
     ("seed", dict(seed=torch.zeros(B + 1, dtype=torch.int64)), ValueError, r"seed must be a \[B\]"),
+    ("steps-beyond-int32", dict(steps=2 ** 40), ValueError, r"steps must be a positive int \(at most 2147483647\)"),
+    ("temperature-none", dict(temperature=None), TypeError, r"temperature must be a number, got None"),
+    ("temperature-str", dict(temperature="0.5"), TypeError, r"temperature must be a number"),
+    ("gen_start-past-canvas", dict(gen_start=P + G), ValueError, r"gen_start must be < the canvas length L=11"),
 ]
 
 
@@ -95,6 +100,20 @@ POLICY_ERRORS = [
     ("prr-shaping", lambda: prr_ext.PRR(prr_ext.Controller.init(0), shaping="cubic"), r"shaping must be one of"),
     ("prr-alpha", lambda: prr_ext.PRR(prr_ext.Controller.init(0), alpha=2.0), r"alpha must lie in \[0, 1\]"),
     ("prr-controller", lambda: prr_ext.PRR("ckpt/"), r"controller must be a prr_ext\.Controller"),
+    # integer parameters travel to the op as doubles: past 2**31 - 1 they are refused, not cast out of range
+    ("localleap-radius-huge", lambda: prr_ext.LocalLeap(radius=2 ** 63), r"radius must be an int in \[0, 2147483647\]"),
+    ("slowfast-explore-huge", lambda: prr_ext.SlowFast(explore_steps=2 ** 63), r"explore_steps must be an int in"),
+    ("klass-history-huge", lambda: prr_ext.KLASS(history=2 ** 31), r"history must be an int in \[1, 2147483647\]"),
+    ("r2-cluster-size-huge", lambda: prr_ext.R2(token_cluster_size=10 ** 30), r"token_cluster_size must be an int in"),
+    ("klass-history-zero", lambda: prr_ext.KLASS(history=0), r"history must be an int >= 1, got 0"),
+    # a string from a config file: bool("False") would be True
+    ("prr-union-str", lambda: prr_ext.PRR(prr_ext.Controller.init(0), union_schedule="False"),
+     r"union_schedule must be True or False, got 'False'"),
+    ("prr-alpha-str", lambda: prr_ext.PRR(prr_ext.Controller.init(0), alpha="0.5"), r"alpha must be a number"),
+    ("prr-shaping-list", lambda: prr_ext.PRR(prr_ext.Controller.init(0), shaping=["power"]), r"shaping must be one of"),
+    ("gamma-str", lambda: prr_ext.EntropyBound(gamma="0.5"), r"gamma must be a number, got str"),
+    ("gamma-none", lambda: prr_ext.EntropyBound(gamma=None), r"gamma must be a number"),
+    ("r2-cluster-list", lambda: prr_ext.R2(token_cluster=["mid"]), r"token_cluster must be one of"),
 ]
 
 
@@ -109,6 +128,17 @@ def test_policy_rejects(name, make, match):
 # ---------------------------------------------------------------------------------------------------------------
 def _prr_state(extra=0):
     return _state(prr_ext.PRR(prr_ext.Controller.init(0, extra_features=extra)))
+
+
+def _random_state():
+    return _state(prr_ext.RandomRemask())
+
+
+def _state_with_x(x):
+    """A State whose canvas was replaced after construction (reused for another request, by mistake)."""
+    st = _state()
+    st.x = x
+    return st
 
 
 STEP_ERRORS = [
@@ -140,13 +170,26 @@ STEP_ERRORS = [
      r"scores must be a tensor"),
     ("candidates-shape", lambda r: (_logits(r), _state(), dict(candidates=torch.zeros(B, BL, dtype=torch.int64))),
      ValueError, r"candidates must be a \[B, Lr\]=\(2, 11\) tensor"),
-    ("candidates-float", lambda r: (_logits(r), _state(), dict(candidates=torch.zeros(B, P + G))), ValueError,
-     r"candidates must be an integer tensor"),
+    ("candidates-float", lambda r: (_logits(r), _state(), dict(candidates=torch.zeros(B, P + G))), TypeError,
+     r"candidates must be int64 \(or int32\) token ids, got torch\.float32"),
+    ("candidates-bool", lambda r: (_logits(r), _state(), dict(candidates=_logits(r).argmax(-1) > 2)), TypeError,
+     r"candidates must be int64 \(or int32\) token ids, got torch\.bool"),  # a commit mask passed by mistake
     ("candidates-device", lambda r: (_logits(r), _state(),
                                      dict(candidates=torch.zeros(B, P + G, dtype=torch.int64, device="meta"))),
-     ValueError, r"candidates must be an integer tensor on cpu"),
-    ("random_conf-shape", lambda r: (_logits(r), _state(), dict(random_conf=torch.rand(B, 1))), ValueError,
+     ValueError, r"candidates are on meta but the state \(x\) is on cpu"),
+    ("random_conf-shape", lambda r: (_logits(r), _random_state(), dict(random_conf=torch.rand(B, 1))), ValueError,
      r"random_conf must have shape \(2, 11\)"),
+    ("random_conf-not-random", lambda r: (_logits(r), _state(), dict(random_conf=torch.rand(B, P + G))), ValueError,
+     r"random_conf is only used by RandomRemask, not LowConfidence"),
+    ("extra-no-slot", lambda r: (_logits(r), _prr_state(), dict(extra_features=torch.rand(B, P + G, 3))),
+     ValueError, r"extra_features: this controller takes none"),
+    ("x-longer", lambda r: (_logits(r, lr=P + G + 4), _state_with_x(torch.full((B, P + G + 4), MASK)), {}),
+     ValueError, r"state\.x is a \(2, 15\) torch\.int64 tensor on cpu, but this State was built for a contiguous "
+     r"\(2, 11\) int64 canvas on cpu; build a new prr_ext\.State"),
+    ("x-batch", lambda r: (_logits(r, b=B + 1), _state_with_x(torch.full((B + 1, P + G), MASK)), {}), ValueError,
+     r"state\.x is a \(3, 11\)"),
+    ("x-float", lambda r: (_logits(r), _state_with_x(torch.full((B, P + G), float(MASK))), {}), ValueError,
+     r"state\.x is a \(2, 11\) torch\.float32 tensor"),
     ("extra-missing", lambda r: (_logits(r), _prr_state(2), {}), ValueError,
      r"the controller expects 2 extra_features"),
     ("extra-width", lambda r: (_logits(r), _prr_state(2), dict(extra_features=torch.rand(B, P + G, 3))), ValueError,
@@ -528,6 +571,12 @@ def _call(a):
 
 
 PRR_ = lambda: prr_ext.PRR(prr_ext.Controller.init(0))  # noqa: E731
+def _with_rule_param(policy, index, value):
+    params = policy.rule_params()
+    params[index] = value
+    return params
+
+
 DIRECT_ERRORS = [
     ("logits-rank2", {}, dict(logits=torch.randn(B, V)), r"logits must be \[B, L, V\]"),
     ("x-int32", {}, dict(x=torch.full((B, P + G), MASK, dtype=torch.int32)), r"x must be a contiguous \[B, L\] int64"),
@@ -577,6 +626,13 @@ DIRECT_ERRORS = [
      dict(extra_features=None), r"controller expects extra_features"),
     ("prr-extra-shape", dict(policy=lambda: prr_ext.PRR(prr_ext.Controller.init(0, extra_features=2)), n_extra=2),
      dict(extra_features=torch.randn(B, P + G, 3)), r"extra_features has shape"),
+    # a double past int64's range would be an undefined cast
+    ("rule-int-huge", dict(policy=prr_ext.SlowFast),
+     dict(rule_params=_with_rule_param(prr_ext.SlowFast(), constants.RP_EXPLORE_STEPS, 2.0 ** 63)),
+     r"SlowFast explore_steps must be an int in \[1, 2147483647\]"),
+    ("rule-int-inf", dict(policy=prr_ext.LocalLeap),
+     dict(rule_params=_with_rule_param(prr_ext.LocalLeap(), constants.RP_RADIUS, math.inf)),
+     r"LocalLeap radius must be an int in \[0, 2147483647\]"),
 ]
 
 

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import prr_ext  # noqa: E402
 from prr_ext.generate import generate  # noqa: E402
 from dream_reference import dream_sample, dream_schedule  # noqa: E402
-from tiny_models import DeclaredIdsLM, tiny_lm  # noqa: E402
+from tiny_models import DeclaredIdsLM, LMOutput, tiny_lm  # noqa: E402
 
 V, MASK = 96, 95
 ALGS = ["origin", "maskgit_plus", "topk_margin", "entropy"]
@@ -290,3 +290,214 @@ def test_argument_errors():
         generate(m, p, gen_length=8, block_length=4, steps=4, style="dream", mask_id=MASK)
     with pytest.raises(ValueError, match="style"):
         generate(m, p, gen_length=8, steps=4, style="mdlm", mask_id=MASK)
+
+
+# --------------------------------------------------------------------------------------------- input checks
+class EditedLogits(torch.nn.Module):
+    """The tiny model with its logits edited by `edit(call, logits)` (call: 0 for the first forward); returns
+    `.logits` (HF style) when the edit keeps a tensor, for the reference's `model(...).logits`."""
+
+    def __init__(self, inner, edit):
+        super().__init__()
+        self.inner, self.edit, self.calls = inner, edit, 0
+
+    def forward(self, x, attention_mask=None, position_ids=None):
+        out = self.edit(self.calls, self.inner(x, attention_mask, position_ids).logits.clone())
+        self.calls += 1
+        return LMOutput(out) if isinstance(out, torch.Tensor) else out
+
+
+@pytest.mark.parametrize("bad", ["rank2", "batch+1", "batch-1", "length+5", "length-1", "rank4"])
+def test_logits_shape_is_checked(bad):
+    """The model's logits must be [B, P + G, V]: anything else is a ValueError naming the shape (misaligned logits
+    used to be committed silently)."""
+    m, p = model(), prompts(B=2)
+    N = p.shape[1] + 8
+    edits = {"rank2": lambda lg: lg[:, 0], "batch+1": lambda lg: torch.cat([lg, lg[:1]]),
+             "batch-1": lambda lg: lg[:1], "length+5": lambda lg: torch.cat([lg, lg[:, :5]], 1),
+             "length-1": lambda lg: lg[:, 1:], "rank4": lambda lg: lg[None]}
+    wrapped = EditedLogits(m, lambda call, lg: edits[bad](lg))
+    with pytest.raises(ValueError, match=rf"the model returned logits of shape .*; expected \[2, {N}, V\]"):
+        generate(wrapped, p, gen_length=8, steps=4, style="dream", mask_id=MASK, alg="maskgit_plus")
+    assert wrapped.calls == 1  # at the first forward, before anything is committed
+
+
+def test_logits_shape_checked_at_every_step():
+    """A later forward with another shape (here: another vocabulary size) is refused too."""
+    m, p = model(), prompts(B=2)
+    wrapped = EditedLogits(m, lambda call, lg: lg if call < 2 else lg[..., :-1])
+    with pytest.raises(ValueError, match=rf"shape \(2, 14, {V - 1}\); expected \[2, 14, {V}\]"):
+        generate(wrapped, p, gen_length=8, steps=4, style="dream", mask_id=MASK - 1, alg="entropy")
+    assert wrapped.calls == 3
+
+
+def test_logits_hook_output_is_checked():
+    m, p = model(), prompts(B=2)
+    with pytest.raises(ValueError, match=r"logits_hook returned logits of shape \(2, 13, 96\); expected \[2, 14, 96\]"):
+        generate(m, p, gen_length=8, steps=4, style="dream", mask_id=MASK, logits_hook=lambda i, x, lg: lg[:, 1:])
+    with pytest.raises(TypeError, match="logits_hook returned int64 logits"):
+        generate(m, p, gen_length=8, steps=4, style="dream", mask_id=MASK,
+                 logits_hook=lambda i, x, lg: lg.argmax(-1, keepdim=True).expand_as(lg).contiguous())
+    with pytest.raises(TypeError, match="logits_hook must return the logits as a tensor"):
+        generate(m, p, gen_length=8, steps=4, style="dream", mask_id=MASK, logits_hook=lambda i, x, lg: None)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_non_float_logits_are_refused(dtype):
+    """Integer (or bool, complex) logits: a TypeError naming the dtype, not torch's softmax error."""
+    p = prompts(B=2)
+    calls = []
+
+    def int_model(x, **kw):
+        calls.append(1)
+        return torch.randint(0, 5, (x.shape[0], x.shape[1], V)).to(dtype)
+
+    name = str(dtype).replace("torch.", "")
+    # the dtype check may come from decode_common.logits_of (shared with style="llada") or from dream.check_logits
+    with pytest.raises(TypeError, match=rf"the model returned (torch\.)?{name} logits; .* floating-point logits"):
+        generate(int_model, p, gen_length=8, steps=4, style="dream", mask_id=MASK)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_other_float_logits_keep_parity(dtype):
+    """Every floating-point dtype is accepted, and decoded exactly as Dream's `_sample` decodes it."""
+    m, p = model(), prompts(B=2, seed=6)
+    wrapped = EditedLogits(m, lambda call, lg: lg.to(dtype))
+    for alg in ALGS:
+        ref, out = run_both(wrapped, p, 12, 6, rng_seed=2, alg=alg, temperature=0.7)
+        assert torch.equal(out.tokens, ref), (alg, dtype)
+
+
+def test_upstream_commits_token_zero_on_nan_logits():
+    """What Dream's own `_sample` does with NaN logits (the reference copy): every position becomes token 0. This is
+    the behaviour style='dream' refuses to reproduce (next test)."""
+    p = prompts(B=2)
+    nan_model = EditedLogits(model(), lambda call, lg: torch.full_like(lg, float("nan")))
+    for alg in ALGS:
+        ref = dream_sample(nan_model, p, max_length=p.shape[1] + 8, mask_token_id=MASK, steps=8, alg=alg)
+        assert (ref[:, p.shape[1]:] == 0).all(), alg
+
+
+@pytest.mark.parametrize("alg", ALGS)
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+@pytest.mark.parametrize("kind", ["nan", "plus_inf", "all_minus_inf"])
+def test_non_finite_logits_raise(kind, temperature, alg):
+    """A masked position whose logits row holds NaN or +Inf, or only -Inf, is a ValueError naming the step and the
+    position (Dream would commit token 0 there); the error comes at the step where such a row first appears."""
+    m, p = model(), prompts(B=2)
+    P = p.shape[1]
+
+    def edit(call, lg):
+        if call == 1:  # second forward; row P + 2 predicts canvas position P + 3 (right shift)
+            lg[1, P + 2] = {"nan": lg[1, P + 2].masked_fill(torch.arange(V) == 17, float("nan")),
+                            "plus_inf": lg[1, P + 2].masked_fill(torch.arange(V) == 17, float("inf")),
+                            "all_minus_inf": torch.full((V,), -float("inf"))}[kind]
+        return lg
+
+    wrapped = EditedLogits(m, edit)
+    # gen_length 8, steps 8: step 0 commits nothing (Dream's schedule; "origin" commits ~1/8 of the positions at
+    # random: with this seed not P + 3), so position P + 3 is still masked at step 1
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match=rf"the model's logits hold NaN or \+Inf \(or only -Inf\) for 1 of the "
+                                         rf"1[0-6] masked positions at step 1 \(first: batch row 1, canvas position "
+                                         rf"{P + 3}\)"):
+        generate(wrapped, p, gen_length=8, steps=8, style="dream", mask_id=MASK, alg=alg, temperature=temperature)
+    assert wrapped.calls == 2
+
+
+def test_non_finite_logits_after_hook_raise():
+    m, p = model(), prompts(B=2)
+
+    def force(i, x, lg):
+        lg = lg.clone()
+        lg[..., 5] = float("inf")  # "force token 5": Dream would commit token 0
+        return lg
+
+    with pytest.raises(ValueError, match=r"logits \(after logits_hook\) hold NaN.*at step 0.*and the logits_hook"):
+        generate(m, p, gen_length=8, steps=4, style="dream", mask_id=MASK, logits_hook=force)
+
+
+def test_unused_or_minus_inf_logits_keep_parity():
+    """Only the rows Dream reads are checked: NaN in rows no masked position reads (the prompt's, but its last;
+    the canvas' last row, which the right shift drops) changes nothing, and -Inf entries (a hook forbidding
+    tokens) are ordinary zero-probability tokens: parity with `_sample` as before."""
+    p = prompts(B=2, seed=9)
+    P = p.shape[1]
+
+    def edit(call, lg):
+        lg[:, :P - 1] = float("nan")
+        lg[:, -1] = float("inf")
+        return lg
+
+    wrapped = EditedLogits(model(), edit)
+
+    def forbid(i, x, lg):
+        lg = lg.clone()
+        lg[..., 7] = -float("inf")
+        lg[..., :3] = -float("inf")
+        return lg
+
+    for alg in ALGS:
+        for T in (0.0, 0.9):
+            ref, out = run_both(wrapped, p, 10, 5, rng_seed=4, alg=alg, temperature=T)
+            assert torch.equal(out.tokens, ref), (alg, T)
+            torch.manual_seed(4)
+            ref = dream_sample(model(), p, max_length=P + 10, mask_token_id=MASK, steps=5, alg=alg, temperature=T,
+                               generation_logits_hook_func=forbid)
+            torch.manual_seed(4)
+            out = generate(model(), p, gen_length=10, steps=5, style="dream", mask_id=MASK, alg=alg, temperature=T,
+                           logits_hook=forbid)
+            assert torch.equal(out.tokens, ref), (alg, T)
+            assert not ((out.generated == 7) | (out.generated < 3)).any()
+
+
+def test_temperature_overflow_raises():
+    """Finite logits that `logits / temperature` turns infinite: Dream would commit token 0 too; a ValueError names
+    temperature."""
+    P, G = 2, 4
+    rows = torch.zeros(P + G, V)
+    rows[:, 10] = 100.0
+    with pytest.raises(ValueError, match=r"temperature=1e-37 overflows the model's logits \(float32\)"):
+        generate(FixedLogits(rows), torch.zeros(1, P, dtype=torch.int64), gen_length=G, steps=2, style="dream",
+                 mask_id=MASK, alg="maskgit_plus", temperature=1e-37)
+    out = generate(FixedLogits(rows), torch.zeros(1, P, dtype=torch.int64), gen_length=G, steps=2, style="dream",
+                   mask_id=MASK, alg="maskgit_plus", temperature=1e-30)  # 1e32: finite
+    assert out.generated[0].tolist() == [10] * G
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(top_k=0), "top_k"), (dict(top_k=-3), "top_k"), (dict(top_k=2.5), "top_k"), (dict(top_k=True), "top_k"),
+    (dict(top_k="5"), "top_k"),
+    (dict(top_p=0.0), "top_p"), (dict(top_p=-1.0), "top_p"), (dict(top_p=2.0), "top_p"),
+    (dict(top_p=float("nan")), "top_p"), (dict(top_p="0.9"), "top_p"), (dict(top_p=True), "top_p"),
+    (dict(eps=0.0), "eps"), (dict(eps=1.0), "eps"), (dict(eps=-1.0), "eps"), (dict(eps=2.0), "eps"),
+    (dict(eps=float("nan")), "eps"), (dict(eps=None), "eps"),
+    (dict(alg_temp=-1.0), "alg_temp"), (dict(alg_temp=float("inf")), "alg_temp"),
+    (dict(alg_temp=float("nan")), "alg_temp"), (dict(alg_temp="0.5"), "alg_temp"),
+    (dict(temperature=None), "temperature"), (dict(temperature="hot"), "temperature"),
+])
+def test_sampling_argument_errors(kw, name):
+    """Dream's sampling options are checked before the model runs; the error names the argument."""
+    m, p = model(), prompts()
+    m.calls = 0
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        generate(m, p, gen_length=8, steps=4, style="dream", mask_id=MASK, alg="maskgit_plus", **kw)
+    assert m.calls == 0
+
+
+def test_sampling_argument_edge_values_keep_parity():
+    """The limits of the accepted ranges (and integer types besides int) decode exactly as Dream does."""
+    np = pytest.importorskip("numpy")
+    m, p = model(seed=1), prompts(B=2, seed=7)
+    for alg, kw in (("maskgit_plus", dict(temperature=0.8, top_p=1.0)),
+                    ("entropy", dict(temperature=0.8, top_k=V + 10)),
+                    ("topk_margin", dict(temperature=0.8, top_k=1)),
+                    ("maskgit_plus", dict(alg_temp=0.0, eps=0.5)),
+                    ("origin", dict(temperature=0.6, top_k=np.int64(4), top_p=np.float32(0.8), eps=0.999))):
+        ref_kw = {k: (int(v) if k == "top_k" else v) for k, v in kw.items()}
+        torch.manual_seed(1)
+        ref = dream_sample(m, p, max_length=p.shape[1] + 12, mask_token_id=MASK, steps=6, alg=alg, **ref_kw)
+        torch.manual_seed(1)
+        out = generate(m, p, gen_length=12, steps=6, style="dream", mask_id=MASK, alg=alg, **kw)
+        assert torch.equal(out.tokens, ref), (alg, kw)

@@ -645,6 +645,45 @@ def test_argument_errors():
         ours(m, p, gen_length=8, steps=8, top_p=0.9)
     with pytest.raises(TypeError, match="logits"):
         ours(lambda x: "nope", p, gen_length=8, steps=8)
+    with pytest.raises(TypeError, match=r"the model returned torch\.int64 logits; it must return floating-point"):
+        ours(lambda x: torch.randint(0, 5, (*x.shape, V)), p, gen_length=8, steps=8)
+
+
+class CountingModel:
+    """The test model, counting its calls."""
+
+    def __init__(self):
+        self.model, self.calls = model(), 0
+
+    def __call__(self, x, **kw):
+        self.calls += 1
+        return self.model(x, **kw)
+
+
+@pytest.mark.parametrize("kw,exc,match", [
+    (dict(steps=0), ValueError, r"steps must be a positive int"),
+    (dict(block_length=3), ValueError, r"block_length=3 must divide the generation length G=8"),
+    (dict(block_length=0), ValueError, r"block_length must be a positive int, got 0"),  # not read as "no blocks"
+    (dict(temperature=-1.0), ValueError, r"temperature must be a finite number >= 0"),
+    (dict(rng="numpy"), ValueError, r"rng must be one of"),
+    (dict(confidence_dtype=torch.int32), ValueError, r"confidence_dtype must be one of"),
+    (dict(policy="threshold"), TypeError, r"policy must be a prr_ext policy \(e\.g\. prr_ext\.Threshold\(0\.9\)\), "
+                                          r"got 'threshold'"),
+    (dict(policy=prr_ext.Threshold), TypeError, r"policy must be a prr_ext policy"),  # the class, not an instance
+    (dict(cfg_scale="x"), TypeError, r"cfg_scale must be a number, got 'x'"),
+    (dict(attention_mask=torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])), ValueError,
+     r"attention_mask must be a left-padded 0/1 mask .* tokenizer\.padding_side = 'left'"),  # right padding
+    (dict(attention_mask=torch.full((2, 6), 2)), ValueError, r"attention_mask must be a left-padded 0/1 mask"),
+])
+def test_argument_errors_before_the_first_forward(kw, exc, match):
+    """A bad option raises before the model runs (an 8B forward is not the price of a typo), naming the option."""
+    m = CountingModel()
+    p, _ = prompts()
+    with pytest.raises(exc, match=match):
+        ours(m, p, **dict(dict(gen_length=8, steps=8), **kw))
+    assert m.calls == 0
+    ours(m, p, gen_length=8, steps=8)  # the same call without the bad option runs
+    assert m.calls > 0
 
 
 # ------------------------------------------------------------------------------------------------------------

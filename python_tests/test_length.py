@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import torch
 
 import prr_ext
-from prr_ext.length import LengthPredictorFormatError, pooled_features
+from prr_ext.length import MAX_BUDGET, LengthPredictorFormatError, pooled_features
 
 
 def synthetic(n, seed, F=6):
@@ -60,6 +61,7 @@ def test_save_load_round_trip_and_fingerprint(tmp_path):
     lp.save(str(tmp_path / "lp"))
     back = prr_ext.LengthPredictor.load(str(tmp_path / "lp"), fingerprint="tiny@1")
     assert torch.equal(back.budget(x, 0.05, multiple=8), lp.budget(x, 0.05, multiple=8))
+    assert back.meta == lp.meta and back.bias == lp.bias and torch.equal(back.residuals, lp.residuals)
     with pytest.raises(LengthPredictorFormatError, match="fitted for 'tiny@1', not for 'other@2'"):
         prr_ext.LengthPredictor.load(str(tmp_path / "lp"), fingerprint="other@2")
     cfg = json.loads((tmp_path / "lp" / "config.json").read_text())
@@ -74,7 +76,12 @@ def test_save_load_round_trip_and_fingerprint(tmp_path):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(lengths=torch.zeros(50)), "lengths must be >= 1"),
+    (dict(lengths=torch.zeros(50)), "lengths must be finite and >= 1"),
+    (dict(lengths=torch.full((50,), float("inf"))), "lengths must be finite and >= 1"),
+    (dict(lengths=torch.full((50,), float("nan"))), "lengths must be finite and >= 1"),
+    (dict(ridge=-1.0), "ridge must be finite and >= 0"),
+    (dict(ridge=float("inf")), "ridge must be finite and >= 0"),
+    (dict(seed=2**64), "seed must lie in"),
     (dict(lengths=torch.ones(49)), "lengths has 49 values for 50"),
     (dict(features=torch.ones(50, 3, dtype=torch.int64)), "features must be a float"),
     (dict(features=torch.full((50, 3), float("nan"))), "NaN or Inf"),
@@ -87,6 +94,134 @@ def test_fit_rejects_bad_input(kw, match):
         prr_ext.LengthPredictor.fit(args.pop("features"), args.pop("lengths"), **args)
 
 
+@pytest.mark.parametrize("kw,match", [
+    (dict(ridge="1"), "ridge must be a real number, got str"),
+    (dict(ridge=None), "ridge must be a real number"),
+    (dict(calibration_fraction="0.2"), "calibration_fraction must be a real number, got str"),
+    (dict(seed="a"), "seed must be an int, got str"),
+    (dict(seed=1.5), "seed must be an int, got float"),
+])
+def test_fit_rejects_parameters_of_the_wrong_type(kw, match):
+    x, y = synthetic(50, 6)
+    with pytest.raises(TypeError, match=match):
+        prr_ext.LengthPredictor.fit(x, y, **kw)
+
+
+def test_fit_that_cannot_be_solved_says_what_to_do():
+    x, y = synthetic(80, 7, F=3)
+    dup = x.clone()
+    dup[:, 2] = dup[:, 0]  # the Gram matrix of the standardised features is singular
+    for bad in (dup, x[:3]):  # and with fewer pairs (2 fitted on) than features
+        with pytest.raises(ValueError, match=r"ridge=0 fit is singular .*use ridge > 0"):
+            prr_ext.LengthPredictor.fit(bad, y[: bad.shape[0]], ridge=0, calibration_fraction=0.3)
+    lp = prr_ext.LengthPredictor.fit(dup, y, ridge=1e-3)  # and the advice works
+    assert bool(torch.isfinite(lp.weight).all()) and float(lp.weight.abs().sum()) > 0.1
+    assert bool(torch.isfinite(prr_ext.LengthPredictor.fit(x, y, ridge=0).weight).all())  # full rank needs none
+    with pytest.raises(ValueError, match="the fit overflows float64.*scale the features"):
+        prr_ext.LengthPredictor.fit(x * 1e200, y)
+
+
+def test_overflowing_prediction_gives_the_maximum_not_the_minimum():
+    x, y = synthetic(400, 8)
+    lp = prr_ext.LengthPredictor.fit(x, y)
+    g = torch.Generator().manual_seed(9)
+    normal = x[:1]
+    up = lp.mean + lp.std * lp.weight.sign() * (1e4 + torch.rand(lp.n_features, generator=g, dtype=torch.float64))
+    down = lp.mean - lp.std * lp.weight.sign() * (1e4 + torch.rand(lp.n_features, generator=g, dtype=torch.float64))
+    q = torch.cat([normal, up[None], down[None]])
+    log = lp.predict_log(q)
+    assert float(log[1]) > 1000 and float(log[2]) < -1000  # exp overflows to inf for row 1, underflows for row 2
+    first = math.ceil(math.exp(float(log[0]) + lp.margin(0.05)) / 32) * 32
+    assert lp.budget(q, 0.05, multiple=32, maximum=500).tolist() == [min(first, 480), 480, 32]
+    # Without a maximum, a length beyond MAX_BUDGET is an error, finite (exp(25)) or not.
+    big = lp.mean + lp.std * lp.weight.sign() * (25 - lp.bias) / lp.weight.abs().sum()
+    assert math.exp(float(lp.predict_log(big[None]))) > MAX_BUDGET
+    for rows, which in ((q, r"\[1\]"), (torch.cat([big[None], normal]), r"\[0\]")):
+        with pytest.raises(ValueError, match=which + r" of features predict lengths above MAX_BUDGET.*pass maximum="):
+            lp.budget(rows, 0.05, multiple=32)
+    assert lp.budget(q[[0, 2]], 0.05, multiple=32).tolist() == [first, 32]
+
+
+def test_nan_prediction_is_an_error():
+    g = torch.Generator().manual_seed(10)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g, dtype=torch.float64)
+
+    lp = prr_ext.LengthPredictor(rand(2) + 0.5, 3.0, rand(2), 1e-10 * (rand(2) + 1), rand(50) - 0.5)
+    q = rand(3, 2) + 1.0
+    q[1] *= torch.tensor([1e300, -1e300], dtype=torch.float64)  # +inf + -inf once standardised
+    with pytest.raises(ValueError, match=r"rows \[1\] of features overflow the prediction to NaN"):
+        lp.budget(q, 0.1, multiple=4, maximum=64)
+    assert lp.budget(q[[0, 2]], 0.1, multiple=4, maximum=64).shape == (2,)
+
+
+def test_constructor_rejects_bad_parts():
+    g = torch.Generator().manual_seed(11)
+    w, mu, res = (torch.randn(n, generator=g, dtype=torch.float64) for n in (3, 3, 20))
+    sd = torch.rand(3, generator=g, dtype=torch.float64) + 0.1
+    assert prr_ext.LengthPredictor(w, 1.0, mu, sd, res).n_features == 3  # the good parts pass
+    with pytest.raises(ValueError, match="std must be > 0"):
+        prr_ext.LengthPredictor(w, 1.0, mu, -sd, res)
+    with pytest.raises(ValueError, match="weight, mean and std must have one shape"):
+        prr_ext.LengthPredictor(w, 1.0, mu[:2], sd, res)
+    with pytest.raises(ValueError, match="bias must be finite"):
+        prr_ext.LengthPredictor(w, float("nan"), mu, sd, res)
+    with pytest.raises(TypeError, match="weight must be a torch.Tensor"):
+        prr_ext.LengthPredictor(w.tolist(), 1.0, mu, sd, res)
+
+
+def _corrupt(path, cfg=None, tensors=None):
+    """Rewrite a saved predictor's config (cfg(dict) -> JSON-able) and tensors (tensors(dict) -> None, in place)."""
+    from safetensors.torch import load_file, save_file
+
+    cfg_path, st_path = os.path.join(path, "config.json"), os.path.join(path, "model.safetensors")
+    if cfg is not None:
+        with open(cfg_path) as f:
+            c = json.load(f)
+        with open(cfg_path, "w") as f:
+            json.dump(cfg(c), f)
+    if tensors is not None:
+        t = load_file(st_path)
+        tensors(t)
+        save_file(t, st_path)
+
+
+def _set(t, name, value):
+    t[name] = value
+
+
+@pytest.mark.parametrize("cfg,tensors,file,match", [
+    (lambda c: [1, 2], None, "/config.json", "holds a JSON list, not an object"),
+    (lambda c: {k: v for k, v in c.items() if k != "bias"}, None, "/config.json", "missing key 'bias'"),
+    (lambda c: {k: v for k, v in c.items() if k != "n_features"}, None, "/config.json", "missing key 'n_features'"),
+    (lambda c: dict(c, bias="x"), None, ": ", "bias must be a real number"),
+    (lambda c: dict(c, bias=None), None, ": ", "bias must be a real number"),
+    (lambda c: dict(c, meta=[1, 2]), None, "/config.json", "meta an object"),
+    (lambda c: dict(c, fingerprint=5), None, "/config.json", "fingerprint must be a string"),
+    (lambda c: dict(c, n_features=5), None, ": ", r"weight has shape \(6,\), config.json says n_features=5"),
+    (None, lambda t: _set(t, "weight", t["weight"][None]), ": ", r"weight has shape \(1, 6\)"),
+    (None, lambda t: t.pop("residuals"), "/model.safetensors", r"tensors missing: \['residuals'\]"),
+    (None, lambda t: _set(t, "mean", t["mean"][:4]), ": ", "weight, mean and std must have one shape"),
+    (None, lambda t: _set(t, "residuals", t["residuals"][:0]), ": ", "at least one calibration residual"),
+    (None, lambda t: _set(t, "residuals", t["residuals"].reshape(5, -1)), ": ", "residuals must be a 1-D float"),
+    (None, lambda t: _set(t, "std", t["std"].to(torch.int64)), ": ", "std must be a 1-D float tensor"),
+    (None, lambda t: t["weight"].__setitem__(2, float("nan")), ": ", "weight holds NaN or Inf"),
+    (None, lambda t: t["mean"].__setitem__(0, float("inf")), ": ", "mean holds NaN or Inf"),
+    (None, lambda t: t["residuals"].__setitem__(-1, float("-inf")), ": ", "residuals holds NaN or Inf"),
+    (None, lambda t: t["std"].__setitem__(1, -t["std"][1]), ": ", "std must be > 0 everywhere"),
+])
+def test_load_rejects_malformed_folders(tmp_path, cfg, tensors, file, match):
+    x, y = synthetic(100, 12)
+    lp = prr_ext.LengthPredictor.fit(x, y, fingerprint="tiny@1")
+    path = str(tmp_path / "lp")
+    lp.save(path)
+    _corrupt(path, cfg, tensors)
+    with pytest.raises(LengthPredictorFormatError, match=match) as e:
+        prr_ext.LengthPredictor.load(path)
+    assert str(e.value).startswith(path + file)  # names the file, or the folder and the part
+
+
 def test_predict_and_budget_reject_bad_input():
     x, y = synthetic(200, 5)
     lp = prr_ext.LengthPredictor.fit(x, y)
@@ -97,6 +232,10 @@ def test_predict_and_budget_reject_bad_input():
             lp.margin(bad)
     with pytest.raises(ValueError, match="multiple must be a positive int"):
         lp.budget(x, 0.1, multiple=0)
+    with pytest.raises(TypeError, match="multiple must be an int, got float"):
+        lp.budget(x, 0.1, multiple=4.0)
+    with pytest.raises(ValueError, match=r"maximum must be an int in \[multiple \(8\), MAX_BUDGET"):
+        lp.budget(x, 0.1, multiple=8, maximum=2**70)
 
 
 def test_pooled_features_ignore_padding():

@@ -60,6 +60,8 @@ enum RuleParam : int {
   kNumRuleParams = 12,
 };
 constexpr int kMaxStabilityWindow = 8;
+// The largest integer rule parameter: they travel as doubles, and a cast of a double past int64's range is undefined.
+constexpr int kMaxRuleInt = 2147483647;
 
 // Columns of State.rule_state[b, j, :] (float64), per block position; reset when a sequence enters a block.
 enum RuleStateColumn : int {
