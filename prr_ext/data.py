@@ -59,8 +59,10 @@ def load_jsonl(path: str, *, prompt_key: str = "prompt", answer_key: str = "answ
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no prompts file at {path}")
     records: List[Record] = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for n, text in enumerate(f, 1):
+            if any("\udc80" <= c <= "\udcff" for c in text):  # bytes that are not UTF-8
+                raise ValueError(f"{path}:{n}: not UTF-8 text; save the file as UTF-8")
             if not text.strip():
                 continue
             where = f"{path}:{n}"
@@ -150,6 +152,8 @@ def import_checker(spec: str) -> Checker:
         fn = getattr(importlib.import_module(module), name)
     except ImportError as e:
         raise ValueError(f"checker {spec}: cannot import module {module!r} ({e}); is it on PYTHONPATH?") from None
+    except SyntaxError as e:
+        raise ValueError(f"checker {spec}: module {module!r} does not compile ({e})") from None
     except AttributeError:
         raise ValueError(f"checker {spec}: module {module!r} has no {name!r}") from None
     if not callable(fn):

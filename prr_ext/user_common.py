@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ import torch
 from .auto_length import model_fingerprint
 from .constants import NUM_BASE_FEATURES
 from .controller import TUNED_TAU_FILE, Controller, ControllerFormatError, tuned_tau
-from .data import Record, load_jsonl, make_checker
+from .data import CHECKERS, Record, load_jsonl, make_checker
 from .hidden_features import HiddenFeatures
 from .policies import PRR, EntropyBound, Factor, LowConfidence, Policy, Threshold
 from .prr_rounds import read_json, write_json  # noqa: F401  (the CLIs' JSON files: U.read_json / U.write_json)
@@ -79,6 +80,21 @@ def ints(s: str) -> List[int]:
     return _comma_list(s, int, "integers")
 
 
+def check_controller_grids(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The controller trainers' --hidden, --t-max-grid, --t-min-grid and --tau-grid (prr_ext.train and
+    prr_testbed.train_controller), checked before any rollout: a bad value would otherwise fail after them."""
+    from .constants import MAX_HIDDEN
+
+    if not 1 <= len(args.hidden) <= 2 or any(h < 1 or h > MAX_HIDDEN for h in args.hidden):
+        p.error(f"argument --hidden: one or two sizes in [1, {MAX_HIDDEN}]")
+    if any(not 1.0 <= t < math.inf for t in args.t_max_grid):
+        p.error("argument --t-max-grid: t_max must be a finite number >= 1")
+    if any(not 0.0 < t < 1.0 for t in args.t_min_grid):
+        p.error("argument --t-min-grid: t_min must lie in (0, 1)")
+    if any(not 0.0 <= t <= 1.0 for t in args.tau_grid):
+        p.error("argument --tau-grid: tau must lie in [0, 1]")
+
+
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """--model, --trust-remote-code, --dtype, --device, decoding canvas options, --chat, --batch-size."""
     from prr_testbed.cli import device_arg
@@ -122,6 +138,31 @@ def load_records(p: argparse.ArgumentParser, option: str, path: str, require_ans
     except (ValueError, FileNotFoundError) as e:
         p.error(f"argument {option}: {e}")
     return records[:n] if n else records
+
+
+def check_answers(p: argparse.ArgumentParser, option: str, records: Sequence[Record], spec: Optional[str]) -> None:
+    """Grade an empty response against every record with a built-in checker (`spec`: exact, gsm8k), before any
+    decoding: a reference answer the checker cannot read (gsm8k: no number after ####) is a usage error naming the
+    file's line, not a traceback after the first batch. Checkers of the user's own (regex:, module:function) are not
+    called ahead."""
+    if spec not in CHECKERS:
+        return
+    for rec in records:
+        try:
+            CHECKERS[spec]("", rec)
+        except ValueError as e:
+            p.error(f"argument {option}: {e}")
+
+
+def check_prompts(p: argparse.ArgumentParser, dec, option: str, records: Sequence[Record], chat: bool) -> None:
+    """Encode every prompt of `records` (the chat template with `chat`) before any decoding: an empty prompt, or a
+    chat prompt for a tokenizer without a template, is a usage error naming the file's line."""
+    for rec in records:
+        try:
+            if not dec.encode_prompt(rec.prompt, chat=chat):
+                raise ValueError("the prompt encodes to no tokens")
+        except (ValueError, TypeError) as e:
+            p.error(f"argument {option}: line {rec.line}: {e}")
 
 
 def checker_arg(p: argparse.ArgumentParser, spec: Optional[str]):

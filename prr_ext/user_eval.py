@@ -28,6 +28,7 @@ from typing import Dict, List
 import torch
 
 from . import user_common as U
+from .controller import Controller, ControllerFormatError
 
 PROG = "python -m prr_ext.eval"
 
@@ -82,9 +83,24 @@ def parse_args(argv=None):
     args.points = parse_points(p, args.policies)
     if any(name == "prr" for name, _ in args.points) and args.controller is None:
         p.error("argument --controller: the prr policy needs a controller folder (python -m prr_ext.train)")
-    check_outputs(p, args, files=("out",))
+    # what needs no model is checked before the model loads (minutes for an 8B one): each point's parameter and
+    # the controller's files (its match with the model is checked once the model is there)
+    stand_in = Controller.init(0)
+    for name, param in args.points:
+        for v in [param] if param is not None or name not in ("threshold", "prr") else args.taus or [None]:
+            try:
+                U.make_policy(name, v, stand_in)
+            except (ValueError, TypeError) as e:
+                p.error(f"argument --policies: {name}:{v}: {e}")
+    if args.controller is not None:
+        try:
+            Controller.load(args.controller)
+        except ControllerFormatError as e:
+            p.error(f"argument --controller: {e}")
+    check_outputs(p, args, files=("out",), inputs=("data",))
     args.checker_fn = U.checker_arg(p, args.checker)
     args.records = U.load_records(p, "--data", args.data, require_answer=args.checker is not None, n=args.n)
+    U.check_answers(p, "--data", args.records, args.checker)
     args.device = U.resolve_device_arg(p, args.device)
     return p, args
 
@@ -93,6 +109,7 @@ def run(argv=None) -> Dict:
     p, args = parse_args(argv)
     quiet = args.no_progress
     dec = U.load_decoder(p, args, args.device)
+    U.check_prompts(p, dec, "--data", args.records, args.chat)
     ctrl, ctrl_tau, hidden = (None, None, None)
     if args.controller is not None:  # hidden: the controller's own HiddenFeatures map, when it was trained with one
         ctrl, ctrl_tau, hidden = U.load_controller_arg(p, args.controller, dec)

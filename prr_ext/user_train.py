@@ -34,6 +34,7 @@ import torch
 
 from . import user_common as U
 from .constants import MAX_FEATURES, NUM_BASE_FEATURES
+from .controller import FORMAT as CONTROLLER_FORMAT
 from .controller import Controller
 from .decode_common import hidden_states_of
 from .hidden_features import HiddenFeatures
@@ -77,7 +78,7 @@ def build_parser():
 
 
 def parse_args(argv=None):
-    from prr_testbed.cli import check_outputs
+    from prr_testbed.cli import check_outputs, foreign_config
 
     p = build_parser()
     args = p.parse_args(argv)
@@ -89,15 +90,15 @@ def parse_args(argv=None):
     if not 0 <= args.hidden_features <= MAX_FEATURES - NUM_BASE_FEATURES:
         p.error(f"argument --hidden-features: must lie in [0, {MAX_FEATURES - NUM_BASE_FEATURES}] (the controller "
                 f"takes at most {MAX_FEATURES} features, {NUM_BASE_FEATURES} of them the base features)")
-    if not 1 <= len(args.hidden) <= 2 or any(h < 1 or h > 64 for h in args.hidden):
-        p.error("argument --hidden: one or two sizes in [1, 64]")
-    if any(t < 1.0 for t in args.t_max_grid):
-        p.error("argument --t-max-grid: t_max must be >= 1")
-    if any(not 0.0 < t < 1.0 for t in args.t_min_grid):
-        p.error("argument --t-min-grid: t_min must lie in (0, 1)")
-    if any(not 0.0 <= t <= 1.0 for t in args.tau_grid):
-        p.error("argument --tau-grid: tau must lie in [0, 1]")
-    check_outputs(p, args, dirs=("out",))
+    U.check_controller_grids(p, args)
+    check_outputs(p, args, dirs=("out",), inputs=("model",))
+    out_ctrl = os.path.join(args.out, "controller")
+    if os.path.lexists(out_ctrl) and (not os.path.isdir(out_ctrl) or os.path.islink(out_ctrl)
+                                      or foreign_config(out_ctrl, CONTROLLER_FORMAT) is not None
+                                      or not os.path.isfile(os.path.join(out_ctrl, "config.json"))):
+        # the run replaces <out>/controller at its end: only a controller that an earlier run wrote
+        p.error(f"argument --out: {out_ctrl} exists and is not a controller (its final copy is written there); "
+                "give another --out")
     if args.checker is None:
         args.checker = "exact"
         print("NOTE: no --checker given; tuning on --val grades with 'exact' (the stripped response equals the "
@@ -105,6 +106,7 @@ def parse_args(argv=None):
     args.checker_fn = U.checker_arg(p, args.checker)
     args.train_records = U.load_records(p, "--data", args.data, require_answer=False, n=args.n_train)
     args.val_records = U.load_records(p, "--val", args.val, require_answer=True, n=args.n_val)
+    U.check_answers(p, "--val", args.val_records, args.checker)
     args.device = U.resolve_device_arg(p, args.device)
     return p, args
 
@@ -227,12 +229,7 @@ def run(argv=None) -> Dict:
                 f"{args.out} to start over")
     # every prompt encodes (chat template, empty prompts) before any work
     for option, recs in (("--data", args.train_records), ("--val", args.val_records)):
-        for rec in recs:
-            try:
-                if not dec.encode_prompt(rec.prompt, chat=args.chat):
-                    raise ValueError("the prompt encodes to no tokens")
-            except (ValueError, TypeError) as e:
-                p.error(f"argument {option}: line {rec.line}: {e}")
+        U.check_prompts(p, dec, option, recs, args.chat)
     os.makedirs(args.out, exist_ok=True)
     report_path = os.path.join(args.out, "report.json")
     report = U.read_json(report_path) if os.path.isfile(report_path) else {"rounds": []}

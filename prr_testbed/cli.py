@@ -157,20 +157,60 @@ def check_output_dir(path: str, create_parent: bool = False) -> None:
     _check_parent(path, create_parent)
 
 
+def foreign_config(folder: str, writes: Optional[str]) -> Optional[str]:
+    """What a folder holds, by its config.json's `format` (e.g. "a prr_ext.mdlm (its config.json's format)"), when
+    that is not `writes`, the format of the config.json a command writes there (None: it writes none). None when
+    the folder holds no config.json, or one of `writes`."""
+    path = os.path.join(folder, "config.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            fmt = json.load(f).get("format")
+    except (OSError, ValueError, AttributeError):
+        return "an unreadable config.json"
+    if writes is not None and fmt == writes:
+        return None
+    return f"a {fmt} (its config.json's format)" if fmt else "a config.json that names no format"
+
+
 def check_outputs(ap: argparse.ArgumentParser, args: argparse.Namespace, files: Iterable[str] = (),
-                  dirs: Iterable[str] = ()) -> None:
+                  dirs: Iterable[str] = (), inputs: Iterable[str] = (), writes: Optional[str] = None) -> None:
     """Check the output paths of `args` (destinations `files` and `dirs`; None = not asked for) before any work,
     exiting with a usage error that names the argument. An argument left at its default may create its folders
-    (the defaults live under runs/ or the current folder); a path the user gave must have an existing folder."""
+    (the defaults live under runs/ or the current folder); a path the user gave must have an existing folder.
+    No output may be an input (destinations `inputs`) or another output: nothing a command reads or writes is
+    overwritten by its own results. An output folder that already holds a config.json must hold what the command
+    writes there (`writes`, that config's `format`; None: no config.json at all), so a model or controller folder
+    given by mistake is refused, not overwritten."""
+    def arg_name(dest: str) -> str:  # "--out", or a positional argument's name
+        action = next((a for a in ap._actions if a.dest == dest), None)
+        return action.option_strings[0] if action is not None and action.option_strings else dest
+
+    files, dirs = tuple(files), tuple(dirs)
+    seen: dict = {}  # real path -> the argument that names it
+    for dest in inputs:
+        if getattr(args, dest, None) is not None:
+            seen.setdefault(os.path.realpath(getattr(args, dest)), dest)
     for dests, check in ((files, check_output_file), (dirs, check_output_dir)):
         for dest in dests:
             value = getattr(args, dest)
             if value is None:
                 continue
+            name = arg_name(dest)
             try:
                 check(value, create_parent=value == ap.get_default(dest))
             except ValueError as e:
-                ap.error(f"argument --{dest.replace('_', '-')}: {e}")
+                ap.error(f"argument {name}: {e}")
+            real = os.path.realpath(value)
+            if real in seen:
+                ap.error(f"argument {name}: {value} is also {arg_name(seen[real])}, which this command would "
+                         "overwrite; give another path")
+            seen[real] = dest
+            held = foreign_config(value, writes) if dests is dirs and os.path.isdir(value) else None
+            if held:
+                ap.error(f"argument {name}: {value} holds {held}, which this command would overwrite; give "
+                         "another folder")
 
 
 def write_json(path: str, doc: dict, prog: str) -> dict:
@@ -184,10 +224,48 @@ def write_json(path: str, doc: dict, prog: str) -> dict:
     return doc
 
 
+def trained_tasks(model: Optional[str], asked: Optional[Sequence[str]]) -> List[str]:
+    """The task families to decode with the model in folder `model` (None: the shipped one): `asked`, or the first
+    of the testbed's sets (the demo families, the step families, the long ones) that the model's training record
+    (config.json's training.final_valid_acc) holds. ValueError naming the families the model was not trained on,
+    when its record says which it was: decoding them gives 0 % and says nothing about the rules."""
+    from . import MODEL_DIR
+    from . import tasks as T
+
+    try:
+        with open(os.path.join(model or MODEL_DIR, "config.json")) as f:
+            trained = set(json.load(f).get("training", {}).get("final_valid_acc", {}))
+    except (OSError, ValueError, AttributeError):  # no record (a model from elsewhere): nothing to check against
+        trained = set()
+    if asked is None:
+        return next((list(names) for names in (T.FAMILY_NAMES, T.STEP_FAMILY_NAMES, T.LONG_FAMILY_NAMES)
+                     if set(names) <= trained), list(T.FAMILY_NAMES))
+    untrained = [t for t in asked if trained and t not in trained]
+    if untrained:
+        raise ValueError(f"the model was not trained on {','.join(untrained)} (its record: {','.join(sorted(trained))})"
+                         "; choose among those, or another --model")
+    return list(asked)
+
+
+def check_trained(ap: argparse.ArgumentParser, option: str, model: Optional[str],
+                  asked: Optional[Sequence[str]]) -> List[str]:
+    """`trained_tasks`, with a usage error naming `option` (--tasks, --families) instead of its ValueError."""
+    try:
+        return trained_tasks(model, asked)
+    except ValueError as e:
+        ap.error(f"argument {option}: {e}")
+
+
 def check_input_dir(ap: argparse.ArgumentParser, option: str, path: Optional[str], must_hold: Iterable[str],
                     what: str) -> None:
     """Exit with a usage error naming `option` unless `path` (None = the shipped default, not checked here) is a
-    folder holding the files `must_hold`."""
+    folder holding the files `must_hold`; for a model, a PRR controller or a length predictor, whose folders all hold
+    a config.json and a model.safetensors, its config.json must name that kind (its `format`)."""
+    from prr_ext.controller import FORMAT as CONTROLLER_FORMAT
+    from prr_ext.length import FORMAT as LENGTH_FORMAT
+
+    from .model import FORMAT as MODEL_FORMAT
+
     if path is None:
         return
     missing = [f for f in must_hold if not os.path.isfile(os.path.join(path, f))]
@@ -195,6 +273,10 @@ def check_input_dir(ap: argparse.ArgumentParser, option: str, path: Optional[str
         ap.error(f"argument {option}: {path} is not a folder; give the folder of a saved {what}")
     if missing:
         ap.error(f"argument {option}: {path} holds no {what} ({', '.join(missing)} missing)")
+    fmt = {"model": MODEL_FORMAT, "PRR controller": CONTROLLER_FORMAT, "length predictor": LENGTH_FORMAT}.get(what)
+    held = foreign_config(path, fmt) if fmt else None
+    if held:
+        ap.error(f"argument {option}: {path} holds {held}, not a {what}")
 
 
 def progress(total: int, desc: str = "", disable: bool = False, unit: str = "batch"):

@@ -135,7 +135,7 @@ def main(argv=None) -> Dict:
     args = ap.parse_args(argv)
     if args.bootstrap < 1:
         ap.error("argument --bootstrap: must be >= 1")
-    check_outputs(ap, args, files=("out",))
+    check_outputs(ap, args, files=("out",), inputs=("before", "after"))
     docs = []
     for name in ("before", "after"):
         path = getattr(args, name)
@@ -146,8 +146,9 @@ def main(argv=None) -> Dict:
             ap.error(f"argument {name}: cannot read sweep results from {path}: {e}")
     try:
         doc = compare(*docs, n_boot=args.bootstrap, seed=args.seed)
-    except (ValueError, KeyError) as e:
-        ap.error(f"the sweeps cannot be compared: {e}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # (the last three: JSON of another shape)
+        ap.error(f"the sweeps cannot be compared ({type(e).__name__}: {e}); give two sweeps' results JSON "
+                 "(python -m prr_testbed.sweep --out) on the same prompts")
     doc["before"], doc["after"] = args.before, args.after
     print("\n".join(markdown(doc)))
     if args.out:

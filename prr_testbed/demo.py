@@ -26,9 +26,10 @@ import prr_ext
 
 from . import MODEL_DIR, load_controller, tuned_tau
 from . import tasks as T
-from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help,
-                  names_arg, parser, progress)
-from .harness import RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize
+from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, check_trained, controller_for, device_arg, model_arg,
+                  model_help, names_arg, parser, progress)
+from .harness import (RunSpec, device_label, evaluate, have_matplotlib, pick_device_arg, plot_format_error,
+                      plot_pareto, summarize)
 from .model import default_model_available, load_model_arg, make_canvas
 
 PROG = "python -m prr_testbed.demo"
@@ -67,21 +68,6 @@ def _auto_threads(model, device) -> str:
     return f"{n} CPU threads"
 
 
-def trained_tasks(model, asked) -> list:
-    """The task families to decode: `asked` (--tasks), or the first of the testbed's sets (the demo families, the
-    step families, the long ones) that the model's training record holds. ValueError naming the families the model
-    was not trained on, when its record says which it was."""
-    trained = set(model.metadata.get("final_valid_acc", {}))
-    if asked is None:
-        return next((list(names) for names in (T.FAMILY_NAMES, T.STEP_FAMILY_NAMES, T.LONG_FAMILY_NAMES)
-                     if set(names) <= trained), list(T.FAMILY_NAMES))
-    untrained = [t for t in asked if trained and t not in trained]
-    if untrained:
-        raise ValueError(f"the model was not trained on {','.join(untrained)} (its record: {','.join(sorted(trained))})"
-                         "; choose among those, or another --model")
-    return list(asked)
-
-
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--n", type=int, default=None,
@@ -106,6 +92,8 @@ def parse_args(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"argument --{name.replace('_', '-')}: must be >= 1")
     check_outputs(ap, args, files=("plot", "json"))
+    if plot_format_error(args.plot):
+        ap.error(f"argument --plot: {plot_format_error(args.plot)}")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
     if args.model is None and not default_model_available():
@@ -133,10 +121,7 @@ def main(argv=None) -> dict:
     print(f"model: {model.num_parameters() / 1e6:.2f} M parameters ({cfg.n_layers} layers, d_model {cfg.d_model}, "
           f"{cfg.n_heads} heads, char vocabulary of {cfg.vocab_size}), device: {dev_txt}")
 
-    try:
-        tasks = trained_tasks(model, args.tasks)
-    except ValueError as e:
-        ap.error(f"argument --tasks: {e}")
+    tasks = check_trained(ap, "--tasks", args.model, args.tasks)
     # the 160-slot families retire each row once its answer and <eos> are committed, so NFE counts answers, as their
     # quality bar does (docs/long_families.md)
     long_canvas = {t: t in T.LONG_FAMILY_NAMES + T.STEP_FAMILY_NAMES for t in tasks}
@@ -207,13 +192,13 @@ def main(argv=None) -> dict:
 
     doc = {"device": dev_txt, "n": n, "results": results, **summarize(results)}
     written = []
-    if plot:
-        plot_pareto(results, args.plot, title=f"prr_ext commit policies on the testbed model (n={n} per task)")
-        written.append(f"plot {os.path.abspath(args.plot)}")
-    if args.json:
+    if args.json:  # before the plot: the results are the costly part
         with open(args.json, "w") as f:
             json.dump(doc, f, indent=1)
         written.append(f"json {os.path.abspath(args.json)}")
+    if plot:
+        plot_pareto(results, args.plot, title=f"prr_ext commit policies on the testbed model (n={n} per task)")
+        written.append(f"plot {os.path.abspath(args.plot)}")
     print(f"demo finished in {time.time() - t_start:.1f} s" + (f"; wrote {', '.join(written)}" if written else ""))
     return doc
 

@@ -19,8 +19,8 @@ from typing import Dict, List
 import torch
 
 from . import tasks as T
-from .cli import (check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress,
-                  write_json)
+from .cli import (check_input_dir, check_outputs, check_trained, device_arg, model_arg, model_help, names_arg, parser,
+                  progress, write_json)
 from .harness import RunSpec, evaluate, pick_device_arg
 from .model import load_model_arg
 
@@ -59,8 +59,8 @@ def by_size(records: List[Dict]) -> List[Dict]:
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.LONG_FAMILY_NAMES),
-                    help="task families (comma-separated)")
+    ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=None,
+                    help="task families (comma-separated; default: those the model was trained on)")
     ap.add_argument("--split", default="valid", choices=["valid", "test"], help="held-out split")
     ap.add_argument("--n", type=int, default=60, help="prompts per task (the first n of the split's set)")
     ap.add_argument("--show", type=int, default=5, help="failures printed per task")
@@ -75,6 +75,7 @@ def parse_args(argv=None):
     if args.out is not None:
         check_outputs(ap, args, files=("out",))
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    args.tasks = check_trained(ap, "--tasks", args.model, args.tasks)
     args.device, _ = pick_device_arg(ap, args.device)
     return args
 

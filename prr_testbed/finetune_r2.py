@@ -39,6 +39,7 @@ from . import MODEL_DIR
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, progress
 from .harness import RunSpec, decode_batch, evaluate, pick_device_arg
+from .model import FORMAT as MODEL_FORMAT
 from .model import MaskedDiffusionLM, decode_responses, load_model_arg, make_canvas
 from .train_model import diffusion_loss, encode_example, lr_at, make_batch
 
@@ -285,7 +286,7 @@ def parse_args(argv=None):
             ap.error(f"argument --mix: {args.mix!r} is not a comma-separated list of numbers")
         if len(args.mix) != len(args.families) or any(not w >= 0 for w in args.mix) or not sum(args.mix) > 0:
             ap.error(f"argument --mix: give {len(args.families)} weights >= 0 (one per family), not all 0")
-    check_outputs(ap, args, dirs=("out",))
+    check_outputs(ap, args, dirs=("out",), writes=MODEL_FORMAT)
     if os.path.realpath(args.out) == os.path.realpath(MODEL_DIR):
         ap.error(f"argument --out: {args.out} is the shipped model's folder; write the fine-tuned model elsewhere")
     check_input_dir(ap, "--init-from", args.init_from, ("config.json", "model.safetensors"), "model")

@@ -19,6 +19,7 @@ The commands built on it: `python -m prr_testbed.sweep`, `python -m prr_testbed.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -87,6 +88,16 @@ class RunSpec:
         if self.policy == "r2prr":
             return prr_ext.R2(base=prr_ext.PRR(controller, tau=self.param))
         raise ValueError(f"unknown policy {self.policy!r}; known: {POLICY_NAMES}")
+
+
+def param_error(policy: str, value: float) -> Optional[str]:
+    """Why `policy` cannot take the hyper-parameter `value` (the policy's own check, e.g. "tau must lie in [0, 1],
+    got 1.5"), or None. Commands ask before any decoding, so that a bad grid value fails at once."""
+    try:
+        RunSpec(policy, value).make_policy(prr_ext.Controller.init(0) if policy in NEEDS_CONTROLLER else None)
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
 
 
 def steps_for(family: T.TaskFamily, steps_frac: float, gen_length: int, block_length: int) -> int:
@@ -318,6 +329,21 @@ def have_matplotlib() -> bool:
     except ImportError:
         return False
     return True
+
+
+def plot_format_error(path: str) -> Optional[str]:
+    """Why matplotlib cannot save a plot at `path` (its extension names no format it writes), or None (also when
+    matplotlib is missing: then no plot is drawn). Commands ask before their work, not at its end."""
+    if not have_matplotlib():
+        return None
+    from matplotlib.figure import Figure
+
+    ext = os.path.splitext(path)[1][1:].lower()
+    formats = Figure().canvas.get_supported_filetypes()
+    if ext not in formats:
+        what = "." + ext if ext else "a file without an extension"
+        return f"{path}: matplotlib writes {', '.join('.' + f for f in sorted(formats))}, not {what}"
+    return None
 
 
 def plot_pareto(results: List[Dict], path: str, title: str = "accuracy vs NFE") -> None:

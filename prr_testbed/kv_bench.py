@@ -26,8 +26,9 @@ import torch
 import prr_ext
 
 from . import tasks as T
-from .cli import check_outputs, device_arg, model_arg, model_help, names_arg, parser, write_json
-from .harness import pick_device_arg
+from .cli import (check_input_dir, check_outputs, check_trained, device_arg, model_arg, model_help, names_arg, parser,
+                  progress, write_json)
+from .harness import device_label, param_error, pick_device_arg
 from .model import CachedLM, MaskedDiffusionLM, decode_responses, load_model_arg, make_canvas
 from .sweep import git_commit
 
@@ -39,7 +40,8 @@ POLICIES = ("threshold", "lowconf")
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=None,
+                    help="task families (comma-separated; default: those the model was trained on)")
     ap.add_argument("--policies", type=names_arg(POLICIES), default="threshold",
                     help=f"comma list of {', '.join(POLICIES)} (threshold: Threshold(--tau); lowconf: LowConfidence, "
                          "one token per step)")
@@ -50,10 +52,17 @@ def parse_args(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--device", type=device_arg, default="cpu")
     ap.add_argument("--out", default=os.path.join("runs", "kv_bench.json"))
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = ap.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.repeats < 1:
         ap.error("argument --n/--batch-size/--repeats: must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        ap.error("argument --threads: must be >= 1")
+    if param_error("threshold", args.tau):
+        ap.error(f"argument --tau: {param_error('threshold', args.tau)}")
     check_outputs(ap, args, files=["out"])
+    check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    args.families = check_trained(ap, "--families", args.model, args.families)
     return ap, args
 
 
@@ -90,20 +99,29 @@ def main(argv=None) -> Dict:
     ap, args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device, dev_txt = pick_device_arg(ap, args.device)
+    device, note = pick_device_arg(ap, args.device)
+    if note:
+        print(f"[kv_bench] NOTE: {note}")
+    dev_txt = device_label(device)
     model = load_model_arg(args.model, device)
+    print(f"[kv_bench] {','.join(args.policies)} on {args.n} test prompts of {','.join(args.families)}, caches "
+          f"{','.join(CACHES)}, {args.repeats} timed run(s) each after a warm-up, on {dev_txt}", flush=True)
     t0 = time.time()
     rows = []
+    bar = progress(len(args.policies) * len(args.families) * len(CACHES) * (1 + args.repeats), "kv_bench",
+                   disable=args.no_progress, unit="run")
     for policy in args.policies:
         for name in args.families:
             fam = T.get_family(name)
             examples = T.heldout_set(name, "test", args.n)
             for cache in CACHES:  # warm-up (first-call allocations, thread pools)
                 run_cache(model, fam, examples[:args.batch_size], policy, args.tau, cache, args.batch_size, device)
+                bar.update(1)
             runs, all_seconds = {}, {c: [] for c in CACHES}
             for _ in range(args.repeats):  # interleaved, so that a slow spell of the machine hits every cache
                 for cache in CACHES:
                     r = run_cache(model, fam, examples, policy, args.tau, cache, args.batch_size, device)
+                    bar.update(1)
                     all_seconds[cache].append(round(r["seconds"], 4))
                     if cache not in runs or r["seconds"] < runs[cache]["seconds"]:
                         runs[cache] = r
@@ -123,8 +141,9 @@ def main(argv=None) -> Dict:
                     "seconds": round(r["seconds"], 4), "seconds_each_run": all_seconds[cache],
                     "speedup": round(base["seconds"] / r["seconds"], 3),
                     "correct": r["correct"]})
+    bar.close()
     doc = {"meta": {"command": " ".join([PROG] + list(sys.argv[1:] if argv is None else argv)),
-                    "commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "device": dev_txt or str(device),
+                    "commit": git_commit(), "date": time.strftime("%Y-%m-%d"), "device": dev_txt,
                     "torch": torch.__version__, "python": platform.python_version(),
                     "threads": torch.get_num_threads(), "n": args.n, "batch_size": args.batch_size,
                     "repeats": args.repeats, "split": "test", "temperature": 0.0, "steps": "gen_length",

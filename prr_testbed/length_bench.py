@@ -44,9 +44,9 @@ from prr_ext.auto_length import generate_auto
 
 from . import load_controller, tuned_tau
 from . import tasks as T
-from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help,
-                  names_arg, parser, shown_path, write_json)
-from .harness import pick_device_arg
+from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, check_trained, controller_for, device_arg, model_arg,
+                  model_help, names_arg, parser, shown_path, write_json)
+from .harness import param_error, pick_device_arg
 from .model import decode_responses, load_model_arg, make_canvas
 from .stats import paired_comparison
 from .train_length import label_and_features
@@ -91,8 +91,11 @@ def add_paired_comparisons(rows: List[Dict]) -> None:
 
 def compare_written(path: str) -> Dict:
     """--compare-only: add the paired comparisons to a JSON that this command wrote before they existed."""
-    with open(path) as f:
-        doc = json.load(f)
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"{PROG}: --compare-only: cannot read {path} ({e})") from None
     if not (isinstance(doc, dict) and isinstance(doc.get("strategies"), list)
             and all("strategy" in r and "correct" in r for r in doc["strategies"])):
         raise SystemExit(f"{PROG}: {path} is not a JSON this command wrote (no strategies with per-prompt results)")
@@ -119,7 +122,8 @@ def parse_args(argv=None):
                     help="measure nothing: add the paired comparisons to a JSON this command wrote without them")
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
     ap.add_argument("--controller", default=None, help=CONTROLLER_HELP)
-    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=None,
+                    help="task families (comma-separated; default: those the model was trained on)")
     ap.add_argument("--n", type=int, default=200, help="test prompts per family")
     ap.add_argument("--counts", type=_counts, default=None,
                     help="test prompts per family for a skewed mix, e.g. arith=96,sudoku=12,words=12 (replaces "
@@ -151,7 +155,14 @@ def parse_args(argv=None):
         ap.error(f"argument --short-share: a share between 0 and 1, got {args.short_share}")
     if args.short_share is not None and args.counts is not None:
         ap.error("argument --short-share: not with --counts (give one way of skewing the mix)")
+    if param_error("threshold", args.tau):
+        ap.error(f"argument --tau: {param_error('threshold', args.tau)}")
+    if not 0.0 < args.target_truncation < 1.0:
+        ap.error(f"argument --target-truncation: must lie in (0, 1), got {args.target_truncation}")
     check_input_dir(ap, "--predictor", args.predictor, ("config.json", "model.safetensors"), "length predictor")
+    if args.counts is not None:
+        check_trained(ap, "--counts", args.model, list(args.counts))
+    args.families = check_trained(ap, "--families", args.model, args.families)
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
     args.controller_dir, mismatch = controller_for(args.model, args.controller)

@@ -86,8 +86,8 @@ def main(argv=None) -> int:
         with open(args.results) as f:
             doc = json.load(f)
         rows = check(doc["results"])
-    except (OSError, ValueError, KeyError) as e:
-        ap.error(f"argument results: {args.results}: {e}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # (the last two: JSON of another shape)
+        ap.error(f"argument results: {args.results} is not a sweep's results JSON ({type(e).__name__}: {e})")
     eos_exit = bool(doc.get("meta", {}).get("eos_exit"))
     print(f"[quality_bar] NFE {'with EOS early exit (--eos-exit)' if eos_exit else 'over every slot of the canvas'}")
     for name, holds, detail in rows:

@@ -2,7 +2,7 @@
 
     python -m prr_testbed.sweep --quick --n 100          # a smaller sweep (minutes on a CPU)
     python -m prr_testbed.sweep                          # the full sweep, 500 test prompts per family (use a GPU)
-    python -m prr_testbed.sweep --policies lowconf,threshold --taus 0.5 --n 500    # the model's quality bar
+    python -m prr_testbed.sweep --policies lowconf,threshold --taus 0.5 --n 500    # a candidate model's accuracy
 
 Every point decodes the first --n prompts of each family's test set with one policy and prints accuracy, mean NFE,
 tokens per forward and tokens/s; then AUP per family and policy, and the noise of those numbers: 95% bootstrap
@@ -30,13 +30,15 @@ from typing import Callable, Dict, List, Sequence
 import torch
 
 import prr_ext
+from prr_ext.user_common import floats
 
 from . import MODEL_DIR, load_controller
 from . import tasks as T
-from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help,
-                  names_arg, parser, progress, shown_path)
+from .cli import (CONTROLLER_HELP, check_input_dir, check_outputs, check_trained, controller_for, device_arg, model_arg,
+                  model_help, names_arg, parser, progress, shown_path)
 from .harness import (NEEDS_CONTROLLER, POLICY_LABELS, POLICY_NAMES, RunSpec, add_accuracy_intervals, device_label,
-                      evaluate, have_matplotlib, pick_device_arg, plot_pareto, summarize, summarize_noise)
+                      evaluate, have_matplotlib, param_error, pick_device_arg, plot_format_error, plot_pareto,
+                      summarize, summarize_noise)
 from .model import MaskedDiffusionLM, load_model_arg
 from .stats import BOOTSTRAP_RESAMPLES
 
@@ -155,41 +157,43 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
 
 
-def _floats(s):
-    return tuple(float(v) for v in s.split(",") if v.strip())
+# the grid options and the policy each one's values go to (checked before any decoding)
+GRID_POLICIES = (("taus", "threshold"), ("factors", "factor"), ("gammas", "eb"), ("prr_taus", "prr"),
+                 ("localleap_taus", "localleap"), ("slowfast_fills", "slowfast"), ("klass_confs", "klass"),
+                 ("r2_taus", "r2"))
 
 
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
-    ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
-                    help="task families (comma-separated; the step families, " + ",".join(T.STEP_FAMILY_NAMES)
-                         + ", and the long ones, " + ",".join(T.LONG_FAMILY_NAMES)
-                         + ", need a model trained on them: --model steps or --model long)")
+    ap.add_argument("--tasks", type=names_arg(tuple(T.FAMILIES)), default=None,
+                    help="task families (comma-separated; default: those the model was trained on: "
+                         + ",".join(T.FAMILY_NAMES) + " for the demo model, " + ",".join(T.STEP_FAMILY_NAMES)
+                         + " for --model steps, " + ",".join(T.LONG_FAMILY_NAMES) + " for --model long)")
     ap.add_argument("--policies", type=names_arg(POLICY_NAMES), default=None,
                     help=f"policies (comma-separated; default: all, {','.join(POLICY_NAMES)}); prr and r2prr use "
                          "--controller")
     ap.add_argument("--n", type=int, default=T.DEFAULT_HELDOUT_SIZE, help="test prompts per task (the first n of 500)")
     ap.add_argument("--quick", action="store_true", help="the smaller default grids (20 points instead of 41)")
-    ap.add_argument("--taus", type=_floats, default=None,
+    ap.add_argument("--taus", type=floats, default=None,
                     help=f"Threshold taus (default: {TAUS}, --quick {TAUS_QUICK})")
-    ap.add_argument("--factors", type=_floats, default=None,
+    ap.add_argument("--factors", type=floats, default=None,
                     help=f"Factor f values (default: {FACTORS}, --quick {FACTORS_QUICK})")
-    ap.add_argument("--gammas", type=_floats, default=None,
+    ap.add_argument("--gammas", type=floats, default=None,
                     help=f"EntropyBound gammas (default: {GAMMAS}, --quick {GAMMAS_QUICK})")
-    ap.add_argument("--prr-taus", type=_floats, default=None,
+    ap.add_argument("--prr-taus", type=floats, default=None,
                     help=f"PRR taus (default: {PRR_TAUS}, --quick {PRR_TAUS_QUICK})")
-    ap.add_argument("--localleap-taus", type=_floats, default=None,
+    ap.add_argument("--localleap-taus", type=floats, default=None,
                     help=f"LocalLeap taus (relaxed tau = tau - 0.15; default: {LOCALLEAP_TAUS}, --quick "
                          f"{LOCALLEAP_TAUS_QUICK})")
-    ap.add_argument("--slowfast-fills", type=_floats, default=None,
+    ap.add_argument("--slowfast-fills", type=floats, default=None,
                     help=f"SlowFast fill thresholds (default: {SLOWFAST_FILLS}, --quick {SLOWFAST_FILLS_QUICK})")
-    ap.add_argument("--klass-confs", type=_floats, default=None,
+    ap.add_argument("--klass-confs", type=floats, default=None,
                     help=f"KLASS confidence thresholds (default: {KLASS_CONFS}, --quick {KLASS_CONFS_QUICK})")
-    ap.add_argument("--r2-taus", type=_floats, default=None,
+    ap.add_argument("--r2-taus", type=floats, default=None,
                     help=f"R2's base taus, over Threshold and PRR (default: {R2_TAUS}, --quick {R2_TAUS_QUICK})")
-    ap.add_argument("--steps-fracs", type=_floats, default=None, help="LowConfidence step budgets as fractions of "
+    ap.add_argument("--steps-fracs", type=floats, default=None, help="LowConfidence step budgets as fractions of "
                     f"gen_length (default: {STEPS_FRACS}, --quick {STEPS_FRACS_QUICK})")
-    ap.add_argument("--adaptive-steps-fracs", type=_floats, default="1", help="step budgets (fractions of "
+    ap.add_argument("--adaptive-steps-fracs", type=floats, default="1", help="step budgets (fractions of "
                     "gen_length) of the adaptive policies (< 1 raises their per-step floor)")
     ap.add_argument("--controller", default=None, help=CONTROLLER_HELP)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
@@ -213,12 +217,28 @@ def parse_args(argv=None):
         ap.error("argument --n/--batch-size: must be >= 1")
     if args.bootstrap < 0:
         ap.error("argument --bootstrap: must be >= 0 (0: no intervals)")
+    if args.threads is not None and args.threads < 1:
+        ap.error("argument --threads: must be >= 1")
+    for dest, policy in GRID_POLICIES:
+        for value in getattr(args, dest) or ():
+            err = param_error(policy, value)
+            if err:
+                ap.error(f"argument --{dest.replace('_', '-')}: {err}")
+    for dest in ("steps_fracs", "adaptive_steps_fracs"):
+        if any(not 0.0 < f <= 1.0 for f in getattr(args, dest) or ()):
+            ap.error(f"argument --{dest.replace('_', '-')}: step budgets are fractions of gen_length in (0, 1]")
     if args.plot is None:
         args.plot = os.path.splitext(args.out)[0] + ".png"
     check_outputs(ap, args, files=("out",))
+    if os.path.realpath(args.plot) == os.path.realpath(args.out):
+        ap.error(f"argument --plot: {args.plot} is also --out (the results JSON); give --out a .json path, or "
+                 "--plot another path")
     if args.plot != os.path.splitext(args.out)[0] + ".png":
         check_outputs(ap, args, files=("plot",))
+    if plot_format_error(args.plot):
+        ap.error(f"argument --plot: {plot_format_error(args.plot)}")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
+    args.tasks = check_trained(ap, "--tasks", args.model, args.tasks)
     chosen, args.policies = args.policies is not None, args.policies or list(POLICY_NAMES)
     args.controller_note = None
     # the controller: --controller, else the one that ships beside --model (none: PRR is dropped, or refused)

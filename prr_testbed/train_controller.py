@@ -39,13 +39,14 @@ from prr_ext import Controller
 from prr_ext import prr_rounds as R
 from prr_ext.controller import TUNED_TAU_FILE
 from prr_ext.prr_training import Rollout, fit_controller, rollout
+from prr_ext.user_common import check_controller_grids, floats, ints
 
 from . import MODEL_DIR
 from . import harness as E
 from .stats import aup
 from . import tasks as T
-from .cli import (check_input_dir, check_outputs, controller_for, device_arg, model_arg, model_help, names_arg,
-                  parser, progress)
+from .cli import (check_input_dir, check_outputs, check_trained, controller_for, device_arg, model_arg, model_help,
+                  names_arg, parser, progress)
 from .model import MaskedDiffusionLM, make_canvas
 
 PROG = "python -m prr_testbed.train_controller"
@@ -179,33 +180,25 @@ def run_settings(args) -> Dict:
 # ---------------------------------------------------------------------------------------------------------------
 # main
 # ---------------------------------------------------------------------------------------------------------------
-def _floats(s: str) -> List[float]:
-    return [float(v) for v in s.split(",") if v.strip()]
-
-
-def _ints(s: str) -> List[int]:
-    return [int(v) for v in s.split(",") if v.strip()]
-
-
 def parse_args(argv=None):
     p = parser(PROG, __doc__)
     p.add_argument("--out", default=os.path.join("runs", "prr"),
                    help="the run's folder (resumable; its parent must exist, except for the default's)")
     p.add_argument("--model", default=None, type=model_arg, help=model_help())
     p.add_argument("--rounds", type=int, default=3, help="self-evolving rounds after round 0 (total = rounds + 1)")
-    p.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES),
-                   help="task families")
+    p.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=None,
+                   help="task families (comma-separated; default: those the model was trained on)")
     p.add_argument("--train-prompts", type=int, default=512, help="training prompts per family")
     p.add_argument("--val-prompts", type=int, default=128, help="validation prompts per family (tuning)")
     p.add_argument("--test-prompts", type=int, default=500, help="held-out test prompts per family (evaluation)")
     p.add_argument("--label", choices=("progress", "binary"), default="progress",
                    help="convergence-progress labels, or Learn2PD's binary ones")
-    p.add_argument("--hidden", type=_ints, default="32,32", help="the MLP's hidden sizes")
+    p.add_argument("--hidden", type=ints, default="32,32", help="the MLP's hidden sizes")
     p.add_argument("--epochs", type=int, default=8, help="epochs of the MLP fit per round")
     p.add_argument("--batch-size", type=int, default=256, help="prompts decoded together")
-    p.add_argument("--t-max-grid", type=_floats, default="1.0,2.0", help="temperature-map t_max values tried")
-    p.add_argument("--t-min-grid", type=_floats, default="0.1,0.25,0.5", help="temperature-map t_min values tried")
-    p.add_argument("--tau-grid", type=_floats, default="0.5,0.7,0.8,0.9,0.95", help="PRR taus tried")
+    p.add_argument("--t-max-grid", type=floats, default="1.0,2.0", help="temperature-map t_max values tried")
+    p.add_argument("--t-min-grid", type=floats, default="0.1,0.25,0.5", help="temperature-map t_min values tried")
+    p.add_argument("--tau-grid", type=floats, default="0.5,0.7,0.8,0.9,0.95", help="PRR taus tried")
     p.add_argument("--select", choices=("aup", "nfe"), default="aup",
                    help="how the temperature map is chosen on the validation split: aup = the best AUP of its tau "
                    "sweep, nfe = the fewest NFE within 1 point of full refinement")
@@ -225,7 +218,9 @@ def parse_args(argv=None):
     for name in ("rounds", "train_prompts", "val_prompts", "test_prompts", "epochs", "batch_size"):
         if getattr(args, name) < (0 if name == "rounds" else 1):
             p.error(f"argument --{name.replace('_', '-')}: must be >= {0 if name == 'rounds' else 1}")
-    check_outputs(p, args, dirs=("out",))
+    check_controller_grids(p, args)
+    args.families = check_trained(p, "--families", args.model, args.families)
+    check_outputs(p, args, dirs=("out",), inputs=("model",))
     check_input_dir(p, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.model = MODEL_DIR if args.model is None else args.model
     args.install_dir = None

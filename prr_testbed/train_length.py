@@ -19,6 +19,7 @@ settings in its meta) and --out/report.json. Needs the compiled prr_ext op (the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Dict, List, Sequence, Tuple
@@ -28,9 +29,11 @@ import torch
 import prr_ext
 
 from . import tasks as T
-from .cli import check_input_dir, check_outputs, device_arg, model_arg, model_help, names_arg, parser, progress
+from .cli import (check_input_dir, check_outputs, check_trained, device_arg, model_arg, model_help, names_arg, parser,
+                  progress)
 from .harness import pick_device_arg
 from .model import MaskedDiffusionLM, load_model_arg, make_canvas
+from prr_ext.length import FORMAT as LENGTH_FORMAT
 
 PROG = "python -m prr_testbed.train_length"
 
@@ -38,7 +41,8 @@ PROG = "python -m prr_testbed.train_length"
 def parse_args(argv=None):
     ap = parser(PROG, __doc__)
     ap.add_argument("--model", default=None, type=model_arg, help=model_help())
-    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=",".join(T.FAMILY_NAMES))
+    ap.add_argument("--families", type=names_arg(tuple(T.FAMILIES)), default=None,
+                    help="task families (comma-separated; default: those the model was trained on)")
     ap.add_argument("--train", type=int, default=400, help="train-split prompts per family (fit + calibration)")
     ap.add_argument("--test", type=int, default=200, help="test-split prompts per family (the report)")
     ap.add_argument("--max-length", type=int, default=None, help="the longest canvas (default: the families' max)")
@@ -53,12 +57,21 @@ def parse_args(argv=None):
     ap.add_argument("--out", default=os.path.join("runs", "length"))
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
+    args.families = check_trained(ap, "--families", args.model, args.families)
     if args.train < 4 or args.test < 1 or args.batch_size < 1:
         ap.error("argument --train/--test/--batch-size: --train must be >= 4, the others >= 1")
     if not 0.0 < args.target_truncation < 1.0:
         ap.error("argument --target-truncation: must lie in (0, 1)")
     if not 0.0 < args.calibration_fraction < 1.0:
         ap.error("argument --calibration-fraction: must lie in (0, 1)")
+    # LengthPredictor.fit's rule for its split of the train pairs, checked before the labelling, not after it
+    n = args.train * len(args.families)
+    n_cal = int(round(n * args.calibration_fraction))
+    if n_cal < 1 or n - n_cal < 2:
+        ap.error(f"argument --calibration-fraction: {n} train pairs ({args.train} per family) leave {n_cal} to "
+                 f"calibrate and {n - n_cal} to fit; each needs more (raise --train or change the fraction)")
+    if not 0.0 <= args.ridge < math.inf:
+        ap.error(f"argument --ridge: must be a finite number >= 0, got {args.ridge}")
     fams = [T.get_family(f) for f in args.families]
     if args.max_length is None:
         args.max_length = max(f.gen_length for f in fams)
@@ -69,7 +82,7 @@ def parse_args(argv=None):
         args.block_length = min(divisors) if divisors else args.max_length
     if args.block_length < 1 or args.max_length % args.block_length:
         ap.error(f"argument --block-length: must divide --max-length ({args.max_length})")
-    check_outputs(ap, args, dirs=("out",))
+    check_outputs(ap, args, dirs=("out",), inputs=("model",), writes=LENGTH_FORMAT)
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.device, args.device_note = pick_device_arg(ap, args.device)
     return ap, args

@@ -6,10 +6,15 @@
 Writes --out/config.json and --out/model.safetensors (also at every --eval-every evaluation). Only --install copies
 the result over the shipped model (prr_testbed/assets/model). Needs torch and safetensors, not prr_ext's compiled op.
 
-The shipped checkpoint (config.json records both stages) was made on one H100 in two runs:
+The shipped checkpoint was made on one H100 in four runs, each from the one before (its config.json's `training`
+records every run's full command and time):
     python -m prr_testbed.train_model --steps 5990 --out runs/stage1                  # 258 s, the defaults below
     python -m prr_testbed.train_model --init-from runs/stage1 --steps 1000 --warmup 100 --lr 5e-4 \
-        --mix 0.5,3,0.25 --seed 1 --out runs/stage2 --install                        # 57 s, more word problems
+        --mix 0.5,3,0.25 --seed 1 --out runs/stage2                                  # 57 s, more word problems
+    python -m prr_testbed.train_model --init-from runs/stage2 --steps 3000 --warmup 100 --lr 3e-4 \
+        --mix 0.5,3,0.25 --seed 2 --out runs/stage3                                  # 259 s
+    python -m prr_testbed.train_model --init-from runs/stage3 --steps 4000 --warmup 100 --lr 3e-4 \
+        --mix 0.5,3,0.25 --seed 4 --out runs/stage4 --install                        # 336 s
 
 Objective (LLaDA SFT): for each sequence draw t ~ U(0, 1), mask every response position (the response, then <eos>
 up to the family's generation length) independently with probability p = (1 - eps) t + eps, never the prompt;
@@ -48,6 +53,7 @@ import torch.nn.functional as F
 from . import MODEL_DIR
 from . import tasks as T
 from .cli import check_input_dir, check_outputs, device_arg, parser, resolve_device
+from .model import FORMAT as MODEL_FORMAT
 from .model import MaskedDiffusionLM, ModelConfig, decode_responses, make_canvas
 from .tokenizer import CharTokenizer
 
@@ -225,7 +231,7 @@ def parse_args(argv=None):
     ap.add_argument("--device", type=device_arg, default="auto",
                     help="auto (the GPU when there is one), cpu, cuda, cuda:<index>")
     ap.add_argument("--workers", type=int, default=None, help="data worker processes (default: min(12, cores - 1))")
-    ap.add_argument("--eval-every", type=int, default=1000, help="steps between held-out (valid split) evaluations")
+    ap.add_argument("--eval-every", type=int, default=1000, help="steps between held-out (valid split) evaluations (0: none)")
     ap.add_argument("--checkpoint-every", type=int, default=500,
                     help="steps between resumable checkpoints in <out>/checkpoint (0: none); running the same command "
                          "again continues from the last one")
@@ -238,7 +244,7 @@ def parse_args(argv=None):
                     help="torch.compile the training forward (batches padded to the model's max_seq_len, one shape; "
                     "the same logits at the real positions), faster on a GPU after a minute of compiling")
     args = ap.parse_args(argv)
-    check_outputs(ap, args, dirs=("out",))
+    check_outputs(ap, args, dirs=("out",), writes=MODEL_FORMAT)
     if not 0.0 <= args.canvas_jitter <= 1.0:
         ap.error(f"argument --canvas-jitter: {args.canvas_jitter} is not a fraction in [0, 1]")
     if os.path.realpath(args.out) == os.path.realpath(MODEL_DIR):
@@ -254,6 +260,29 @@ def parse_args(argv=None):
         args.batch_size = min(args.batch_size, 32)
     if args.checkpoint_every < 0:
         ap.error("argument --checkpoint-every: must be >= 0")
+    for name in ("steps", "batch_size", "d_model", "n_layers", "n_heads", "d_ff", "eval_n", "final_eval_n",
+                 "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"argument --{name.replace('_', '-')}: must be >= 1")
+    for name in ("workers", "eval_every"):
+        if getattr(args, name) is not None and getattr(args, name) < 0:
+            ap.error(f"argument --{name.replace('_', '-')}: must be >= 0")
+    if args.budget_minutes is not None and not 0.0 < args.budget_minutes < math.inf:
+        ap.error("argument --budget-minutes: must be a positive number of minutes")
+    if args.d_model % args.n_heads or (args.d_model // args.n_heads) % 2:
+        ap.error(f"argument --n-heads: d_model {args.d_model} must split into {args.n_heads} heads of even size")
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = [f for f in families if f not in T.FAMILIES]
+    if not families or unknown:
+        ap.error(f"argument --families: unknown {','.join(unknown) or '(none given)'}; choose from "
+                 f"{','.join(T.FAMILIES)}")
+    try:
+        weights = [float(w) for w in args.mix.split(",")]
+    except ValueError:
+        ap.error(f"argument --mix: {args.mix!r} is not a comma-separated list of numbers")
+    if len(weights) != len(families) or any(not 0.0 <= w < math.inf for w in weights) or not sum(weights) > 0:
+        ap.error(f"argument --mix: give {len(families)} finite weights >= 0 (one per family: {','.join(families)}), "
+                 "not all 0")
     problem = checkpoint_settings_problem(args.out, args)
     if problem:
         ap.error(f"argument --out: {problem}. Use the same settings to continue it, or another --out")
@@ -331,10 +360,7 @@ def main(argv=None) -> Dict:
     random.seed(args.seed)
     tok = CharTokenizer()
     families = [f.strip() for f in args.families.split(",") if f.strip()]
-    weights = [float(w) for w in args.mix.split(",")]
-    if len(weights) != len(families):
-        raise SystemExit(f"--mix: {len(weights)} weights for {len(families)} families ({','.join(families)}); give one "
-                         "weight per family, in the same order")
+    weights = [float(w) for w in args.mix.split(",")]  # (parse_args checked both)
     max_len = max(len(e.prompt) for f in families for e in T.heldout_set(f, "valid", 200)) + max(
         T.get_family(f).gen_length for f in families)
     cfg = ModelConfig.for_tokenizer(tok, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,

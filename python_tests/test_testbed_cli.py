@@ -164,9 +164,9 @@ def test_each_model_gets_its_own_shipped_controller(tmp_path, capsys):
         assert "prr" in args.policies and args.controller_note is None and args.controller_dir == want
     assert set(prr_testbed.SHIPPED_CONTROLLERS.values()) == {prr_testbed.CONTROLLER_DIR,
                                                              prr_testbed.STEP_CONTROLLER_DIR}
-    lp = tmp_path / "lp"  # the argument checks look for the predictor's files only
+    lp = tmp_path / "lp"  # the argument checks look for the predictor's files and format only
     lp.mkdir()
-    (lp / "config.json").write_text("{}")
+    (lp / "config.json").write_text('{"format": "prr_ext.length_predictor"}')
     (lp / "model.safetensors").write_bytes(b"")
     with pytest.raises(SystemExit):
         length_bench.parse_args(["--model", str(other), "--predictor", str(lp)] + out)
@@ -283,6 +283,85 @@ def test_train_controller_refuses_a_run_with_other_settings(capsys, no_work, tmp
     assert "argument --out:" in err and "no run.json" in err
 
 
+def _refused(capsys, module: str, argv) -> str:
+    """The usage error (exit 2) of `python -m prr_testbed.<module> argv`, which must come before any work."""
+    import importlib
+
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(f"prr_testbed.{module}").main(argv)
+    assert e.value.code == 2, f"expected a usage error (exit 2), got {e.value.code!r}"
+    return capsys.readouterr().err
+
+
+def test_no_output_overwrites_an_input_or_another_output(capsys, no_work, tmp_path):
+    """A results path that is also an input or another output of the same run is refused, not overwritten."""
+    sweep_json = tmp_path / "before.json"
+    sweep_json.write_text("{}")
+    err = _refused(capsys, "sweep", ["--out", str(tmp_path / "s.png"), "--device", "cpu"])  # the plot would be --out
+    assert "argument --plot:" in err and "is also --out" in err
+    err = _refused(capsys, "demo", ["--plot", str(tmp_path / "p.png"), "--json", str(tmp_path / "p.png")])
+    assert f"argument --json: {tmp_path / 'p.png'} is also --plot" in err
+    err = _refused(capsys, "compare_sweeps", [str(sweep_json), str(sweep_json), "--out", str(sweep_json)])
+    assert f"argument --out: {sweep_json} is also before" in err
+    assert sweep_json.read_text() == "{}"
+
+
+def test_an_output_folder_holding_a_model_is_refused(capsys, no_work, tmp_path):
+    """Models, controllers and predictors share their file names: a folder of another kind is not overwritten."""
+    import shutil
+
+    model_copy = tmp_path / "my_model"
+    shutil.copytree(prr_testbed.MODEL_DIR, model_copy)
+    before = (model_copy / "model.safetensors").read_bytes()
+    err = _refused(capsys, "train_length", ["--model", str(model_copy), "--out", str(model_copy)])
+    assert f"argument --out: {model_copy} is also --model" in err
+    err = _refused(capsys, "train_length", ["--out", str(model_copy), "--device", "cpu"])
+    assert f"argument --out: {model_copy} holds a prr_ext.mdlm (its config.json's format)" in err
+    err = _refused(capsys, "train_controller", ["--out", str(model_copy), "--device", "cpu"])
+    assert "holds a prr_ext.mdlm" in err
+    err = _refused(capsys, "train_model", ["--out", prr_testbed.CONTROLLER_DIR, "--device", "cpu"])
+    assert "holds a prr_ext.controller" in err
+    assert (model_copy / "model.safetensors").read_bytes() == before
+
+
+def test_an_input_folder_of_another_kind_is_named(capsys, no_work):
+    err = _refused(capsys, "sweep", ["--policies", "prr", "--controller", prr_testbed.MODEL_DIR, "--device", "cpu"])
+    assert f"argument --controller: {prr_testbed.MODEL_DIR} holds a prr_ext.mdlm (its config.json's format), not a PRR " \
+           "controller" in err
+    err = _refused(capsys, "sweep", ["--model", prr_testbed.CONTROLLER_DIR, "--device", "cpu"])
+    assert "argument --model:" in err and "not a model" in err
+
+
+@pytest.mark.parametrize("module,argv,message", [
+    ("sweep", ["--taus", "1.5"], "argument --taus: tau must lie in [0, 1], got 1.5"),
+    ("sweep", ["--klass-confs", "-1"], "argument --klass-confs:"),
+    ("sweep", ["--steps-fracs", "0,1"], "argument --steps-fracs: step budgets are fractions of gen_length in (0, 1]"),
+    ("sweep", ["--adaptive-steps-fracs", "5"], "argument --adaptive-steps-fracs:"),
+    ("sweep", ["--taus", ","], "argument --taus: give at least one value"),
+    ("sweep", ["--threads", "-1"], "argument --threads: must be >= 1"),
+    ("sweep", ["--plot", "x.abc"], "argument --plot: x.abc: matplotlib writes"),
+    ("demo", ["--plot", "x.abc"], "argument --plot: x.abc: matplotlib writes"),
+    ("kv_bench", ["--tau", "1.5"], "argument --tau: tau must lie in [0, 1], got 1.5"),
+    ("train_controller", ["--tau-grid", "2"], "argument --tau-grid: tau must lie in [0, 1]"),
+    ("train_controller", ["--t-min-grid", "0"], "argument --t-min-grid: t_min must lie in (0, 1)"),
+    ("train_controller", ["--t-max-grid", "0.5"], "argument --t-max-grid: t_max must be a finite number >= 1"),
+    ("train_controller", ["--hidden", "0"], "argument --hidden: one or two sizes in [1, 64]"),
+    ("train_controller", ["--hidden", "abc"], "argument --hidden: 'abc' is not a comma-separated list of integers"),
+    ("train_length", ["--ridge", "-1"], "argument --ridge: must be a finite number >= 0"),
+    ("train_length", ["--train", "4", "--families", "arith", "--calibration-fraction", "0.1"],
+     "argument --calibration-fraction: 4 train pairs (4 per family) leave 0 to calibrate"),
+    ("train_model", ["--steps", "0"], "argument --steps: must be >= 1"),
+    ("train_model", ["--mix", "abc"], "argument --mix: 'abc' is not a comma-separated list of numbers"),
+    ("train_model", ["--families", "nosuch", "--mix", "1"], "argument --families: unknown nosuch"),
+    ("train_model", ["--d-model", "60"], "argument --n-heads: d_model 60 must split into 8 heads of even size"),
+])
+def test_settings_are_checked_before_any_work(capsys, no_work, tmp_path, module, argv, message):
+    """A setting the run would reject later (a policy's range, a grid, a split size) fails at once, naming it."""
+    out = ["--out", str(tmp_path / ("o.json" if module in ("sweep", "kv_bench") else "o"))]
+    err = _refused(capsys, module, argv + (out if module != "demo" else []) + ["--device", "cpu"])
+    assert message in err
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # the demo without the optional matplotlib
 # ---------------------------------------------------------------------------------------------------------------
@@ -304,23 +383,48 @@ def test_demo_without_matplotlib_skips_the_plot_with_a_note(monkeypatch, capsys,
 # ---------------------------------------------------------------------------------------------------------------
 # the demo on another model's families
 # ---------------------------------------------------------------------------------------------------------------
-def test_demo_tasks_follow_the_model_it_loads():
+def test_tasks_follow_the_model_it_loads(tmp_path):
     """Without --tasks the demo decodes the set of families the model was trained on (its record's validation
     accuracies): the demo families, else the step families, else the long ones; --tasks outside the record is an
     error that names them. A model without a record gets the demo families, and any --tasks."""
-    from types import SimpleNamespace
+    from prr_testbed.cli import trained_tasks
 
     def model(*families):
-        return SimpleNamespace(metadata={"final_valid_acc": {f: 1.0 for f in families}} if families else {})
+        folder = tmp_path / "_".join(families or ("none",))
+        folder.mkdir(exist_ok=True)
+        record = {"training": {"final_valid_acc": {f: 1.0 for f in families}}} if families else {}
+        (folder / "config.json").write_text(json.dumps({"format": "prr_ext.mdlm", **record}))
+        return str(folder)
 
-    assert demo.trained_tasks(model("arith", "words", "sudoku"), None) == list(T.FAMILY_NAMES)
-    assert demo.trained_tasks(model(*T.LONG_FAMILY_NAMES, *T.STEP_FAMILY_NAMES), None) == list(T.STEP_FAMILY_NAMES)
-    assert demo.trained_tasks(model(*T.LONG_FAMILY_NAMES), None) == list(T.LONG_FAMILY_NAMES)
-    assert demo.trained_tasks(model(), None) == list(T.FAMILY_NAMES)
-    assert demo.trained_tasks(model(), ["dial"]) == ["dial"]
-    assert demo.trained_tasks(model(*T.LONG_FAMILY_NAMES), ["trace"]) == ["trace"]
+    assert trained_tasks(model("arith", "words", "sudoku"), None) == list(T.FAMILY_NAMES)
+    assert trained_tasks(None, None) == list(T.FAMILY_NAMES)  # the shipped model
+    assert trained_tasks(model(*T.LONG_FAMILY_NAMES, *T.STEP_FAMILY_NAMES), None) == list(T.STEP_FAMILY_NAMES)
+    long_model = model(*T.LONG_FAMILY_NAMES)
+    assert trained_tasks(long_model, None) == list(T.LONG_FAMILY_NAMES)
+    assert trained_tasks(model(), None) == list(T.FAMILY_NAMES)
+    assert trained_tasks(model(), ["dial"]) == ["dial"]
+    assert trained_tasks(long_model, ["trace"]) == ["trace"]
     with pytest.raises(ValueError, match="not trained on cups,dial"):
-        demo.trained_tasks(model(*T.LONG_FAMILY_NAMES), ["cups", "trace", "dial"])
+        trained_tasks(long_model, ["cups", "trace", "dial"])
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["prr_testbed.sweep", "--tasks", "trace"], "--tasks"),
+    (["prr_testbed.failures", "--tasks", "trace"], "--tasks"),
+    (["prr_testbed.kv_bench", "--families", "trace"], "--families"),
+    (["prr_testbed.train_length", "--families", "trace"], "--families"),
+    (["prr_testbed.train_controller", "--families", "trace"], "--families"),
+])
+def test_commands_refuse_families_the_model_was_not_trained_on(argv, option, tmp_path, capsys):
+    """Decoding families the model never saw gives 0 % for every rule: each command refuses before any work
+    (here the shipped demo model, trained on arith, words and sudoku)."""
+    import importlib
+
+    main = importlib.import_module(argv[0]).main
+    with pytest.raises(SystemExit):
+        main(argv[1:] + ["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert f"argument {option}: the model was not trained on trace (its record: arith,sudoku,words)" in err
 
 
 @pytest.mark.skipif(not os.path.isfile(os.path.join(prr_testbed.STEP_MODEL_DIR, "model.safetensors")),

@@ -212,6 +212,47 @@ def test_usage_errors(files, tmp_path, capsys):
     assert "argument --policies" in err and "greedy" in err
 
 
+def test_usage_errors_come_before_the_model_and_the_data_loss(files, tmp_path, capsys, monkeypatch):
+    """What can be checked without the model is checked before loading it (minutes for an 8B one); nothing a run
+    reads, nor a folder it did not write, is overwritten by its results."""
+    def no_load(*a, **k):
+        raise AssertionError("the command loaded the model before rejecting its arguments")
+
+    monkeypatch.setattr(U, "load_decoder", no_load)
+    err = _usage_error(user_eval.main, ["--model", MODEL, "--data", files["val"], "--out", files["val"]] + CANVAS,
+                       capsys)
+    assert f"argument --out: {files['val']} is also --data" in err
+    err = _usage_error(user_eval.main, ["--model", MODEL, "--data", files["val"], "--policies", "threshold",
+                                        "--taus", "1.5"] + CANVAS, capsys)
+    assert "argument --policies: threshold:1.5: tau must lie in [0, 1], got 1.5" in err
+    err = _usage_error(user_eval.main, ["--model", MODEL, "--data", files["val"], "--policies", "prr",
+                                        "--controller", MODEL] + CANVAS, capsys)
+    assert "argument --controller:" in err and "not a prr_ext controller config" in err
+    no_number = _write(tmp_path / "no_number.jsonl", [{"prompt": "1+1=", "answer": "#### 2"},
+                                                      {"prompt": "2+2=", "answer": "four"}])
+    err = _usage_error(user_eval.main, ["--model", MODEL, "--data", no_number, "--checker", "gsm8k"] + CANVAS, capsys)
+    assert "argument --data: line 2: the answer 'four' holds no number" in err
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"prompt": "caf\xe9"}\n')
+    err = _usage_error(user_eval.main, ["--model", MODEL, "--data", str(not_utf8)] + CANVAS, capsys)
+    assert f"argument --data: {not_utf8}:1: not UTF-8 text" in err
+    # <out>/controller is replaced at the end of a run: a folder there that no run wrote is refused
+    out = tmp_path / "project"
+    (out / "controller").mkdir(parents=True)
+    (out / "controller" / "NOTES.txt").write_text("mine")
+    err = _usage_error(user_train.main, ["--model", MODEL, "--data", files["train"], "--val", files["val"],
+                                         "--out", str(out)] + CANVAS, capsys)
+    assert f"argument --out: {out / 'controller'} exists and is not a controller" in err
+    assert (out / "controller" / "NOTES.txt").read_text() == "mine"
+
+
+def test_an_empty_prompt_is_named_by_its_line_before_decoding(files, tmp_path, capsys):
+    rows = [{"prompt": "1+1="}, {"prompt": "2+2="}, {"prompt": ""}]
+    late_empty = _write(tmp_path / "late_empty.jsonl", rows)
+    err = _usage_error(user_eval.main, ["--model", MODEL, "--data", late_empty, "--batch-size", "2"] + CANVAS, capsys)
+    assert "argument --data: line 3: the prompt encodes to no tokens" in err
+
+
 def test_help_says_when_the_testbed_command_runs(capsys):
     with pytest.raises(SystemExit) as e:
         user_eval.main(["--help"])
