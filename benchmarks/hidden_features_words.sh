@@ -2,7 +2,7 @@
 # Does feeding the controller hidden-state features help? (docs/prr_training.md, "Hidden-state features")
 # Trains a PRR controller on the testbed model's "words" family with and without --hidden-features 8 (same 96
 # training / 32 validation prompts of the valid split), then evaluates both on 200 held-out test prompts and
-# compares them paired (prr_testbed.stats.paired_comparison). Round 0 only (CPU time). CPU, about 6 minutes on 2 cores.
+# compares them paired (prr_testbed.stats.paired_comparison). Round 0 only (CPU time). CPU, about 7 minutes on 2 cores.
 #   usage: benchmarks/hidden_features_words.sh [PYTHON]   (run from the repository root)
 set -euo pipefail
 PY=${1:-python}
