@@ -51,8 +51,8 @@ import torch
 import torch.distributions as dists
 import torch.nn.functional as F
 
-from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, logits_of, make_result,
-                            resolve_mask_id, sync_device)
+from .decode_common import (GenerateResult, check_inputs, check_mask_id, first_forward, is_int, logits_of,
+                            make_result, resolve_mask_id, sync_device)
 
 __all__ = ["dream_generate", "sample_tokens", "DREAM_MASK_ID"]
 
@@ -126,7 +126,7 @@ def dream_generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: int
     check_inputs(prompt_ids, attention_mask, gen_length)
     if alg not in ALGS:
         raise ValueError(f"alg must be one of {ALGS}, got {alg!r}")
-    if not isinstance(steps, int) or steps <= 0:
+    if not is_int(steps) or steps <= 0:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     temperature = _as_float("temperature", temperature, "a finite number >= 0")
     if not (temperature >= 0.0) or math.isinf(temperature):

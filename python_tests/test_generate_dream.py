@@ -290,6 +290,8 @@ def test_argument_errors():
         generate(m, p, gen_length=8, block_length=4, steps=4, style="dream", mask_id=MASK)
     with pytest.raises(ValueError, match="style"):
         generate(m, p, gen_length=8, steps=4, style="mdlm", mask_id=MASK)
+    with pytest.raises(ValueError, match="steps must be a positive int, got True"):  # not a step count of 1
+        generate(m, p, gen_length=8, steps=True, style="dream", mask_id=MASK)
 
 
 # --------------------------------------------------------------------------------------------- input checks
