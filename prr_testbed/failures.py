@@ -76,12 +76,14 @@ def parse_args(argv=None):
         check_outputs(ap, args, files=("out",))
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.tasks = check_trained(ap, "--tasks", args.model, args.tasks)
-    args.device, _ = pick_device_arg(ap, args.device)
+    args.device, args.device_note = pick_device_arg(ap, args.device)
     return args
 
 
 def main(argv=None) -> Dict:
     args = parse_args(argv)
+    if args.device_note:
+        print(f"[failures] NOTE: {args.device_note}")
     device = torch.device(args.device)
     model = load_model_arg(args.model, device)
     report: Dict = dict(model=args.model or "shipped", split=args.split, n=args.n, tasks={})

@@ -186,9 +186,11 @@ def main(argv=None) -> Dict:
         ap.error(f"argument --predictor: {e}")
     G = args.max_length or lp.meta.get("max_length")
     BL = args.block_length or lp.meta.get("block_length")
-    if not (isinstance(G, int) and isinstance(BL, int) and G % BL == 0):
-        ap.error("argument --max-length/--block-length: give both (a multiple of the block) when the predictor "
-                 "records none")
+    if not (isinstance(G, int) and isinstance(BL, int)):
+        ap.error("argument --max-length/--block-length: the predictor records no canvas; give both")
+    if G < 1 or BL < 1 or G % BL:
+        ap.error(f"argument --block-length: {BL} must divide the canvas length {G} (--max-length, or the "
+                 "predictor's)")
     controller_dir = args.controller_dir  # None: --model has no controller, and no prr strategy runs (parse_args)
     prr_tau = (tuned_tau(controller_dir) or 0.9) if controller_dir else None
     tok = model.tokenizer
