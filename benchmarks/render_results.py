@@ -380,9 +380,12 @@ def splice(md: str, body: str) -> str:
 
 
 def load_step(path: str) -> dict:
-    with open(path) as f:
-        d = json.load(f)
-    if kind_of(d, path) != "step":
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"render_results --compare: cannot read {path} ({e})") from None
+    if not isinstance(d, dict) or kind_of(d, path) != "step":
         raise SystemExit(f"render_results --compare: {path} is not a run_bench.py (step) result")
     return d
 
@@ -425,6 +428,8 @@ def main() -> int:
     args = ap.parse_args()
     if (args.save or args.title) and not args.compare:
         ap.error("--save and --title go with --compare")
+    if args.save and (os.path.isdir(args.save) or not os.path.isdir(os.path.dirname(os.path.abspath(args.save)))):
+        ap.error(f"argument --save: {args.save} is a folder, or its folder does not exist; give a file path")
     if args.compare:
         old_path, new_path = args.compare
         old, new = load_step(old_path), load_step(new_path)

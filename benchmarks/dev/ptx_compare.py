@@ -20,6 +20,7 @@ Equal PTX gives equal SASS, hence equal registers and spills (benchmarks/dev/ptx
 Exit status 0 when every function is the same, 1 otherwise; --show prints the differing lines.
 """
 import argparse
+import os
 import difflib
 import re
 import sys
@@ -72,6 +73,12 @@ def main(argv=None):
     ap.add_argument("--raw", action="append", default=[], metavar="OLD=NEW", help="unmangled symbol")
     ap.add_argument("--show", action="store_true", help="print the differing lines")
     args = ap.parse_args(argv)
+    for name, values in (("--rename", args.rename), ("--raw", args.raw)):
+        if any("=" not in r for r in values):
+            ap.error(f"argument {name}: give OLD=NEW")
+    for name in ("old", "new"):
+        if not os.path.isfile(getattr(args, name)):
+            ap.error(f"argument {name}: {getattr(args, name)} is not a file")
     renames = [tuple(r.split("=", 1)) for r in args.rename]
     raw = [tuple(r.split("=", 1)) for r in args.raw]
     a, a_out = canonical(args.old, args.strip, renames, raw)

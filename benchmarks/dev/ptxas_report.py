@@ -18,6 +18,7 @@ namespace qualifiers, for comparing builds whose code moved between namespaces. 
 maps a renamed function's name before comparing.
 """
 import argparse
+import os
 import re
 import shutil
 import subprocess
@@ -97,7 +98,11 @@ def main(argv=None):
     ap.add_argument("--rename", action="append", default=[], metavar="OLD=NEW",
                     help="map a function name before comparing (repeatable)")
     args = ap.parse_args(argv)
+    if any("=" not in r for r in args.rename):
+        ap.error("argument --rename: give OLD=NEW")
     renames = dict(r.split("=", 1) for r in args.rename)
+    if not os.path.isfile(args.log):
+        ap.error(f"argument log: {args.log} is not a file")
     with open(args.log) as f:
         text = f.read()
     rows = parse(text)
