@@ -246,22 +246,19 @@ def check_finite_rows(mask_logits: torch.Tensor, mask_index: torch.Tensor, tempe
         return
     b_idx, j_idx = mask_index.nonzero(as_tuple=True)  # row-major: the order of mask_logits' rows
     source = "the model's logits" + (" (after logits_hook)" if hooked else "")
-    if not bool(finite.all()):
-        bad = (~finite).nonzero()[:, 0]
-        first = int(bad[0])
+    non_finite = not bool(finite.all())
+    bad = (~finite if non_finite else ~scaled_ok).nonzero()[:, 0]
+    where = (f"for {bad.numel()} of the {mask_logits.shape[0]} masked positions at step {i} (first: batch row "
+             f"{int(b_idx[bad[0]])}, canvas position {int(j_idx[bad[0]])})")
+    if non_finite:
         raise ValueError(
-            f"{source} hold NaN or +Inf (or only -Inf) for {bad.numel()} of the {mask_logits.shape[0]} "
-            f"masked positions at step {i} (first: batch row {int(b_idx[first])}, canvas position "
-            f"{int(j_idx[first])}); Dream's _sample would commit token 0 there, style='dream' raises instead. "
-            f"Check the model's output (e.g. an fp16 overflow: run it in bfloat16 or float32)"
-            + (" and the logits_hook (forbid tokens with -Inf, never force one with +Inf)" if hooked else ""))
-    bad = (~scaled_ok).nonzero()[:, 0]
-    first = int(bad[0])
+            f"{source} hold NaN or +Inf (or only -Inf) {where}; Dream's _sample would commit token 0 there, "
+            "style='dream' raises instead. Check the model's output (e.g. an fp16 overflow: run it in bfloat16 or "
+            "float32)" + (" and the logits_hook (forbid tokens with -Inf, never force one with +Inf)" if hooked else ""))
     raise ValueError(
         f"temperature={temperature} overflows {source} ({str(mask_logits.dtype).replace('torch.', '')}): logits / "
-        f"temperature is infinite for {bad.numel()} of the {mask_logits.shape[0]} masked positions at "
-        f"step {i} (first: batch row {int(b_idx[first])}, canvas position {int(j_idx[first])}), where Dream's "
-        f"_sample would commit token 0; use a larger temperature, or temperature=0 (greedy)")
+        f"temperature is infinite {where}, where Dream's _sample would commit token 0; use a larger temperature, "
+        "or temperature=0 (greedy)")
 
 
 def dream_model_kwargs(attention_mask: Optional[torch.Tensor], gen_length: int) -> dict:
