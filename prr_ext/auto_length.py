@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -96,9 +97,15 @@ def generate_auto(generate: Callable, model: Callable, prompt_ids: torch.Tensor,
             raise ValueError(f"gen_length='auto' needs {name} as a positive int, got {v!r}")
     if max_gen_length % block_length:
         raise ValueError(f"max_gen_length={max_gen_length} must be a multiple of block_length={block_length}")
-    if budgets is None and check_fingerprint and isinstance(model, torch.nn.Module) and length_predictor.fingerprint:
-        fp = model_fingerprint(model)
-        if fp != length_predictor.fingerprint:
+    if budgets is None and check_fingerprint and length_predictor.fingerprint:
+        # the model, or the module a call adapter wraps (prr_ext.hub's MaskedLMCall, DreamShiftedLogits: .model)
+        module = model if isinstance(model, torch.nn.Module) else getattr(model, "model", None)
+        fp = model_fingerprint(module) if isinstance(module, torch.nn.Module) else None
+        if fp is None:
+            warnings.warn(f"the length predictor was fitted for {length_predictor.fingerprint!r}; the model is a "
+                          f"{type(model).__name__}, not a torch.nn.Module (nor one in its .model), so that is not "
+                          "checked", stacklevel=3)
+        elif fp != length_predictor.fingerprint:
             raise LengthPredictorFormatError(f"the length predictor was fitted for {length_predictor.fingerprint!r}, "
                                              f"not for this model ({fp!r}): fit one for this model and tokenizer")
     B, P = prompt_ids.shape

@@ -32,6 +32,7 @@ guidance and block keywords), `decode_step` = `apply_logit_flags` + `commit_step
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import numbers
 import time
@@ -84,8 +85,9 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
       gen_length:     G, generated tokens per row; or "auto": each row's own length from `length_predictor`
                       (style="llada"; prr_ext/auto_length.py):
         length_predictor:  a prr_ext.LengthPredictor fitted for this model (its features: the model's pooled
-                      hidden states of the prompt, one extra forward; a predictor fitted for another model is a
-                      LengthPredictorFormatError);
+                      hidden states of the prompt, one extra forward; a predictor whose recorded fingerprint
+                      names another model is a LengthPredictorFormatError, checked on the model or the module in
+                      its `.model`);
         target_truncation: the truncation rate the margin is calibrated for (default 0.02);
         max_gen_length: the longest canvas (default: the predictor's `max_length`); `steps` is the budget at this
                       length and scales with each row's length; block_length is required;
@@ -195,8 +197,12 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
                                          rng=rng, eos_fill=eos_fill, backend=backend, seed=seed,
                                          slow_fast_prefix=slow_fast_prefix, cuda_graph=cuda_graph,
                                          block_info=block_info))
-    if length_predictor is not None:
-        raise ValueError("length_predictor applies to gen_length='auto'")
+    auto_only = dict(length_predictor=length_predictor, target_truncation=target_truncation,
+                     max_gen_length=max_gen_length, truncation=truncation)
+    given = [k for k, v in auto_only.items() if v != _AUTO_ONLY_DEFAULTS[k]]
+    if given:  # set for a length prediction that does not run: a forgotten gen_length="auto", most likely
+        raise ValueError(f"{', '.join(given)} apply to gen_length='auto'; with gen_length={gen_length!r} leave "
+                         f"{'it' if len(given) == 1 else 'them'} out")
     check_inputs(prompt_ids, attention_mask, gen_length)
     rules = TokenRules.resolve(model, mask_id=mask_id, eos_id=eos_id, eot_id=eot_id, logits_eos_inf=logits_eos_inf,
                                confidence_eos_eot_inf=confidence_eos_eot_inf, eos_fill=eos_fill)
@@ -206,6 +212,11 @@ def generate(model: Callable, prompt_ids: torch.Tensor, *, gen_length: Union[int
                            confidence_dtype=confidence_dtype, generator=generator, rng=rng, cuda_graph=cuda_graph,
                            block_info=block_info, backend=backend, seed=seed, slow_fast_prefix=slow_fast_prefix,
                            hidden_features=hidden_features)
+
+
+# generate's options that only gen_length="auto" reads, at their defaults (from the signature: one place)
+_AUTO_ONLY_DEFAULTS = {k: inspect.signature(generate).parameters[k].default
+                       for k in ("length_predictor", "target_truncation", "max_gen_length", "truncation")}
 
 
 def _check_hidden_features(hidden_features, policy, *, style, gen_length, cuda_graph, block_info, cfg_scale,

@@ -130,11 +130,37 @@ def test_a_predictor_for_another_model_is_refused():
         run(model, lp, [3])
 
 
-def test_a_length_predictor_needs_auto():
+def test_a_predictor_for_another_model_is_refused_through_an_adapter():
+    """A call adapter that wraps the model in .model (prr_ext.hub's MaskedLMCall, DreamShiftedLogits) is checked
+    like the model; a callable without a module says that the predictor's model is not checked."""
+    model, other = LengthToy(2), LengthToy(2)
+    with torch.no_grad():
+        other.scale.fill_(7.0)
+
+    class Adapter:
+        def __init__(self, inner):
+            self.model = inner
+
+        def __call__(self, x, **kw):
+            return self.model(x, **kw)
+
+    with pytest.raises(LengthPredictorFormatError, match="fitted for"):
+        run(Adapter(model), fitted(other, n=40), [3])
+    with pytest.warns(UserWarning, match="not a torch.nn.Module .* so that is not checked"):
+        run(lambda x, **kw: model(x, **kw), fitted(other, n=40), [3])
+
+
+@pytest.mark.parametrize("kw", [dict(length_predictor="fitted"), dict(target_truncation=0.05),
+                                dict(max_gen_length=64), dict(truncation="rerun")])
+def test_auto_only_options_need_auto(kw):
+    """Set with a fixed gen_length, an option of the length prediction is an error (a forgotten "auto"), not
+    ignored."""
     model = LengthToy(2)
-    with pytest.raises(ValueError, match="gen_length='auto'"):
-        prr_ext.generate(model, prompts([3]), gen_length=8, block_length=4, steps=8, mask_id=MASK,
-                         length_predictor=fitted(model, n=40))
+    if kw.get("length_predictor") == "fitted":
+        kw = dict(length_predictor=fitted(model, n=40))
+    name = next(iter(kw))
+    with pytest.raises(ValueError, match=rf"{name} apply to gen_length='auto'; with gen_length=8 leave it out"):
+        prr_ext.generate(model, prompts([3]), gen_length=8, block_length=4, steps=8, mask_id=MASK, **kw)
 
 
 def test_query_features_need_hidden_states():
