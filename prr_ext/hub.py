@@ -25,7 +25,8 @@ Token ids: mask = config.mask_token_id, else the tokenizer's mask token, else (L
 the vocabulary holds it; no mask token is a ValueError. EOS = config.eos_token_id (the first of a list), else the
 tokenizer's (masked LMs: else the [SEP] token). EoT = config.eot_token_id, else a known end-of-turn token in the
 tokenizer's vocabulary (<|eot_id|>, <|im_end|>, <|end|>, <end_of_turn>, <|eot|>). Pad = the tokenizer's, else the
-config's, else EOS. A response's text ends at its first EOS or EoT.
+config's, else EOS. A response's text ends at its first EOS or EoT (those a generate call passes as eos_id= /
+eot_id=, when it does).
 
 Nothing is downloaded: `path` must be a local directory (transformers is imported only when an HF model is loaded;
 `pip install "prr_ext[hf]"`).
@@ -36,14 +37,15 @@ import dataclasses
 import inspect
 import json
 import os
+from collections.abc import Iterable, Mapping, Set as AbstractSet
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 
-from .decode_common import hidden_states_of, logits_of
+from .decode_common import hidden_states_of, is_int, logits_of, resolve_token_id
 from .dream import dream_model_kwargs
 from .generate import LLADA_MASK_ID, generate as _generate
-from .policies import Policy
+from .policies import Policy, _check_bool
 
 __all__ = ["load", "Decoder", "DecodeResult", "TokenIds", "DreamShiftedLogits", "MaskedLMCall", "KINDS"]
 
@@ -54,6 +56,10 @@ LLADA_MASK_TOKEN = "<|mdm_mask|>"
 
 Message = Dict[str, str]
 Prompt = Union[str, List[Message]]
+# keywords Decoder.generate sets itself for every batch: a user's value would collide with them
+RESERVED_KEYWORDS = ("model", "prompt_ids", "attention_mask")
+# keywords holding one entry per row: Decoder.generate takes one per prompt and hands each batch its rows'
+PER_ROW_KEYWORDS = ("seed",)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -63,7 +69,8 @@ Prompt = Union[str, List[Message]]
 class DecodeResult:
     """One prompt's response from `Decoder.generate`.
 
-    text:               the response, decoded up to (not including) its first EOS / EoT, special tokens skipped.
+    text:               the response, decoded up to (not including) its first EOS / EoT (the ids the loop used:
+                        the Decoder's, or those passed as eos_id= / eot_id=), special tokens skipped.
     tokens:             [G] int64 (CPU), every generated token of the row (EOS / EoT padding included).
     nfe:                forwards the row consumed.
     tokens_per_forward: committed generated tokens / nfe.
@@ -255,28 +262,27 @@ class Decoder:
     def encode_prompt(self, prompt: Prompt, *, chat: bool = False) -> List[int]:
         """The ids of one prompt: a string (with chat=True wrapped as one user message and templated) or a list of
         {"role", "content"} messages (always templated). The chat template is the tokenizer's, with the assistant
-        turn opened (add_generation_prompt=True); a tokenizer without one is a ValueError."""
-        if isinstance(prompt, str):
-            messages = [{"role": "user", "content": prompt}] if chat else None
-        elif isinstance(prompt, list) and prompt and all(
-                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-                for m in prompt):
-            messages = prompt
-        else:
-            raise TypeError(f"a prompt must be a string or a list of {{'role', 'content'}} messages, got "
-                            f"{type(prompt).__name__}")
+        turn opened (add_generation_prompt=True); a tokenizer without one is a ValueError. A malformed prompt is a
+        TypeError / ValueError naming the message that is wrong."""
+        return self._encode(prompt, _check_bool("chat", chat), "the prompt")
+
+    def _encode(self, prompt: Prompt, chat: bool, where: str) -> List[int]:
+        messages = _chat_messages(prompt, where)
         if messages is None:
-            return self._text.encode(prompt, templated=False)
+            if not chat:
+                return self._text.encode(prompt, templated=False)
+            messages = [{"role": "user", "content": prompt}]
         if not self._text.has_chat_template:
             raise ValueError(f"chat=True (or a list of messages) needs a chat template, and the tokenizer of "
                              f"{self.path or 'this model'} has none: pass plain strings with chat=False, or set "
                              f"tokenizer.chat_template")
         return self._text.encode(self._text.apply_chat_template(messages), templated=True)
 
-    def decode_response(self, tokens: Sequence[int]) -> tuple:
-        """(text, finished): the text of generated `tokens` up to the first EOS / EoT, and whether one was found."""
+    def decode_response(self, tokens: Sequence[int], stop: Optional[Sequence[int]] = None) -> tuple:
+        """(text, finished): the text of generated `tokens` up to the first stop id, and whether one was found.
+        `stop` defaults to the Decoder's EOS / EoT (`ids.stop`)."""
         tokens = [int(t) for t in tokens]
-        stop = set(self.ids.stop)
+        stop = set(self.ids.stop if stop is None else stop)
         end = next((i for i, t in enumerate(tokens) if t in stop), None)
         return self._text.decode(tokens if end is None else tokens[:end]), end is not None
 
@@ -289,16 +295,22 @@ class Decoder:
         Parameters
         ----------
         prompts : a list of strings or chats (lists of {"role", "content"} messages); a single string or chat is
-            one prompt.
+            one prompt. Anything else (a dict, bytes, None) is a TypeError: wrap a single message as [message].
         policy : any prr_ext policy (default LowConfidence(), LLaDA's rule).
         gen_length, block_length, steps : the canvas (default block_length = gen_length, steps = gen_length).
-        chat : apply the tokenizer's chat template to string prompts (a ValueError when it has none).
+            gen_length is a positive int, or "auto" with steps= (see prr_ext.generate). A masked LM's canvas
+            (longest prompt + gen_length) must fit its config.max_position_embeddings.
+        chat : True or False: apply the tokenizer's chat template to string prompts (a ValueError when it has
+            none).
         temperature : 0 = greedy.
         batch_size : prompts decoded together; each batch is left-padded to its longest prompt.
         **kw : passed to prr_ext.generate (cfg_scale, eos_fill, logits_eos_inf, confidence_eos_eot_inf, generator,
-            confidence_dtype, ...). The ids (mask_id, eos_id, eot_id) default to the Decoder's. For a Dream-style
-            model, `style="dream"` (with `alg=`, `eps=`, ...) runs Dream's own sampler on the unshifted model
-            instead of a policy.
+            confidence_dtype, ...). The ids (mask_id, eos_id, eot_id) default to the Decoder's (None: the
+            Decoder's); an eos_id / eot_id given here is also where the response's text ends and what `finished`
+            looks for, as in the loop. `seed` holds one seed per prompt ([N] int64), each batch takes its
+            prompts'. `model`, `prompt_ids` and `attention_mask` are the Decoder's to set, and block_info=True
+            needs a KV-cache model (call prr_ext.generate for either). For a Dream-style model, `style="dream"`
+            (with `alg=`, `eps=`, ...) runs Dream's own sampler on the unshifted model instead of a policy.
 
         Returns
         -------
@@ -312,15 +324,26 @@ class Decoder:
         ...                  chat=True)[0]
         >>> r.text, r.nfe, r.tokens_per_forward
         """
-        if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
-            prompts = [prompts]
-        prompts = list(prompts)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+        prompts = _prompt_list(prompts)
+        if not is_int(batch_size) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        chat = _check_bool("chat", chat)
+        auto = isinstance(gen_length, str) and gen_length == "auto"
+        if not (auto or (is_int(gen_length) and gen_length > 0)):
+            raise ValueError(f"gen_length must be a positive int or 'auto', got {gen_length!r}")
         if steps is None:
-            if not isinstance(gen_length, int):
-                raise ValueError(f"steps= is required with gen_length={gen_length!r}")
+            if auto:
+                raise ValueError("steps= is required with gen_length='auto' (the step budget at max_gen_length)")
             steps = gen_length
+        for key in RESERVED_KEYWORDS:
+            if key in kw:
+                raise TypeError(f"{key}= is set by Decoder.generate for each batch (the model call, the left-padded "
+                                "prompt ids and their attention mask); to pass your own, call "
+                                "prr_ext.generate(decoder.call, prompt_ids, ...)")
+        if kw.get("block_info"):
+            raise ValueError("block_info=True needs a KV-cache model that takes block_start= / block_end=, and a "
+                             "Decoder calls the model (or its adapter) without them: wrap the model in a cache model "
+                             "and call prr_ext.generate(cache_model, prompt_ids, block_info=True, ...)")
         style = kw.pop("style", "llada")
         if style == "dream":
             if self.kind != "dream":
@@ -333,11 +356,16 @@ class Decoder:
             call = self.call
         else:
             raise ValueError(f"style must be 'llada' or 'dream', got {style!r}")
-        encoded = [self.encode_prompt(p, chat=chat) for p in prompts]  # every prompt checked before any decoding
-        for i, ids in enumerate(encoded):
-            if not ids:
+        ids = self._call_ids(kw)
+        # every prompt checked before any decoding
+        encoded = [self._encode(p, chat, f"prompt {i}") for i, p in enumerate(prompts)]
+        for i, prompt_ids in enumerate(encoded):
+            if not prompt_ids:
                 raise ValueError(f"prompt {i} encodes to no tokens")
-        options = dict(mask_id=self.ids.mask, eos_id=self.ids.eos, eot_id=self.ids.eot)
+        if not auto:
+            self._check_positions(encoded, gen_length)
+        per_row = _per_row_keywords(kw, len(encoded), batch_size)
+        options = dict(mask_id=self.ids.mask, eos_id=ids.eos, eot_id=ids.eot)
         options.update(kw)
         if style == "llada":
             options.update(policy=policy, block_length=block_length)
@@ -346,11 +374,37 @@ class Decoder:
         results: List[DecodeResult] = []
         for lo in range(0, len(encoded), batch_size):
             chunk = encoded[lo:lo + batch_size]
+            rows = {k: v if len(encoded) <= batch_size else v[lo:lo + batch_size] for k, v in per_row.items()}
             prompt_ids, attention_mask = self._left_pad(chunk)
             out = _generate(call, prompt_ids, gen_length=gen_length, steps=steps,
-                            temperature=temperature, attention_mask=attention_mask, style=style, **options)
-            results.extend(self._results(out, chunk))
+                            temperature=temperature, attention_mask=attention_mask, style=style, **options, **rows)
+            results.extend(self._results(out, chunk, ids.stop))
         return results
+
+    def _call_ids(self, kw: Dict[str, Any]) -> TokenIds:
+        """The Decoder's ids with a call's eos_id= / eot_id= (popped from kw; None keeps the Decoder's): the loop
+        gets them, and the text cut and `finished` use the same ones, so a response ends where the loop saw it
+        end."""
+        overrides = {}
+        for key, field in (("eos_id", "eos"), ("eot_id", "eot")):
+            value = kw.pop(key, None)
+            if value is not None:
+                overrides[field] = resolve_token_id(key, value, None, "", 0, "")[0]  # the loop's check of the id
+        return dataclasses.replace(self.ids, **overrides)
+
+    def _check_positions(self, encoded: List[List[int]], gen_length: int) -> None:
+        """A masked LM has config.max_position_embeddings absolute positions: the longest prompt + gen_length
+        must fit them, or the embedding fails deep inside transformers after earlier batches have decoded."""
+        limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
+        if self.kind != "masked_lm" or not is_int(limit) or not encoded:
+            return
+        longest = max(range(len(encoded)), key=lambda i: len(encoded[i]))
+        P = len(encoded[longest])
+        if P + gen_length > limit:
+            fix = f"pass gen_length <= {limit - P}" if P < limit else f"shorten prompt {longest}"
+            raise ValueError(f"gen_length={gen_length} after prompt {longest} ({P} tokens) makes a "
+                             f"{P + gen_length}-token canvas, longer than the model's {limit} positions "
+                             f"(config.max_position_embeddings): {fix}")
 
     def _left_pad(self, chunk: List[List[int]]) -> tuple:
         """([B, P] prompt ids left-padded with the pad id, [B, P] attention mask, or None when no row is padded)."""
@@ -363,19 +417,68 @@ class Decoder:
         padded = any(len(ids) < P for ids in chunk)
         return x.to(self.device), (am.to(self.device) if padded else None)
 
-    def _results(self, out, chunk: List[List[int]]) -> List[DecodeResult]:
+    def _results(self, out, chunk: List[List[int]], stop: Sequence[int]) -> List[DecodeResult]:
         generated = out.generated.cpu()
         nfe, tpf = out.nfe.cpu().tolist(), out.tokens_per_forward.cpu().tolist()
         lengths = out.gen_lengths.cpu().tolist() if out.gen_lengths is not None else None
         results = []
         for b, prompt_ids in enumerate(chunk):
             tokens = generated[b] if lengths is None else generated[b, :lengths[b]]
-            text, finished = self.decode_response(tokens.tolist())
+            text, finished = self.decode_response(tokens.tolist(), stop)
             results.append(DecodeResult(text=text, tokens=tokens.clone(), nfe=int(nfe[b]),
                                         tokens_per_forward=float(tpf[b]), seconds=float(out.seconds),
                                         finished=finished,
                                         prompt_tokens=torch.tensor(prompt_ids, dtype=torch.int64)))
         return results
+
+
+def _prompt_list(prompts: Any) -> list:
+    """`prompts` as a list of prompts: a single string or chat becomes a list of one. A dict (e.g. one message, or a
+    JSONL record), bytes, a set or a non-iterable is a TypeError: iterating it would decode its keys or bytes."""
+    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], dict)):
+        return [prompts]
+    if isinstance(prompts, (Mapping, bytes, bytearray, memoryview, AbstractSet)) or not isinstance(prompts, Iterable):
+        raise TypeError(f"prompts must be a list of strings or a list of chats (lists of {{'role', 'content'}} "
+                        f"messages), got {type(prompts).__name__}; wrap a single message as [message]")
+    return list(prompts)
+
+
+def _chat_messages(prompt: Any, where: str) -> Optional[List[Message]]:
+    """None for a string prompt, else the chat's messages; a TypeError / ValueError naming `where` and the message
+    that is not a {"role": str, "content": str} dict."""
+    if isinstance(prompt, str):
+        return None
+    if not isinstance(prompt, list):
+        raise TypeError(f"{where} must be a string or a chat (a list of {{'role', 'content'}} messages), got "
+                        f"{type(prompt).__name__}")
+    if not prompt:
+        raise ValueError(f"{where} is an empty chat: a chat needs at least one {{'role', 'content'}} message")
+    for j, message in enumerate(prompt):
+        if not isinstance(message, dict):
+            raise TypeError(f"{where}, message {j} must be a dict with 'role' and 'content' strings, got "
+                            f"{type(message).__name__}")
+        for key in ("role", "content"):
+            if key not in message:
+                raise ValueError(f"{where}, message {j} has no {key!r} (a message is {{'role': ..., 'content': ...}})")
+            if not isinstance(message[key], str):
+                raise TypeError(f"{where}, message {j}: {key!r} must be a string, got {type(message[key]).__name__}")
+    return prompt
+
+
+def _per_row_keywords(kw: Dict[str, Any], n: int, batch_size: int) -> Dict[str, Any]:
+    """The per-row keywords (PER_ROW_KEYWORDS), popped from kw. Over several batches each must be a [n] tensor, one
+    entry per prompt, since every batch takes its own prompts' rows; one batch hands it to the loop unchanged."""
+    rows = {}
+    for key in PER_ROW_KEYWORDS:
+        value = kw.pop(key, None)
+        if value is None:
+            continue
+        if n > batch_size and not (isinstance(value, torch.Tensor) and tuple(value.shape) == (n,)):
+            got = f"shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{key} must hold one entry per prompt, a [{n}] tensor: the {n} prompts run in batches "
+                             f"of batch_size={batch_size} and each batch takes its prompts' entries; got {got}")
+        rows[key] = value
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -388,12 +491,15 @@ def load(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "c
     Parameters
     ----------
     path : a local model directory (config.json, weights, tokenizer files). Nothing is downloaded.
-    device : where the model runs.
-    dtype : the weights' dtype (default: the checkpoint's own for transformers models, float32 for testbed
-        models).
-    trust_remote_code : run the modeling code shipped in the directory (LLaDA, Dream); required for such models.
+    device : where the model runs: a torch.device or what torch.device takes ("cpu", "cuda", "cuda:1", ...); a
+        device torch cannot use here is a ValueError before anything loads.
+    dtype : the weights' dtype: a floating-point torch.dtype or its name ("bfloat16", "float16", "float32", ...);
+        None or "auto" (default) = the checkpoint's own for transformers models, float32 for testbed models.
+    trust_remote_code : True or False: run the modeling code shipped in the directory (LLaDA, Dream); required for
+        such models.
     kind : "llada", "dream", "masked_lm" or "testbed" (default: detected from config.json, see the module
-        docstring).
+        docstring). Forcing a kind is for models config.json does not identify; one that contradicts the kind
+        config.json describes is a ValueError.
 
     Returns
     -------
@@ -402,8 +508,10 @@ def load(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "c
     Raises
     ------
     FileNotFoundError : `path` (or its config.json) does not exist.
-    ValueError : unknown kind; remote code without trust_remote_code; no mask token; a tokenizer larger than the
-        model's vocabulary (the wrong tokenizer), or a mask / EOS id outside it.
+    TypeError : trust_remote_code not a bool; device or dtype of the wrong type.
+    ValueError : unknown kind, or one that contradicts config.json; a device or dtype torch cannot use; remote code
+        without trust_remote_code; no mask token; a tokenizer larger than the model's vocabulary (the wrong
+        tokenizer), or a mask / EOS id outside it.
     ImportError : transformers is not installed (a transformers model).
 
     Examples
@@ -411,6 +519,11 @@ def load(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "c
     >>> dec = prr_ext.load("/models/LLaDA-8B-Instruct", device="cuda", dtype=torch.bfloat16, trust_remote_code=True)
     >>> dec.generate(["What is 7 * 8?"], policy=prr_ext.PRR(controller, tau=0.9), gen_length=128, chat=True)[0].text
     """
+    # every argument is checked before anything loads (or runs: trust_remote_code="false" is not consent)
+    trust_remote_code = _check_bool("trust_remote_code", trust_remote_code)
+    device, dtype = _check_device(device), _check_dtype(dtype)
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     path = os.path.expanduser(os.fspath(path))
     if not os.path.exists(path):
         raise FileNotFoundError(f"model path does not exist: {path} (prr_ext.load reads local directories only; "
@@ -428,12 +541,62 @@ def load(path: Union[str, os.PathLike], *, device: Union[str, torch.device] = "c
             raise ValueError(f"{config_path} is not valid JSON: {err}") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{config_path} does not hold a JSON object")
-    kind = detect_kind(raw, config_path) if kind is None else kind
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    try:
+        detected = detect_kind(raw, config_path)
+    except ValueError:
+        if kind is None:
+            raise
+        detected = kind  # config.json does not say: the forced kind stands
+    if kind is not None and kind != detected:
+        # e.g. a Dream model run as "llada" reads every logit one position off and still looks plausible
+        raise ValueError(f"kind={kind!r} contradicts {config_path}, which describes a {detected!r} model: leave "
+                         f"kind out (or pass kind={detected!r}); kind= is for models config.json does not identify")
+    kind = detected
     if kind == "testbed":
         return _load_testbed(path, device, dtype)
     return _load_transformers(path, raw, kind, device, dtype, trust_remote_code)
+
+
+def _check_device(device: Any) -> torch.device:
+    """`device` as a torch.device that torch can use here; a TypeError / ValueError naming `device` otherwise."""
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"device must be a torch.device or a string such as 'cpu' or 'cuda', got {device!r}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise ValueError(f"device must be a device torch knows, such as 'cpu', 'cuda' or 'cuda:1', got {device!r} "
+                         f"({err})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r}, but torch sees no CUDA GPU (torch.cuda.is_available() is False: a "
+                             "CPU-only torch, no GPU or driver, or CUDA_VISIBLE_DEVICES hides it); use device='cpu'")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r}, but torch sees {torch.cuda.device_count()} GPU(s) (cuda:0 to "
+                             f"cuda:{torch.cuda.device_count() - 1})")
+    elif dev.type not in ("cpu", "meta"):
+        try:  # other backends (mps, xpu, ...): an empty tensor tells whether this build and machine have it
+            torch.empty(0, device=dev)
+        except (RuntimeError, AssertionError) as err:
+            raise ValueError(f"device={device!r} cannot be used here: {err}") from None
+    return dev
+
+
+def _check_dtype(dtype: Any) -> Optional[torch.dtype]:
+    """`dtype` as a floating-point torch.dtype, or None (the default) for None / "auto"; its name ("bfloat16",
+    "half", ...) works for every kind, as transformers takes it. A TypeError / ValueError naming `dtype` otherwise."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return None
+    if isinstance(dtype, str):
+        named = getattr(torch, dtype, None)
+        if not isinstance(named, torch.dtype):
+            raise ValueError(f"dtype must be a torch.dtype, 'auto' or a dtype's name such as 'bfloat16', 'float16' "
+                             f"or 'float32', got {dtype!r}")
+        dtype = named
+    elif not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype (e.g. torch.bfloat16), its name or 'auto', got {dtype!r}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype for the weights, got {dtype}")
+    return dtype
 
 
 def detect_kind(raw: Dict[str, Any], where: str = "config.json") -> str:

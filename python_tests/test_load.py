@@ -557,7 +557,7 @@ def test_tokenizer_does_not_match_the_model(tmp_path):
 
 def test_bad_prompts(decoders):
     dec = decoders["llada"]
-    with pytest.raises(TypeError, match="a prompt must be a string"):
+    with pytest.raises(TypeError, match="prompt 0 must be a string or a chat"):
         dec.generate([123], gen_length=8)
     with pytest.raises(ValueError, match="batch_size"):
         dec.generate(["hello"], gen_length=8, batch_size=0)
@@ -578,3 +578,209 @@ def test_imports_without_transformers():
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["testbed", "False"]
+
+
+def test_malformed_chat_names_the_prompt_and_message(decoders):
+    """A malformed chat says which prompt and which message is wrong, and what is wrong with it."""
+    dec = decoders["masked_lm"]
+    ok = {"role": "user", "content": "the cat"}
+    for prompts, error, match in (
+            ([{"role": "user"}], ValueError, r"prompt 0, message 0 has no 'content'"),
+            (["the cat", [ok, {"content": "sat"}]], ValueError, r"prompt 1, message 1 has no 'role'"),
+            ([[{"role": "user", "content": 5}]], TypeError,
+             r"prompt 0, message 0: 'content' must be a string, got int"),
+            (["hello", [ok, "sat"]], TypeError, r"prompt 1, message 1 must be a dict"),
+            ([[]], ValueError, r"prompt 0 is an empty chat"),
+            (["hello", ("the", "cat")], TypeError, r"prompt 1 must be a string or a chat .* got tuple")):
+        with pytest.raises(error, match=match):
+            dec.generate(prompts, gen_length=4)
+    with pytest.raises(ValueError, match=r"the prompt, message 0 has no 'content'"):
+        dec.encode_prompt([{"role": "user"}])
+
+
+def test_prompts_must_be_a_list(decoders):
+    """A dict (one message, or a JSONL record), bytes, a set or None is refused instead of decoding its keys,
+    bytes or members; any ordered iterable of prompts still works."""
+    dec = decoders["masked_lm"]
+    for bad in ({"prompt": "the cat", "answer": "mat"}, {"role": "user", "content": "the cat"}, b"the cat",
+                bytearray(b"the cat"), {"the cat"}, None, 5):
+        with pytest.raises(TypeError, match=r"prompts must be a list of strings or a list of chats.*\[message\]"):
+            dec.generate(bad, gen_length=4)
+    as_list = dec.generate(PROMPTS[:2], gen_length=4)
+    for same in (tuple(PROMPTS[:2]), (p for p in PROMPTS[:2])):
+        assert [r.tokens.tolist() for r in dec.generate(same, gen_length=4)] == [r.tokens.tolist() for r in as_list]
+
+
+def test_chat_must_be_a_bool(decoders):
+    """chat="no" (a truthy string) would apply the chat template: only True / False are accepted."""
+    dec = decoders["masked_lm"]
+    for bad in ("no", "False", 1, None):
+        with pytest.raises(TypeError, match="chat must be True or False"):
+            dec.generate(["the cat"], gen_length=4, chat=bad)
+        with pytest.raises(TypeError, match="chat must be True or False"):
+            dec.encode_prompt("the cat", chat=bad)
+    with pytest.raises(TypeError, match="chat must be True or False"):
+        dec.generate([], chat="no")
+    assert dec.encode_prompt("the cat", chat=False) == dec.tokenizer("the cat")["input_ids"]
+
+
+def test_gen_length_must_be_an_int_or_auto(decoders):
+    dec = decoders["testbed"]
+    for bad in (24.0, "24", 0, -8, True, None):
+        with pytest.raises(ValueError, match=r"gen_length must be a positive int or 'auto', got "):
+            dec.generate(["4821+7395="], gen_length=bad)
+    with pytest.raises(ValueError, match=r"steps= is required with gen_length='auto'"):
+        dec.generate(["4821+7395="], gen_length="auto")
+
+
+def test_reserved_keywords_are_refused(decoders):
+    """The keywords the Decoder sets itself, and block_info=True (its model call takes no block keywords), are
+    refused with a message instead of a raw Python / model error."""
+    dec = decoders["masked_lm"]
+    for key in ("attention_mask", "prompt_ids", "model"):
+        with pytest.raises(TypeError, match=f"{key}= is set by Decoder.generate.*prr_ext.generate"):
+            dec.generate(["the cat"], gen_length=4, **{key: None})
+    with pytest.raises(ValueError, match=r"block_info=True needs a KV-cache model"):
+        dec.generate(["the cat"], gen_length=4, block_info=True)
+    plain = dec.generate(PROMPTS[:2], gen_length=4)
+    off = dec.generate(PROMPTS[:2], gen_length=4, block_info=False)
+    assert [r.tokens.tolist() for r in off] == [r.tokens.tolist() for r in plain]
+
+
+def test_eos_and_eot_overrides_cut_the_text(decoders):
+    """eos_id= / eot_id= passed to generate end the text and set `finished` as they do in the loop."""
+    dec = decoders["testbed"]
+    kw = dict(gen_length=24, block_length=12, policy=prr_ext.Threshold(tau=0.9))
+    base = dec.generate(["4821+7395="], **kw)[0]
+    assert base.text == "c:1110 s:12216" and base.finished
+    colon = dec.tokenizer.encode(":")[0]
+    for key in ("eos_id", "eot_id"):
+        r = dec.generate(["4821+7395="], **kw, **{key: colon})[0]
+        assert torch.equal(r.tokens, base.tokens)  # without the EOS flags the id changes no token
+        assert (r.text, r.finished) == ("c", True)
+    # the response starts with "c": as the EOS it ends the text at once (eos_fill fills the row's tail with it)
+    c = dec.tokenizer.encode("c")[0]
+    r = dec.generate(["4821+7395="], **kw, eos_id=c, eos_fill=True)[0]
+    assert r.tokens[0] == c and (r.tokens[-6:] == c).all() and (r.text, r.finished) == ("", True)
+    # None keeps the Decoder's ids
+    r = dec.generate(["4821+7395="], **kw, eos_id=None, eot_id=None)[0]
+    assert torch.equal(r.tokens, base.tokens) and (r.text, r.finished) == (base.text, base.finished)
+    for key, bad in (("eos_id", "c"), ("eot_id", -1), ("eos_id", 1.0), ("eot_id", True)):
+        with pytest.raises(ValueError, match=f"{key} must be a non-negative int"):
+            dec.generate(["4821+7395="], **kw, **{key: bad})
+
+    # a transformers model: a token of the default response, drawn at random, becomes the EoT
+    dec = decoders["masked_lm"]
+    g = torch.Generator().manual_seed(11)
+    base = dec.generate(PROMPTS, gen_length=8, block_length=4)
+    for r in base:
+        tokens = r.tokens.tolist()
+        stop = tokens[int(torch.randint(1, len(tokens), (1,), generator=g))]
+        out = dec.generate([PROMPTS[base.index(r)]], gen_length=8, block_length=4, eot_id=stop)[0]
+        assert torch.equal(out.tokens, r.tokens)
+        end = next(i for i, t in enumerate(tokens) if t in (dec.ids.eos, stop))
+        assert (out.text, out.finished) == (dec.tokenizer.decode(tokens[:end], skip_special_tokens=True), True)
+
+
+def test_masked_lm_canvas_must_fit_the_positions(decoders):
+    """A BERT-style model has config.max_position_embeddings positions: a longer canvas is a ValueError naming
+    gen_length and the limit, before any batch decodes."""
+    dec = decoders["masked_lm"]
+    limit = dec.model.config.max_position_embeddings
+    long_prompt = "the cat sat on"
+    P = len(dec.encode_prompt(long_prompt))
+    assert limit == 64 and P == 4
+    calls = []
+    counted = Decoder(dec.model, dec.tokenizer, kind="masked_lm", ids=dec.ids, device="cpu")
+    counted.call = lambda *a, **k: calls.append(1) or dec.call(*a, **k)
+    with pytest.raises(ValueError, match=rf"gen_length={limit - P + 4} after prompt 1 \({P} tokens\).*{limit} "
+                                         rf"positions \(config.max_position_embeddings\): "
+                                         rf"pass gen_length <= {limit - P}"):
+        counted.generate(["the", long_prompt], gen_length=limit - P + 4, block_length=limit - P + 4, batch_size=1)
+    assert calls == []
+    r = counted.generate(["the", long_prompt], gen_length=limit - P, block_length=(limit - P) // 3, steps=6)
+    assert len(r) == 2 and all(x.tokens.shape == (limit - P,) for x in r) and calls
+
+
+def test_seed_per_prompt_over_batches(decoders):
+    """One seed per prompt: each batch gets its prompts' seeds, as if every batch ran on its own."""
+    dec = decoders["llada"]
+    g = torch.Generator().manual_seed(5)
+    prompts = PROMPTS[:3]
+    seed = torch.randint(0, 2 ** 62, (3,), generator=g)
+    kw = dict(gen_length=8, block_length=4, temperature=1.0)
+    batched = dec.generate(prompts, seed=seed, batch_size=2, **kw)
+    alone = dec.generate(prompts[:2], seed=seed[:2], **kw) + dec.generate(prompts[2:], seed=seed[2:], **kw)
+    assert [r.tokens.tolist() for r in batched] == [r.tokens.tolist() for r in alone]
+    other = dec.generate(prompts[2:], seed=seed[:1], **kw)[0]
+    assert not torch.equal(other.tokens, batched[2].tokens)  # the seeds matter: the third prompt got its own
+    for bad, got in ((seed[:2], r"shape \(2,\)"), (7, "int"), (seed[None], r"shape \(1, 3\)")):
+        with pytest.raises(ValueError, match=rf"seed must hold one entry per prompt, a \[3\] tensor.*"
+                                             rf"batch_size=2.*got {got}"):
+            dec.generate(prompts, seed=bad, batch_size=2, **kw)
+
+
+def test_trust_remote_code_must_be_a_bool(model_dirs, tmp_path):
+    """trust_remote_code="false" (from a CLI flag or a config file) must not count as consent to run the
+    directory's code; the check comes before anything is read."""
+    for bad in ("false", "no", "True", 1, 0, None):
+        with pytest.raises(TypeError, match="trust_remote_code must be True or False"):
+            prr_ext.load(model_dirs["llada"], trust_remote_code=bad)
+    with pytest.raises(TypeError, match="trust_remote_code"):
+        prr_ext.load(tmp_path / "no_such_model", trust_remote_code="false")
+
+
+def test_forced_kind_must_match_config(model_dirs, decoders, tmp_path):
+    """kind= that contradicts the kind config.json describes is a ValueError naming both; it still forces a kind
+    that config.json does not identify."""
+    for kind_dir, forced in (("dream", "llada"), ("llada", "dream"), ("masked_lm", "dream"), ("testbed", "masked_lm"),
+                             ("llada", "testbed")):
+        with pytest.raises(ValueError, match=rf"kind='{forced}' contradicts .*a '{kind_dir}' model"):
+            prr_ext.load(model_dirs[kind_dir], kind=forced, trust_remote_code=True)
+    assert prr_ext.load(model_dirs["masked_lm"], kind="masked_lm").kind == "masked_lm"
+    d = tmp_path / "unidentified"
+    shutil.copytree(model_dirs["llada"], d)
+    with open(d / "config.json") as f:
+        config = json.load(f)
+    config.update(model_type="tinydiff", architectures=["TinyDiffModel"])
+    with open(d / "config.json", "w") as f:
+        json.dump(config, f)
+    with pytest.raises(ValueError, match="cannot tell what kind"):
+        prr_ext.load(d, trust_remote_code=True)
+    dec = prr_ext.load(d, kind="llada", trust_remote_code=True)
+    ref = decoders["llada"].generate(PROMPTS[:2], gen_length=8, block_length=4)
+    assert [r.tokens.tolist() for r in dec.generate(PROMPTS[:2], gen_length=8, block_length=4)] == \
+        [r.tokens.tolist() for r in ref]
+
+
+def test_device_and_dtype_checked_before_loading(model_dirs, tmp_path, monkeypatch):
+    """A bad device or dtype is an error naming the argument before anything loads (a missing path then still
+    reports the argument); dtype names work for every kind."""
+    missing = tmp_path / "no_such_model"
+    for device, error, match in (("gpu", ValueError, r"device must be a device torch knows.*'gpu'"),
+                                 (None, TypeError, r"device must be a torch.device"),
+                                 (True, TypeError, r"device must be a torch.device"),
+                                 (1.5, TypeError, r"device must be a torch.device")):
+        with pytest.raises(error, match=match):
+            prr_ext.load(missing, device=device)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"device='cuda', but torch sees no CUDA GPU"):
+        prr_ext.load(missing, device="cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"device='cuda:3', but torch sees 1 GPU"):
+        prr_ext.load(missing, device="cuda:3")
+    monkeypatch.undo()
+    for dtype, error, match in (("half-ish", ValueError, r"dtype must be a torch.dtype, 'auto' or a dtype's name"),
+                                ("int64", ValueError, r"dtype must be a floating-point dtype"),
+                                (torch.int8, ValueError, r"dtype must be a floating-point dtype"),
+                                (5, TypeError, r"dtype must be a torch.dtype"),
+                                ({"": torch.float16}, TypeError, r"dtype must be a torch.dtype")):
+        with pytest.raises(error, match=match):
+            prr_ext.load(missing, dtype=dtype)
+    for kind in ("testbed", "masked_lm"):
+        for dtype, expected in (("bfloat16", torch.bfloat16), ("half", torch.float16), (torch.float16, torch.float16),
+                                ("auto", torch.float32)):
+            dec = prr_ext.load(model_dirs[kind], dtype=dtype, device=torch.device("cpu"))
+            assert {p.dtype for p in dec.model.parameters()} == {expected}, (kind, dtype)
+            assert dec.device == torch.device("cpu")
