@@ -76,25 +76,46 @@ class HiddenFeatures:
 
         Parameters
         ----------
-        hidden : [N, D] floating-point tensor, N >= 2.
-        r : features to keep, 1 <= r <= min(N, D).
-        max_rows : cap on the rows decomposed (cost and memory).
+        hidden : [N, D] floating-point tensor, N >= 2, not all rows equal.
+        r : features to keep, 1 <= r <= min(N - 1, D) (N centered rows span at most N - 1 directions), and at most
+            the rank of the centered rows: a direction of zero variance is arbitrary, so it is refused.
+        max_rows : cap on the rows decomposed (cost and memory), an int >= r + 1.
         """
         if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2 or not hidden.is_floating_point():
             raise ValueError(f"hidden must be a [N, D] floating-point tensor, got "
                              f"{tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__}")
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"r must be a positive int, got {r!r}")
+        # the rows kept must span r directions about their mean, which takes r + 1 of them (so the subsample below
+        # keeps enough whenever hidden has enough)
+        if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < r + 1:
+            raise ValueError(f"max_rows must be an int >= r + 1 = {r + 1} (r directions about the rows' mean need "
+                             f"r + 1 rows), got {max_rows!r}")
         N, D = hidden.shape
-        if N < 2 or r > min(N, D):
-            raise ValueError(f"r={r} principal directions need at least r rows and r <= D; hidden is [{N}, {D}]")
+        if N < 2:
+            raise ValueError(f"hidden must have at least 2 rows (the directions are those of the rows' spread about "
+                             f"their mean); hidden is [{N}, {D}]")
+        if r > min(N - 1, D):
+            raise ValueError(f"r={r} principal directions need r <= D and r <= N - 1 (N centered rows span at most "
+                             f"N - 1 directions); hidden is [{N}, {D}]")
         if N > max_rows:  # evenly spaced, not random: no generator state, the same rows on every rank
             hidden = hidden[torch.linspace(0, N - 1, max_rows).round().long()]
         h = hidden.detach().to("cpu", torch.float64)
         if not bool(torch.isfinite(h).all()):
             raise ValueError("hidden holds non-finite values")
         mean = h.mean(0)
-        _, _, vh = torch.linalg.svd(h - mean, full_matrices=False)
+        _, s, vh = torch.linalg.svd(h - mean, full_matrices=False)
+        # Centering leaves rounding of about eps * |h| in every entry; a singular value within that noise is a
+        # direction of no variance, which the SVD picks arbitrarily.
+        tol = max(h.shape) * torch.finfo(torch.float64).eps * float(torch.linalg.vector_norm(h))
+        rank = int((s > tol).sum())
+        if rank == 0:
+            raise ValueError(f"hidden has no variance (its {h.shape[0]} rows decomposed are all equal): it has no "
+                             "principal directions; fit on hidden states of varied positions and prompts")
+        if rank < r:
+            raise ValueError(f"r={r}: the {h.shape[0]} rows decomposed span only {rank} directions about their mean "
+                             f"(the others have no variance and would be arbitrary); use r <= {rank} or more varied "
+                             "rows")
         comp = vh[:r].T.contiguous()  # [D, r]
         idx = comp.abs().argmax(0)
         sign = torch.sign(comp[idx, torch.arange(r)])

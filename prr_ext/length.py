@@ -167,7 +167,10 @@ class LengthPredictor:
     def margin(self, target_truncation: float = 0.02) -> float:
         """The split-conformal quantile of the calibration residuals for `target_truncation` (log scale); +inf
         when the calibration split is too small to promise that rate."""
-        a = float(target_truncation)
+        # a one-element tensor reads as its number; anything else goes through _real, which refuses a str ("0.02")
+        if isinstance(target_truncation, torch.Tensor) and target_truncation.numel() == 1:
+            target_truncation = target_truncation.item()
+        a = _real("target_truncation", target_truncation)
         if not 0.0 < a < 1.0:
             raise ValueError(f"target_truncation must lie in (0, 1), got {target_truncation}")
         n = self.residuals.numel()

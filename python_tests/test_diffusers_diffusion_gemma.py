@@ -360,10 +360,19 @@ def test_canvas_mode_errors(model, processor):
     (dict(t_min=float("inf")), r"t_min must be a finite number > 0 or None, got inf"),
     (dict(t_min=True), r"t_min must be a finite number > 0 or None, got True"),
     (dict(t_max="hot"), r"t_max must be a finite number > 0 or None, got 'hot'"),
+    (dict(t_max=0.4, t_min=0.8), r"t_max must be >= t_min .* got t_max=0.4, t_min=0.8"),
+    (dict(t_min=0.9), r"t_max must be >= t_min .* got t_max=0.8, t_min=0.9"),
 ])
 def test_temperature_schedule_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         PolicyScheduler(prr_ext.EntropyBound(0.1), **kwargs)
+
+
+def test_equal_t_max_and_t_min_is_a_constant_temperature(rnd):
+    t = rnd.uniform(0.1, 2.0)
+    sched = PolicyScheduler(prr_ext.EntropyBound(0.1), t_max=t, t_min=t)
+    sched.set_timesteps(N)
+    assert [sched.temperature_at(i) for i in range(N)] == [t] * N
 
 
 def test_uniform_step_errors_and_warnings(model, processor):

@@ -382,6 +382,8 @@ def test_pipeline_level_errors(model, tokenizer, prompt_ids):
     (dict(prompt_mask=torch.zeros(BL + 1, dtype=torch.bool)), ValueError, r"prompt_mask must be None or a \[block"),
     (dict(prompt_mask=torch.zeros(BL)), ValueError, r"prompt_mask must be None or a \[block"),
     (dict(generator=3), TypeError, "generator must be a torch.Generator or None"),
+    (dict(return_dict="no"), TypeError, "return_dict must be True or False, got str 'no'"),
+    (dict(return_dict=1), TypeError, "return_dict must be True or False, got int 1"),
     (dict(timestep=-1), ValueError, "timestep must be an int >= 0"),
     (dict(timestep=torch.tensor([0, 1])), ValueError, "timestep must be an int or a one-element tensor"),
     (dict(sample=torch.full((2, BL + 1), MASK)), ValueError, r"sample has 9 positions but set_timesteps set"),

@@ -217,6 +217,65 @@ def test_policy_sampler_on_its_own(rnd):
     assert sampler.state is not first
 
 
+def test_policy_sampler_checks_the_vocabulary(rnd):
+    """Used on its own, the sampler refuses logits of another vocabulary (its noise would hold ids the model does not
+    have) and candidates outside its vocabulary, before it builds a State."""
+    sampler = dg.PolicySampler(prr_ext.Threshold(0.5), canvas_length=C, vocab_size=V, max_denoising_steps=N)
+    canvas = sampler.initialize_canvas(2, torch.device("cpu"))
+    for width in (V - 7, V + 6):
+        logits = rnd.randn(2, C, width, dtype=torch.float32)
+        with pytest.raises(ValueError, match=rf"logits have {width} entries per position .*vocab_size={V} ids"):
+            sampler.accept_canvas(canvas, logits.argmax(-1), logits, N)
+    logits = rnd.randn(2, C, V, dtype=torch.float32)
+    for bad in (V, V + 100, -1):
+        candidates = logits.argmax(-1)
+        candidates[rnd.int(0, 1), rnd.int(0, C - 1)] = bad
+        with pytest.raises(ValueError, match=rf"denoiser_canvas holds token ids outside \[0, vocab_size={V}\), "
+                                             rf"e.g. {bad}:"):
+            sampler.accept_canvas(canvas, candidates, logits, N)
+    assert sampler.state is None and sampler.accepted_token_mask is None
+    accepted = sampler.accept_canvas(canvas, logits.argmax(-1), logits, N)  # in range: accepted as before
+    assert sampler.state is not None and accepted.shape == (2, C)
+
+
+def test_generator_and_confidence_dtype_are_checked_where_set():
+    """Like the policy, the sampler's generator and confidence dtype fail where they are set, not after the prompt's
+    forwards; the values set reach the call's PolicySampler."""
+    kw = dict(canvas_length=C, vocab_size=V, max_denoising_steps=N)
+    with pytest.raises(ValueError, match=r"^confidence_dtype must be one of \[torch.float32.*got 'float32'"):
+        dg.PolicySampler(prr_ext.Threshold(0.5), confidence_dtype="float32", **kw)
+    with pytest.raises(TypeError, match="^generator must be a torch.Generator or None, got int"):
+        dg.PolicySampler(prr_ext.Threshold(0.5), generator=5, **kw)
+    model = dg.with_policy(tiny_model(), prr_ext.Threshold(0.5))
+    with pytest.raises(TypeError, match="^prr_generator must be a torch.Generator or None, got int"):
+        model.prr_generator = 5
+    for bad in ("float32", torch.int32, [torch.float32]):
+        with pytest.raises(ValueError, match="^prr_confidence_dtype must be one of"):
+            model.prr_confidence_dtype = bad
+    assert model.prr_generator is None and model.prr_confidence_dtype == torch.float32  # the refused values not kept
+    g = torch.Generator().manual_seed(0)
+    model.prr_generator, model.prr_confidence_dtype = g, torch.float64
+    sampler = model._prepare_sampler(model.generation_config.__class__(max_denoising_steps=N))
+    assert sampler.generator is g and sampler.confidence_dtype == torch.float64
+
+
+def test_generate_refuses_unknown_prr_keywords():
+    """transformers' generate takes unknown keywords silently; the wrapped model's generate refuses any prr_*
+    keyword but prr_policy, before any forward, so a misspelt policy does not run the model's own."""
+    model = dg.with_policy(tiny_model(), prr_ext.Threshold(0.5))
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("generate reached the model")
+    model.forward = no_forward
+    ids = torch.full((1, 3), 5, dtype=torch.int64)
+    with pytest.raises(TypeError, match=r"unknown prr_ext keyword\(s\) \['prr_polcy'\]: the only one it takes is "
+                                        "prr_policy"):
+        model.generate(ids, prr_polcy=prr_ext.Threshold(0.9), max_new_tokens=C)
+    with pytest.raises(TypeError, match=r"\['prr_confidence_dtype', 'prr_generator'\].*model.prr_generator = "):
+        model.generate(ids, prr_generator=torch.Generator(), prr_confidence_dtype=torch.float64, max_new_tokens=C)
+    assert model.prr_policy == prr_ext.Threshold(0.5) and model.prr_generator is None
+
+
 # ------------------------------------------------------------------ (3) unsupported policies: errors at setup
 
 UNSUPPORTED = [prr_ext.LowConfidence(), prr_ext.RandomRemask(), prr_ext.SlowFast(), prr_ext.KLASS(),

@@ -91,12 +91,43 @@ def test_fit_subsamples_evenly_and_checks_arguments():
     ref = prr_ext.HiddenFeatures.fit(h[torch.linspace(0, 299, 100).round().long()], 2)
     assert torch.allclose(sub.components, ref.components) and torch.allclose(sub.mean, ref.mean)
     for bad, match in ((lambda: prr_ext.HiddenFeatures.fit(h, 0), "r must be a positive int"),
-                       (lambda: prr_ext.HiddenFeatures.fit(h, 9), r"r=9 principal directions"),
+                       (lambda: prr_ext.HiddenFeatures.fit(h, 9), r"r=9 principal directions need r <= D"),
                        (lambda: prr_ext.HiddenFeatures.fit(h[0], 1), r"hidden must be a \[N, D\]"),
                        (lambda: prr_ext.HiddenFeatures.fit(h.long(), 1), r"hidden must be a \[N, D\]"),
                        (lambda: sub(torch.zeros(3, 7)), r"end in D=8")):
         with pytest.raises(ValueError, match=match):
             bad()
+
+
+def test_fit_checks_max_rows_and_the_rows_it_decomposes(rnd):
+    """max_rows is an int that keeps r + 1 rows (r directions about the rows' mean); one row, or r >= N rows, is
+    refused with a message that says what is needed."""
+    h = rnd.randn(51, 8)
+    for max_rows in (0, 1, 2, True, "10", 10.0, None):
+        with pytest.raises(ValueError, match=rf"max_rows must be an int >= r \+ 1 = 3 .*got {max_rows!r}"):
+            prr_ext.HiddenFeatures.fit(h, 2, max_rows=max_rows)
+    smallest = prr_ext.HiddenFeatures.fit(h, 2, max_rows=3)  # rows 0, 25, 50 span 2 directions
+    assert smallest.meta == {"rows": 3, "rows_given": 51}
+    assert torch.allclose(smallest.components, prr_ext.HiddenFeatures.fit(h[[0, 25, 50]], 2).components)
+    with pytest.raises(ValueError, match=r"hidden must have at least 2 rows .*hidden is \[1, 8\]"):
+        prr_ext.HiddenFeatures.fit(h[:1], 1)
+    with pytest.raises(ValueError, match=r"r=4 principal directions need r <= D and r <= N - 1 .*\[4, 8\]"):
+        prr_ext.HiddenFeatures.fit(h[:4], 4)  # 4 centered rows span 3 directions: a 4th would be arbitrary
+    assert prr_ext.HiddenFeatures.fit(h[:4], 3).r == 3
+
+
+def test_fit_refuses_directions_without_variance(rnd):
+    """Constant rows, or rows that vary along fewer than r directions, have no (or too few) principal directions:
+    the SVD would return arbitrary ones."""
+    for constant in (torch.ones(10, 8), torch.full((40, 8), 0.1), rnd.randn(1, 8).expand(30, 8).contiguous()):
+        with pytest.raises(ValueError, match=r"hidden has no variance \(its \d+ rows decomposed are all equal\)"):
+            prr_ext.HiddenFeatures.fit(constant, 1)
+    basis = torch.linalg.qr(rnd.randn(8, 2))[0]  # [8, 2] orthonormal: rows along two directions, plus an offset
+    h = rnd.randn(60, 2) @ basis.T + rnd.randn(1, 8)
+    with pytest.raises(ValueError, match=r"r=3: the 60 rows decomposed span only 2 directions .*use r <= 2"):
+        prr_ext.HiddenFeatures.fit(h, 3)
+    comp = prr_ext.HiddenFeatures.fit(h, 2).components.double()  # the two that exist: the planted plane
+    assert torch.allclose(basis @ (basis.T @ comp), comp, atol=1e-6)
 
 
 def test_save_load_round_trip_and_format_errors(tmp_path):

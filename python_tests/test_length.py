@@ -230,12 +230,33 @@ def test_predict_and_budget_reject_bad_input():
     for bad in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="target_truncation"):
             lp.margin(bad)
+    for bad in ("0.02", None, True, torch.tensor([0.02, 0.05])):
+        with pytest.raises(TypeError, match=r"target_truncation must be a real number, got"):
+            lp.margin(bad)
+        with pytest.raises(TypeError, match=r"target_truncation must be a real number, got"):
+            lp.budget(x, bad, maximum=1024)
     with pytest.raises(ValueError, match="multiple must be a positive int"):
         lp.budget(x, 0.1, multiple=0)
     with pytest.raises(TypeError, match="multiple must be an int, got float"):
         lp.budget(x, 0.1, multiple=4.0)
     with pytest.raises(ValueError, match=r"maximum must be an int in \[multiple \(8\), MAX_BUDGET"):
         lp.budget(x, 0.1, multiple=8, maximum=2**70)
+
+
+def test_margin_takes_numbers_and_one_element_tensors(rnd):
+    """A number, a NumPy scalar or a one-element tensor (e.g. a swept hyper-parameter) gives the margin of its
+    value."""
+    import numpy as np
+
+    x, y = synthetic(300, 7)
+    lp = prr_ext.LengthPredictor.fit(x, y)
+    a = rnd.uniform(0.05, 0.5)  # 75 calibration residuals: a finite margin from 0.05 on
+    want = lp.margin(a)
+    assert math.isfinite(want) and want > lp.margin(0.9)  # it depends on the rate: the comparisons below can fail
+    for same in (np.float64(a), torch.tensor(a, dtype=torch.float64), torch.tensor([a], dtype=torch.float64)):
+        assert lp.margin(same) == want, same
+    a32 = torch.tensor(a)  # float32: the margin of the float32 value
+    assert lp.margin(a32) == lp.margin(float(a32)) == lp.margin(np.float32(a32.item()))
 
 
 def test_pooled_features_ignore_padding():

@@ -397,12 +397,18 @@ def bad_configs(controller_dir, tmp_path):
         ({"policy": "threshold", "tau": 1.5}, "tau must lie in [0, 1], got 1.5"),
         ({"policy": "threshold", "tau": "high"}, "tau must be a number"),
         ({"policy": "factor", "f": 0}, "f must be a finite number > 0"),
-        ({"policy": "low_confidence", "steps": 0}, "key 'steps': must be an int >= 1, got 0"),
+        ({"policy": "low_confidence", "steps": 0}, "key 'steps': must be an int in [1, 2147483647], got 0"),
         ({"policy": "low_confidence", "steps": 2.5}, "key 'steps'"),
+        ({"policy": "threshold", "steps": 2 ** 31}, "key 'steps': must be an int in [1, 2147483647], got 2147483648"),
         ({"policy": "low_confidence", "block_size": -4}, "key 'block_size'"),
+        ({"policy": "threshold", "block_size": 2 ** 31}, "key 'block_size': must be an int in [1, 2147483647]"),
         ({"policy": "low_confidence", "temperature": -1}, "key 'temperature'"),
         ({"policy": "low_confidence", "confidence_dtype": "int8"}, "key 'confidence_dtype'"),
+        ({"policy": "threshold", "confidence_dtype": ["float32"]},
+         "key 'confidence_dtype': must be one of ['float32', 'bfloat16', 'float16', 'float64'], got ['float32']"),
+        ({"policy": "threshold", "confidence_dtype": {"dtype": "float32"}}, "key 'confidence_dtype'"),
         ({"policy": "low_confidence", "seed": -3}, "key 'seed'"),
+        ({"policy": "threshold", "seed": 2 ** 64}, f"key 'seed': must be an int in [0, {2 ** 64 - 1}], got {2 ** 64}"),
         ({"policy": "prr"}, "key 'controller': policy 'prr' needs the path"),
         ({"policy": "prr", "controller": str(tmp_path / "nowhere")}, "key 'controller': controller file not found"),
         ({"policy": "prr", "controller": str(extra)}, "key 'controller': the controller at"),
@@ -428,6 +434,17 @@ def test_bad_config_values_name_the_key(controller_dir, tmp_path):
             make_algorithm(cfg)
 
 
+def test_config_bounds_are_inclusive():
+    """The largest seed a torch.Generator takes and the largest steps / block size a State takes pass the launch
+    check, and the algorithm builds with them (its generator seeded with that seed)."""
+    top = {"policy": "threshold", "seed": 2 ** 64 - 1, "steps": 2 ** 31 - 1, "block_size": 2 ** 31 - 1}
+    cfg = PrrExtConfig.from_dict(top)
+    assert (cfg.seed, cfg.steps, cfg.block_size) == (2 ** 64 - 1, 2 ** 31 - 1, 2 ** 31 - 1)
+    assert PrrExtConfig.from_dict(cfg.to_dict()) == cfg
+    algo = make_algorithm({"policy": "threshold", "seed": 2 ** 64 - 1, "steps": 2 ** 31 - 1})
+    assert algo.generator.initial_seed() == 2 ** 64 - 1 and algo.steps == 2 ** 31 - 1
+
+
 def test_bad_config_fails_at_launch(tmp_path):
     """sglang's launch-time resolution runs PrrExt.configure_server_args: a bad file stops the launch with an
     error that names the file and the key, before any worker process starts."""
@@ -440,6 +457,9 @@ def test_bad_config_fails_at_launch(tmp_path):
     cases = [("policy: threshold\ntau: 1.5\n", "tau must lie in [0, 1]"),
              ("policy: treshold\n", "key 'policy'"),
              ("policy: threshold\nsteps: many\n", "key 'steps'"),
+             ("policy: threshold\nsteps: 1000000000000\n", "key 'steps'"),
+             ("policy: threshold\nseed: 1180591620717411303424\n", "key 'seed'"),  # 2**70
+             ("policy: threshold\nconfidence_dtype: [float32]\n", "key 'confidence_dtype'"),
              ("- policy\n- threshold\n", "must be a mapping"),
              ("policy: [unclosed\n", "not valid YAML")]
     for text, message in cases:

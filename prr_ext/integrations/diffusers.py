@@ -151,9 +151,10 @@ class PolicyScheduler:
         Uniform canvas only: the sampling temperature, annealed linearly over the canvas's steps from `t_max` at
         step 0 towards `t_min` (`t_min + (t_max - t_min) * (N - t) / N` at step t of N), applied to the logits
         before both the candidates' draw and the rule's statistics: diffusers' `EntropyBoundScheduler` and the
-        released checkpoint's sampler, with the same defaults. The pipeline's `temperature` is then unused (a
-        warning says so when it is not 0). Both None: the step's `temperature` decides, as in
-        BlockRefinementScheduler (0 = argmax candidates, the statistics on the raw logits).
+        released checkpoint's sampler, with the same defaults; t_max >= t_min (equal: a constant temperature). The
+        pipeline's `temperature` is then unused (a warning says so when it is not 0). Both None: the step's
+        `temperature` decides, as in BlockRefinementScheduler (0 = argmax candidates, the statistics on the raw
+        logits).
     canvas : {"auto", "masked", "uniform"}, default "auto"
         Which canvases the scheduler serves. "auto": the step's `mask_token_id` decides (an int: masked, None:
         uniform), as in BlockRefinementScheduler, so a policy a uniform canvas refuses fails at the first uniform
@@ -264,6 +265,10 @@ class PolicyScheduler:
         for name, t in (("t_max", t_max), ("t_min", t_min)):
             if t is not None and (not _is_number(t) or not (0 < t < math.inf)):
                 raise ValueError(f"{name} must be a finite number > 0 or None, got {t!r}")
+        if t_max is not None and t_max < t_min:
+            # the anneal starts a canvas at t_max and ends it near t_min: swapped, the temperature would rise
+            raise ValueError(f"t_max must be >= t_min (the temperature falls from t_max to t_min over a canvas's "
+                             f"steps), got t_max={t_max!r}, t_min={t_min!r}")
         if canvas not in CANVASES:
             raise ValueError(f"canvas must be one of {CANVASES}, got {canvas!r}")
         # the uniform canvas takes fewer rules: known now, raised here (canvas="uniform") or at the first uniform step
@@ -383,7 +388,7 @@ class PolicyScheduler:
                                "(LLaDA2Pipeline does so at the start of every call)")
         step_index = self._check_step_arguments(model_output, timestep, sample, mask_token_id, temperature, top_p,
                                                 top_k, sampling_method, threshold, editing_threshold, minimal_topk,
-                                                prompt_mask, generator)
+                                                prompt_mask, generator, return_dict)
         if mask_token_id is None:
             return self._uniform_step(model_output, step_index, sample, temperature=temperature, top_p=top_p,
                                       top_k=top_k, sampling_method=sampling_method, generator=generator,
@@ -524,7 +529,7 @@ class PolicyScheduler:
 
     def _check_step_arguments(self, model_output, timestep, sample, mask_token_id, temperature, top_p, top_k,
                               sampling_method, threshold, editing_threshold, minimal_topk, prompt_mask,
-                              generator) -> int:
+                              generator, return_dict) -> int:
         """Validate step()'s arguments (errors name the argument); returns the step index."""
         canvas = self.config.canvas
         if mask_token_id is None:
@@ -586,6 +591,8 @@ class PolicyScheduler:
             raise ValueError(f"prompt_mask must be None or a [block_length]=[{L}] bool tensor, got {got}")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if not isinstance(return_dict, bool):  # a string such as "no" would otherwise read as True
+            raise TypeError(f"return_dict must be True or False, got {type(return_dict).__name__} {return_dict!r}")
         if threshold is not None:
             if not _is_number(threshold):
                 raise TypeError(f"threshold must be a number or None, got {type(threshold).__name__}")

@@ -28,6 +28,7 @@ from typing import Dict, Optional, Union
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
+from ..constants import CONFIDENCE_DTYPES
 from ..ops import step
 from ..policies import PRR, Policy
 from ..state import UNIFORM_POLICIES, State, uniform_canvas_refusal
@@ -92,6 +93,20 @@ def check_policy(policy: Policy, argument: str = "policy") -> Policy:
                          "per token, which transformers' DiffusionGemma loop does not provide; use a controller "
                          "trained on the base features only (extra_features=0)")
     return policy
+
+
+def _check_confidence_dtype(dtype, argument: str) -> torch.dtype:
+    # checked where it is set (sampler or model): the State that reads it is built only at a canvas's first step,
+    # after the prompt's forwards
+    if not isinstance(dtype, torch.dtype) or dtype not in CONFIDENCE_DTYPES:
+        raise ValueError(f"{argument} must be one of {list(CONFIDENCE_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def _check_generator(generator, argument: str) -> Optional[torch.Generator]:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{argument} must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
 
 
 class PolicySampler:
@@ -161,12 +176,10 @@ class PolicySampler:
                         ("max_denoising_steps", max_denoising_steps)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
         self.canvas_length, self.vocab_size = canvas_length, vocab_size
         self.max_denoising_steps = max_denoising_steps
-        self.confidence_dtype = confidence_dtype
-        self.generator = generator
+        self.confidence_dtype = _check_confidence_dtype(confidence_dtype, "confidence_dtype")
+        self.generator = _check_generator(generator, "generator")
         self.context_length: Union[int, torch.Tensor] = 0
         self.context_width: Optional[int] = None
         self.state: Optional[State] = None
@@ -214,7 +227,14 @@ class PolicySampler:
         -------
         torch.LongTensor
             [B, canvas_length], the accepted canvas; `accepted_token_mask` holds which positions were accepted.
+
+        Raises
+        ------
+        ValueError
+            `logits` do not have `vocab_size` entries per position (the noise would hold ids the model does not
+            have, or miss some it has), or a candidate lies outside [0, vocab_size).
         """
+        self._check_vocabulary(denoiser_canvas, logits)
         if int(cur_step) == self.max_denoising_steps or self.state is None:
             self.state = self._new_state(current_canvas)
             self._steps_in_canvas = 0
@@ -234,6 +254,23 @@ class PolicySampler:
         self._steps_in_canvas += 1
         self.accepted_token_mask = commit[:, st.gen_start:]
         return canvas.clone()
+
+    def _check_vocabulary(self, denoiser_canvas: torch.Tensor, logits: torch.Tensor) -> None:
+        """The logits and candidates must be of the vocabulary the noise is drawn from (their shapes and dtypes are
+        the op's to check)."""
+        if isinstance(logits, torch.Tensor) and logits.dim() > 0 and logits.shape[-1] != self.vocab_size:
+            raise ValueError(f"logits have {logits.shape[-1]} entries per position but this sampler draws its noise "
+                             f"from vocab_size={self.vocab_size} ids: build it with the model's vocabulary size "
+                             "(model.config.text_config.vocab_size)")
+        if not isinstance(denoiser_canvas, torch.Tensor):
+            return
+        # one host read per step beside int(cur_step)'s: an out-of-range candidate would otherwise be accepted into
+        # the canvas, where only the model's embedding would notice it
+        stray = (denoiser_canvas < 0) | (denoiser_canvas >= self.vocab_size)
+        if bool(stray.any()):
+            raise ValueError(f"denoiser_canvas holds token ids outside [0, vocab_size={self.vocab_size}), e.g. "
+                             f"{denoiser_canvas[stray][0].item()}: the candidates must be ids of the logits' "
+                             "vocabulary")
 
     def renoise_canvas(self, accepted_canvas: torch.LongTensor, cur_step: Union[int, torch.Tensor]
                        ) -> torch.LongTensor:
@@ -255,8 +292,8 @@ class PolicyDiffusionGemmaMixin:
 
     _prr_policy: Optional[Policy] = None
     _prr_sampler: Optional[PolicySampler] = None
-    prr_generator: Optional[torch.Generator] = None
-    prr_confidence_dtype: torch.dtype = torch.float32
+    _prr_generator: Optional[torch.Generator] = None
+    _prr_confidence_dtype: torch.dtype = torch.float32
 
     @property
     def prr_policy(self) -> Optional[Policy]:
@@ -267,6 +304,25 @@ class PolicyDiffusionGemmaMixin:
     def prr_policy(self, policy: Optional[Policy]) -> None:
         # checked here, so a rule the uniform canvas cannot take fails where it is set, not in the middle of generate
         self._prr_policy = None if policy is None else check_policy(policy, "prr_policy")
+
+    # properties, so that a bad value fails where it is set, as prr_policy does, not after the prompt's forwards
+    @property
+    def prr_generator(self) -> Optional[torch.Generator]:
+        """The generator of the canvas noise (see `PolicySampler`); None = torch's global generator, as upstream."""
+        return self._prr_generator
+
+    @prr_generator.setter
+    def prr_generator(self, generator: Optional[torch.Generator]) -> None:
+        self._prr_generator = _check_generator(generator, "prr_generator")
+
+    @property
+    def prr_confidence_dtype(self) -> torch.dtype:
+        """The softmax dtype behind the candidates' confidence (fp32 by default)."""
+        return self._prr_confidence_dtype
+
+    @prr_confidence_dtype.setter
+    def prr_confidence_dtype(self, dtype: torch.dtype) -> None:
+        self._prr_confidence_dtype = _check_confidence_dtype(dtype, "prr_confidence_dtype")
 
     @classmethod
     def from_pretrained(cls, *args, prr_policy: Optional[Policy] = None, **kwargs):
@@ -279,7 +335,15 @@ class PolicyDiffusionGemmaMixin:
         return model
 
     def generate(self, *args, prr_policy=_UNSET, **kwargs):
-        """transformers' `generate`; ``prr_policy=`` overrides the model's `prr_policy` for this call only."""
+        """transformers' `generate`; ``prr_policy=`` overrides the model's `prr_policy` for this call only.
+
+        Any other ``prr_*`` keyword is a TypeError: transformers' generate takes unknown keywords without a word, so a
+        misspelt ``prr_policy`` would otherwise run a call with the model's policy."""
+        unknown = sorted(k for k in kwargs if k.startswith("prr_"))
+        if unknown:
+            raise TypeError(f"generate() got unknown prr_ext keyword(s) {unknown}: the only one it takes is "
+                            "prr_policy (prr_generator and prr_confidence_dtype are set on the model: "
+                            "model.prr_generator = ...)")
         saved = self._prr_policy
         if prr_policy is not _UNSET:
             self.prr_policy = prr_policy

@@ -41,7 +41,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from .. import ops
-from ..constants import NUM_BASE_FEATURES, RS_BLOCK, RS_NFE
+from ..constants import MAX_RULE_INT, NUM_BASE_FEATURES, RS_BLOCK, RS_NFE
 from ..controller import Controller, ControllerFormatError, tuned_tau
 from ..policies import (KLASS, PRR, R2, EntropyBound, Factor, LocalLeap, LowConfidence, Policy, RandomRemask, SlowFast,
                         Threshold)
@@ -148,9 +148,16 @@ def _load_controller(path: Any, source: str, key: str) -> Tuple[Controller, Opti
     return ctrl, tau
 
 
-def _check_int(source: str, key: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise _fail(source, key, f"must be an int >= {lo}, got {v!r}")
+# Bounds checked at launch, naming the key, rather than failing in every worker or at the first request: `seed`
+# seeds a torch.Generator (unsigned 64-bit seeds); `steps` and `block_size` become a State's steps and block length,
+# and MAX_RULE_INT (2**31 - 1) for both keeps the schedule's products of positions and steps inside int64 (State
+# refuses more steps than that).
+MAX_SEED = 2 ** 64 - 1
+
+
+def _check_int(source: str, key: str, v: Any, lo: int, hi: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise _fail(source, key, f"must be an int in [{lo}, {hi}], got {v!r}")
     return v
 
 
@@ -167,18 +174,18 @@ class PrrExtConfig:
     spec : dict
         The policy's normalised mapping (every parameter, defaults included; PRR's controller as an absolute path).
     steps : int or None
-        Denoising steps per block (LLaDA's schedule k_i spreads a block's masks over them). None: the block size,
-        i.e. at least one token per step.
+        Denoising steps per block, 1 to 2**31 - 1 (LLaDA's schedule k_i spreads a block's masks over them). None:
+        the block size, i.e. at least one token per step.
     temperature : float
         0 = greedy; > 0 samples candidates by Gumbel-max (Philox noise keyed by `seed`). SGLang's per-request
         temperature / top_p / top_k are not used.
     confidence_dtype : str
         ``float32`` (default), ``bfloat16``, ``float16`` or ``float64``: the softmax dtype behind the confidence.
     seed : int
-        Seeds the per-request Philox streams. Every tensor-parallel rank draws the same seeds (they depend only on
-        the sequence of batches, which all ranks share), so the ranks commit identical tokens.
+        Seeds the per-request Philox streams; 0 to 2**64 - 1. Every tensor-parallel rank draws the same seeds (they
+        depend only on the sequence of batches, which all ranks share), so the ranks commit identical tokens.
     block_size : int or None
-        SGLang's own key (it overrides the model's block size); validated here, None when absent.
+        SGLang's own key (it overrides the model's block size); validated here (1 to 2**31 - 1), None when absent.
 
     Examples
     --------
@@ -230,18 +237,18 @@ class PrrExtConfig:
         policy, spec = _parse_policy({k: v for k, v in mapping.items() if k == "policy" or k in policy_keys}, source)
         steps = mapping.get("steps")
         if steps is not None:
-            steps = _check_int(source, "steps", steps, 1)
+            steps = _check_int(source, "steps", steps, 1, MAX_RULE_INT)
         block_size = mapping.get("block_size")
         if block_size is not None:
-            block_size = _check_int(source, "block_size", block_size, 1)
+            block_size = _check_int(source, "block_size", block_size, 1, MAX_RULE_INT)
         temperature = mapping.get("temperature", 0.0)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
                 temperature >= 0.0) or math.isinf(temperature):
             raise _fail(source, "temperature", f"must be a finite number >= 0, got {temperature!r}")
         dtype = mapping.get("confidence_dtype", "float32")
-        if dtype not in CONFIDENCE_DTYPES:
+        if not isinstance(dtype, str) or dtype not in CONFIDENCE_DTYPES:  # a str first: a YAML list is unhashable
             raise _fail(source, "confidence_dtype", f"must be one of {list(CONFIDENCE_DTYPES)}, got {dtype!r}")
-        seed = _check_int(source, "seed", mapping.get("seed", 0), 0)
+        seed = _check_int(source, "seed", mapping.get("seed", 0), 0, MAX_SEED)
         return cls(policy=policy, spec=spec, steps=steps, temperature=float(temperature), confidence_dtype=dtype,
                    seed=seed, block_size=block_size)
 
