@@ -97,7 +97,9 @@ def _check_arguments(x, mask_id, prompt_length, block_length, steps, policy, tem
         raise ValueError(f"block_length must be a positive int, got {block_length!r}")
     block_length = int(block_length)
     if G % block_length:
-        raise ValueError(f"block_length={block_length} must divide the generation length G={G}")
+        raise ValueError(f"block_length={block_length} must divide the generation length G={G} (L - gen_start, "
+                         f"gen_start={gen_start}: max(prompt_length) unless given; a batch in which every row is "
+                         "left-padded passes gen_start=P)")
     num_blocks = G // block_length
     if not is_int(steps) or not 0 < steps <= MAX_STEPS:
         raise ValueError(f"steps must be a positive int (at most {MAX_STEPS}), got {steps!r}")

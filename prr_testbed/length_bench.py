@@ -1,4 +1,4 @@
-"""Measure Predict-then-Diffuse on a mixed-length workload: compute, time, accuracy and truncations per strategy.
+r"""Measure Predict-then-Diffuse on a mixed-length workload: compute, time, accuracy and truncations per strategy.
 
     python -m prr_testbed.length_bench --predictor runs/length --out runs/length_bench.json
     python -m prr_testbed.length_bench --model runs/long --families mul,cumsum,sort,trace,chain \

@@ -1,4 +1,4 @@
-"""Train the testbed's masked-diffusion LM (prr_testbed.model) on the task families of prr_testbed.tasks.
+r"""Train the testbed's masked-diffusion LM (prr_testbed.model) on the task families of prr_testbed.tasks.
 
     python -m prr_testbed.train_model                       # into runs/model; CUDA if present (bf16 autocast)
     python -m prr_testbed.train_model --tiny --steps 200 --out /tmp/tiny    # seconds on a CPU: a debugging run
@@ -62,6 +62,7 @@ EPS = 1e-3
 CHECKPOINT_DIR = "checkpoint"  # under --out: the state a resumed run continues from
 # The settings a resumed run must share with the run that wrote the checkpoint (they fix the model, the data stream
 # and the schedule).
+DEFAULT_MIX = "1.5,2.5,0.5"  # arith, words, sudoku: the shipped model's first run
 RESUME_SETTINGS = ("families", "mix", "seed", "batch_size", "lr", "warmup", "weight_decay", "d_model", "n_layers",
                    "n_heads", "d_ff", "steps", "budget_minutes", "init_from", "canvas_jitter")
 RESUME_DEFAULTS = {"canvas_jitter": 0.0}  # what a checkpoint written before a setting existed ran with
@@ -222,7 +223,8 @@ def parse_args(argv=None):
     ap.add_argument("--init-from", default=None, help="start from this saved model (fine-tuning / continuation)")
     ap.add_argument("--tiny", action="store_true", help="d_model 64, 2 layers, batch 32: a debugging configuration")
     ap.add_argument("--families", default=",".join(T.FAMILY_NAMES))
-    ap.add_argument("--mix", default="1.5,2.5,0.5", help="sampling weights of the families")
+    ap.add_argument("--mix", default=None, help="sampling weights of the families, one per family (default: "
+                    f"{DEFAULT_MIX} for the default families, else equal weights)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--canvas-jitter", type=float, default=0.0,
                     help="the fraction of examples trained on a canvas cut to a random length between the answer plus "
@@ -276,6 +278,8 @@ def parse_args(argv=None):
     if not families or unknown:
         ap.error(f"argument --families: unknown {','.join(unknown) or '(none given)'}; choose from "
                  f"{','.join(T.FAMILIES)}")
+    if args.mix is None:  # (a string, as the checkpoints record it)
+        args.mix = DEFAULT_MIX if families == list(T.FAMILY_NAMES) else ",".join(["1"] * len(families))
     try:
         weights = [float(w) for w in args.mix.split(",")]
     except ValueError:
