@@ -187,12 +187,11 @@ def check_outputs(ap: argparse.ArgumentParser, args: argparse.Namespace, files: 
         action = next((a for a in ap._actions if a.dest == dest), None)
         return action.option_strings[0] if action is not None and action.option_strings else dest
 
-    files, dirs = tuple(files), tuple(dirs)
     seen: dict = {}  # real path -> the argument that names it
     for dest in inputs:
         if getattr(args, dest, None) is not None:
             seen.setdefault(os.path.realpath(getattr(args, dest)), dest)
-    for dests, check in ((files, check_output_file), (dirs, check_output_dir)):
+    for dests, check, folders in ((files, check_output_file, False), (dirs, check_output_dir, True)):
         for dest in dests:
             value = getattr(args, dest)
             if value is None:
@@ -207,7 +206,7 @@ def check_outputs(ap: argparse.ArgumentParser, args: argparse.Namespace, files: 
                 ap.error(f"argument {name}: {value} is also {arg_name(seen[real])}, which this command would "
                          "overwrite; give another path")
             seen[real] = dest
-            held = foreign_config(value, writes) if dests is dirs and os.path.isdir(value) else None
+            held = foreign_config(value, writes) if folders and os.path.isdir(value) else None
             if held:
                 ap.error(f"argument {name}: {value} holds {held}, which this command would overwrite; give "
                          "another folder")
