@@ -40,7 +40,7 @@ from bench_lib import git_commit, llada_step_eager  # noqa: E402
 from prr_ext.decode_common import sync_device  # noqa: E402
 from prr_ext.reference import schedule_k  # noqa: E402
 from prr_testbed import tasks as T  # noqa: E402
-from prr_testbed.cli import check_output_file  # noqa: E402
+from prr_testbed.cli import check_outputs  # noqa: E402
 from prr_testbed.model import CachedLM, MaskedDiffusionLM, ModelConfig, load_default, make_canvas  # noqa: E402
 
 LOOPS = ("eager", "op", "op+graph", "prefix", "dual")
@@ -173,12 +173,9 @@ def main(argv=None) -> int:
     if device.type != "cuda" and "op+graph" in loops:
         loops.remove("op+graph")  # CUDA graphs need a GPU
     slug = args.device.split(":")[0]
-    out_path = args.out or os.path.join(HERE, "results", "decode", f"decode_{args.model}_{slug}.json")
-    try:  # before the benchmark, not after it
-        check_output_file(out_path, create_parent=args.out is None)
-    except ValueError as e:
-        ap.error(f"argument --out: {e}")
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    args.out = args.out or os.path.join(HERE, "results", "decode", f"decode_{args.model}_{slug}.json")
+    check_outputs(ap, args, files=("out",))  # before the benchmark, not after it
+    out_path = args.out
     if args.threads:
         torch.set_num_threads(args.threads)
 

@@ -162,14 +162,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         ap.error("argument --repeats/--threads: must be >= 1")
-    out = args.out or os.path.join(HERE, "results", "engines", f"engine_steps_{args.device.split(':')[0]}.json")
-    try:  # before the benchmark, not after it
-        from prr_testbed.cli import check_output_file
+    from prr_testbed.cli import check_outputs
 
-        check_output_file(out, create_parent=args.out is None)
-    except ValueError as e:
-        ap.error(f"argument --out: {e}")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    args.out = args.out or os.path.join(HERE, "results", "engines", f"engine_steps_{args.device.split(':')[0]}.json")
+    check_outputs(ap, args, files=("out",))  # before the benchmark, not after it
+    out = args.out
     torch.set_num_threads(args.threads)
     gen = torch.Generator().manual_seed(0)
     bw = read_bandwidth(args.device, args.repeats)
