@@ -35,6 +35,21 @@ def uniform_canvas_refusal(policy: Policy) -> Optional[str]:
             "canvas does not have")
 
 
+def check_confidence_dtype(dtype, argument: str = "confidence_dtype") -> torch.dtype:
+    """A softmax dtype the op computes confidences in; else a ValueError naming `argument` (State, and the adapters
+    that hold one before their State exists)."""
+    if not isinstance(dtype, torch.dtype) or dtype not in CONFIDENCE_DTYPES:  # (a dtype first: a list is unhashable)
+        raise ValueError(f"{argument} must be one of {list(CONFIDENCE_DTYPES)}, got {dtype!r}")
+    return dtype
+
+
+def check_generator(generator, argument: str = "generator") -> Optional[torch.Generator]:
+    """A torch.Generator or None; else a TypeError naming `argument` (State, and the adapters that hold one)."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{argument} must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
 class _Checked(NamedTuple):
     """State's arguments after the checks, in the forms it keeps."""
     uniform: bool
@@ -117,12 +132,10 @@ def _check_arguments(x, mask_id, prompt_length, block_length, steps, policy, tem
     temperature = float(temperature)
     if not (temperature >= 0.0) or math.isinf(temperature):
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if confidence_dtype not in CONFIDENCE_DTYPES:
-        raise ValueError(f"confidence_dtype must be one of {list(CONFIDENCE_DTYPES)}, got {confidence_dtype}")
+    check_confidence_dtype(confidence_dtype)
     if rng not in RNGS:
         raise ValueError(f"rng must be one of {RNGS}, got {rng!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator)
     if seed is not None and not (isinstance(seed, torch.Tensor) and seed.shape == (B,) and seed.dtype == torch.int64):
         raise ValueError(f"seed must be a [B]={B} int64 tensor")
     return _Checked(uniform, mask_id, prompt_lens, gen_start, G, block_length, num_blocks, steps, temperature)

@@ -92,8 +92,8 @@ def parse_args(argv=None):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"argument --{name.replace('_', '-')}: must be >= 1")
     check_outputs(ap, args, files=("plot", "json"))
-    if plot_format_error(args.plot):
-        ap.error(f"argument --plot: {plot_format_error(args.plot)}")
+    if err := plot_format_error(args.plot):
+        ap.error(f"argument --plot: {err}")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     check_input_dir(ap, "--controller", args.controller, ("config.json", "model.safetensors"), "PRR controller")
     if args.model is None and not default_model_available():

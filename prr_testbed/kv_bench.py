@@ -58,8 +58,8 @@ def parse_args(argv=None):
         ap.error("argument --n/--batch-size/--repeats: must be >= 1")
     if args.threads is not None and args.threads < 1:
         ap.error("argument --threads: must be >= 1")
-    if param_error("threshold", args.tau):
-        ap.error(f"argument --tau: {param_error('threshold', args.tau)}")
+    if err := param_error("threshold", args.tau):
+        ap.error(f"argument --tau: {err}")
     check_outputs(ap, args, files=["out"])
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.families = check_trained(ap, "--families", args.model, args.families)

@@ -155,8 +155,8 @@ def parse_args(argv=None):
         ap.error(f"argument --short-share: a share between 0 and 1, got {args.short_share}")
     if args.short_share is not None and args.counts is not None:
         ap.error("argument --short-share: not with --counts (give one way of skewing the mix)")
-    if param_error("threshold", args.tau):
-        ap.error(f"argument --tau: {param_error('threshold', args.tau)}")
+    if err := param_error("threshold", args.tau):
+        ap.error(f"argument --tau: {err}")
     if not 0.0 < args.target_truncation < 1.0:
         ap.error(f"argument --target-truncation: must lie in (0, 1), got {args.target_truncation}")
     check_input_dir(ap, "--predictor", args.predictor, ("config.json", "model.safetensors"), "length predictor")

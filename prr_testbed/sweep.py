@@ -221,8 +221,7 @@ def parse_args(argv=None):
         ap.error("argument --threads: must be >= 1")
     for dest, policy in GRID_POLICIES:
         for value in getattr(args, dest) or ():
-            err = param_error(policy, value)
-            if err:
+            if err := param_error(policy, value):
                 ap.error(f"argument --{dest.replace('_', '-')}: {err}")
     for dest in ("steps_fracs", "adaptive_steps_fracs"):
         if any(not 0.0 < f <= 1.0 for f in getattr(args, dest) or ()):
@@ -235,8 +234,8 @@ def parse_args(argv=None):
                  "--plot another path")
     if args.plot != os.path.splitext(args.out)[0] + ".png":
         check_outputs(ap, args, files=("plot",))
-    if plot_format_error(args.plot):
-        ap.error(f"argument --plot: {plot_format_error(args.plot)}")
+    if err := plot_format_error(args.plot):
+        ap.error(f"argument --plot: {err}")
     check_input_dir(ap, "--model", args.model, ("config.json", "model.safetensors"), "model")
     args.tasks = check_trained(ap, "--tasks", args.model, args.tasks)
     chosen, args.policies = args.policies is not None, args.policies or list(POLICY_NAMES)

@@ -287,6 +287,7 @@ def parse_args(argv=None):
     if len(weights) != len(families) or any(not 0.0 <= w < math.inf for w in weights) or not sum(weights) > 0:
         ap.error(f"argument --mix: give {len(families)} finite weights >= 0 (one per family: {','.join(families)}), "
                  "not all 0")
+    args.family_list, args.weights = families, weights  # parsed (--families and --mix stay the recorded strings)
     problem = checkpoint_settings_problem(args.out, args)
     if problem:
         ap.error(f"argument --out: {problem}. Use the same settings to continue it, or another --out")
@@ -363,8 +364,7 @@ def main(argv=None) -> Dict:
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tok = CharTokenizer()
-    families = [f.strip() for f in args.families.split(",") if f.strip()]
-    weights = [float(w) for w in args.mix.split(",")]  # (parse_args checked both)
+    families, weights = args.family_list, args.weights
     max_len = max(len(e.prompt) for f in families for e in T.heldout_set(f, "valid", 200)) + max(
         T.get_family(f).gen_length for f in families)
     cfg = ModelConfig.for_tokenizer(tok, d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,

@@ -39,12 +39,11 @@ except ImportError as exc:  # pragma: no cover - exercised only without diffuser
     raise ImportError("prr_ext.integrations.diffusers needs diffusers >= 0.42 (BlockRefinementScheduler and "
                       "LLaDA2Pipeline): pip install 'prr_ext[diffusers]'") from exc
 
-from ..constants import CONFIDENCE_DTYPES
 from ..decode_common import is_int
 from ..ops import step as prr_step
 from ..policies import PRR, R2, Policy, RandomRemask
 from ..reference import STAT_CONF, block_cap
-from ..state import UNIFORM_POLICIES, State, uniform_canvas_refusal
+from ..state import UNIFORM_POLICIES, State, check_confidence_dtype, check_generator, uniform_canvas_refusal
 
 __all__ = ["PolicyScheduler"]
 
@@ -257,8 +256,7 @@ class PolicyScheduler:
                              "features")
         block_length = _positive_int("block_length", block_length)
         num_inference_steps = _positive_int("num_inference_steps", num_inference_steps)
-        if confidence_dtype not in CONFIDENCE_DTYPES:
-            raise ValueError(f"confidence_dtype must be one of {list(CONFIDENCE_DTYPES)}, got {confidence_dtype}")
+        check_confidence_dtype(confidence_dtype)
         if (t_max is None) != (t_min is None):
             raise ValueError(f"t_max and t_min must both be numbers (the annealed temperature of a uniform canvas) or "
                              f"both None (use the pipeline's temperature), got t_max={t_max!r}, t_min={t_min!r}")
@@ -589,8 +587,7 @@ class PolicyScheduler:
             got = (f"{tuple(prompt_mask.shape)} {prompt_mask.dtype}" if isinstance(prompt_mask, torch.Tensor)
                    else type(prompt_mask).__name__)
             raise ValueError(f"prompt_mask must be None or a [block_length]=[{L}] bool tensor, got {got}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        check_generator(generator)
         if not isinstance(return_dict, bool):  # a string such as "no" would otherwise read as True
             raise TypeError(f"return_dict must be True or False, got {type(return_dict).__name__} {return_dict!r}")
         if threshold is not None:

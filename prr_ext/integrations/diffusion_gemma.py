@@ -28,10 +28,9 @@ from typing import Dict, Optional, Union
 import torch
 from transformers import DiffusionGemmaForBlockDiffusion
 
-from ..constants import CONFIDENCE_DTYPES
 from ..ops import step
 from ..policies import PRR, Policy
-from ..state import UNIFORM_POLICIES, State, uniform_canvas_refusal
+from ..state import UNIFORM_POLICIES, State, check_confidence_dtype, check_generator, uniform_canvas_refusal
 
 __all__ = ["PolicySampler", "PolicyDiffusionGemmaMixin", "PolicyDiffusionGemma", "with_policy", "check_policy"]
 
@@ -93,20 +92,6 @@ def check_policy(policy: Policy, argument: str = "policy") -> Policy:
                          "per token, which transformers' DiffusionGemma loop does not provide; use a controller "
                          "trained on the base features only (extra_features=0)")
     return policy
-
-
-def _check_confidence_dtype(dtype, argument: str) -> torch.dtype:
-    # checked where it is set (sampler or model): the State that reads it is built only at a canvas's first step,
-    # after the prompt's forwards
-    if not isinstance(dtype, torch.dtype) or dtype not in CONFIDENCE_DTYPES:
-        raise ValueError(f"{argument} must be one of {list(CONFIDENCE_DTYPES)}, got {dtype!r}")
-    return dtype
-
-
-def _check_generator(generator, argument: str) -> Optional[torch.Generator]:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{argument} must be a torch.Generator or None, got {type(generator).__name__}")
-    return generator
 
 
 class PolicySampler:
@@ -178,8 +163,8 @@ class PolicySampler:
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         self.canvas_length, self.vocab_size = canvas_length, vocab_size
         self.max_denoising_steps = max_denoising_steps
-        self.confidence_dtype = _check_confidence_dtype(confidence_dtype, "confidence_dtype")
-        self.generator = _check_generator(generator, "generator")
+        self.confidence_dtype = check_confidence_dtype(confidence_dtype, "confidence_dtype")
+        self.generator = check_generator(generator, "generator")
         self.context_length: Union[int, torch.Tensor] = 0
         self.context_width: Optional[int] = None
         self.state: Optional[State] = None
@@ -313,7 +298,7 @@ class PolicyDiffusionGemmaMixin:
 
     @prr_generator.setter
     def prr_generator(self, generator: Optional[torch.Generator]) -> None:
-        self._prr_generator = _check_generator(generator, "prr_generator")
+        self._prr_generator = check_generator(generator, "prr_generator")
 
     @property
     def prr_confidence_dtype(self) -> torch.dtype:
@@ -322,7 +307,7 @@ class PolicyDiffusionGemmaMixin:
 
     @prr_confidence_dtype.setter
     def prr_confidence_dtype(self, dtype: torch.dtype) -> None:
-        self._prr_confidence_dtype = _check_confidence_dtype(dtype, "prr_confidence_dtype")
+        self._prr_confidence_dtype = check_confidence_dtype(dtype, "prr_confidence_dtype")
 
     @classmethod
     def from_pretrained(cls, *args, prr_policy: Optional[Policy] = None, **kwargs):
